@@ -1,0 +1,61 @@
+"""Helpers shared by the benchmark scripts: machine description, memory figures, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import resource
+import time
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def machine() -> dict[str, Any]:
+    """What ran the benchmark: CPU, cores, torch build, device."""
+    import torch
+
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "date": time.strftime("%Y-%m-%d %H:%M:%S"),
+    }
+
+
+def peak_rss_mb(children: bool = False) -> float:
+    """Peak resident memory (MiB) of this process, or of its finished children."""
+    who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
+    return resource.getrusage(who).ru_maxrss / 1024
+
+
+def rss_breakdown_mb() -> dict[str, float]:
+    """Current resident memory split into anonymous (heap) and file-backed (page cache of
+    memory-mapped files, reclaimable by the kernel) parts, in MiB (Linux only)."""
+    out: dict[str, float] = {}
+    for line in Path("/proc/self/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile", "VmHWM"):
+            out[key] = int(value.split()[0]) / 1024
+    return out
+
+
+def write_json(name: str, payload: dict[str, Any]) -> Path:
+    """Write ``payload`` plus the machine description to ``benchmarks/results/<name>.json``."""
+    RESULTS.mkdir(exist_ok=True)
+    path = RESULTS / f"{name}.json"
+    path.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
+    print(f"wrote {path}")
+    return path

@@ -1,0 +1,220 @@
+"""``matscale <verb>``: parses arguments and dispatches; the work lives in the packages."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from matscale.errors import DataError
+
+#: File extensions ``matscale data pack`` collects from a directory.
+DATA_SUFFIXES = (".extxyz", ".xyz", ".db", ".aselmdb", ".lmdb", ".h5", ".hdf5", ".json")
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``matscale`` console script; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not hasattr(args, "run"):
+        parser.print_help()
+        return 1
+    try:
+        return int(args.run(args) or 0)
+    except DataError as exc:
+        print(f"matscale: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="matscale", description=__doc__)
+    verbs = p.add_subparsers(title="verbs")
+    demo = verbs.add_parser("demo", help="generate the default data, pack it, print statistics")
+    demo.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("data"),
+        help="where raw files and the store go (default: ./data)",
+    )
+    demo.add_argument("--small", action="store_true", help="a few hundred structures (seconds)")
+    demo.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    demo.set_defaults(run=_demo)
+
+    data = verbs.add_parser("data", help="generate, pack, merge and inspect datasets")
+    dverbs = data.add_subparsers(title="data verbs")
+    g = dverbs.add_parser("generate", help="label structures with EMT and GFN2-xTB")
+    g.add_argument("--out", type=Path, default=Path("data/raw"))
+    g.add_argument("--preset", choices=["default", "small"], default="default")
+    g.add_argument(
+        "--size",
+        action="append",
+        default=[],
+        metavar="SOURCE=N",
+        help="structures for one source, overriding the preset (repeatable)",
+    )
+    g.add_argument("--seed", type=int, default=0)
+    g.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    g.set_defaults(run=_generate)
+
+    k = dverbs.add_parser("pack", help="stream files into a sharded store")
+    k.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="files or directories (searched for " + ", ".join(DATA_SUFFIXES) + ")",
+    )
+    k.add_argument("--out", type=Path, required=True, help="store directory")
+    k.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff for counts (Å)")
+    k.add_argument("--shard-mb", type=float, default=64.0, help="target shard size (MiB)")
+    k.add_argument(
+        "--require",
+        default="energy",
+        help="comma-separated labels each record must have (energy,forces,stress)",
+    )
+    k.add_argument(
+        "--max-force",
+        type=float,
+        default=100.0,
+        help="skip structures with a force above this (eV/Å); 0 keeps all",
+    )
+    k.add_argument("--format", default=None, help="reader for all inputs (default: by suffix)")
+    k.add_argument("--source", default=None, help="source name for records that carry none")
+    k.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    k.add_argument(
+        "--part",
+        type=str,
+        default="0/1",
+        metavar="I/N",
+        help="pack part I of N (several nodes), then run `matscale data merge`",
+    )
+    k.add_argument("--overwrite", action="store_true", help="replace an existing store")
+    k.set_defaults(run=_pack)
+
+    m = dverbs.add_parser("merge", help="merge the parts packed by several nodes")
+    m.add_argument("store", type=Path)
+    m.set_defaults(run=lambda a: _print_info(_merge(a.store)))
+
+    i = dverbs.add_parser("info", help="print a store's statistics")
+    i.add_argument("store", type=Path)
+    i.add_argument("--verify", action="store_true", help="check every shard's checksum")
+    i.set_defaults(run=_info)
+    return p
+
+
+def _generate(args: argparse.Namespace) -> int:
+    from matscale.data.generate.run import PRESETS, GenerateConfig, generate
+
+    sizes = dict(PRESETS[args.preset])
+    for item in args.size:
+        name, _, n = item.partition("=")
+        sizes[name] = int(n)
+    report = generate(args.out, GenerateConfig(sizes=sizes, seed=args.seed, workers=args.workers))
+    for source, n in report["written_now"].items():
+        skipped = report["skipped_now"].get(source) or {}
+        why = ", ".join(f"{r}: {c}" for r, c in skipped.items()) or "none"
+        print(f"{source}: {n:,} structures written now (skipped: {why})")
+    print(f"generated in {report['seconds']} s under {args.out}")
+    return 0
+
+
+def _collect(inputs: list[Path]) -> list[Path]:
+    files: list[Path] = []
+    for path in inputs:
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in DATA_SUFFIXES)
+        else:
+            files.append(path)
+    if not files:
+        raise DataError("no data files found", file=", ".join(map(str, inputs)))
+    return files
+
+
+def _pack(args: argparse.Namespace) -> int:
+    from matscale.data.pack import PackConfig, pack
+    from matscale.data.store import META
+
+    if (args.out / META).exists() and not args.overwrite:
+        raise DataError(
+            "a store already exists here (use --overwrite to replace it)", file=str(args.out)
+        )
+    if args.overwrite and args.out.exists():
+        import shutil
+
+        shutil.rmtree(args.out)
+    part, _, n_parts = args.part.partition("/")
+    config = PackConfig(
+        cutoff=args.cutoff,
+        shard_mb=args.shard_mb,
+        workers=args.workers,
+        format=args.format,
+        require=tuple(x for x in args.require.split(",") if x),
+        source=args.source,
+        max_force=args.max_force or None,
+        part=int(part),
+        n_parts=int(n_parts or 1),
+    )
+    start = time.perf_counter()
+    pack(_collect(args.inputs), args.out, config)
+    print(f"packed in {time.perf_counter() - start:.1f} s")
+    if config.n_parts == 1:
+        _print_info(args.out)
+    else:
+        print(
+            f"part {config.part} of {config.n_parts} done; run `matscale data merge {args.out}`"
+            " once every part is packed"
+        )
+    return 0
+
+
+def _merge(store: Path) -> Path:
+    from matscale.data.store import merge_parts
+
+    merge_parts(store)
+    return store
+
+
+def _print_info(store: Path) -> int:
+    from matscale.data.info import describe
+    from matscale.data.store import Store
+
+    print(describe(Store(store)))
+    return 0
+
+
+def _info(args: argparse.Namespace) -> int:
+    from matscale.data.store import Store
+
+    if args.verify:
+        errors = Store(args.store, verify="never").check_all()
+        for err in errors:
+            print(f"CORRUPT {err}", file=sys.stderr)
+        if errors:
+            return 3
+        print("all shards match their checksums")
+    return _print_info(args.store)
+
+
+def _demo(args: argparse.Namespace) -> int:
+    from matscale.data.generate.run import PRESETS, GenerateConfig, generate
+    from matscale.data.pack import PackConfig, pack
+    from matscale.data.store import META
+
+    preset = "small" if args.small else "default"
+    raw, store = args.data_dir / f"raw-{preset}", args.data_dir / f"store-{preset}"
+    print(f"[1/3] generating the {preset} data under {raw} (chunks already there are kept)")
+    report = generate(raw, GenerateConfig(sizes=dict(PRESETS[preset]), workers=args.workers))
+    print(f"      {sum(report['written_now'].values()):,} new structures in {report['seconds']} s")
+    chunks = sorted(raw.glob("*/chunk-*.extxyz"))
+    newest = max(f.stat().st_mtime for f in chunks)
+    if not (store / META).exists() or newest > (store / META).stat().st_mtime:
+        print(f"[2/3] packing into {store}")
+        if store.exists():
+            import shutil
+
+            shutil.rmtree(store)
+        pack(chunks, store, PackConfig(require=("energy", "forces"), workers=args.workers))
+    else:
+        print(f"[2/3] {store} is up to date")
+    print("[3/3] statistics")
+    return _print_info(store)

@@ -1,0 +1,1 @@
+"""Data layer: structures, readers, generators, the shard store, graphs, sampling, batching."""

@@ -1,0 +1,1 @@
+"""Generators of the embedded default data, labelled by real calculators (no download)."""

@@ -1,0 +1,133 @@
+"""``emt-metals``: ASE's EMT on Al, Ni, Cu, Pd, Ag, Pt, Au and their fcc alloys.
+
+Families (the ``family`` field, used later for held-out splits):
+
+- ``bulk``: strained (±5 % normal, ±3 % shear) and rattled supercells of 4–48 atoms;
+- ``vacancy``: the same with one or two atoms removed;
+- ``surface``: (111), (100) and (110) slabs with vacuum, rattled (no stress label: the
+  cell's volume includes vacuum);
+- ``md-<T>K``: snapshots of Langevin MD at 300, 600, 1000 and 1500 K.
+
+Labels: energy (eV), forces (eV/Å) and, for periodic bulk, stress (eV/Å³).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from ase import Atoms, units
+from ase.build import bulk, fcc100, fcc110, fcc111
+from ase.calculators.emt import EMT
+
+from matscale.data.readers import atoms_to_structure
+from matscale.data.structure import Structure
+
+SOURCE = "emt-metals"
+#: EMT's own fcc lattice constants (Å), for Vegard's-law alloys.
+LATTICE: dict[str, float] = {
+    "Al": 4.05,
+    "Ni": 3.52,
+    "Cu": 3.61,
+    "Pd": 3.89,
+    "Ag": 4.09,
+    "Pt": 3.92,
+    "Au": 4.08,
+}
+ELEMENTS = tuple(LATTICE)
+TEMPERATURES_K = (300, 600, 1000, 1500)
+#: Share of each family in a chunk; an MD snapshot costs ~5 force calls.
+FAMILY_WEIGHTS = {"bulk": 0.35, "vacancy": 0.1, "surface": 0.2, "md": 0.35}
+MD_STRIDE = 5  # MD steps between snapshots
+CUBIC_REPEATS = ((2, 1, 1), (2, 2, 1), (2, 2, 2), (3, 2, 2))
+PRIMITIVE_REPEATS = ((2, 2, 2), (3, 2, 2), (3, 3, 2), (3, 3, 3), (4, 3, 3))
+
+
+def generate(n: int, rng: np.random.Generator, skipped: Counter[str]) -> list[Structure]:
+    """Make ``n`` labelled structures, reproducibly from ``rng`` (EMT never fails: ``skipped``
+    stays empty)."""
+    counts = dict(
+        zip(FAMILY_WEIGHTS, rng.multinomial(n, list(FAMILY_WEIGHTS.values())), strict=True)
+    )
+    out: list[Structure] = []
+    for family in ("bulk", "vacancy"):
+        for _ in range(counts[family]):
+            atoms = _bulk(rng)
+            if family == "vacancy":
+                for _ in range(int(rng.integers(1, 3))):
+                    del atoms[int(rng.integers(len(atoms)))]
+            atoms.rattle(stdev=float(rng.uniform(0.02, 0.15)), rng=rng)
+            out.append(_label(atoms, family, stress=True))
+    out += [_label(_surface(rng), "surface", stress=False) for _ in range(counts["surface"])]
+    remaining = counts["md"]
+    while remaining > 0:  # several snapshots per trajectory
+        batch = min(remaining, int(rng.integers(4, 13)))
+        out += _md_snapshots(rng, batch)
+        remaining -= batch
+    return out
+
+
+def _composition(rng: np.random.Generator, n_atoms: int) -> tuple[list[str], float]:
+    """Random pure metal (30 %) or binary/ternary alloy; returns symbols and Vegard lattice."""
+    k = 1 if rng.random() < 0.3 else int(rng.integers(2, 4))
+    species = list(rng.choice(ELEMENTS, size=k, replace=False))
+    fractions = rng.dirichlet(np.ones(k))
+    symbols = list(rng.choice(species, size=n_atoms, p=fractions))
+    a = float(np.mean([LATTICE[s] for s in symbols]))
+    return symbols, a
+
+
+def _bulk(rng: np.random.Generator) -> Atoms:
+    # 8 to 48 atoms: cubic (4-atom) or primitive (1-atom) fcc cells, repeated
+    cubic = rng.random() < 0.5
+    choices = CUBIC_REPEATS if cubic else PRIMITIVE_REPEATS
+    proto = bulk("Cu", "fcc", a=1.0, cubic=cubic).repeat(choices[int(rng.integers(len(choices)))])
+    symbols, a = _composition(rng, len(proto))
+    atoms = Atoms(symbols, positions=proto.positions * a, cell=proto.cell[:] * a, pbc=True)
+    strain = np.eye(3) + np.diag(rng.uniform(-0.05, 0.05, 3))
+    shear = rng.uniform(-0.03, 0.03, 3)
+    strain[0, 1] = strain[1, 0] = shear[0]
+    strain[0, 2] = strain[2, 0] = shear[1]
+    strain[1, 2] = strain[2, 1] = shear[2]
+    atoms.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+    return atoms
+
+
+def _surface(rng: np.random.Generator) -> Atoms:
+    build = [fcc111, fcc100, fcc110][int(rng.integers(3))]
+    size = (int(rng.integers(2, 4)), int(rng.integers(2, 4)), int(rng.integers(3, 5)))
+    slab = build("Cu", size=size, a=1.0, vacuum=0.0)
+    symbols, a = _composition(rng, len(slab))
+    slab = build("Cu", size=size, a=a, vacuum=float(rng.uniform(5.0, 8.0)))
+    slab.set_chemical_symbols(symbols)
+    slab.rattle(stdev=float(rng.uniform(0.02, 0.12)), rng=rng)
+    return slab
+
+
+def _md_snapshots(rng: np.random.Generator, count: int) -> list[Structure]:
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    temperature = int(rng.choice(TEMPERATURES_K))
+    atoms = _bulk(rng)
+    atoms.calc = EMT()
+    thermalize_momenta(atoms, temperature, rng=rng)
+    dyn = Langevin(
+        atoms, 2 * units.fs, temperature_K=temperature, friction=0.05, fixcm=False, rng=rng
+    )
+    dyn.run(20)  # leave the perfect lattice before the first snapshot
+    out = []
+    for _ in range(count):
+        dyn.run(MD_STRIDE)
+        out.append(_label(atoms.copy(), f"md-{temperature}K", stress=True))
+    return out
+
+
+def _label(atoms: Atoms, family: str, *, stress: bool) -> Structure:
+    atoms.calc = EMT()
+    atoms.info["family"] = family
+    atoms.calc.calculate(atoms, ["energy", "forces"] + (["stress"] if stress else []))
+    s = atoms_to_structure(atoms, source=SOURCE)
+    if not stress:
+        s.stress = None
+    return s

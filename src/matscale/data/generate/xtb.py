@@ -1,0 +1,117 @@
+"""``xtb-molecules``: GFN2-xTB (through tblite) on organic molecules of ASE's G2 set.
+
+Families:
+
+- ``rattled``: a G2 molecule with Gaussian displacements of 0.02–0.10 Å;
+- ``md-<T>K``: snapshots of Langevin MD at 300, 800 and 1500 K;
+- ``dimer``: two rattled G2 molecules 2.5–5 Å apart (intermolecular interactions).
+
+Labels: energy (eV) and forces (eV/Å); molecules are not periodic, so no stress. An SCF that
+does not converge is skipped and counted as ``scf``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+from ase import Atoms, units
+from ase.build import molecule
+from ase.collections import g2
+
+from matscale.data.readers import atoms_to_structure
+from matscale.data.structure import Structure
+
+SOURCE = "xtb-molecules"
+#: G2 molecules with at least two atoms and only H, C, N, O, F (organic chemistry).
+ORGANIC = {1, 6, 7, 8, 9}
+MOLECULES = tuple(
+    name for name in g2.names if len(g2[name]) > 1 and set(g2[name].numbers) <= ORGANIC
+)
+TEMPERATURES_K = (300, 800, 1500)
+FAMILY_WEIGHTS = {"rattled": 0.45, "md": 0.35, "dimer": 0.2}
+MD_STRIDE = 5
+
+
+def generate(n: int, rng: np.random.Generator, skipped: Counter[str]) -> list[Structure]:
+    """Make up to ``n`` labelled structures; failed SCFs are counted in ``skipped``."""
+    counts = dict(
+        zip(FAMILY_WEIGHTS, rng.multinomial(n, list(FAMILY_WEIGHTS.values())), strict=True)
+    )
+    out: list[Structure] = []
+    for _ in range(counts["rattled"]):
+        atoms = _molecule(rng)
+        atoms.rattle(stdev=float(rng.uniform(0.02, 0.10)), rng=rng)
+        _append(out, atoms, "rattled", skipped)
+    for _ in range(counts["dimer"]):
+        _append(out, _dimer(rng), "dimer", skipped)
+    remaining = counts["md"]
+    while remaining > 0:
+        batch = min(remaining, int(rng.integers(4, 13)))
+        out += _md_snapshots(rng, batch, skipped)
+        remaining -= batch
+    return out
+
+
+def _calculator() -> object:
+    from tblite.ase import TBLite
+
+    return TBLite(method="GFN2-xTB", verbosity=0, max_iterations=250)
+
+
+def _molecule(rng: np.random.Generator) -> Atoms:
+    atoms = molecule(str(rng.choice(MOLECULES)))
+    atoms.rotate(float(rng.uniform(0, 360)), rng.normal(size=3), center="COP")
+    return atoms
+
+
+def _dimer(rng: np.random.Generator) -> Atoms:
+    a, b = _molecule(rng), _molecule(rng)
+    a.rattle(stdev=0.05, rng=rng)
+    b.rattle(stdev=0.05, rng=rng)
+    # place b along a random direction so that the closest contact is 2.5-5 Å
+    direction = rng.normal(size=3)
+    direction /= np.linalg.norm(direction)
+    b.translate(a.positions.mean(0) - b.positions.mean(0))
+    gap = float(rng.uniform(2.5, 5.0))
+    step = 0.1
+    while _closest(a, b) < gap:
+        b.translate(step * direction)
+    return a + b
+
+
+def _closest(a: Atoms, b: Atoms) -> float:
+    return float(np.min(np.linalg.norm(a.positions[:, None] - b.positions[None], axis=-1)))
+
+
+def _md_snapshots(rng: np.random.Generator, count: int, skipped: Counter[str]) -> list[Structure]:
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    temperature = int(rng.choice(TEMPERATURES_K))
+    atoms = _molecule(rng)
+    atoms.calc = _calculator()
+    thermalize_momenta(atoms, temperature, rng=rng)
+    dyn = Langevin(
+        atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.05, fixcm=False, rng=rng
+    )
+    out: list[Structure] = []
+    try:
+        dyn.run(20)
+        for _ in range(count):
+            dyn.run(MD_STRIDE)
+            _append(out, atoms.copy(), f"md-{temperature}K", skipped)
+    except Exception:  # tblite raises a plain exception when the SCF fails mid-trajectory
+        skipped["scf"] += count - len(out)
+    return out
+
+
+def _append(out: list[Structure], atoms: Atoms, family: str, skipped: Counter[str]) -> None:
+    atoms.calc = _calculator()
+    atoms.info["family"] = family
+    try:
+        atoms.calc.calculate(atoms, ["energy", "forces"])
+    except Exception:  # tblite reports a failed SCF as a bare exception
+        skipped["scf"] += 1
+        return
+    out.append(atoms_to_structure(atoms, source=SOURCE))

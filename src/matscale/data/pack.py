@@ -1,0 +1,238 @@
+"""``matscale data pack``: stream files of any reader into a sharded store, in parallel.
+
+Each worker process owns a disjoint set of input files and writes its own shards and part
+files; :func:`matscale.data.store.merge_parts` then combines the parts' indexes. Several nodes
+pack one store by giving each a different ``part`` of ``n_parts`` (same file list, same output
+directory on a shared file system) and running ``matscale data merge`` once at the end.
+
+Records that fail :func:`check_structure` are skipped, counted by reason, and listed in
+``parts/<part>.skipped.jsonl`` with file, record and field; a file that cannot be parsed stops
+packing with a :class:`DataError` naming it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from collections import Counter
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from matscale.data.graph import count_edges
+from matscale.data.readers import read_structures
+from matscale.data.shard import write_shard
+from matscale.data.stats import StatsAccumulator
+from matscale.data.store import merge_parts, write_json_atomic
+from matscale.data.structure import Structure, check_structure
+from matscale.errors import DataError
+
+
+@dataclass(kw_only=True)
+class PackConfig:
+    """How ``matscale data pack`` turns files into a store."""
+
+    cutoff: float = 5.0
+    """Radius (Å) at which neighbours are counted per structure (for edge-bounded batches)."""
+    shard_mb: float = 64.0
+    """Target shard size in MiB; a shard is closed once it reaches this size."""
+    require: tuple[str, ...] = ("energy",)
+    """Labels every record must carry; others are skipped and counted (energy, forces, stress)."""
+    max_force: float | None = 100.0
+    """Skip structures with any force component above this (eV/Å), as the paper did."""
+    workers: int = 0
+    """Packing processes; 0 uses every core."""
+    format: str | None = None
+    """Reader for every input (ase, ase-db, aselmdb, ani-h5, mptrj); None guesses from names."""
+    source: str | None = None
+    """Source name for records that carry none; None uses each file's stem."""
+    part: int = 0
+    """Which part of the file list this packer takes (for several nodes packing one store)."""
+    n_parts: int = 1
+    """How many packers share the file list; merging runs when this is 1."""
+
+
+def pack(files: list[Path], out: Path, config: PackConfig, *, progress: bool = True) -> dict:
+    """Pack ``files`` into the store at ``out``; return the merged metadata (or, when
+    ``n_parts > 1``, this part's report, to be merged by ``merge_parts`` later)."""
+    if not files:
+        raise DataError("no input files given")
+    for f in files:
+        if not Path(f).exists():
+            raise DataError("no such file", file=str(f))
+    if not 0 <= config.part < config.n_parts:
+        raise ValueError(f"part {config.part} is not in 0..{config.n_parts - 1}")
+    # Parts and workers take contiguous runs of the sorted file list and name their shards by
+    # the run's first file, so the store's order is the files' order whatever the parallelism.
+    ordered = sorted(Path(f) for f in files)
+    first, mine = _chunks(ordered, config.n_parts)[config.part]
+    workers = min(config.workers or os.cpu_count() or 1, max(len(mine), 1))
+    runs = [(first + start, group) for start, group in _chunks(mine, workers) if group]
+    groups = [group for _, group in runs]
+    names = [f"f{start:07d}" for start, _ in runs]
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(exist_ok=True)
+    ctx = mp.get_context("spawn")  # fork + torch threads can deadlock; spawn is safe everywhere
+    counter = ctx.Value("q", 0)
+    if len(groups) == 1:
+        _init_worker(counter)
+        reports = [_pack_group(groups[0], out, names[0], config)]
+    else:
+        # A process pool that notices a dead worker (BrokenProcessPool) instead of waiting forever.
+        with ProcessPoolExecutor(
+            len(groups), mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+        ) as pool:
+            jobs = [
+                pool.submit(_pack_group, g, out, n, config)
+                for g, n in zip(groups, names, strict=True)
+            ]
+            _wait(jobs, counter, progress)
+            reports = [j.result() for j in jobs]
+    total_skipped = sum(sum(r["skipped"].values()) for r in reports)
+    if progress and total_skipped:
+        print(
+            f"skipped {total_skipped} records: "
+            + ", ".join(
+                f"{k}: {v}"
+                for k, v in Counter(
+                    {k: v for r in reports for k, v in r["skipped"].items()}
+                ).most_common()
+            )
+            + f" (listed in {out / 'parts'}/*.skipped.jsonl)"
+        )
+    if config.n_parts == 1:
+        return merge_parts(out)
+    return {"part": config.part, "reports": reports}
+
+
+_COUNTER: Any = None
+
+
+def _init_worker(counter: Any) -> None:
+    global _COUNTER
+    _COUNTER = counter
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def _wait(jobs: list[Any], counter: Any, progress: bool) -> None:
+    from tqdm import tqdm
+
+    with tqdm(desc="packing", unit=" structures", disable=not progress) as bar:
+        while not all(j.done() for j in jobs):
+            time.sleep(0.2)
+            bar.update(counter.value - bar.n)
+        bar.update(counter.value - bar.n)
+
+
+def _chunks(files: list[Path], n: int) -> list[tuple[int, list[Path]]]:
+    """Cut ``files`` into ``n`` contiguous runs of similar total bytes: (first index, run)."""
+    sizes = [max(f.stat().st_size, 1) for f in files]
+    total = sum(sizes)
+    out: list[tuple[int, list[Path]]] = []
+    start, acc = 0, 0
+    for k, size in enumerate(sizes):
+        acc += size
+        # close run number len(out) once it holds its share of the bytes
+        if len(out) < n - 1 and acc >= total * (len(out) + 1) / n:
+            out.append((start, files[start : k + 1]))
+            start = k + 1
+    out.append((start, files[start:]))
+    out += [(len(files), [])] * (n - len(out))
+    return out
+
+
+def _pack_group(files: list[Path], out: Path, name: str, config: PackConfig) -> dict[str, Any]:
+    """One worker: read ``files``, check each record, write shards and this part's files."""
+    with PartWriter(out, name, config, inputs=[str(f) for f in files]) as writer:
+        for path in files:
+            for rec, s in enumerate(
+                read_structures(path, source=config.source, format=config.format)
+            ):
+                writer.add(s, file=str(path), record=s.key.rsplit("#", 1)[-1] or rec)
+    return writer.report
+
+
+class PartWriter:
+    """Writes one part of a store: checks each structure, fills shards, keeps statistics.
+
+    Use as a context manager; on exit it writes the last shard and the part's files
+    (``parts/<name>.json``, ``.stats.npz``, ``.skipped.jsonl``), after which
+    :func:`merge_parts` includes it in the store. This is also the API for packing structures
+    that come from code rather than files (a generator, a simulation).
+    """
+
+    def __init__(self, out: Path, name: str, config: PackConfig, inputs: list[str] | None = None):
+        (out / "shards").mkdir(parents=True, exist_ok=True)
+        (out / "parts").mkdir(exist_ok=True)
+        self.out, self.name, self.config = out, name, config
+        self.inputs = inputs or []
+        self.stats = StatsAccumulator()
+        self.skipped: Counter[str] = Counter()
+        self.shards: list[dict[str, Any]] = []
+        self.sources: set[str] = set()
+        self.families: set[str] = set()
+        self._buffer: list[Structure] = []
+        self._edges: list[int] = []
+        self._bytes = 0
+        self._skip_log = open(out / "parts" / f"{name}.skipped.jsonl", "w")
+        self.report: dict[str, Any] = {}
+
+    def add(
+        self, s: Structure, *, file: str | None = None, record: int | str | None = None
+    ) -> bool:
+        """Check ``s`` and store it; return False (and count and log why) if it was skipped."""
+        c = self.config
+        try:
+            check_structure(s, file=file, record=record, require=c.require, max_force=c.max_force)
+        except DataError as exc:
+            self.skipped[f"{exc.field}: {exc.reason.split(' (')[0]}"] += 1
+            entry = {
+                "file": exc.file,
+                "record": exc.record,
+                "field": exc.field,
+                "reason": exc.reason,
+            }
+            self._skip_log.write(json.dumps(entry) + "\n")
+            return False
+        n_edges = count_edges(s.positions, s.cell, s.pbc, c.cutoff)
+        self._buffer.append(s)
+        self._edges.append(n_edges)
+        self.stats.add(s, n_edges)
+        self.sources.add(s.source)
+        self.families.add(s.family)
+        self._bytes += 25 * s.n_atoms + 120 + len(s.key)  # roughly what the shard will hold
+        if self._bytes >= c.shard_mb * 2**20:
+            self._flush()
+        return True
+
+    def _flush(self) -> None:
+        if not self._buffer:
+            return
+        path = self.out / "shards" / f"{self.name}-{len(self.shards):05d}.msshard"
+        self.shards.append(write_shard(path, self._buffer, self._edges))
+        if _COUNTER is not None:
+            with _COUNTER.get_lock():
+                _COUNTER.value += len(self._buffer)
+        self._buffer, self._edges, self._bytes = [], [], 0
+
+    def __enter__(self) -> PartWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *_: object) -> None:
+        self._skip_log.close()
+        if exc_type is not None:
+            return  # leave no part file: merge_parts must not see a half-written part
+        self._flush()
+        self.stats.save(self.out / "parts" / f"{self.name}.stats.npz")
+        self.report = {
+            "cutoff": self.config.cutoff,
+            "inputs": self.inputs,
+            "shards": self.shards,
+            "sources": sorted(self.sources),
+            "families": sorted(self.families),
+            "skipped": dict(self.skipped),
+        }
+        write_json_atomic(self.out / "parts" / f"{self.name}.json", self.report)

@@ -1,0 +1,413 @@
+"""Readers: each turns one file of a public format into a stream of :class:`Structure`.
+
+=============== ================================ =============================================
+format          files                            units converted
+=============== ================================ =============================================
+``ase``         anything ``ase.io`` reads        none (ASE files are in eV, Å); extxyz first
+                (extxyz, xyz, POSCAR, cif, ...)
+``ase-db``      ASE database (``.db``, sqlite)   none
+``aselmdb``     fairchem's ASE-LMDB (OC20/OC22)  none
+``ani-h5``      ANI-1x-style HDF5                energy Hartree → eV, forces Hartree/Å → eV/Å
+``mptrj``       MPtrj JSON                       stress kbar (VASP sign) → eV/Å³ (ASE sign)
+=============== ================================ =============================================
+
+A reader never validates physics (the packer does, with :func:`check_structure`); it raises
+:class:`DataError` naming the file and record when a record cannot be parsed at all.
+"""
+
+from __future__ import annotations
+
+import json
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from matscale.data.structure import Structure, stress_to_voigt
+from matscale.errors import DataError
+from matscale.units import ENERGY_UNITS, KBAR_EV_PER_A3
+
+Reader = Callable[..., Iterator[Structure]]
+
+
+def read_ase(path: str | Path, *, source: str, format: str | None = None) -> Iterator[Structure]:
+    """Read every frame of a file ``ase.io`` understands (extxyz first of all).
+
+    The labels come from the frame's calculator (``energy``, ``forces``, ``stress``, as extxyz
+    stores them) or, failing that, from ``atoms.info['energy']`` / ``atoms.arrays['forces']``.
+    ``atoms.info['source']`` overrides ``source``; ``atoms.info['family']`` sets the family.
+    """
+    import ase.io
+
+    path = str(path)
+    frames = ase.io.iread(path, index=":", format=format)
+    i = 0
+    while True:
+        try:
+            atoms = next(frames)
+        except StopIteration:
+            return
+        except Exception as exc:  # ase raises many kinds for a malformed file
+            raise DataError(
+                f"cannot parse ({type(exc).__name__}: {exc})", file=path, record=i
+            ) from exc
+        yield atoms_to_structure(atoms, source=source, key=f"{path}#{i}", file=path, record=i)
+        i += 1
+
+
+def atoms_to_structure(
+    atoms: Any, *, source: str, key: str = "", file: str | None = None, record: int | None = None
+) -> Structure:
+    """Convert an ``ase.Atoms`` (with calculator results or info/arrays labels) to a Structure."""
+    results: dict[str, Any] = {}
+    if atoms.calc is not None:
+        results = dict(getattr(atoms.calc, "results", {}))
+    energy = results.get("energy", atoms.info.get("energy"))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    stress = results.get("stress", atoms.info.get("stress"))
+    try:
+        return Structure(
+            numbers=np.asarray(atoms.numbers, dtype=np.int64),
+            positions=np.asarray(atoms.positions, dtype=np.float64),
+            cell=np.asarray(atoms.cell[:], dtype=np.float64),
+            pbc=np.asarray(atoms.pbc, dtype=bool),
+            energy=None if energy is None else float(energy),
+            forces=None if forces is None else np.asarray(forces, dtype=np.float64),
+            stress=None if stress is None else stress_to_voigt(stress),
+            source=str(atoms.info.get("source", source)),
+            family=str(atoms.info.get("family", "")),
+            key=key,
+        )
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"bad label: {exc}", file=file, record=record) from exc
+
+
+def read_ase_db(path: str | Path, *, source: str) -> Iterator[Structure]:
+    """Read every row of an ASE database (``ase.db.connect``)."""
+    import ase.db
+
+    path = str(path)
+    if not Path(path).exists():
+        raise DataError("no such file", file=path)
+    try:
+        db = ase.db.connect(path)
+        rows = db.select()
+        for row in rows:
+            yield atoms_to_structure(
+                row.toatoms(add_additional_information=True),
+                source=source,
+                key=f"{path}#{row.id}",
+                file=path,
+                record=row.id,
+            )
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(
+            f"cannot read ASE database ({type(exc).__name__}: {exc})", file=path
+        ) from exc
+
+
+#: Keys of the fairchem ASE-LMDB layout that hold bookkeeping, not structures.
+ASELMDB_RESERVED = {b"nextid", b"metadata", b"deleted_ids"}
+
+
+def read_aselmdb(path: str | Path, *, source: str) -> Iterator[Structure]:
+    """Read fairchem's ASE-LMDB layout, as used for OC20/OC22 (``*.aselmdb``).
+
+    One LMDB file (``subdir=False``); each record is keyed by its ASE id in ASCII and holds a
+    zlib-compressed JSON dict of an ``ase.db`` row (``numbers``, ``positions``, ``cell``,
+    ``pbc``, ``energy``, ``forces``, ``stress``, ``key_value_pairs``, ``data``).
+    """
+    import lmdb
+    import orjson
+
+    path = str(path)
+    if not Path(path).is_file():
+        raise DataError("no such file", file=path)
+    try:
+        env = lmdb.open(
+            path, subdir=False, readonly=True, lock=False, readahead=False, meminit=False
+        )
+    except lmdb.Error as exc:
+        raise DataError(f"not an LMDB file ({exc})", file=path) from exc
+    with env, env.begin(write=False) as txn:
+        keys = [
+            k
+            for k in txn.cursor().iternext(keys=True, values=False)
+            if bytes(k) not in ASELMDB_RESERVED
+        ]
+        keys.sort(key=lambda k: int(k) if bytes(k).isdigit() else -1)
+        for key in keys:
+            rid = bytes(key).decode("ascii", "replace")
+            try:
+                row = orjson.loads(zlib.decompress(txn.get(key) or b""))
+            except (zlib.error, orjson.JSONDecodeError) as exc:
+                raise DataError(
+                    f"record is not zlib-compressed JSON ({exc})", file=path, record=rid
+                ) from exc
+            yield _row_to_structure(row, source=source, file=path, record=rid)
+
+
+def _row_to_structure(row: dict[str, Any], *, source: str, file: str, record: str) -> Structure:
+    """Turn one ASE-row dict (as JSON) into a Structure."""
+    kvp = row.get("key_value_pairs") or {}
+    try:
+        numbers = np.asarray(row["numbers"], dtype=np.int64)
+        stress = row.get("stress")
+        return Structure(
+            numbers=numbers,
+            positions=np.asarray(row["positions"], dtype=np.float64),
+            cell=np.asarray(row.get("cell", np.zeros((3, 3))), dtype=np.float64).reshape(3, 3),
+            pbc=np.asarray(row.get("pbc", [False] * 3), dtype=bool),
+            energy=None if row.get("energy") is None else float(row["energy"]),
+            forces=None if row.get("forces") is None else np.asarray(row["forces"], np.float64),
+            stress=None if stress is None else stress_to_voigt(np.asarray(stress)),
+            source=str(kvp.get("source", source)),
+            family=str(kvp.get("family", "")),
+            key=f"{file}#{record}",
+        )
+    except KeyError as exc:
+        raise DataError("missing", file=file, record=record, field=str(exc.args[0])) from exc
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"bad value ({exc})", file=file, record=record) from exc
+
+
+#: Dataset names tried, in order, for each quantity of an ANI-style HDF5 group.
+ANI_KEYS: dict[str, tuple[str, ...]] = {
+    "coordinates": ("coordinates",),
+    "numbers": ("atomic_numbers", "species"),
+    "energy": ("energies", "wb97x_dz.energy", "energy"),
+    "forces": ("forces", "wb97x_dz.forces"),
+}
+
+
+def read_ani_h5(
+    path: str | Path, *, source: str, energy_unit: str = "Hartree"
+) -> Iterator[Structure]:
+    """Read an ANI-1x-style HDF5 file: groups (one per formula) of conformers.
+
+    Each group holding a ``coordinates`` dataset [n_conf, n_atoms, 3] Å is read, with
+    ``atomic_numbers`` [n_atoms] (or ``species`` as symbols), energies [n_conf] and forces
+    [n_conf, n_atoms, 3] under the names in :data:`ANI_KEYS`. Energies are in ``energy_unit``
+    (Hartree for ANI-1x; also ``eV`` or ``kcal/mol``) and forces in that unit per Å; both are
+    converted to eV and eV/Å. Conformers whose energy is NaN (ANI-1x leaves gaps) come through
+    with NaN, for the packer to skip and count.
+    """
+    import h5py
+
+    path = str(path)
+    if energy_unit not in ENERGY_UNITS:
+        raise DataError(
+            f"unknown energy unit {energy_unit!r}; known: {sorted(ENERGY_UNITS)}", file=path
+        )
+    to_ev = ENERGY_UNITS[energy_unit]
+    try:
+        handle = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataError(f"not an HDF5 file ({exc})", file=path) from exc
+    with handle:
+        groups: list[Any] = []
+        handle.visititems(lambda name, obj: groups.append(obj) if _is_ani_group(obj) else None)
+        for group in groups:
+            yield from _read_ani_group(group, source=source, to_ev=to_ev, file=path)
+
+
+def _is_ani_group(obj: Any) -> bool:
+    import h5py
+
+    return isinstance(obj, h5py.Group) and "coordinates" in obj
+
+
+def _find(group: Any, quantity: str) -> Any:
+    for name in ANI_KEYS[quantity]:
+        if name in group:
+            return group[name]
+    return None
+
+
+def _read_ani_group(group: Any, *, source: str, to_ev: float, file: str) -> Iterator[Structure]:
+    name = group.name
+    coords = np.asarray(group["coordinates"], dtype=np.float64)
+    z = _find(group, "numbers")
+    if z is None:
+        raise DataError(
+            "group has no atomic_numbers or species", file=file, record=name, field="atomic_numbers"
+        )
+    z = np.asarray(z)
+    if z.dtype.kind in "SUO":
+        from ase.data import atomic_numbers
+
+        z = np.array([atomic_numbers[s.decode() if isinstance(s, bytes) else s] for s in z])
+    numbers = z.astype(np.int64).reshape(-1)
+    if coords.ndim != 3 or coords.shape[1:] != (len(numbers), 3):
+        raise DataError(
+            f"coordinates have shape {coords.shape}, expected [n_conf, {len(numbers)}, 3]",
+            file=file,
+            record=name,
+            field="coordinates",
+        )
+    e = _find(group, "energy")
+    f = _find(group, "forces")
+    energies = None if e is None else np.asarray(e, dtype=np.float64) * to_ev
+    forces = None if f is None else np.asarray(f, dtype=np.float64) * to_ev
+    for k in range(coords.shape[0]):
+        yield Structure(
+            numbers=numbers,
+            positions=coords[k],
+            energy=None if energies is None else float(energies[k]),
+            forces=None if forces is None else forces[k],
+            source=source,
+            family=str(group.attrs.get("family", "")),
+            key=f"{file}#{name}/{k}",
+        )
+
+
+def read_mptrj(
+    path: str | Path, *, source: str, energy_key: str = "uncorrected_total_energy"
+) -> Iterator[Structure]:
+    """Read MPtrj JSON: ``{mp_id: {frame_id: {structure, energy, force, stress, ...}}}``.
+
+    The file is streamed one material at a time, so the 11 GB release is read in flat memory.
+    ``structure`` is a pymatgen ``Structure.as_dict()`` (lattice matrix in Å, Cartesian
+    ``xyz`` per site); ``force`` is in eV/Å; ``stress`` is in kbar with VASP's sign (positive =
+    compressive) and is converted to eV/Å³ with ASE's sign. ``energy_key`` picks the raw DFT
+    energy (default) or ``corrected_total_energy`` (MP2020 corrections applied).
+    """
+    path = str(path)
+    for mp_id, frames in _iter_json_object(path):
+        if not isinstance(frames, dict):
+            raise DataError("expected an object of frames", file=path, record=mp_id)
+        for frame_id, frame in frames.items():
+            yield _mptrj_frame(
+                frame, source=source, energy_key=energy_key, file=path, record=f"{mp_id}/{frame_id}"
+            )
+
+
+def _mptrj_frame(
+    frame: dict[str, Any], *, source: str, energy_key: str, file: str, record: str
+) -> Structure:
+    try:
+        lattice = frame["structure"]["lattice"]
+        sites = frame["structure"]["sites"]
+        from ase.data import atomic_numbers
+
+        numbers = np.array([atomic_numbers[site["species"][0]["element"]] for site in sites])
+        positions = np.array([site["xyz"] for site in sites], dtype=np.float64)
+        stress = frame.get("stress")
+        return Structure(
+            numbers=numbers.astype(np.int64),
+            positions=positions,
+            cell=np.asarray(lattice["matrix"], dtype=np.float64),
+            pbc=np.asarray(lattice.get("pbc", [True, True, True]), dtype=bool),
+            energy=float(frame[energy_key]),
+            forces=None if frame.get("force") is None else np.asarray(frame["force"], np.float64),
+            stress=None
+            if stress is None
+            else -KBAR_EV_PER_A3 * stress_to_voigt(np.asarray(stress, dtype=np.float64)),
+            source=source,
+            key=f"{file}#{record}",
+        )
+    except KeyError as exc:
+        raise DataError("missing", file=file, record=record, field=str(exc.args[0])) from exc
+    except (TypeError, ValueError, IndexError) as exc:
+        raise DataError(f"bad value ({exc})", file=file, record=record) from exc
+
+
+#: Largest JSON value (one material's frames) the streaming MPtrj reader holds, in characters.
+MAX_JSON_VALUE = 1 << 28
+
+
+def _iter_json_object(path: str, chunk: int = 1 << 20) -> Iterator[tuple[str, Any]]:
+    """Yield the (key, value) pairs of a top-level JSON object, one value in memory at a time."""
+    decoder = json.JSONDecoder()
+    with open(path, encoding="utf-8") as fh:
+        buf = fh.read(chunk)
+        pos = _skip_ws(buf, 0)
+        if pos >= len(buf) or buf[pos] != "{":
+            raise DataError("not a JSON object", file=path)
+        pos += 1
+        n = 0
+        while True:
+            # Parse `"key": value` followed by `,` or `}`; refill the buffer when a value is cut.
+            while True:
+                pos = _skip_ws(buf, pos)  # start of this pair; kept if the buffer is refilled
+                try:
+                    if buf[pos] == "}":
+                        return
+                    key, p = decoder.raw_decode(buf, pos)
+                    p = _skip_ws(buf, p)
+                    if buf[p] != ":":
+                        raise DataError("expected ':' after key", file=path, record=n)
+                    value, end = decoder.raw_decode(buf, _skip_ws(buf, p + 1))
+                    end = _skip_ws(buf, end)
+                    if buf[end] not in ",}":
+                        raise json.JSONDecodeError("expected ',' or '}'", buf, end)
+                    break
+                except (json.JSONDecodeError, IndexError) as exc:
+                    more = fh.read(chunk)
+                    if not more:
+                        raise DataError(
+                            f"malformed or truncated JSON ({exc})", file=path, record=n
+                        ) from exc
+                    buf = buf[pos:] + more
+                    pos = 0
+                    if len(buf) > MAX_JSON_VALUE:  # malformed mid-file: don't read it all in
+                        raise DataError(
+                            f"no parsable value in {MAX_JSON_VALUE >> 20} MiB ({exc})",
+                            file=path,
+                            record=n,
+                        ) from exc
+            yield str(key), value
+            n += 1
+            if buf[end] == "}":
+                return
+            pos = end + 1  # the buffer is compacted only when it is refilled
+
+
+def _skip_ws(buf: str, pos: int) -> int:
+    while pos < len(buf) and buf[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
+#: The one explicit table of formats. Extensions map to formats in :func:`guess_format`.
+READERS: dict[str, Reader] = {
+    "ase": read_ase,
+    "ase-db": read_ase_db,
+    "aselmdb": read_aselmdb,
+    "ani-h5": read_ani_h5,
+    "mptrj": read_mptrj,
+}
+
+_EXTENSIONS = {
+    ".db": "ase-db",
+    ".aselmdb": "aselmdb",
+    ".lmdb": "aselmdb",
+    ".h5": "ani-h5",
+    ".hdf5": "ani-h5",
+    ".json": "mptrj",
+}
+
+
+def guess_format(path: str | Path) -> str:
+    """Format name for a file from its extension; anything unknown goes to ``ase``."""
+    return _EXTENSIONS.get(Path(path).suffix.lower(), "ase")
+
+
+def read_structures(
+    path: str | Path, *, source: str | None = None, format: str | None = None, **options: Any
+) -> Iterator[Structure]:
+    """Read any supported file, guessing its format from the extension unless ``format`` is set.
+
+    ``source`` defaults to the file's stem (``ani1x.h5`` → ``ani1x``); files whose records
+    carry their own source (extxyz written by ``matscale data generate``) keep it.
+    """
+    fmt = format or guess_format(path)
+    if fmt not in READERS:
+        raise DataError(f"unknown format {fmt!r}; known: {sorted(READERS)}", file=str(path))
+    if not Path(path).exists():
+        raise DataError("no such file", file=str(path))
+    return READERS[fmt](path, source=source or Path(path).stem, **options)

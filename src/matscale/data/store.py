@@ -1,0 +1,238 @@
+"""The sharded store: write once (by any number of packers), read at random by any number of
+processes through memory maps.
+
+Directory layout::
+
+    STORE/
+      meta.json               sources, families, shard list with CRC-32s, statistics
+      shards/*.msshard        binary shards (see matscale.data.shard)
+      parts/<part>.json       each packer's shard list and skip report (merged into meta.json)
+      parts/<part>.stats.npz  each packer's exact statistics accumulators
+      parts/<part>.skipped.jsonl  every record a packer skipped: file, record, field, reason
+      index/*.npy             per-structure n_atoms, n_edges, source, family (global ids),
+                              memory-mapped by samplers without opening a shard
+
+Reading keeps memory flat however large the store: the index arrays are memory-mapped, shards
+are opened lazily (at most ``max_open`` at once), and each shard's checksum is checked the first
+time a process opens it (``verify="first-use"``), so a corrupt shard is named, never read as
+garbage.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from matscale.data.shard import Shard
+from matscale.data.stats import StatsAccumulator
+from matscale.data.structure import Structure
+from matscale.errors import CorruptShardError, DataError
+
+META = "meta.json"
+FORMAT_VERSION = 1
+Verify = Literal["first-use", "open", "never"]
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and rename, so readers never see half."""
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, sort_keys=False))
+    os.replace(tmp, path)
+
+
+def merge_parts(root: Path) -> dict[str, Any]:
+    """Combine every packer's part files under ``root/parts`` into ``meta.json`` and ``index/``.
+
+    Shards are ordered by part name then by shard name, so the global structure order is
+    reproducible. Runs in flat memory: index arrays are filled shard by shard into ``.npy``
+    memory maps. Returns the new metadata.
+    """
+    part_files = sorted((root / "parts").glob("*.json"))
+    if not part_files:
+        raise DataError("no packed parts to merge (parts/*.json missing)", file=str(root))
+    parts = [json.loads(p.read_text()) for p in part_files]
+    cutoffs = {p["cutoff"] for p in parts}
+    if len(cutoffs) != 1:
+        raise DataError(
+            f"parts were packed with different cutoffs {sorted(cutoffs)}", file=str(root)
+        )
+    shards = [entry for p in parts for entry in p["shards"]]
+    sources = sorted({name for p in parts for name in p["sources"]})
+    families = sorted({name for p in parts for name in p["families"]})
+    stats = StatsAccumulator()
+    skipped: dict[str, int] = {}
+    for pf, p in zip(part_files, parts, strict=True):
+        stats.merge(StatsAccumulator.load(pf.with_suffix(".stats.npz")))
+        for reason, count in p["skipped"].items():
+            skipped[reason] = skipped.get(reason, 0) + count
+    total = sum(e["n_structures"] for e in shards)
+    (root / "index").mkdir(exist_ok=True)
+    index = {
+        name: np.lib.format.open_memmap(
+            root / "index" / f"{name}.npy.tmp", mode="w+", dtype=dtype, shape=(total,)
+        )
+        for name, dtype in (
+            ("n_atoms", np.uint32),
+            ("n_edges", np.uint32),
+            ("source", np.uint16),
+            ("family", np.uint16),
+        )
+    }
+    src_id = {n: i for i, n in enumerate(sources)}
+    fam_id = {n: i for i, n in enumerate(families)}
+    pos = 0
+    for entry in shards:
+        shard = Shard(root / "shards" / entry["file"])
+        a, n = shard.arrays, shard.n_structures
+        index["n_atoms"][pos : pos + n] = np.diff(a["atom_start"])
+        index["n_edges"][pos : pos + n] = a["n_edges"]
+        index["source"][pos : pos + n] = np.array([src_id[s] for s in shard.sources])[a["source"]]
+        index["family"][pos : pos + n] = np.array([fam_id[f] for f in shard.families])[a["family"]]
+        pos += n
+    for name, arr in index.items():
+        arr.flush()
+        del arr
+        os.replace(root / "index" / f"{name}.npy.tmp", root / "index" / f"{name}.npy")
+    meta = {
+        "format_version": FORMAT_VERSION,
+        "cutoff_A": parts[0]["cutoff"],
+        "n_structures": total,
+        "n_atoms": sum(e["n_atoms"] for e in shards),
+        "bytes": sum(e["bytes"] for e in shards),
+        "sources": sources,
+        "families": families,
+        "shards": shards,
+        "skipped": skipped,
+        "stats": stats.summary(),
+    }
+    write_json_atomic(root / META, meta)
+    return meta
+
+
+class Store:
+    """Random access to a packed store. Picklable: each process reopens shards on its own.
+
+    Parameters
+    ----------
+    path: the store directory.
+    verify: ``"first-use"`` checks a shard's CRC-32 when this process first opens it;
+        ``"open"`` checks every shard now; ``"never"`` trusts the files.
+    max_open: shards kept open at once (each holds a memory map and a file descriptor).
+    """
+
+    def __init__(self, path: str | Path, *, verify: Verify = "first-use", max_open: int = 64):
+        self.path = Path(path)
+        meta_path = self.path / META
+        if not meta_path.is_file():
+            raise DataError(
+                "not a matscale store (meta.json missing; run `matscale data pack`)",
+                file=str(self.path),
+            )
+        try:
+            self.meta: dict[str, Any] = json.loads(meta_path.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(f"meta.json is not valid JSON ({exc})", file=str(meta_path)) from exc
+        if self.meta.get("format_version") != FORMAT_VERSION:
+            raise DataError(
+                f"store format {self.meta.get('format_version')} is not {FORMAT_VERSION}",
+                file=str(meta_path),
+            )
+        self.sources: list[str] = self.meta["sources"]
+        self.families: list[str] = self.meta["families"]
+        self.cutoff: float = self.meta["cutoff_A"]
+        self._entries: list[dict[str, Any]] = self.meta["shards"]
+        counts = [e["n_structures"] for e in self._entries]
+        self._starts = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.verify = verify
+        self.max_open = max_open
+        self._open: OrderedDict[int, tuple[Shard, np.ndarray, np.ndarray]] = OrderedDict()
+        self._verified: set[int] = set()
+        idx = self.path / "index"
+        #: [n_structures] atoms per structure (memory-mapped).
+        self.n_atoms: np.ndarray = np.load(idx / "n_atoms.npy", mmap_mode="r")
+        #: [n_structures] directed edges at :attr:`cutoff` (memory-mapped).
+        self.n_edges: np.ndarray = np.load(idx / "n_edges.npy", mmap_mode="r")
+        #: [n_structures] index into :attr:`sources` (memory-mapped).
+        self.source_ids: np.ndarray = np.load(idx / "source.npy", mmap_mode="r")
+        #: [n_structures] index into :attr:`families` (memory-mapped).
+        self.family_ids: np.ndarray = np.load(idx / "family.npy", mmap_mode="r")
+        if verify == "open":
+            for k in range(len(self._entries)):
+                self._shard(k)
+
+    def __len__(self) -> int:
+        return int(self._starts[-1])
+
+    @property
+    def stats(self) -> dict[str, dict[str, Any]]:
+        """Per-source statistics computed while packing (see matscale.data.stats)."""
+        return self.meta["stats"]
+
+    def __getitem__(self, i: int) -> Structure:
+        """Structure number ``i`` (0 ≤ i < len)."""
+        if not 0 <= i < len(self):
+            raise IndexError(f"structure {i} out of range for a store of {len(self)}")
+        k = int(np.searchsorted(self._starts, i, side="right")) - 1
+        shard, src_map, fam_map = self._shard(k)
+        local = i - int(self._starts[k])
+        a = shard.arrays
+        return shard.structure(
+            local,
+            source=self.sources[src_map[a["source"][local]]],
+            family=self.families[fam_map[a["family"][local]]],
+        )
+
+    def check_all(self) -> list[CorruptShardError]:
+        """Check every shard's checksum and header; return the errors found (empty if none)."""
+        errors = []
+        for k in range(len(self._entries)):
+            try:
+                Shard(
+                    self.path / "shards" / self._entries[k]["file"],
+                    expected_crc32=self._entries[k]["crc32"],
+                )
+            except CorruptShardError as exc:
+                errors.append(exc)
+        return errors
+
+    def _shard(self, k: int) -> tuple[Shard, np.ndarray, np.ndarray]:
+        if k in self._open:
+            self._open.move_to_end(k)
+            return self._open[k]
+        entry = self._entries[k]
+        path = self.path / "shards" / entry["file"]
+        if not path.is_file():
+            raise DataError("shard listed in meta.json is missing", file=str(path))
+        check = self.verify != "never" and k not in self._verified
+        shard = Shard(path, expected_crc32=entry["crc32"] if check else None)
+        self._verified.add(k)
+        src = {n: i for i, n in enumerate(self.sources)}
+        fam = {n: i for i, n in enumerate(self.families)}
+        maps = (
+            np.array([src[s] for s in shard.sources]),
+            np.array([fam[f] for f in shard.families]),
+        )
+        self._open[k] = (shard, *maps)
+        if len(self._open) > self.max_open:
+            self._open.popitem(last=False)
+        return self._open[k]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_open"] = OrderedDict()  # memory maps do not travel to worker processes
+        for name in ("n_atoms", "n_edges", "source_ids", "family_ids"):
+            state.pop(name)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        idx = self.path / "index"
+        self.n_atoms = np.load(idx / "n_atoms.npy", mmap_mode="r")
+        self.n_edges = np.load(idx / "n_edges.npy", mmap_mode="r")
+        self.source_ids = np.load(idx / "source.npy", mmap_mode="r")
+        self.family_ids = np.load(idx / "family.npy", mmap_mode="r")

@@ -1,0 +1,180 @@
+"""The one record every reader, generator and the store exchange: :class:`Structure`.
+
+Conventions (the same in every file of matscale):
+
+========== ============== ======= =====================================================
+field      shape          unit    meaning
+========== ============== ======= =====================================================
+numbers    [n_atoms]      —       atomic numbers Z (1..118)
+positions  [n_atoms, 3]   Å       Cartesian positions
+cell       [3, 3]         Å       lattice vectors as rows; zeros for a molecule
+pbc        [3]            —       periodic along each lattice vector
+energy     scalar         eV      total potential energy (not per atom)
+forces     [n_atoms, 3]   eV/Å    −∂E/∂positions
+stress     [6]            eV/Å³   Voigt order xx, yy, zz, yz, xz, xy; ASE's sign:
+                                  σ = (1/V) ∂E/∂ε, so pressure = −trace/3
+source     str            —       name of the data source (level of theory), e.g. ``emt-metals``
+family     str            —       kind of structure inside a source, e.g. ``bulk``, ``md-1200K``
+key        str            —       provenance, e.g. ``file.xyz#17``
+========== ============== ======= =====================================================
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+from ase import Atoms
+
+from matscale.errors import DataError
+
+#: Atoms closer than this are rejected as unphysical (Å).
+MIN_DISTANCE = 0.1
+#: Largest atomic number a model embeds.
+MAX_Z = 118
+
+
+@dataclass(kw_only=True)
+class Structure:
+    """An atomic structure with optional labels. See the module docstring for units."""
+
+    numbers: np.ndarray  # [n_atoms] int
+    positions: np.ndarray  # [n_atoms, 3] Å
+    cell: np.ndarray = field(default_factory=lambda: np.zeros((3, 3)))  # [3, 3] Å
+    pbc: np.ndarray = field(default_factory=lambda: np.zeros(3, dtype=bool))  # [3]
+    energy: float | None = None  # eV
+    forces: np.ndarray | None = None  # [n_atoms, 3] eV/Å
+    stress: np.ndarray | None = None  # [6] eV/Å³, Voigt
+    source: str = "default"
+    family: str = ""
+    key: str = ""
+
+    @property
+    def n_atoms(self) -> int:
+        """Number of atoms."""
+        return len(self.numbers)
+
+    def to_atoms(self) -> Atoms:
+        """Return an ``ase.Atoms`` carrying the labels as a single-point calculator."""
+        from ase.calculators.singlepoint import SinglePointCalculator
+
+        atoms = Atoms(numbers=self.numbers, positions=self.positions, cell=self.cell, pbc=self.pbc)
+        results: dict[str, object] = {}
+        if self.energy is not None:
+            results["energy"] = self.energy
+        if self.forces is not None:
+            results["forces"] = np.asarray(self.forces)
+        if self.stress is not None:
+            results["stress"] = np.asarray(self.stress)
+        if results:
+            atoms.calc = SinglePointCalculator(atoms, **results)
+        atoms.info["source"] = self.source
+        if self.family:
+            atoms.info["family"] = self.family
+        return atoms
+
+
+def stress_to_voigt(stress: np.ndarray) -> np.ndarray:
+    """Convert a stress given as 3x3 or Voigt-6 (xx, yy, zz, yz, xz, xy) into Voigt-6."""
+    s = np.asarray(stress, dtype=np.float64)
+    if s.shape == (6,):
+        return s
+    if s.shape == (3, 3):
+        return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
+    if s.shape == (9,):
+        return stress_to_voigt(s.reshape(3, 3))
+    raise ValueError(f"stress has shape {s.shape}; expected (6,), (3, 3) or (9,)")
+
+
+def voigt_to_matrix(voigt: np.ndarray) -> np.ndarray:
+    """Convert Voigt-6 stress (xx, yy, zz, yz, xz, xy) into a symmetric 3x3 matrix."""
+    xx, yy, zz, yz, xz, xy = np.asarray(voigt, dtype=np.float64)
+    return np.array([[xx, xy, xz], [xy, yy, yz], [xz, yz, zz]])
+
+
+def check_structure(
+    s: Structure,
+    *,
+    file: str | None = None,
+    record: int | str | None = None,
+    require: tuple[str, ...] = (),
+    max_force: float | None = None,
+) -> None:
+    """Raise :class:`DataError` naming file, record and field if ``s`` is unusable.
+
+    Checks shapes, finiteness, atomic numbers, that the labels named in ``require``
+    (``"energy"``, ``"forces"``, ``"stress"``) are present, that no two atoms (periodic
+    images included) are closer than :data:`MIN_DISTANCE`, and that a periodic cell has
+    non-zero volume. With ``max_force`` (eV/Å), a structure with any force component larger
+    in magnitude is rejected too (the paper dropped those above 100 eV/Å).
+    """
+
+    def fail(msg: str, fld: str) -> DataError:
+        return DataError(msg, file=file, record=record, field=fld)
+
+    n = len(s.numbers)
+    if n == 0:
+        raise fail("structure has no atoms", "numbers")
+    numbers = np.asarray(s.numbers)
+    if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
+        raise fail(f"expected integer atomic numbers of shape [n], got {numbers.dtype}", "numbers")
+    if numbers.min() < 1 or numbers.max() > MAX_Z:
+        raise fail(
+            f"atomic numbers must lie in 1..{MAX_Z}, got {numbers.min()}..{numbers.max()}",
+            "numbers",
+        )
+    _check_array(s.positions, (n, 3), "positions", fail)
+    _check_array(s.cell, (3, 3), "cell", fail)
+    if np.asarray(s.pbc).shape != (3,):
+        raise fail(f"expected shape (3,), got {np.asarray(s.pbc).shape}", "pbc")
+    if s.energy is not None and not np.isfinite(s.energy):
+        raise fail(f"energy is {s.energy}", "energy")
+    if s.forces is not None:
+        _check_array(s.forces, (n, 3), "forces", fail)
+    if s.stress is not None:
+        _check_array(s.stress, (6,), "stress", fail)
+    if max_force is not None and s.forces is not None and np.abs(s.forces).max() > max_force:
+        raise fail(f"a force exceeds {max_force} eV/Å ({np.abs(s.forces).max():.1f})", "forces")
+    for label in require:
+        if getattr(s, label) is None:
+            raise fail(f"{label} required but missing", label)
+    pbc = np.asarray(s.pbc, dtype=bool)
+    if pbc.any():
+        cell = np.asarray(s.cell, dtype=np.float64)
+        # Only the periodic directions need a lattice vector; a slab may leave z at zero.
+        volume = abs(np.linalg.det(cell))
+        if pbc.all() and volume < 1e-6:
+            raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell")
+        if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
+            raise fail("periodic direction has a zero lattice vector", "cell")
+    closest = min_distance(s)
+    if closest < MIN_DISTANCE:
+        raise fail(f"two atoms are {closest:.3g} Å apart (< {MIN_DISTANCE} Å)", "positions")
+
+
+def min_distance(s: Structure) -> float:
+    """Smallest distance between two atoms, periodic images included (Å); inf for one atom."""
+    from vesin import NeighborList
+
+    pbc = np.asarray(s.pbc, dtype=bool)
+    cell = np.asarray(s.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
+    # A cutoff this small makes vesin build a grid of tiny cells (slow); 1 Å costs ~nothing and
+    # any pair closer than MIN_DISTANCE is in it.
+    nl = NeighborList(cutoff=1.0, full_list=False)
+    (d,) = nl.compute(
+        points=np.asarray(s.positions, np.float64), box=cell, periodic=pbc, quantities="d"
+    )
+    return float(d.min()) if len(d) else float("inf")
+
+
+def _check_array(
+    value: object, shape: tuple[int, ...], name: str, fail: Callable[[str, str], DataError]
+) -> None:
+    arr = np.asarray(value)
+    if arr.shape != shape:
+        raise fail(f"expected shape {shape}, got {arr.shape}", name)
+    if not np.issubdtype(arr.dtype, np.number):
+        raise fail(f"expected numbers, got dtype {arr.dtype}", name)
+    if not np.all(np.isfinite(arr)):
+        raise fail("contains NaN or inf", name)

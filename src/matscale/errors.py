@@ -1,0 +1,44 @@
+"""Errors raised for a user's bad input: each names the file, the record and the field."""
+
+from __future__ import annotations
+
+
+class DataError(ValueError):
+    """A data file or record that cannot be used.
+
+    Parameters
+    ----------
+    message:
+        What is wrong, in words.
+    file:
+        The file (or store directory) it came from.
+    record:
+        Index or key of the record inside the file, when known.
+    field:
+        The field at fault (``"forces"``, ``"cell"``, ...), when known.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        file: str | None = None,
+        record: int | str | None = None,
+        field: str | None = None,
+    ) -> None:
+        self.reason = message
+        self.file = file
+        self.record = record
+        self.field = field
+        where = []
+        if file is not None:
+            where.append(str(file))
+        if record is not None:
+            where.append(f"record {record}")
+        if field is not None:
+            where.append(f"field '{field}'")
+        super().__init__(f"{', '.join(where)}: {message}" if where else message)
+
+
+class CorruptShardError(DataError):
+    """A shard of the store whose bytes do not match the checksum recorded at packing time."""

@@ -1,0 +1,49 @@
+"""Shared fixtures: small labelled structures made by real calculators in milliseconds."""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+import pytest
+from ase.build import bulk, molecule
+from ase.calculators.emt import EMT
+
+from matscale.data.readers import atoms_to_structure
+from matscale.data.structure import Structure
+
+warnings.filterwarnings("ignore", category=DeprecationWarning, module="ase")
+
+
+def emt_structures(n: int, seed: int = 0, source: str = "emt") -> list[Structure]:
+    """``n`` rattled Cu/Au/Pd cells of 4–16 atoms with EMT energy, forces and stress."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = bulk("Cu", "fcc", a=3.7, cubic=True).repeat((1 + k % 2, 1 + (k // 2) % 2, 1))
+        atoms.set_chemical_symbols(rng.choice(["Cu", "Au", "Pd"], size=len(atoms)))
+        atoms.rattle(0.05, rng=rng)
+        atoms.calc = EMT()
+        atoms.calc.calculate(atoms, ["energy", "forces", "stress"])
+        atoms.info["family"] = "bulk" if k % 3 else "strained"
+        out.append(atoms_to_structure(atoms, source=source, key=f"emt#{k}"))
+    return out
+
+
+def molecules(n: int, seed: int = 0, source: str = "mol") -> list[Structure]:
+    """``n`` rattled small molecules with synthetic (EMT) labels, non-periodic."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for k in range(n):
+        atoms = molecule(["CH4", "H2O", "C2H6", "NH3"][k % 4])
+        atoms.rattle(0.03, rng=rng)
+        atoms.calc = EMT()
+        atoms.calc.calculate(atoms, ["energy", "forces"])
+        out.append(atoms_to_structure(atoms, source=source, key=f"mol#{k}"))
+    return out
+
+
+@pytest.fixture
+def structures() -> list[Structure]:
+    """A mixed list: 24 periodic EMT cells and 12 molecules, two sources."""
+    return emt_structures(24) + molecules(12)

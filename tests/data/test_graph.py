@@ -1,0 +1,83 @@
+import itertools
+
+import numpy as np
+import pytest
+
+from matscale.data.graph import count_edges, radius_graph
+
+
+def brute_force(pos, cell, pbc, cutoff):
+    """Every (i, j, S) with |x_j - x_i + S cell| < cutoff, by enumerating images."""
+    reach = [int(np.ceil(cutoff / min(np.linalg.norm(cell, axis=1)))) + 2 if p else 0 for p in pbc]
+    out = set()
+    for shift in itertools.product(*[range(-r, r + 1) for r in reach]):
+        s = np.array(shift)
+        for i in range(len(pos)):
+            for j in range(len(pos)):
+                if i == j and not s.any():
+                    continue
+                if np.linalg.norm(pos[j] - pos[i] + s @ cell) < cutoff:
+                    out.add((i, j, *shift))
+    return out
+
+
+CASES = [
+    (True, True, True),
+    (False, False, False),
+    (True, True, False),
+    (True, False, False),
+]
+
+
+@pytest.mark.parametrize("pbc", CASES)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_matches_brute_force(pbc, seed) -> None:
+    rng = np.random.default_rng(seed)
+    cell = np.diag([3.0, 3.5, 4.0]) + rng.normal(0, 0.4, (3, 3))  # triclinic
+    pos = rng.random((6, 3)) @ cell
+    edges, shifts = radius_graph(pos, cell, np.array(pbc), 4.5)
+    got = {(i, j, *s) for i, j, s in zip(edges[0], edges[1], shifts, strict=True)}
+    assert got == brute_force(pos, cell, pbc, 4.5)
+    assert count_edges(pos, cell, np.array(pbc), 4.5) == len(got)
+
+
+def test_tiny_cell_sees_its_own_images() -> None:
+    cell = np.eye(3) * 1.5
+    edges, shifts = radius_graph(np.zeros((1, 3)), cell, np.ones(3, bool), 3.1)
+    assert len(edges[0]) == len(brute_force(np.zeros((1, 3)), cell, (True,) * 3, 3.1))
+    assert (edges == 0).all() and (np.abs(shifts).sum(1) > 0).all()
+    vec = shifts @ cell
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1).max(), 3.0, atol=1e-9)
+
+
+def test_vectors_and_full_list_symmetry() -> None:
+    rng = np.random.default_rng(3)
+    cell = np.eye(3) * 4.0
+    pos = rng.random((8, 3)) * 4
+    (i, j), s = radius_graph(pos, cell, np.ones(3, bool), 3.0)
+    pairs = {(a, b, *c) for a, b, c in zip(i, j, s, strict=True)}
+    assert all((b, a, *(-np.array(c))) in pairs for a, b, *c in pairs)
+    d = np.linalg.norm(pos[j] - pos[i] + s @ cell, axis=1)
+    assert d.max() < 3.0
+
+
+def test_max_neighbours_keeps_the_nearest() -> None:
+    rng = np.random.default_rng(4)
+    pos = rng.random((30, 3)) * 6
+    (i, j), _ = radius_graph(pos, np.zeros((3, 3)), np.zeros(3, bool), 5.0)
+    (ik, jk), _ = radius_graph(pos, np.zeros((3, 3)), np.zeros(3, bool), 5.0, max_neighbours=4)
+    assert np.bincount(ik).max() == 4
+    for centre in range(30):
+        d_all = np.sort(np.linalg.norm(pos[j[i == centre]] - pos[centre], axis=1))
+        d_kept = np.sort(np.linalg.norm(pos[jk[ik == centre]] - pos[centre], axis=1))
+        np.testing.assert_allclose(d_kept, d_all[: len(d_kept)])
+
+
+def test_deterministic_order() -> None:
+    rng = np.random.default_rng(5)
+    cell = np.eye(3) * 5
+    pos = rng.random((20, 3)) * 5
+    a = radius_graph(pos, cell, np.ones(3, bool), 4.0)
+    b = radius_graph(pos, cell, np.ones(3, bool), 4.0)
+    np.testing.assert_array_equal(a[0], b[0])
+    assert (np.diff(a[0][0]) >= 0).all()  # sorted by centre

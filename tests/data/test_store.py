@@ -1,0 +1,176 @@
+import json
+import pickle
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+
+from matscale.data.pack import PackConfig, pack
+from matscale.data.shard import Shard
+from matscale.data.stats import SourceStats
+from matscale.data.store import Store, merge_parts
+from matscale.data.structure import Structure
+from matscale.errors import CorruptShardError, DataError
+from tests.conftest import emt_structures, molecules
+
+
+def write_files(tmp_path: Path, structures: list[Structure], per_file: int) -> list[Path]:
+    files = []
+    for k in range(0, len(structures), per_file):
+        path = tmp_path / "in" / f"part{k // per_file:03d}.extxyz"
+        path.parent.mkdir(exist_ok=True)
+        ase.io.write(path, [s.to_atoms() for s in structures[k : k + per_file]])
+        files.append(path)
+    return files
+
+
+def test_round_trip_in_input_order(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=7)
+    meta = pack(files, tmp_path / "st", PackConfig(workers=1, shard_mb=0.002), progress=False)
+    store = Store(tmp_path / "st")
+    assert len(store) == len(structures) == meta["n_structures"]
+    assert len(meta["shards"]) > 3  # shards roll over at the size bound
+    assert store.sources == ["emt", "mol"]
+    for k, want in enumerate(structures):
+        got = store[k]
+        np.testing.assert_array_equal(got.numbers, want.numbers)
+        np.testing.assert_allclose(got.positions, want.positions, atol=1e-5)  # float32
+        np.testing.assert_allclose(got.forces, want.forces, atol=1e-5)
+        assert got.energy == want.energy  # float64: exact
+        assert (got.stress is None) == (want.stress is None)
+        assert got.source == want.source and got.family == want.family
+        assert got.key.endswith(f"#{k % 7}")
+    np.testing.assert_array_equal(store.n_atoms, [s.n_atoms for s in structures])
+    with pytest.raises(IndexError):
+        store[len(structures)]
+
+
+def test_order_and_bytes_do_not_depend_on_workers_or_parts(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=5)
+    pack(files, tmp_path / "one", PackConfig(workers=1), progress=False)
+    pack(files, tmp_path / "two", PackConfig(workers=2), progress=False)
+    for part in range(3):  # three "nodes" packing into one directory, then one merge
+        pack(files, tmp_path / "parts", PackConfig(workers=1, part=part, n_parts=3), progress=False)
+    assert not (tmp_path / "parts" / "meta.json").exists()
+    merge_parts(tmp_path / "parts")
+    stores = [Store(tmp_path / name) for name in ("one", "two", "parts")]
+    for k in range(len(structures)):
+        keys = {s[k].key for s in stores}
+        assert len(keys) == 1
+    for other in stores[1:]:
+        # sums in another order: equal to rounding
+        assert _flat(other.stats) == pytest.approx(_flat(stores[0].stats), rel=1e-9)
+        np.testing.assert_array_equal(other.n_edges, stores[0].n_edges)
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, float]:
+    out: dict[str, float] = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}/"))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_bad_records_are_skipped_counted_and_listed(tmp_path: Path) -> None:
+    good = emt_structures(6)
+    bad_forces = emt_structures(1, seed=5)[0]
+    bad_forces.forces[0, 1] = np.nan
+    no_forces = emt_structures(1, seed=6)[0]
+    no_forces.forces = None
+    close = emt_structures(1, seed=7)[0]
+    close.positions[1] = close.positions[0] + [0.05, 0, 0]
+    flat = emt_structures(1, seed=8)[0]
+    flat.cell[2] = 0.0
+    records = [*good[:3], bad_forces, no_forces, close, flat, *good[3:]]
+    path = tmp_path / "mixed.extxyz"
+    atoms = [s.to_atoms() for s in records]
+    atoms[3].calc.results["forces"] = bad_forces.forces  # keep the NaN through the writer
+    ase.io.write(path, atoms)
+    meta = pack([path], tmp_path / "st", PackConfig(require=("energy", "forces")), progress=False)
+    assert meta["n_structures"] == 6
+    assert sum(meta["skipped"].values()) == 4
+    lines = [
+        json.loads(x)
+        for x in (tmp_path / "st/parts").glob("*.skipped.jsonl").__next__().read_text().splitlines()
+    ]
+    assert [x["record"] for x in lines] == ["3", "4", "5", "6"]
+    assert [x["field"] for x in lines] == ["forces", "forces", "positions", "cell"]
+    assert all(x["file"] == str(path) for x in lines)
+
+
+def test_corrupt_shard_is_detected_and_named(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=12)
+    pack(files, tmp_path / "st", PackConfig(workers=1, shard_mb=0.004), progress=False)
+    shard = sorted((tmp_path / "st/shards").iterdir())[1]
+    data = bytearray(shard.read_bytes())
+    data[-20] ^= 0xFF  # one flipped byte in the last array
+    shard.write_bytes(bytes(data))
+    store = Store(tmp_path / "st")
+    store[0]  # the first shard is fine
+    with pytest.raises(CorruptShardError, match=shard.name):
+        for k in range(len(store)):
+            store[k]
+    errors = Store(tmp_path / "st", verify="never").check_all()
+    assert [e.file for e in errors] == [str(shard)]
+    with pytest.raises(CorruptShardError):
+        Store(tmp_path / "st", verify="open")
+
+
+def test_truncated_shard_header(tmp_path: Path) -> None:
+    path = tmp_path / "x.msshard"
+    path.write_bytes(b"MSSHARD1" + b"\xff" * 8)
+    with pytest.raises(CorruptShardError, match=r"x\.msshard"):
+        Shard(path)
+
+
+def test_store_pickles_for_worker_processes(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=40)
+    pack(files, tmp_path / "st", PackConfig(workers=1), progress=False)
+    store = Store(tmp_path / "st")
+    store[3]
+    clone = pickle.loads(pickle.dumps(store))
+    assert clone[3].key == store[3].key
+    np.testing.assert_array_equal(clone.n_atoms, store.n_atoms)
+
+
+def test_not_a_store(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="not a matscale store"):
+        Store(tmp_path)
+
+
+def test_reference_energies_recover_known_values() -> None:
+    rng = np.random.default_rng(0)
+    e_ref = {1: -13.6, 6: -1030.0, 8: -2040.0}
+    st = SourceStats()
+    for _ in range(200):
+        numbers = rng.choice([1, 6, 8], size=rng.integers(2, 12))
+        energy = sum(e_ref[int(z)] for z in numbers) + rng.normal(0, 0.01)
+        s = Structure(
+            numbers=numbers,
+            positions=rng.normal(size=(len(numbers), 3)) * 3,
+            energy=energy,
+            forces=np.ones((len(numbers), 3)),
+        )
+        st.add(s, n_edges=4)
+    fitted = st.reference_energies()
+    for z, e in e_ref.items():
+        assert fitted[z] == pytest.approx(e, abs=0.01)
+    summary = st.summary()
+    assert summary["energy_residual_rms_eV"] == pytest.approx(0.01, rel=0.3)
+    assert summary["force_rms_eV_per_A"] == pytest.approx(1.0)
+
+
+def test_statistics_of_a_packed_store(tmp_path: Path) -> None:
+    mols = molecules(8)
+    files = write_files(tmp_path, mols, per_file=8)
+    meta = pack(files, tmp_path / "st", PackConfig(cutoff=6.0), progress=False)
+    st = meta["stats"]["mol"]
+    assert st["structures"] == 8
+    assert st["atoms"] == sum(m.n_atoms for m in mols)
+    # in a small molecule with a 6 Å cutoff every atom sees every other
+    assert st["mean_neighbours"] == pytest.approx(
+        sum(m.n_atoms * (m.n_atoms - 1) for m in mols) / st["atoms"]
+    )
