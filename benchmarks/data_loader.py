@@ -63,7 +63,7 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=Path("data/store-default"))
     ap.add_argument("--cutoff", type=float, default=5.0)
     ap.add_argument("--max-atoms", type=int, default=2048)
-    ap.add_argument("--batches", type=int, default=60)
+    ap.add_argument("--batches", type=int, default=200)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--workers", type=int, nargs="+", default=[0, 1, 2])
     args = ap.parse_args()

@@ -57,10 +57,12 @@ def synthetic(k: int, rng: np.random.Generator) -> Structure:
     )
 
 
-def pack_part(out: Path, part: int, start: int, stop: int, queue: mp.Queue) -> None:
+def pack_part(
+    out: Path, part: int, start: int, stop: int, shard_mb: float, queue: mp.Queue
+) -> None:
     rng = np.random.default_rng(part)
     t0 = time.perf_counter()
-    with PartWriter(out, f"p{part:04d}", PackConfig(cutoff=5.0, shard_mb=64)) as writer:
+    with PartWriter(out, f"p{part:04d}", PackConfig(cutoff=5.0, shard_mb=shard_mb)) as writer:
         for k in range(start, stop):
             writer.add(synthetic(k, rng))
     queue.put(
@@ -73,8 +75,8 @@ def pack_part(out: Path, part: int, start: int, stop: int, queue: mp.Queue) -> N
     )
 
 
-def read_random(root: Path, reads: int, queue: mp.Queue) -> None:
-    store = Store(root)  # checksums are checked as each shard is first opened
+def read_random(root: Path, reads: int, max_open: int, queue: mp.Queue) -> None:
+    store = Store(root, max_open=max_open)  # checksums checked as each shard is first opened
     rng = np.random.default_rng(0)
     idx = rng.integers(0, len(store), size=reads)
     t0 = time.perf_counter()
@@ -84,6 +86,7 @@ def read_random(root: Path, reads: int, queue: mp.Queue) -> None:
     seconds = time.perf_counter() - t0
     queue.put(
         {
+            "max_open": max_open,
             "reads": reads,
             "seconds": seconds,
             "structures_per_s": reads / seconds,
@@ -94,18 +97,33 @@ def read_random(root: Path, reads: int, queue: mp.Queue) -> None:
     )
 
 
-def run(n: int, workers: int, reads: int, root: Path) -> dict:
+def _result(queue: mp.Queue, procs: list) -> dict:
+    """Next result from the queue; fail (instead of waiting forever) if a process died."""
+    import queue as q
+
+    while True:
+        try:
+            return queue.get(timeout=1.0)
+        except q.Empty:
+            if any(p.exitcode not in (None, 0) for p in procs):
+                raise RuntimeError("a benchmark process failed; see its traceback above") from None
+
+
+def run(n: int, args: argparse.Namespace, root: Path) -> dict:
+    workers = args.workers
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     bounds = np.linspace(0, n, workers + 1).astype(int)
     t0 = time.perf_counter()
     procs = [
-        ctx.Process(target=pack_part, args=(root, w, bounds[w], bounds[w + 1], queue))
+        ctx.Process(
+            target=pack_part, args=(root, w, bounds[w], bounds[w + 1], args.shard_mb, queue)
+        )
         for w in range(workers)
     ]
     for p in procs:
         p.start()
-    parts = [queue.get() for _ in procs]
+    parts = [_result(queue, procs) for _ in procs]
     for p in procs:
         p.join()
     t_parts = time.perf_counter() - t0
@@ -113,10 +131,12 @@ def run(n: int, workers: int, reads: int, root: Path) -> dict:
     meta = merge_parts(root)
     t_merge = time.perf_counter() - t1
     total = time.perf_counter() - t0
-    reader = ctx.Process(target=read_random, args=(root, reads, queue))
-    reader.start()
-    read = queue.get()
-    reader.join()
+    reads = []
+    for max_open in args.max_open:  # a fresh process each, so peak RSS is the reader's own
+        reader = ctx.Process(target=read_random, args=(root, args.reads, max_open, queue))
+        reader.start()
+        reads.append(_result(queue, [reader]))
+        reader.join()
     return {
         "structures": n,
         "atoms": meta["n_atoms"],
@@ -128,7 +148,8 @@ def run(n: int, workers: int, reads: int, root: Path) -> dict:
         "pack_structures_per_s": n / total,
         "pack_parts_seconds": t_parts,
         "pack_peak_rss_mb_per_worker": max(p["peak_rss_mb"] for p in parts),
-        "read": read,
+        "shard_mb": args.shard_mb,
+        "reads": reads,
     }
 
 
@@ -137,26 +158,37 @@ def main() -> None:
     ap.add_argument("--structures", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--reads", type=int, default=200_000)
+    ap.add_argument("--shard-mb", type=float, default=64.0)
+    ap.add_argument(
+        "--max-open",
+        type=int,
+        nargs="+",
+        default=[16, 4],
+        help="reader runs, one per value of Store(max_open=...)",
+    )
     ap.add_argument("--dir", type=Path, default=None, help="scratch directory (default: tmp)")
     args = ap.parse_args()
     results = []
     for n in args.structures:
         root = Path(tempfile.mkdtemp(prefix="matscale-store-", dir=args.dir))
         try:
-            r = run(n, args.workers, args.reads, root)
+            r = run(n, args, root)
         finally:
             shutil.rmtree(root, ignore_errors=True)
         results.append(r)
-        rd = r["read"]
         print(
             f"{n:>10,} structures ({r['store_mib']:,.0f} MiB, {r['shards']} shards): "
             f"pack {r['pack_structures_per_s']:,.0f} structures/s with {args.workers} "
-            f"processes (peak RSS {r['pack_peak_rss_mb_per_worker']:.0f} MiB each); "
-            f"random reads {rd['structures_per_s']:,.0f} structures/s, reader peak RSS "
-            f"{rd['peak_rss_mb']:.0f} MiB (anonymous {rd['RssAnon_mb']:.0f}, "
-            f"file-backed {rd['RssFile_mb']:.0f})",
+            f"processes (peak RSS {r['pack_peak_rss_mb_per_worker']:.0f} MiB each)",
             flush=True,
         )
+        for rd in r["reads"]:
+            print(
+                f"    random reads, max_open={rd['max_open']}: {rd['structures_per_s']:,.0f} "
+                f"structures/s; reader peak RSS {rd['peak_rss_mb']:.0f} MiB (anonymous "
+                f"{rd['RssAnon_mb']:.0f}, file-backed {rd['RssFile_mb']:.0f})",
+                flush=True,
+            )
     write_json("data_store", {"command": " ".join(sys.argv), "runs": results})
 
 

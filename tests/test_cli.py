@@ -9,6 +9,7 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys) -> None:
     assert main(["demo", "--small", "--data-dir", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert "emt-metals" in out and "xtb-molecules" in out and "reference energies" in out
+    assert "xtb-solids" in out
     store = tmp_path / "store-small"
     assert main(["data", "info", str(store), "--verify"]) == 0
     assert "all shards match" in capsys.readouterr().out

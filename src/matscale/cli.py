@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--out", type=Path, default=Path("data/raw"))
     g.add_argument("--preset", choices=["default", "small"], default="default")
     g.add_argument(
+        "--small",
+        action="store_const",
+        const="small",
+        dest="preset",
+        help="same as --preset small (a few hundred structures, for tests)",
+    )
+    g.add_argument(
         "--size",
         action="append",
         default=[],

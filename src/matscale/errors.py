@@ -39,6 +39,17 @@ class DataError(ValueError):
             where.append(f"field '{field}'")
         super().__init__(f"{', '.join(where)}: {message}" if where else message)
 
+    def __reduce__(self) -> tuple[object, tuple[object, ...]]:
+        # Keep file, record and field when the error crosses a process boundary (a packing or
+        # generating worker raising it to the main process).
+        return (_rebuild, (type(self), self.reason, self.file, self.record, self.field))
+
+
+def _rebuild(
+    cls: type[DataError], reason: str, file: str | None, record: int | str | None, field: str | None
+) -> DataError:
+    return cls(reason, file=file, record=record, field=field)
+
 
 class CorruptShardError(DataError):
     """A shard of the store whose bytes do not match the checksum recorded at packing time."""

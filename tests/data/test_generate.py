@@ -4,7 +4,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matscale.data.generate import emt, xtb
+from matscale.data.generate import emt, xtb, xtb_solids
 from matscale.data.generate.run import GenerateConfig, chunk_rng, generate
 from matscale.data.readers import read_structures
 from matscale.data.structure import check_structure
@@ -31,6 +31,15 @@ def test_xtb_molecules_are_organic_and_labelled() -> None:
     for s in out:
         check_structure(s, require=("energy", "forces"))
         assert set(s.numbers) <= xtb.ORGANIC and not s.pbc.any() and s.stress is None
+
+
+def test_xtb_solids_are_periodic_with_stress() -> None:
+    skipped: Counter[str] = Counter()
+    out = xtb_solids.generate(3, chunk_rng(0, xtb_solids.SOURCE, 0), skipped)
+    assert len(out) + skipped["scf"] == 3 and out
+    for s in out:
+        check_structure(s, require=("energy", "forces", "stress"))
+        assert s.pbc.all() and s.n_atoms in (8, 12)
 
 
 def test_failed_scf_is_skipped_and_counted(monkeypatch) -> None:

@@ -81,3 +81,15 @@ def test_to_atoms_keeps_labels() -> None:
     np.testing.assert_allclose(atoms.get_forces(), s.forces)
     np.testing.assert_allclose(atoms.get_stress(), s.stress)
     assert atoms.info["source"] == s.source
+
+
+def test_data_error_keeps_its_location_across_processes() -> None:
+    import pickle
+
+    from matscale.errors import CorruptShardError
+
+    for cls in (DataError, CorruptShardError):
+        err = pickle.loads(pickle.dumps(cls("bad", file="f.xyz", record=3, field="cell")))
+        assert type(err) is cls
+        assert (err.file, err.record, err.field, err.reason) == ("f.xyz", 3, "cell", "bad")
+        assert str(err) == "f.xyz, record 3, field 'cell': bad"

@@ -24,7 +24,7 @@ from typing import Any
 
 from matscale.data.graph import count_edges
 from matscale.data.readers import read_structures
-from matscale.data.shard import write_shard
+from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
 from matscale.data.store import merge_parts, write_json_atomic
 from matscale.data.structure import Structure, check_structure
@@ -174,9 +174,7 @@ class PartWriter:
         self.shards: list[dict[str, Any]] = []
         self.sources: set[str] = set()
         self.families: set[str] = set()
-        self._buffer: list[Structure] = []
-        self._edges: list[int] = []
-        self._bytes = 0
+        self._shard = ShardBuilder()
         self._skip_log = open(out / "parts" / f"{name}.skipped.jsonl", "w")
         self.report: dict[str, Any] = {}
 
@@ -198,25 +196,23 @@ class PartWriter:
             self._skip_log.write(json.dumps(entry) + "\n")
             return False
         n_edges = count_edges(s.positions, s.cell, s.pbc, c.cutoff)
-        self._buffer.append(s)
-        self._edges.append(n_edges)
+        self._shard.add(s, n_edges)
         self.stats.add(s, n_edges)
         self.sources.add(s.source)
         self.families.add(s.family)
-        self._bytes += 25 * s.n_atoms + 120 + len(s.key)  # roughly what the shard will hold
-        if self._bytes >= c.shard_mb * 2**20:
+        if self._shard.nbytes >= c.shard_mb * 2**20:
             self._flush()
         return True
 
     def _flush(self) -> None:
-        if not self._buffer:
+        if not len(self._shard):
             return
         path = self.out / "shards" / f"{self.name}-{len(self.shards):05d}.msshard"
-        self.shards.append(write_shard(path, self._buffer, self._edges))
+        self.shards.append(self._shard.write(path))
         if _COUNTER is not None:
             with _COUNTER.get_lock():
-                _COUNTER.value += len(self._buffer)
-        self._buffer, self._edges, self._bytes = [], [], 0
+                _COUNTER.value += len(self._shard)
+        self._shard = ShardBuilder()
 
     def __enter__(self) -> PartWriter:
         return self

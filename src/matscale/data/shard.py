@@ -56,72 +56,152 @@ def crc32_file(path: Path, chunk: int = 1 << 22) -> int:
     return crc
 
 
-def write_shard(path: Path, structures: list[Structure], n_edges: list[int]) -> dict[str, Any]:
-    """Write ``structures`` as one shard at ``path`` (atomically) and return its index entry.
+class _Growable:
+    """A numpy array that grows by doubling: appends cost O(1) amortised, memory ≤ 2x data."""
 
-    The entry holds the file name, counts, byte size and CRC-32 that the store checks later.
+    def __init__(self, dtype: type | np.dtype, shape: tuple[int, ...] = ()) -> None:
+        self.data = np.empty((1024, *shape), dtype=dtype)
+        self.size = 0
+
+    def extend(self, values: np.ndarray) -> None:
+        values = np.asarray(values, dtype=self.data.dtype).reshape(-1, *self.data.shape[1:])
+        need = self.size + len(values)
+        if need > len(self.data):
+            grown = np.empty(
+                (max(need, 2 * len(self.data)), *self.data.shape[1:]), dtype=self.data.dtype
+            )
+            grown[: self.size] = self.data[: self.size]
+            self.data = grown
+        self.data[self.size : need] = values
+        self.size = need
+
+    def view(self) -> np.ndarray:
+        return self.data[: self.size]
+
+
+class ShardBuilder:
+    """Collects structures in the shard's compact dtypes until :meth:`write` puts them on disk.
+
+    Memory is at most twice the shard's size, whatever the structures' Python form was, so a
+    packer's footprint is set by the shard size alone.
     """
-    sources = sorted({s.source for s in structures})
-    families = sorted({s.family for s in structures})
-    src_id = {name: i for i, name in enumerate(sources)}
-    fam_id = {name: i for i, name in enumerate(families)}
-    n_atoms = np.array([s.n_atoms for s in structures], dtype=np.int64)
-    atom_start = np.concatenate([[0], np.cumsum(n_atoms)]).astype(np.int64)
-    keys = [s.key.encode("utf-8") for s in structures]
-    nan6 = np.full(6, np.nan)
-    arrays: dict[str, np.ndarray] = {
-        "atom_start": atom_start,
-        "numbers": np.concatenate([s.numbers for s in structures]).astype(np.uint8),
-        "positions": np.concatenate([s.positions for s in structures]).astype(np.float32),
-        "forces": np.concatenate(
-            [np.zeros((s.n_atoms, 3)) if s.forces is None else s.forces for s in structures]
-        ).astype(np.float32),
-        "cell": np.stack([s.cell for s in structures]).astype(np.float32),
-        "pbc": np.stack([s.pbc for s in structures]).astype(np.uint8),
-        "energy": np.array([np.nan if s.energy is None else s.energy for s in structures]),
-        "stress": np.stack([nan6 if s.stress is None else s.stress for s in structures]).astype(
-            np.float32
-        ),
-        "flags": np.array([_flags(s) for s in structures], dtype=np.uint8),
-        "source": np.array([src_id[s.source] for s in structures], dtype=np.uint16),
-        "family": np.array([fam_id[s.family] for s in structures], dtype=np.uint16),
-        "n_edges": np.asarray(n_edges, dtype=np.uint32),
-        "key_start": np.concatenate([[0], np.cumsum([len(k) for k in keys])]).astype(np.int64),
-        "key_bytes": np.frombuffer(b"".join(keys), dtype=np.uint8),
-    }
+
+    def __init__(self) -> None:
+        self.numbers = _Growable(np.uint8)
+        self.positions = _Growable(np.float32, (3,))
+        self.forces = _Growable(np.float32, (3,))
+        self.atoms = _Growable(np.int64)
+        self.cell = _Growable(np.float32, (3, 3))
+        self.pbc = _Growable(np.uint8, (3,))
+        self.energy = _Growable(np.float64)
+        self.stress = _Growable(np.float32, (6,))
+        self.flags = _Growable(np.uint8)
+        self.source = _Growable(np.uint16)
+        self.family = _Growable(np.uint16)
+        self.n_edges = _Growable(np.uint32)
+        self.key_len = _Growable(np.int64)
+        self.key_bytes = _Growable(np.uint8)
+        self.sources: dict[str, int] = {}
+        self.families: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return self.atoms.size
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes the shard will hold."""
+        parts = (
+            self.numbers,
+            self.positions,
+            self.forces,
+            self.atoms,
+            self.cell,
+            self.pbc,
+            self.energy,
+            self.stress,
+            self.flags,
+            self.source,
+            self.family,
+            self.n_edges,
+            self.key_len,
+            self.key_bytes,
+        )
+        return sum(g.view().nbytes for g in parts)
+
+    def add(self, s: Structure, n_edges: int) -> None:
+        """Append one structure with its directed neighbour count at the store's cutoff."""
+        n = s.n_atoms
+        key = s.key.encode("utf-8")
+        self.numbers.extend(s.numbers)
+        self.positions.extend(s.positions)
+        self.forces.extend(np.zeros((n, 3)) if s.forces is None else s.forces)
+        self.atoms.extend(np.array([n]))
+        self.cell.extend(s.cell)
+        self.pbc.extend(s.pbc)
+        self.energy.extend(np.array([np.nan if s.energy is None else s.energy]))
+        self.stress.extend(np.full(6, np.nan) if s.stress is None else s.stress)
+        self.flags.extend(np.array([_flags(s)]))
+        self.source.extend(np.array([self.sources.setdefault(s.source, len(self.sources))]))
+        self.family.extend(np.array([self.families.setdefault(s.family, len(self.families))]))
+        self.n_edges.extend(np.array([n_edges]))
+        self.key_len.extend(np.array([len(key)]))
+        self.key_bytes.extend(np.frombuffer(key, dtype=np.uint8))
+
+    def write(self, path: Path) -> dict[str, Any]:
+        """Write the shard at ``path`` (atomically) and return its index entry: file name,
+        counts, byte size and the CRC-32 the store checks later."""
+        zero = np.zeros(1, dtype=np.int64)
+        arrays: dict[str, np.ndarray] = {
+            "atom_start": np.concatenate([zero, np.cumsum(self.atoms.view())]),
+            "numbers": self.numbers.view(),
+            "positions": self.positions.view(),
+            "forces": self.forces.view(),
+            "cell": self.cell.view(),
+            "pbc": self.pbc.view(),
+            "energy": self.energy.view(),
+            "stress": self.stress.view(),
+            "flags": self.flags.view(),
+            "source": self.source.view(),
+            "family": self.family.view(),
+            "n_edges": self.n_edges.view(),
+            "key_start": np.concatenate([zero, np.cumsum(self.key_len.view())]),
+            "key_bytes": self.key_bytes.view(),
+        }
+        n_atoms = int(arrays["atom_start"][-1])
+        header = {
+            "version": 1,
+            "n_structures": len(self),
+            "n_atoms": n_atoms,
+            "sources": list(self.sources),  # position = local id
+            "families": list(self.families),
+        }
+        _write_arrays(path, header, arrays)
+        return {
+            "file": path.name,
+            "n_structures": len(self),
+            "n_atoms": n_atoms,
+            "bytes": path.stat().st_size,
+            "crc32": crc32_file(path),
+        }
+
+
+def _write_arrays(path: Path, header: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
     layout: dict[str, dict[str, Any]] = {}
     offset = 0
     for name, arr in arrays.items():
         layout[name] = {"dtype": arr.dtype.str, "shape": list(arr.shape), "offset": offset}
         offset = _align(offset + arr.nbytes)
-    header = json.dumps(
-        {
-            "version": 1,
-            "n_structures": len(structures),
-            "n_atoms": int(atom_start[-1]),
-            "sources": sources,
-            "families": families,
-            "arrays": layout,
-        }
-    ).encode()
-    data_start = _align(len(MAGIC) + 8 + len(header))
+    blob = json.dumps({**header, "arrays": layout}).encode()
+    data_start = _align(len(MAGIC) + 8 + len(blob))
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "wb") as fh:
-        fh.write(MAGIC + struct.pack("<Q", len(header)) + header)
-        fh.write(b"\0" * (data_start - fh.tell()))
+        fh.write(MAGIC + struct.pack("<Q", len(blob)) + blob)
         for name, arr in arrays.items():
             fh.write(b"\0" * (data_start + layout[name]["offset"] - fh.tell()))
             fh.write(np.ascontiguousarray(arr).tobytes())
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)  # a crash mid-write never leaves a half shard under the real name
-    return {
-        "file": path.name,
-        "n_structures": len(structures),
-        "n_atoms": int(atom_start[-1]),
-        "bytes": path.stat().st_size,
-        "crc32": crc32_file(path),
-    }
 
 
 def _flags(s: Structure) -> int:

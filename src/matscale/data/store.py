@@ -13,9 +13,9 @@ Directory layout::
                               memory-mapped by samplers without opening a shard
 
 Reading keeps memory flat however large the store: the index arrays are memory-mapped, shards
-are opened lazily (at most ``max_open`` at once), and each shard's checksum is checked the first
-time a process opens it (``verify="first-use"``), so a corrupt shard is named, never read as
-garbage.
+are opened lazily (at most ``max_open`` at once, which bounds the mapped pages), and each
+shard's checksum is checked the first time a process opens it (``verify="first-use"``), so a
+corrupt shard is named, never read as garbage.
 """
 
 from __future__ import annotations
@@ -122,10 +122,13 @@ class Store:
     path: the store directory.
     verify: ``"first-use"`` checks a shard's CRC-32 when this process first opens it;
         ``"open"`` checks every shard now; ``"never"`` trusts the files.
-    max_open: shards kept open at once (each holds a memory map and a file descriptor).
+    max_open: shards kept open at once (least recently used closed first). Pages of an open
+        shard that were read count as (file-backed, reclaimable) resident memory, so
+        ``max_open × shard size`` bounds what reading adds to RSS: 1 GiB with the defaults,
+        however large the store.
     """
 
-    def __init__(self, path: str | Path, *, verify: Verify = "first-use", max_open: int = 64):
+    def __init__(self, path: str | Path, *, verify: Verify = "first-use", max_open: int = 16):
         self.path = Path(path)
         meta_path = self.path / META
         if not meta_path.is_file():

@@ -20,6 +20,7 @@ from ase import Atoms, units
 from ase.build import bulk, fcc100, fcc110, fcc111
 from ase.calculators.emt import EMT
 
+from matscale.data.generate.geometry import strain_cell
 from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
@@ -84,12 +85,7 @@ def _bulk(rng: np.random.Generator) -> Atoms:
     proto = bulk("Cu", "fcc", a=1.0, cubic=cubic).repeat(choices[int(rng.integers(len(choices)))])
     symbols, a = _composition(rng, len(proto))
     atoms = Atoms(symbols, positions=proto.positions * a, cell=proto.cell[:] * a, pbc=True)
-    strain = np.eye(3) + np.diag(rng.uniform(-0.05, 0.05, 3))
-    shear = rng.uniform(-0.03, 0.03, 3)
-    strain[0, 1] = strain[1, 0] = shear[0]
-    strain[0, 2] = strain[2, 0] = shear[1]
-    strain[1, 2] = strain[2, 1] = shear[2]
-    atoms.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+    strain_cell(atoms, rng, normal=0.05, shear=0.03)
     return atoms
 
 
