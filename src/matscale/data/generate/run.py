@@ -34,10 +34,17 @@ GENERATORS: dict[str, Generator] = {
     xtb_solids.SOURCE: xtb_solids.generate,
 }
 
-#: Structures per source for each preset. ``default`` takes ~6 minutes on 2 cores (GFN1-xTB
-#: on solids costs ~0.15 s per cell, 50x EMT, hence its small share).
+#: Seconds per structure of each source on one core, to start the slowest chunks first.
+COST: dict[str, float] = {
+    emt.SOURCE: emt.SECONDS_PER_STRUCTURE,
+    xtb.SOURCE: xtb.SECONDS_PER_STRUCTURE,
+    xtb_solids.SOURCE: xtb_solids.SECONDS_PER_STRUCTURE,
+}
+
+#: Structures per source for each preset. ``default`` takes ~5 minutes on 2 cores (GFN1-xTB
+#: on solids costs ~0.2 s per cell, 25x EMT, hence its small share).
 PRESETS: dict[str, dict[str, int]] = {
-    "default": {emt.SOURCE: 36_000, xtb.SOURCE: 24_000, xtb_solids.SOURCE: 1_200},
+    "default": {emt.SOURCE: 36_000, xtb.SOURCE: 24_000, xtb_solids.SOURCE: 800},
     "small": {emt.SOURCE: 240, xtb.SOURCE: 160, xtb_solids.SOURCE: 24},
 }
 
@@ -51,7 +58,8 @@ class GenerateConfig:
     seed: int = 0
     """Seed of every random choice; the same seed gives the same files."""
     chunk: int = 400
-    """Structures per output file (and per task of a worker)."""
+    """Structures per output file (and per task of a worker); expensive sources use fewer,
+    so that a chunk takes at most ~30 s (see :func:`chunk_size`)."""
     workers: int = 0
     """Worker processes; 0 uses every core."""
 
@@ -65,10 +73,13 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     tasks = []
     for source, total in config.sizes.items():
         (out / source).mkdir(parents=True, exist_ok=True)
-        for k, start in enumerate(range(0, total, config.chunk)):
+        size = chunk_size(source, config.chunk)
+        for k, start in enumerate(range(0, total, size)):
             path = out / source / f"chunk-{k:05d}.extxyz"
             if not path.exists():
-                tasks.append((source, k, min(config.chunk, total - start), config.seed, path))
+                tasks.append((source, k, min(size, total - start), config.seed, path))
+    # Longest chunks first, so that no worker is left with a slow chunk at the end.
+    tasks.sort(key=lambda t: -COST.get(t[0], 0.01) * t[2])
     started = time.perf_counter()
     written: Counter[str] = Counter()
     skipped: dict[str, Counter[str]] = {s: Counter() for s in config.sizes}
@@ -98,6 +109,15 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     }
     (out / "generate.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+#: Longest a chunk should take on one core (s): keeps progress visible and the load balanced.
+CHUNK_SECONDS = 30.0
+
+
+def chunk_size(source: str, chunk: int) -> int:
+    """Structures per chunk of ``source``: ``chunk``, or fewer for an expensive calculator."""
+    return max(1, min(chunk, int(CHUNK_SECONDS / COST.get(source, 0.01))))
 
 
 def _quiet_worker() -> None:

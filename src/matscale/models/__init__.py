@@ -1,0 +1,1 @@
+"""Models: single-device ``nn.Module``s from an AtomGraph to per-atom and total energies."""

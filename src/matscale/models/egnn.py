@@ -1,0 +1,312 @@
+"""matscale's EGNN: the paper's E(n)-equivariant layer, made smooth, extensive and multi-head.
+
+Per layer (pre-norm, residual), for each edge (i, j) with vector r_ij and distance d_ij:
+
+    m_ij = φ_e([h_i, h_j, R(d_ij)]) · u(d⁰_ij)          edge MLP, gated by the cutoff envelope
+    h_i ← h_i + φ_h([h_i, Σ_j m_ij / K])                node MLP (K: mean neighbour count)
+    D_i ← D_i − Σ_j r_ij tanh(φ_x(m_ij)) u(d⁰_ij) / K   coordinate (vector) channel
+    r_ij ← r⁰_ij + D_j − D_i                            next layer's geometry (equivariant)
+
+R is a Bessel radial basis, u a polynomial envelope of the *input* distance d⁰ (so every
+contribution of an edge vanishes smoothly at the cutoff), φ are two-layer MLPs with a smooth
+activation. The first linear of φ_e is computed factored, W_a h_i + W_b h_j + W_r R, as per-node
+products gathered onto edges: the same function as Linear([h_i, h_j, R]) with ~E/N times fewer
+FLOPs in its largest term.
+
+Energy = Σ_atoms (scale_s · readout_s(h_i) + e_ref[s, Z_i]), with one readout head per data
+source s (level of theory) and per-element reference energies from the data statistics.
+Forces: −∂E/∂x by autograd (``models/physics.py``), or a direct equivariant head
+F_i = Σ_j φ_f(m_ij) r̂_ij when ``force_head == "direct"``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from matscale.data.batch import AtomGraph
+from matscale.models.radial import BesselBasis, polynomial_envelope
+
+MAX_Z = 118
+#: The activations a config may name (an explicit table, no lookup by import path).
+ACTIVATIONS: dict[str, type[nn.Module]] = {"silu": nn.SiLU, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+@dataclass(kw_only=True)
+class EGNNConfig:
+    """Architecture of :class:`EGNN`; saved with every checkpoint."""
+
+    width: int = 128
+    """Hidden size H of node features and messages."""
+    depth: int = 3
+    """Number of interaction layers."""
+    cutoff: float = 5.0
+    """Radius of the graph (Å)."""
+    n_radial: int = 8
+    """Bessel radial basis functions of the distance."""
+    envelope_p: int = 6
+    """Exponent of the polynomial cutoff envelope (smoothness at the cutoff)."""
+    activation: Literal["silu", "relu", "gelu"] = "silu"
+    """Activation of every MLP; ReLU (the paper's) makes −∇E piecewise constant."""
+    norm: Literal["none", "layer", "rms"] = "none"
+    """Normalisation of node features before each layer (the paper had none)."""
+    residual: bool = True
+    """Residual node updates h ← h + φ_h(...) (the paper replaced h)."""
+    coord_update: bool = True
+    """EGNN's coordinate channel: layers move a copy of the positions equivariantly, which
+    gives later layers angular (many-body) information."""
+    factored: bool = True
+    """Compute the first edge linear as per-node products gathered onto edges."""
+    readout_width: int = 0
+    """Hidden size of each readout head; 0 means width // 2."""
+    force_head: Literal["conservative", "direct"] = "conservative"
+    """Forces as −∂E/∂x (energy-conserving) or from a direct equivariant head (cheaper)."""
+    heads: tuple[str, ...] = ("default",)
+    """Data sources, one readout head each, in the store's source order."""
+    avg_neighbours: float = 20.0
+    """Mean neighbour count K that normalises sums over edges (set from data statistics)."""
+
+    def __post_init__(self) -> None:
+        if self.width < 1 or self.depth < 1:
+            raise ValueError(f"width and depth must be positive, got {self.width}, {self.depth}")
+        if self.activation not in ACTIVATIONS:
+            raise ValueError(f"activation {self.activation!r} not in {sorted(ACTIVATIONS)}")
+        if self.norm not in ("none", "layer", "rms"):
+            raise ValueError(f"norm {self.norm!r} not in none, layer, rms")
+        if self.force_head not in ("conservative", "direct"):
+            raise ValueError(f"force_head {self.force_head!r} not in conservative, direct")
+        self.heads = tuple(self.heads)
+
+    @property
+    def readout_hidden(self) -> int:
+        """Resolved hidden size of the readout heads."""
+        return self.readout_width or max(1, self.width // 2)
+
+
+def _linear(
+    in_features: int, out_features: int, bias: bool = True, *, fan_in: int | None = None
+) -> nn.Linear:
+    """A Linear with weights N(0, 1/fan_in): unit-variance outputs for unit-variance inputs at
+    any width (PyTorch's default gives a third of that, which compounds with depth). ``fan_in``
+    defaults to ``in_features``; a block of a larger, split linear passes the whole fan-in."""
+    layer = nn.Linear(in_features, out_features, bias=bias)
+    nn.init.normal_(layer.weight, std=(fan_in or in_features) ** -0.5)
+    if bias:
+        nn.init.zeros_(layer.bias)
+    return layer
+
+
+def _norm(kind: str, width: int) -> nn.Module:
+    if kind == "layer":
+        return nn.LayerNorm(width)
+    if kind == "rms":
+        return nn.RMSNorm(width)
+    return nn.Identity()
+
+
+class EdgeMLP(nn.Module):
+    """φ_e: [h_i, h_j, R] → m_ij; the first linear factored or plain, with the same parameters."""
+
+    def __init__(self, cfg: EGNNConfig) -> None:
+        super().__init__()
+        h, r = cfg.width, cfg.n_radial
+        fan_in = 2 * h + r
+        self.factored = cfg.factored
+        self.w_centre = _linear(h, h, fan_in=fan_in)
+        self.w_neighbour = _linear(h, h, bias=False, fan_in=fan_in)
+        self.w_radial = _linear(r, h, bias=False, fan_in=fan_in)
+        self.act = ACTIVATIONS[cfg.activation]()
+        self.out = _linear(h, h)
+
+    def forward(
+        self, h: torch.Tensor, edge_index: torch.Tensor, radial: torch.Tensor
+    ) -> torch.Tensor:
+        """h: [N, H]; edge_index: [2, E]; radial: [E, n_radial] → messages [E, H]."""
+        i, j = edge_index
+        if self.factored:  # per-node products, gathered: 2·N·H² instead of 2·E·H² FLOPs
+            pre = self.w_centre(h)[i] + self.w_neighbour(h)[j] + self.w_radial(radial)
+        else:
+            weight = torch.cat(
+                [self.w_centre.weight, self.w_neighbour.weight, self.w_radial.weight], dim=1
+            )
+            pre = F.linear(torch.cat([h[i], h[j], radial], dim=1), weight, self.w_centre.bias)
+        return self.act(self.out(self.act(pre)))
+
+
+class InteractionLayer(nn.Module):
+    """One EGNN layer: messages, node update and (optionally) the coordinate channel."""
+
+    def __init__(self, cfg: EGNNConfig, *, moves_coordinates: bool) -> None:
+        super().__init__()
+        h = cfg.width
+        self.norm = _norm(cfg.norm, h)
+        self.edge = EdgeMLP(cfg)
+        self.node = nn.Sequential(_linear(2 * h, h), ACTIVATIONS[cfg.activation](), _linear(h, h))
+        self.residual = cfg.residual
+        self.inv_k = 1.0 / cfg.avg_neighbours
+        self.coord: nn.Module | None = None
+        if moves_coordinates:
+            self.coord = nn.Sequential(
+                _linear(h, h), ACTIVATIONS[cfg.activation](), _linear(h, 1, bias=False)
+            )
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        edge_index: torch.Tensor,
+        radial: torch.Tensor,
+        envelope: torch.Tensor,
+        vectors: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """h: [N, H]; radial: [E, n_radial]; envelope: [E]; vectors: [E, 3] Å (current r_ij).
+
+        Returns new h [N, H], the messages [E, H], and the displacement of each atom's
+        coordinate copy [N, 3] Å (None without a coordinate channel).
+        """
+        i = edge_index[0]
+        x = self.norm(h)
+        m = self.edge(x, edge_index, radial) * envelope.unsqueeze(-1)  # [E, H]
+        agg = torch.zeros_like(x).index_add_(0, i, m) * self.inv_k  # [N, H]
+        update = self.node(torch.cat([x, agg], dim=-1))
+        h = h + update if self.residual else update
+        shift = None
+        if self.coord is not None:
+            weight = torch.tanh(self.coord(m)) * envelope.unsqueeze(-1)  # [E, 1]
+            # x_i += Σ_j (x_i − x_j) φ_x(m_ij) / K, as the paper's E_GCL; x_i − x_j = −r_ij
+            shift = vectors.new_zeros(h.shape[0], 3).index_add_(0, i, -vectors * weight)
+            shift = shift * self.inv_k
+        return h, m, shift
+
+
+class Readout(nn.Module):
+    """One head per data source: h_i → per-atom energy (in units of the source's scale)."""
+
+    def __init__(self, cfg: EGNNConfig) -> None:
+        super().__init__()
+        self.heads = nn.ModuleList(
+            nn.Sequential(
+                _linear(cfg.width, cfg.readout_hidden),
+                ACTIVATIONS[cfg.activation](),
+                _linear(cfg.readout_hidden, 1),
+            )
+            for _ in cfg.heads
+        )
+
+    def forward(self, h: torch.Tensor, atom_source: torch.Tensor) -> torch.Tensor:
+        """h: [N, H]; atom_source: [N] head index per atom → [N]."""
+        if len(self.heads) == 1:
+            return self.heads[0](h).squeeze(-1)
+        out = h.new_zeros(h.shape[0])
+        for s, head in enumerate(self.heads):
+            mask = atom_source == s
+            if mask.any():
+                out = out.index_put((mask,), head(h[mask]).squeeze(-1))
+        return out
+
+
+class EGNN(nn.Module):
+    """AtomGraph → per-atom and total energies (and direct forces with ``force_head="direct"``).
+
+    Buffers hold the data statistics the model needs at inference (saved with its weights):
+    ``reference_energy`` [S, 119] eV per element and source, ``energy_scale`` [S] eV and
+    ``force_scale`` [S] eV/Å per source. Set them with :func:`set_statistics`.
+    """
+
+    reference_energy: torch.Tensor
+    energy_scale: torch.Tensor
+    force_scale: torch.Tensor
+
+    def __init__(self, cfg: EGNNConfig) -> None:
+        super().__init__()
+        self.config = cfg
+        n_heads = len(cfg.heads)
+        self.embedding = nn.Embedding(MAX_Z + 1, cfg.width)
+        nn.init.normal_(self.embedding.weight, std=1.0)
+        self.radial = BesselBasis(cfg.n_radial, cfg.cutoff)
+        self.layers = nn.ModuleList(
+            InteractionLayer(cfg, moves_coordinates=cfg.coord_update and k < cfg.depth - 1)
+            for k in range(cfg.depth)
+        )
+        self.final_norm = _norm(cfg.norm, cfg.width)
+        self.readout = Readout(cfg)
+        self.force_head: nn.Module | None = None
+        if cfg.force_head == "direct":
+            self.force_head = nn.Sequential(
+                _linear(cfg.width, cfg.width),
+                ACTIVATIONS[cfg.activation](),
+                _linear(cfg.width, 1, bias=False),
+            )
+        self.register_buffer(
+            "reference_energy", torch.zeros(n_heads, MAX_Z + 1, dtype=torch.float64)
+        )
+        self.register_buffer("energy_scale", torch.ones(n_heads))
+        self.register_buffer("force_scale", torch.ones(n_heads))
+
+    def forward(self, graph: AtomGraph) -> dict[str, torch.Tensor]:
+        """Returns ``energy`` [B] eV (float64), ``node_energy`` [N] eV (float64),
+        ``energy_net`` [B] eV (float32: the learned part, what autograd differentiates) and,
+        with a direct force head, ``forces`` [N, 3] eV/Å."""
+        cfg = self.config
+        edge_index = graph.edge_index
+        i, j = edge_index
+        vectors0 = graph.edge_vectors()  # [E, 3] Å, float32, differentiable in positions/cell
+        d0 = _norm3(vectors0)
+        envelope = polynomial_envelope(d0, cfg.cutoff, cfg.envelope_p)  # [E]
+        h = self.embedding(graph.numbers)  # [N, H]
+        vectors, displacement = vectors0, None
+        m = h.new_zeros(0)
+        for layer in self.layers:
+            radial = self.radial(_norm3(vectors)) * envelope.unsqueeze(-1)  # [E, n_radial]
+            h, m, shift = layer(h, edge_index, radial, envelope, vectors)
+            if shift is not None:
+                displacement = shift if displacement is None else displacement + shift
+                vectors = vectors0 + displacement[j] - displacement[i]
+        h = self.final_norm(h)
+        atom_source = graph.source[graph.batch]  # [N]
+        net = self.readout(h, atom_source) * self.energy_scale[atom_source]  # [N] eV
+        ref = self.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
+        n_graphs = graph.num_graphs
+        energy_net = net.new_zeros(n_graphs).index_add_(0, graph.batch, net)
+        energy_ref = ref.new_zeros(n_graphs).index_add_(0, graph.batch, ref)
+        out = {
+            "energy": energy_net.double() + energy_ref,
+            "energy_net": energy_net,
+            "node_energy": net.double() + ref,
+        }
+        if self.force_head is not None:
+            unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
+            weight = self.force_head(m) * envelope.unsqueeze(-1)  # [E, 1]
+            forces = unit.new_zeros(h.shape[0], 3).index_add_(0, i, unit * weight)
+            out["forces"] = forces * (self.force_scale[atom_source] / cfg.avg_neighbours).unsqueeze(
+                -1
+            )
+        return out
+
+
+def _norm3(v: torch.Tensor) -> torch.Tensor:
+    """Length of [E, 3] vectors, with a floor that keeps the gradient finite at zero."""
+    return torch.sqrt(torch.sum(v * v, dim=-1) + 1e-12)
+
+
+def set_statistics(model: EGNN, stats: dict[str, dict]) -> None:
+    """Fill the model's data-statistics buffers from a store's ``stats`` (per source, as
+    written by ``matscale data pack``): reference energies, energy and force scales.
+
+    The energy scale is the residual energy RMS per atom after the reference energies (eV);
+    the force scale the force RMS (eV/Å). Sources without statistics keep zeros and ones.
+    """
+    for s, name in enumerate(model.config.heads):
+        st = stats.get(name)
+        if not st:
+            continue
+        for z, e in st.get("reference_energy_eV", {}).items():
+            model.reference_energy[s, int(z)] = float(e)
+        per_atom = st.get("energy_residual_rms_eV", 0.0) / max(st.get("mean_atoms", 1.0), 1.0)
+        if per_atom > 0:
+            model.energy_scale[s] = per_atom
+        if st.get("force_rms_eV_per_A", 0.0) > 0:
+            model.force_scale[s] = st["force_rms_eV_per_A"]

@@ -1,0 +1,71 @@
+"""Forces and stress from an energy model, as small pure functions of autograd (float32).
+
+Stress uses a symmetric strain ε applied to positions and cell, x' = x (I + ε), so that
+σ = (1/V) ∂E/∂ε at ε = 0 (eV/Å³, ASE's sign). The same functions serve training
+(``create_graph=True``: the loss differentiates the forces again) and inference.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import replace
+
+import torch
+
+from matscale.data.batch import AtomGraph
+
+EnergyModel = Callable[[AtomGraph], dict[str, torch.Tensor]]
+
+
+def predict(
+    model: EnergyModel,
+    graph: AtomGraph,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+    create_graph: bool = False,
+) -> dict[str, torch.Tensor]:
+    """Energy [B] eV, and forces [N, 3] eV/Å and stress [B, 6] eV/Å³ (Voigt xx yy zz yz xz xy)
+    when asked, as −∂E/∂x and (1/V) ∂E/∂ε. A model that returns ``forces`` itself (a direct
+    head) keeps them, and cannot give stress.
+    """
+    want_grad = (forces or stress) and not _has_direct_forces(model)
+    if not want_grad:
+        if stress:
+            raise ValueError("stress needs conservative forces (force_head='conservative')")
+        return model(graph)
+    positions = graph.positions.detach().requires_grad_(True)
+    inputs = [positions]
+    cell = graph.cell
+    if stress:
+        strain = torch.zeros_like(graph.cell, requires_grad=True)  # [B, 3, 3]
+        sym = 0.5 * (strain + strain.transpose(1, 2))
+        positions_in = positions + torch.einsum("ni,nij->nj", positions, sym[graph.batch])
+        cell = cell + torch.bmm(cell, sym)
+        inputs.append(strain)
+    else:
+        positions_in = positions
+    out = model(replace(graph, positions=positions_in, cell=cell))
+    grads = torch.autograd.grad(
+        out["energy_net"].sum(), inputs, create_graph=create_graph, allow_unused=True
+    )
+    result = dict(out)
+    result["forces"] = -_or_zeros(grads[0], positions)
+    if stress:
+        volume = torch.linalg.det(graph.cell).abs()  # [B] Å³
+        virial = _or_zeros(grads[1], graph.cell)  # [B, 3, 3] = ∂E/∂ε
+        s = virial / volume.clamp_min(1e-12)[:, None, None]
+        s = torch.where(graph.pbc.all(dim=1)[:, None, None], s, torch.zeros_like(s))
+        result["stress"] = torch.stack(
+            [s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], dim=1
+        )
+    return result
+
+
+def _has_direct_forces(model: EnergyModel) -> bool:
+    config = getattr(model, "config", None)
+    return getattr(config, "force_head", "conservative") == "direct"
+
+
+def _or_zeros(grad: torch.Tensor | None, like: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(like) if grad is None else grad
