@@ -41,6 +41,29 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
     demo.set_defaults(run=_demo)
 
+    tr = verbs.add_parser("train", help="train a model on a store (one process or torchrun)")
+    tr.add_argument(
+        "config",
+        nargs="?",
+        type=Path,
+        default=None,
+        help="YAML run config (default: the built-in defaults)",
+    )
+    tr.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="dotted overrides, e.g. train.lr=1e-3 model.width=256",
+    )
+    tr.add_argument("--help-config", action="store_true", help="list every config key")
+    tr.add_argument("--no-progress", action="store_true", help="no progress bar")
+    tr.set_defaults(run=_train)
+
+    ex = verbs.add_parser("export", help="write the inference file of a run's last checkpoint")
+    ex.add_argument("run_dir", type=Path)
+    ex.add_argument("--out", type=Path, default=None, help="default: RUN_DIR/model.pt")
+    ex.set_defaults(run=_export)
+
     data = verbs.add_parser("data", help="generate, pack, merge and inspect datasets")
     dverbs = data.add_subparsers(title="data verbs")
     g = dverbs.add_parser("generate", help="label structures with EMT and GFN2-xTB")
@@ -107,6 +130,37 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every shard's checksum")
     i.set_defaults(run=_info)
     return p
+
+
+def _train(args: argparse.Namespace) -> int:
+    from matscale.config import ConfigError, describe, load
+    from matscale.train.loop import train
+
+    if args.help_config:
+        print("\n".join(describe()))
+        return 0
+    config, overrides = args.config, list(args.overrides)
+    if config is not None and "=" in str(config):  # only overrides were given
+        overrides.insert(0, str(config))
+        config = None
+    try:
+        cfg = load(config, overrides)
+    except ConfigError as exc:
+        print(f"matscale: config error: {exc}", file=sys.stderr)
+        return 2
+    train(cfg, progress=not args.no_progress)
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from matscale.train.checkpoint import export_model, list_checkpoints, load_checkpoint
+
+    found = list_checkpoints(args.run_dir)
+    if not found:
+        raise DataError("no checkpoint in this run directory", file=str(args.run_dir))
+    out = export_model(load_checkpoint(found[-1]), args.out or args.run_dir / "model.pt")
+    print(f"wrote {out}")
+    return 0
 
 
 def _generate(args: argparse.Namespace) -> int:

@@ -57,7 +57,9 @@ def test_statistics_fill_the_buffers() -> None:
     }
     set_statistics(model, stats)
     assert model.reference_energy[1, 6] == -57.0 and model.reference_energy[0].abs().sum() == 0
-    assert model.energy_scale.tolist() == [1.0, 0.25] and model.force_scale.tolist() == [1.0, 2.5]
+    assert model.energy_scale.tolist() == [1.0, 2.5] and model.force_scale.tolist() == [1.0, 2.5]
+    set_statistics(model, {"emt": {"energy_residual_rms_eV": 2.0, "mean_atoms": 8.0}})
+    assert model.energy_scale.tolist() == [0.25, 2.5]  # no forces: the energy residual
 
 
 def test_large_reference_energies_keep_float64_precision() -> None:

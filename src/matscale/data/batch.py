@@ -82,7 +82,8 @@ class AtomGraph:
         """[E, 3] Å: r_ij = x_j − x_i + S @ cell, differentiable in positions and cell."""
         i, j = self.edge_index
         cell_of_edge = self.cell[self.batch[i]]  # [E, 3, 3]
-        offsets = torch.einsum("ek,ekl->el", self.shifts, cell_of_edge)
+        # elementwise, not a matmul: autocast leaves it in float32 when the network runs bf16
+        offsets = (self.shifts.unsqueeze(-1) * cell_of_edge).sum(dim=1)  # [E, 3] Å
         return self.positions[j] - self.positions[i] + offsets
 
 

@@ -198,13 +198,14 @@ class Readout(nn.Module):
 
     def forward(self, h: torch.Tensor, atom_source: torch.Tensor) -> torch.Tensor:
         """h: [N, H]; atom_source: [N] head index per atom → [N]."""
+        # float32 out: under bf16 autocast the heads compute in bf16, energies sum in float32
         if len(self.heads) == 1:
-            return self.heads[0](h).squeeze(-1)
-        out = h.new_zeros(h.shape[0])
+            return self.heads[0](h).squeeze(-1).float()
+        out = h.new_zeros(h.shape[0], dtype=torch.float32)
         for s, head in enumerate(self.heads):
             mask = atom_source == s
             if mask.any():
-                out = out.index_put((mask,), head(h[mask]).squeeze(-1))
+                out = out.index_put((mask,), head(h[mask]).squeeze(-1).float())
         return out
 
 
@@ -296,8 +297,12 @@ def set_statistics(model: EGNN, stats: dict[str, dict]) -> None:
     """Fill the model's data-statistics buffers from a store's ``stats`` (per source, as
     written by ``matscale data pack``): reference energies, energy and force scales.
 
-    The energy scale is the residual energy RMS per atom after the reference energies (eV);
-    the force scale the force RMS (eV/Å). Sources without statistics keep zeros and ones.
+    The energy scale is the force RMS times 1 Å (as in MACE and NequIP): the network's
+    per-atom output is O(1) at initialisation, and its gradient must reach forces of that
+    size; the residual energy per atom after the reference energies is far smaller for
+    near-equilibrium data and, used as the scale, leaves forces unlearnable. Without forces,
+    the residual energy RMS per atom is used. The force scale (direct head) is the force RMS
+    (eV/Å). Sources without statistics keep zeros and ones.
     """
     for s, name in enumerate(model.config.heads):
         st = stats.get(name)
@@ -306,7 +311,9 @@ def set_statistics(model: EGNN, stats: dict[str, dict]) -> None:
         for z, e in st.get("reference_energy_eV", {}).items():
             model.reference_energy[s, int(z)] = float(e)
         per_atom = st.get("energy_residual_rms_eV", 0.0) / max(st.get("mean_atoms", 1.0), 1.0)
-        if per_atom > 0:
+        force_rms = st.get("force_rms_eV_per_A", 0.0)
+        if force_rms > 0:
+            model.energy_scale[s] = force_rms  # eV/Å x 1 Å
+            model.force_scale[s] = force_rms
+        elif per_atom > 0:
             model.energy_scale[s] = per_atom
-        if st.get("force_rms_eV_per_A", 0.0) > 0:
-            model.force_scale[s] = st["force_rms_eV_per_A"]

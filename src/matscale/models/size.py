@@ -59,7 +59,6 @@ def forward_flops(cfg: EGNNConfig) -> Flops:
     h, r, rh = cfg.width, cfg.n_radial, cfg.readout_hidden
     per_atom = cfg.depth * 2 * (3 * h * h)  # node MLP: (2H→H) + (H→H)
     per_edge = cfg.depth * 2 * (h * h + r * h)  # second edge linear + radial block
-    per_edge += 2 * 9  # edge vector offsets S @ cell, a [1, 3] x [3, 3] product per edge
     if cfg.factored:
         per_atom += cfg.depth * 2 * (2 * h * h)  # W_centre h, W_neighbour h per node
     else:

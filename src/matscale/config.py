@@ -1,0 +1,270 @@
+"""The typed configuration tree of a run, YAML round-trips and dotted-key overrides.
+
+``RunConfig`` = ``DataConfig`` + ``EGNNConfig`` (model) + ``TrainConfig`` + ``ParallelConfig``.
+Every field has a docstring (shown by ``matscale train --help-config``); the resolved tree is
+saved with every checkpoint and exported model. Overrides from the command line use dotted
+keys with values parsed as YAML: ``train.lr=3e-4 model.width=256 data.holdout_families=[surface]``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from matscale.models.egnn import EGNNConfig
+
+
+@dataclass(kw_only=True)
+class DataConfig:
+    """Which structures a run reads and how it batches them."""
+
+    store: str = "data/store-default"
+    """Store directory (made by ``matscale data pack``)."""
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    """Train / validation / test fractions (the paper: 90/5/5)."""
+    split_seed: int = 0
+    """Seed of the random split (fixed across a sweep, so test sets agree)."""
+    fraction: float = 1.0
+    """Share of the training split used; smaller fractions are nested in larger ones."""
+    holdout_families: tuple[str, ...] = ()
+    """Families removed from training and validation and reported on their own."""
+    max_atoms: int = 1024
+    """Most atoms per batch per process."""
+    max_edges: int | None = None
+    """Most edges (at the store's cutoff) per batch per process; None: no bound."""
+    mixture: dict[str, float] | None = None
+    """Relative sampling weight per source; None samples in proportion to size."""
+    max_neighbours: int | None = None
+    """Nearest neighbours kept per atom (the paper: 50); None keeps all within the cutoff."""
+    workers: int = 0
+    """DataLoader processes that build graphs (0: in the training process)."""
+    val_max_structures: int = 2000
+    """Validation structures evaluated at each evaluation (a fixed subset of the split)."""
+
+
+@dataclass(kw_only=True)
+class TrainConfig:
+    """Optimisation, loss, schedule, evaluation and checkpoints."""
+
+    steps: int = 2000
+    """Optimizer steps (the run stops at ``steps`` or ``max_minutes``, whichever comes first)."""
+    max_minutes: float | None = None
+    """Wall-clock budget; the schedule is planned for ``steps`` and cut short by the budget."""
+    lr: float = 2e-3
+    """Peak learning rate."""
+    min_lr_ratio: float = 0.01
+    """Final learning rate as a share of ``lr`` (cosine)."""
+    warmup_steps: int = 100
+    """Linear warm-up from 0 to ``lr``."""
+    schedule: Literal["cosine", "constant", "plateau"] = "cosine"
+    """``cosine`` decay after warm-up, ``constant``, or the paper's reduce-on-plateau on the
+    validation loss (factor 0.5, patience in evaluations, floor ``lr · min_lr_ratio``)."""
+    plateau_patience: int = 5
+    """Evaluations without improvement before ``plateau`` halves the learning rate."""
+    weight_decay: float = 0.0
+    """AdamW's decoupled weight decay (not applied to biases, norms and embeddings)."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW's β1, β2."""
+    grad_clip: float | None = 10.0
+    """Clip the global gradient norm to this; None: no clipping."""
+    accumulation: int = 1
+    """Micro-batches per optimizer step (global batch = processes × accumulation × batch)."""
+    ema_decay: float | None = 0.99
+    """Exponential moving average of the weights used for evaluation and export; None: off."""
+    loss: Literal["mae", "mse", "huber"] = "mae"
+    """Error function of every target (the paper: MAE)."""
+    huber_delta: float = 0.01
+    """Huber's transition point, in the target's units (eV/atom, eV/Å, eV/Å³)."""
+    energy_weight: float = 1.0
+    """Weight of the per-atom energy error (eV/atom)."""
+    force_weight: float = 1.0
+    """Weight of the force error (eV/Å, per component)."""
+    stress_weight: float = 0.0
+    """Weight of the stress error (eV/Å³, per component), on structures that carry stress."""
+    eval_every: int = 200
+    """Steps between validation evaluations (and at the end)."""
+    log_every: int = 20
+    """Steps between training-metric log lines."""
+    checkpoint_every: int = 500
+    """Steps between checkpoints (and at the end)."""
+    keep_checkpoints: int = 3
+    """Checkpoints kept; older ones are deleted after a newer one is safely written."""
+    seed: int = 0
+    """Seed of model initialisation and sampling."""
+
+
+@dataclass(kw_only=True)
+class ParallelConfig:
+    """How the plain model is distributed, in which precision, with what checkpointing."""
+
+    backend: Literal["none", "ddp"] = "none"
+    """``none`` (one process) or ``ddp`` (data parallel over torchrun's processes)."""
+    precision: Literal["fp32", "bf16"] = "fp32"
+    """Network arithmetic; geometry, forces, stress and loss reductions stay float32."""
+    threads: int | None = None
+    """Intra-op threads per process (None: torch's default, all cores / processes)."""
+
+
+@dataclass(kw_only=True)
+class RunConfig:
+    """Everything that defines a training run."""
+
+    name: str = "run"
+    """Run name: its directory is ``out_dir/name``."""
+    out_dir: str = "runs"
+    """Where run directories go."""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: EGNNConfig = field(default_factory=EGNNConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+
+    @property
+    def run_dir(self) -> Path:
+        """``out_dir / name``."""
+        return Path(self.out_dir) / self.name
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema (names the key)."""
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A dataclass tree as plain dicts, lists and scalars (YAML- and JSON-safe)."""
+    out: dict[str, Any] = {}
+    for f in dataclasses.fields(cfg):
+        value = getattr(cfg, f.name)
+        if dataclasses.is_dataclass(value):
+            out[f.name] = to_dict(value)
+        elif isinstance(value, tuple):
+            out[f.name] = list(value)
+        else:
+            out[f.name] = value
+    return out
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass ``cls`` from ``data``, checking names and types; unknown keys fail."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(
+            f"{where.rstrip('.') or 'config'}: unknown keys {sorted(unknown)}; "
+            f"known: {sorted(names)}"
+        )
+    kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
+    try:
+        return cls(**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from exc
+
+
+def _coerce(hint: Any, value: Any, where: str) -> Any:
+    """Check ``value`` against the type ``hint`` (converting lists to tuples, ints to floats)."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return from_dict(hint, value, f"{where}.")  # type: ignore[arg-type]
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in (a for a in args if a is not type(None)):
+            try:
+                return _coerce(arg, value, where)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"{where}: cannot be {value!r}")
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{where}: {value!r} is not one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(args[0], v, where) for v in value)
+        if len(args) != len(value):
+            raise ConfigError(f"{where}: expected {len(args)} values, got {len(value)}")
+        return tuple(_coerce(a, v, where) for a, v in zip(args, value, strict=True))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return {str(k): _coerce(args[1], v, where) for k, v in value.items()}
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint is float and isinstance(value, str):  # YAML 1.1 reads "1e-3" as a string
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if hint in (int, float, str, bool):
+        if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+            raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
+        return value
+    return value
+
+
+def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
+    """Read a YAML config (or start from the defaults when ``path`` is None) and apply dotted
+    ``key=value`` overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} is not key=value (e.g. train.lr=1e-3)")
+        node = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override {item!r}: {part} is not a section")
+        node[parts[-1]] = yaml.safe_load(raw)
+    return from_dict(RunConfig, data)
+
+
+def dump(cfg: RunConfig) -> str:
+    """The config as YAML text."""
+    return yaml.safe_dump(to_dict(cfg), sort_keys=False)
+
+
+def describe(cls: type = RunConfig, prefix: str = "") -> list[str]:
+    """One line per field: dotted key, default and docstring (the CLI's --help-config)."""
+    import ast
+    import inspect
+
+    docs: dict[str, str] = {}
+    source = inspect.getsource(cls)
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    for node, nxt in itertools.pairwise(body):
+        if (
+            isinstance(node, ast.AnnAssign)
+            and isinstance(node.target, ast.Name)
+            and isinstance(nxt, ast.Expr)
+            and isinstance(nxt.value, ast.Constant)
+        ):
+            docs[node.target.id] = " ".join(str(nxt.value.value).split())
+    lines = []
+    for f in dataclasses.fields(cls):
+        hint = typing.get_type_hints(cls)[f.name]
+        if dataclasses.is_dataclass(hint):
+            lines += describe(hint, f"{prefix}{f.name}.")  # type: ignore[arg-type]
+            continue
+        factory: Any = f.default_factory
+        default = f.default if f.default is not dataclasses.MISSING else factory()
+        lines.append(f"{prefix}{f.name} = {default!r}: {docs.get(f.name, '')}")
+    return lines

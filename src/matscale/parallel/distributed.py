@@ -1,0 +1,93 @@
+"""Process groups from torchrun's or SLURM's environment, and data-parallel wrapping.
+
+On CPU the backend is gloo, on GPU NCCL; one process per GPU (``LOCAL_RANK`` picks it). Model
+code never sees any of this: :func:`wrap_ddp` is applied to the plain model from outside.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+CPU = torch.device("cpu")
+
+
+@dataclass(frozen=True)
+class Dist:
+    """Where this process sits: rank, world size, local rank and its device."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = CPU
+
+    @property
+    def main(self) -> bool:
+        """True on the process that writes logs and checkpoints."""
+        return self.rank == 0
+
+
+def _env_int(*names: str, default: int) -> int:
+    for name in names:
+        if name in os.environ:
+            return int(os.environ[name])
+    return default
+
+
+def init_distributed(backend: str) -> Dist:
+    """Join the process group when ``backend`` is ``ddp``; a single process otherwise.
+
+    Rank and world size come from torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) or SLURM
+    (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; ``MASTER_ADDR``/``MASTER_PORT``
+    must then be set by the job script).
+    """
+    use_cuda = torch.cuda.is_available()
+    if backend == "none":
+        return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
+    rank = _env_int("RANK", "SLURM_PROCID", default=0)
+    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
+    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    os.environ.setdefault("MASTER_PORT", "29500")
+    if use_cuda:
+        torch.cuda.set_device(local)
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
+    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
+    return Dist(rank=rank, world=world, local_rank=local, device=device)
+
+
+def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
+    """DistributedDataParallel over the process group (identity on one process)."""
+    if d.world == 1 or not dist.is_initialized():
+        return model
+    from torch.nn.parallel import DistributedDataParallel
+
+    ids = [d.device.index] if d.device.type == "cuda" else None
+    return DistributedDataParallel(model, device_ids=ids)
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum ``t`` over all processes (a copy; identity on one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t)
+    return t
+
+
+def all_max(t: torch.Tensor) -> torch.Tensor:
+    """Maximum of ``t`` over all processes (a copy; identity on one process)."""
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        t = t.clone()
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t
+
+
+def finish() -> None:
+    """Leave the process group."""
+    if dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

@@ -1,0 +1,1 @@
+"""Training: loss, schedule, EMA, step, loop, evaluation, checkpoints and logs."""

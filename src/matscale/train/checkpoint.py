@@ -1,0 +1,115 @@
+"""Checkpoints (atomic, keep-last-K, exact resume) and the exported inference file.
+
+A checkpoint holds the model, EMA and optimizer states, the plateau state, the position in the
+data (epoch, batch), every RNG state, the resolved RunConfig and the data statistics. It is
+written to a temporary file and renamed, so a crash mid-save never destroys the last good one.
+The exported model (``matscale export``) holds what inference needs and nothing else: weights
+(EMA when available), the model config, head names, data statistics and the version.
+"""
+
+from __future__ import annotations
+
+import os
+import random
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+import matscale
+
+EXPORT_FORMAT = "matscale-model/1"
+
+
+def save_atomic(obj: Any, path: Path) -> None:
+    """``torch.save`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    with open(tmp, "rb+") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def rng_state() -> dict[str, Any]:
+    """Every random generator's state (torch, numpy, python)."""
+    return {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),  # noqa: NPY002 (third-party code may use the global one)
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore :func:`rng_state`."""
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    random.setstate(state["python"])
+
+
+def checkpoint_path(run_dir: Path, step: int) -> Path:
+    """``run_dir/checkpoints/step-XXXXXXXX.pt``."""
+    return run_dir / "checkpoints" / f"step-{step:08d}.pt"
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first."""
+    folder = run_dir / "checkpoints"
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if re.fullmatch(r"step-\d{8}\.pt", p.name))
+
+
+def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
+    """Write ``state`` as the checkpoint of ``step`` and delete all but the newest ``keep``."""
+    path = checkpoint_path(run_dir, step)
+    save_atomic({**state, "version": matscale.__version__, "rng": rng_state()}, path)
+    for old in list_checkpoints(run_dir)[:-keep]:
+        old.unlink(missing_ok=True)
+    return path
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU)."""
+    return torch.load(path, map_location="cpu", weights_only=False)
+
+
+def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
+    """Write the inference file for ``checkpoint``: EMA weights if any, else the weights."""
+    weights = checkpoint.get("ema") or checkpoint["model"]
+    save_atomic(
+        {
+            "format": EXPORT_FORMAT,
+            "version": matscale.__version__,
+            "architecture": "egnn",
+            "model_config": checkpoint["model_config"],
+            "heads": list(checkpoint["model_config"]["heads"]),
+            "cutoff": checkpoint["model_config"]["cutoff"],
+            "state_dict": weights,
+            "stats": checkpoint["stats"],
+            "run_config": checkpoint["config"],
+            "step": checkpoint["step"],
+            "metrics": checkpoint.get("metrics", {}),
+        },
+        path,
+    )
+    return path
+
+
+def load_model(path: str | Path) -> torch.nn.Module:
+    """The model of an exported file, in eval mode, on the CPU."""
+    from matscale.config import from_dict
+    from matscale.models.egnn import EGNN, EGNNConfig
+
+    blob = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
+        from matscale.errors import DataError
+
+        raise DataError(
+            f"not a matscale model file (format {EXPORT_FORMAT} expected)", file=str(path)
+        )
+    model = EGNN(from_dict(EGNNConfig, blob["model_config"]))
+    model.load_state_dict(blob["state_dict"])
+    return model.eval()

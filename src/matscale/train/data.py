@@ -1,0 +1,83 @@
+"""The data side of a run: splits of the store, samplers and loaders for train and eval."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from torch.utils.data import DataLoader
+
+from matscale.config import DataConfig
+from matscale.data.batch import GraphDataset, make_loader
+from matscale.data.sampler import BatchSampler, SamplerConfig
+from matscale.data.split import family_holdout, nested_fraction, split_indices
+from matscale.data.store import Store
+
+
+@dataclass
+class Splits:
+    """Store indices of each part of a run's data."""
+
+    train: np.ndarray
+    val: np.ndarray
+    test: np.ndarray
+    holdout: np.ndarray
+
+
+def make_splits(store: Store, cfg: DataConfig) -> Splits:
+    """Random train/val/test split (fixed by ``split_seed``), the nested training fraction,
+    and the held-out families removed from all three and kept apart."""
+    train, val, test = split_indices(len(store), cfg.split, seed=cfg.split_seed)
+    holdout = np.zeros(0, dtype=np.int64)
+    if cfg.holdout_families:
+        _, holdout = family_holdout(store.family_ids, store.families, list(cfg.holdout_families))
+        train, val, test = (np.setdiff1d(x, holdout) for x in (train, val, test))
+    if cfg.fraction < 1.0:
+        train = nested_fraction(train, cfg.fraction, seed=cfg.split_seed)
+    rng = np.random.default_rng([cfg.split_seed, 7])
+
+    def cap(x: np.ndarray) -> np.ndarray:  # a fixed subset keeps evaluations cheap and comparable
+        if len(x) <= cfg.val_max_structures:
+            return x
+        return np.sort(rng.choice(x, cfg.val_max_structures, replace=False))
+
+    return Splits(train=train, val=cap(val), test=cap(test), holdout=cap(holdout))
+
+
+def sampler_for(
+    store: Store,
+    indices: np.ndarray,
+    cfg: DataConfig,
+    *,
+    train: bool,
+    seed: int,
+    rank: int,
+    world: int,
+) -> BatchSampler:
+    """Batches of ``indices`` for one rank: shuffled with mixture weights for training, in
+    order for evaluation."""
+    config = SamplerConfig(
+        max_atoms=cfg.max_atoms,
+        max_edges=cfg.max_edges,
+        mixture=cfg.mixture if train else None,
+        shuffle=train,
+    )
+    return BatchSampler(
+        n_atoms=store.n_atoms,
+        n_edges=store.n_edges,
+        source_ids=store.source_ids,
+        sources=store.sources,
+        indices=indices,
+        config=config,
+        seed=seed,
+        rank=rank,
+        world=world,
+    )
+
+
+def loader_for(
+    store: Store, sampler: BatchSampler, cfg: DataConfig, cutoff: float, pin_memory: bool = False
+) -> DataLoader:
+    """A DataLoader of AtomGraph batches at ``cutoff`` Å."""
+    dataset = GraphDataset(store, cutoff, max_neighbours=cfg.max_neighbours)
+    return make_loader(dataset, sampler, workers=cfg.workers, pin_memory=pin_memory)

@@ -1,0 +1,131 @@
+"""Run logs: a JSONL file of metrics, TensorBoard events, a progress bar and a summary."""
+
+from __future__ import annotations
+
+import json
+import resource
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+
+class RunLog:
+    """Writes ``metrics.jsonl`` and TensorBoard events under ``run_dir`` (rank 0 only) and
+    shows a progress bar with ETA, atoms/s, structures/s and memory."""
+
+    def __init__(self, run_dir: Path, *, enabled: bool, progress: bool, total: int, start: int):
+        self.enabled = enabled
+        self.t0 = time.perf_counter()
+        self.atoms = 0
+        self.structures = 0
+        self.jsonl = None
+        self.tb = None
+        self.bar = None
+        if not enabled:
+            return
+        run_dir.mkdir(parents=True, exist_ok=True)
+        path = run_dir / "metrics.jsonl"
+        if path.exists():  # a resumed run logs as if uninterrupted: drop rows after the restart
+            rows = [
+                r
+                for r in path.read_text().splitlines()
+                if r.strip() and json.loads(r).get("step", 0) <= start
+            ]
+            path.write_text("".join(r + "\n" for r in rows))
+        self.jsonl = open(path, "a")
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(run_dir / "tensorboard"))
+        except ImportError:  # tensorboard is optional; the JSONL file has everything
+            self.tb = None
+        if progress:
+            from tqdm import tqdm
+
+            self.bar = tqdm(
+                total=total,
+                initial=start,
+                desc="training",
+                unit=" steps",
+                file=sys.stderr,
+                dynamic_ncols=True,
+            )
+
+    def text(self, line: str) -> None:
+        """A line for the reader (above the progress bar)."""
+        if self.enabled:
+            (self.bar.write if self.bar else print)(line)
+
+    def step(self, step: int, stats: dict[str, Any], lr: float) -> None:
+        """Account for one optimizer step; log every so often."""
+        self.atoms += stats["atoms"]
+        self.structures += stats["structures"]
+        if not self.enabled:
+            return
+        seconds = time.perf_counter() - self.t0
+        rates = {"atoms_per_s": self.atoms / seconds, "structures_per_s": self.structures / seconds}
+        if self.bar is not None:
+            self.bar.update(1)
+            self.bar.set_postfix(
+                loss=f"{stats['loss']:.4f}",
+                atoms_s=f"{rates['atoms_per_s']:.0f}",
+                mem=f"{_peak_mib():.0f}MiB",
+                refresh=False,
+            )
+        self._write(
+            {
+                "step": step,
+                "kind": "train",
+                "lr": lr,
+                **stats,
+                **rates,
+                "seconds": seconds,
+                "peak_rss_mib": _peak_mib(),
+            }
+        )
+
+    def metrics(self, step: int, metrics: dict[str, float], prefix: str) -> None:
+        """Validation or final metrics."""
+        if not self.enabled:
+            return
+        self._write({"step": step, "kind": prefix, **metrics})
+        main = {
+            k: v for k, v in metrics.items() if "/" not in k or k.startswith(("test/", "holdout/"))
+        }
+        self.text(f"[{prefix} @ step {step}] " + ", ".join(f"{k} {v:.2f}" for k, v in main.items()))
+
+    def summary(self, metrics: dict[str, float]) -> None:
+        """The closing table: MAEs per source and target."""
+        if not self.enabled:
+            return
+        seconds = time.perf_counter() - self.t0
+        self.text(
+            f"trained in {seconds / 60:.1f} min, {self.atoms / max(seconds, 1e-9):,.0f} "
+            f"atoms/s; validation errors:"
+        )
+        for key, value in sorted(metrics.items()):
+            if "/" in key and not key.startswith(("test/", "holdout/")):
+                self.text(f"  {key:<42} {value:10.2f}")
+
+    def _write(self, record: dict[str, Any]) -> None:
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(record) + "\n")
+            self.jsonl.flush()
+        if self.tb is not None:
+            for k, v in record.items():
+                if isinstance(v, int | float) and k not in ("step",):
+                    self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])
+
+    def close(self) -> None:
+        """Flush and close files and the bar."""
+        if self.bar is not None:
+            self.bar.close()
+        if self.jsonl is not None:
+            self.jsonl.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _peak_mib() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024

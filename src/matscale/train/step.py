@@ -1,0 +1,90 @@
+"""One optimizer step, the optimizer, and the EMA of the weights."""
+
+from __future__ import annotations
+
+from contextlib import AbstractContextManager, nullcontext
+from typing import Any
+
+import torch
+
+from matscale.config import TrainConfig
+from matscale.data.batch import AtomGraph
+from matscale.models.physics import predict
+from matscale.train.loss import loss as loss_fn
+
+
+def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW with weight decay on matrices only (not biases, norms, embeddings, radial
+    frequencies); fused on GPU."""
+    decay: list[torch.nn.Parameter] = []
+    no_decay: list[torch.nn.Parameter] = []
+    for name, p in model.named_parameters():
+        (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
+    groups = [
+        {"params": decay, "weight_decay": t.weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+    fused = torch.cuda.is_available() and next(model.parameters()).is_cuda
+    return torch.optim.AdamW(groups, lr=t.lr, betas=t.betas, fused=fused or None)
+
+
+@torch.no_grad()
+def ema_update(ema: torch.nn.Module, model: torch.nn.Module, decay: float) -> None:
+    """ema ← decay · ema + (1 − decay) · model, parameters and buffers alike."""
+    for e, p in zip(ema.parameters(), model.parameters(), strict=True):
+        e.lerp_(p.detach(), 1.0 - decay)
+    for eb, b in zip(ema.buffers(), model.buffers(), strict=True):
+        eb.copy_(b)
+
+
+def train_step(
+    model: torch.nn.Module,
+    micro_batches: list[AtomGraph],
+    optimizer: torch.optim.Optimizer,
+    t: TrainConfig,
+    *,
+    lr: float,
+    device: torch.device,
+    autocast: AbstractContextManager | None = None,
+) -> dict[str, Any]:
+    """Forward, forces (and stress), loss and backward over the micro-batches, then one
+    clipped AdamW step at learning rate ``lr``. Returns loss parts and counts for the log.
+
+    Each micro-batch's loss is scaled by its share of the step's atoms, so accumulation gives
+    the same gradient as one big batch would (up to the per-target means).
+    """
+    weights = {"energy": t.energy_weight, "forces": t.force_weight, "stress": t.stress_weight}
+    conservative = getattr(_plain(model).config, "force_head", "conservative") == "conservative"
+    total_atoms = sum(len(g.numbers) for g in micro_batches)
+    out: dict[str, Any] = {
+        "loss": 0.0,
+        "atoms": total_atoms,
+        "structures": sum(g.num_graphs for g in micro_batches),
+    }
+    for g in micro_batches:
+        g = g.to(device, non_blocking=True)
+        with autocast or nullcontext():
+            pred = predict(
+                model,
+                g,
+                forces=True,
+                stress=t.stress_weight > 0 and conservative,
+                create_graph=conservative,
+            )
+        value, parts = loss_fn(pred, g, weights=weights, kind=t.loss, delta=t.huber_delta)
+        share = len(g.numbers) / total_atoms
+        (value * share).backward()
+        out["loss"] += float(value.detach()) * share
+        for k, v in parts.items():
+            out[k] = out.get(k, 0.0) + v * share
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    if t.grad_clip is not None:
+        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip))
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def _plain(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "module", model)

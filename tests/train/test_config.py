@@ -1,0 +1,49 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matscale.config import ConfigError, RunConfig, describe, dump, from_dict, load
+
+
+def test_defaults_round_trip_through_yaml() -> None:
+    cfg = RunConfig()
+    assert from_dict(RunConfig, yaml.safe_load(dump(cfg))) == cfg
+
+
+def test_file_and_dotted_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "run.yaml"
+    path.write_text("name: a\ntrain:\n  lr: 0.01\nmodel:\n  width: 32\n")
+    cfg = load(
+        path,
+        [
+            "train.lr=1e-3",
+            "data.holdout_families=[surface, md-1500K]",
+            "data.mixture={emt-metals: 2, xtb-molecules: 1}",
+        ],
+    )
+    assert cfg.name == "a" and cfg.model.width == 32 and cfg.train.lr == 1e-3
+    assert cfg.data.holdout_families == ("surface", "md-1500K")
+    assert cfg.data.mixture == {"emt-metals": 2.0, "xtb-molecules": 1.0}
+
+
+@pytest.mark.parametrize(
+    ("override", "words"),
+    [
+        ("train.lr=fast", "train.lr: expected float"),
+        ("train.nope=1", "train: unknown keys ['nope']"),
+        ("model.activation=swish", "not one of"),
+        ("data.split=[0.9, 0.1]", "expected 3 values"),
+        ("model.width=0", "positive"),
+        ("lr", "not key=value"),
+    ],
+)
+def test_bad_overrides_name_the_key(override, words) -> None:
+    with pytest.raises(ConfigError, match=words.replace("[", r"\[").replace("]", r"\]")):
+        load(None, [override])
+
+
+def test_describe_lists_every_key_with_its_docstring() -> None:
+    lines = describe()
+    assert any(line.startswith("train.lr = 0.002: Peak learning rate") for line in lines)
+    assert any(line.startswith("model.width = 128") for line in lines)

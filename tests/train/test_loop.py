@@ -1,0 +1,127 @@
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from matscale.config import load
+from matscale.train.checkpoint import list_checkpoints, load_model
+from matscale.train.loop import train
+
+BASE = [
+    "model.width=16",
+    "model.depth=2",
+    "model.cutoff=4.0",
+    "data.max_atoms=96",
+    "train.warmup_steps=2",
+    "train.eval_every=10",
+    "train.log_every=1",
+]
+
+
+def _cfg(store: Path, out: Path, *extra: str):
+    return load(None, [f"data.store={store}", f"out_dir={out}", *BASE, *extra])
+
+
+def _train_losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
+def test_trains_evaluates_and_exports(tiny_store: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        tiny_store,
+        tmp_path,
+        "name=a",
+        "train.steps=40",
+        "train.lr=5e-3",
+        "data.holdout_families=[strained]",
+    )
+    final = train(cfg, progress=False)
+    losses = _train_losses(cfg.run_dir)
+    assert len(losses) == 40
+    assert sum(losses[-5:]) < 0.7 * sum(losses[:5])  # it learns
+    for key in (
+        "energy_mae_meV_per_atom",
+        "forces_mae_meV_per_A",
+        "emt/forces_mae_meV_per_A",
+        "mol/energy_mae_meV_per_atom",
+        "test/forces_mae_meV_per_A",
+        "holdout/emt/forces_mae_meV_per_A",
+    ):
+        assert key in final and final[key] > 0
+    model = load_model(cfg.run_dir / "model.pt")
+    assert model.config.heads == ("emt", "mol") and model.config.width == 16
+    assert (cfg.run_dir / "config.yaml").read_text().startswith("name: a")
+
+
+def test_resume_reproduces_the_uninterrupted_run(
+    tiny_store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    args = ["train.steps=24", "train.checkpoint_every=8", "train.accumulation=2"]
+    full = _cfg(tiny_store, tmp_path, "name=full", *args)
+    train(full, progress=False)
+    part = _cfg(tiny_store, tmp_path, "name=part", *args)
+
+    import matscale.train.loop as loop
+
+    real_step, calls = loop.train_step, []
+
+    def dies_at_step_19(*a, **k):  # the process is killed mid-run, after checkpoint 16
+        calls.append(1)
+        if len(calls) == 19:
+            raise KeyboardInterrupt
+        return real_step(*a, **k)
+
+    monkeypatch.setattr(loop, "train_step", dies_at_step_19)
+    with pytest.raises(KeyboardInterrupt):
+        train(part, progress=False)
+    monkeypatch.setattr(loop, "train_step", real_step)
+    assert list_checkpoints(part.run_dir)[-1].name == "step-00000016.pt"
+    assert len(_train_losses(part.run_dir)) == 18  # logged before it died
+    train(part, progress=False)  # resumes at 16 and drops the log rows after it
+    a, b = _train_losses(full.run_dir), _train_losses(part.run_dir)
+    assert len(b) == 24
+    assert a == b  # bit-identical on CPU: data order, weights, optimizer and EMA restored
+    wa = torch.load(full.run_dir / "model.pt", weights_only=False)["state_dict"]
+    wb = torch.load(part.run_dir / "model.pt", weights_only=False)["state_dict"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_keeps_only_the_last_checkpoints(tiny_store: Path, tmp_path: Path) -> None:
+    cfg = _cfg(
+        tiny_store,
+        tmp_path,
+        "name=k",
+        "train.steps=12",
+        "train.checkpoint_every=3",
+        "train.keep_checkpoints=2",
+    )
+    train(cfg, progress=False)
+    assert [p.name for p in list_checkpoints(cfg.run_dir)] == [
+        "step-00000009.pt",
+        "step-00000012.pt",
+    ]
+    assert not list((cfg.run_dir / "checkpoints").glob("*.tmp"))
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        ["model.force_head=direct"],
+        ["parallel.precision=bf16"],
+        ["train.schedule=plateau", "train.loss=huber", "train.ema_decay=null"],
+    ],
+)
+def test_options_train(tiny_store: Path, tmp_path: Path, extra: list[str]) -> None:
+    cfg = _cfg(tiny_store, tmp_path, "name=o", "train.steps=6", *extra)
+    final = train(cfg, progress=False)
+    assert final["forces_mae_meV_per_A"] > 0
+    shutil.rmtree(cfg.run_dir)
+
+
+def test_cutoff_beyond_the_store_is_refused(tiny_store: Path, tmp_path: Path) -> None:
+    cfg = _cfg(tiny_store, tmp_path, "name=c", "train.steps=2", "model.cutoff=6.0")
+    with pytest.raises(ValueError, match="exceeds the store's cutoff"):
+        train(cfg, progress=False)

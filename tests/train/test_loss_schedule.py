@@ -1,0 +1,66 @@
+import math
+
+import pytest
+import torch
+
+from matscale.data.batch import collate, graph_sample
+from matscale.train.loss import error, error_sums, loss
+from matscale.train.schedule import Plateau, lr_at
+from tests.conftest import emt_structures, molecules
+
+
+def _batch():
+    structures = emt_structures(2) + molecules(2)
+    structures[3].forces = None  # one structure without forces
+    return collate([graph_sample(s, 4.0, source=int(s.source == "mol")) for s in structures])
+
+
+def test_loss_masks_missing_labels_and_weights_targets() -> None:
+    g = _batch()
+    pred = {"energy": g.energy + 0.1 * g.n_atoms, "forces": g.forces + 0.2}
+    pred["forces"][g.batch == 3] += 100.0  # unlabelled: must not count
+    value, parts = loss(pred, g, weights={"energy": 1.0, "forces": 2.0})
+    assert parts["energy"] == pytest.approx(0.1, rel=1e-6)
+    assert parts["forces"] == pytest.approx(0.2, rel=1e-5)
+    assert float(value) == pytest.approx(0.1 + 2 * 0.2, rel=1e-5)
+
+
+def test_error_kinds() -> None:
+    r = torch.tensor([-2.0, 0.005, 1.0])
+    assert error(r, "mae", 0.01).tolist() == pytest.approx([2.0, 0.005, 1.0])
+    assert error(r, "mse", 0.01).tolist() == pytest.approx([4.0, 2.5e-5, 1.0])
+    h = error(r, "huber", 0.01)
+    assert float(h[1]) == pytest.approx(0.5 * 0.005**2) and float(h[0]) == pytest.approx(
+        0.01 * (2.0 - 0.005)
+    )
+
+
+def test_error_sums_per_source() -> None:
+    g = _batch()
+    pred = {"energy": g.energy + 0.3 * g.n_atoms, "forces": g.forces - 0.1}
+    sums = error_sums(pred, g, 2)
+    assert sums["energy"][:, 1].tolist() == [2, 2]
+    assert sums["energy"][:, 0].tolist() == pytest.approx([0.6, 0.6])
+    n_mol0 = int((g.batch == 2).sum())
+    assert sums["forces"][1, 1] == 3 * n_mol0  # the second molecule has no forces
+
+
+def test_lr_schedule_is_a_pure_function() -> None:
+    kw = {"lr": 1.0, "steps": 100, "warmup": 10, "min_ratio": 0.1}
+    assert lr_at(0, kind="cosine", **kw) == pytest.approx(0.1)
+    assert lr_at(9, kind="cosine", **kw) == pytest.approx(1.0)
+    assert lr_at(55, kind="cosine", **kw) == pytest.approx(
+        0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi / 2))
+    )
+    assert lr_at(100, kind="cosine", **kw) == pytest.approx(0.1)
+    assert lr_at(80, kind="constant", **kw) == 1.0
+
+
+def test_plateau_halves_after_patience() -> None:
+    p = Plateau(patience=2, floor=0.2)
+    for metric in [1.0, 0.9, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95, 0.95]:
+        p.update(metric)
+    assert p.scale == 0.25 and p.best == 0.9
+    for _ in range(20):
+        p.update(1.0)
+    assert p.scale == 0.2  # floor
