@@ -198,14 +198,16 @@ class Readout(nn.Module):
 
     def forward(self, h: torch.Tensor, atom_source: torch.Tensor) -> torch.Tensor:
         """h: [N, H]; atom_source: [N] head index per atom → [N]."""
-        # float32 out: under bf16 autocast the heads compute in bf16, energies sum in float32
+        # at least float32 out: under bf16 autocast the heads compute in bf16, but energies
+        # are summed in float32 (and a float64 model stays float64)
+        dtype = torch.promote_types(h.dtype, torch.float32)
         if len(self.heads) == 1:
-            return self.heads[0](h).squeeze(-1).float()
-        out = h.new_zeros(h.shape[0], dtype=torch.float32)
+            return self.heads[0](h).squeeze(-1).to(dtype)
+        out = h.new_zeros(h.shape[0], dtype=dtype)
         for s, head in enumerate(self.heads):
             mask = atom_source == s
             if mask.any():
-                out = out.index_put((mask,), head(h[mask]).squeeze(-1).float())
+                out = out.index_put((mask,), head(h[mask]).squeeze(-1).to(dtype))
         return out
 
 
