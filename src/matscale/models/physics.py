@@ -63,7 +63,8 @@ def predict(
 
 
 def _has_direct_forces(model: EnergyModel) -> bool:
-    config = getattr(model, "config", None)
+    plain = getattr(model, "module", model)  # a DDP wrapper keeps the model in .module
+    config = getattr(plain, "config", None)
     return getattr(config, "force_head", "conservative") == "direct"
 
 
