@@ -43,3 +43,100 @@ def test_help(capsys) -> None:
     with pytest.raises(SystemExit):
         main(["--help"])
     assert "data" in capsys.readouterr().out
+
+
+def test_readme_pack_command_on_a_generated_directory(tmp_path: Path, capsys) -> None:
+    raw = tmp_path / "raw"
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "--out",
+                str(raw),
+                "--size",
+                "emt-metals=30",
+                "--size",
+                "xtb-molecules=0",
+                "--size",
+                "xtb-solids=0",
+                "--workers",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (
+        main(
+            [
+                "data",
+                "pack",
+                str(raw),
+                "--out",
+                str(tmp_path / "store"),
+                "--workers",
+                "1",
+                "--require",
+                "energy,forces",
+            ]
+        )
+        == 0
+    )
+    assert "emt-metals" in capsys.readouterr().out
+    # the same directory again, with another seed: refused, nothing mixed
+    assert (
+        main(
+            [
+                "data",
+                "generate",
+                "--out",
+                str(raw),
+                "--size",
+                "emt-metals=30",
+                "--size",
+                "xtb-molecules=0",
+                "--size",
+                "xtb-solids=0",
+                "--seed",
+                "1",
+            ]
+        )
+        == 2
+    )
+    assert "holds chunks made with" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "words"),
+    [
+        (["--require", "energy,force"], "unknown labels"),
+        (["--part", "abc"], "is not I/N"),
+        (["--part", "2/2"], "is not I/N"),
+    ],
+)
+def test_pack_argument_errors(tmp_path: Path, capsys, args, words) -> None:
+    (tmp_path / "a.xyz").write_text("1\n\nH 0 0 0\n")
+    assert (
+        main(["data", "pack", str(tmp_path / "a.xyz"), "--out", str(tmp_path / "st"), *args]) == 2
+    )
+    assert words in capsys.readouterr().err
+
+
+def test_pack_refuses_to_write_over_other_things(tmp_path: Path, capsys) -> None:
+    (tmp_path / "a.xyz").write_text("1\n\nH 0 0 0\n")
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "keep.txt").write_text("precious")
+    code = main(
+        ["data", "pack", str(tmp_path / "a.xyz"), "--out", str(tmp_path / "notes"), "--overwrite"]
+    )
+    assert code == 2 and "not a store" in capsys.readouterr().err
+    assert (tmp_path / "notes" / "keep.txt").exists()
+    assert main(["data", "pack", str(tmp_path / "a.xyz"), "--out", str(tmp_path)]) == 2
+    assert "contains input files" in capsys.readouterr().err
+
+
+def test_generate_size_errors(capsys, tmp_path: Path) -> None:
+    assert main(["data", "generate", "--out", str(tmp_path), "--size", "emt-metals"]) == 2
+    assert "SOURCE=N" in capsys.readouterr().err
+    assert main(["data", "generate", "--out", str(tmp_path), "--size", "dft=3"]) == 2
+    assert "unknown sources" in capsys.readouterr().err

@@ -176,8 +176,14 @@ def _generate(args: argparse.Namespace) -> int:
     sizes = dict(PRESETS[args.preset])
     for item in args.size:
         name, _, n = item.partition("=")
+        if not n.isdigit():
+            raise DataError(f"--size {item!r} is not SOURCE=N (e.g. emt-metals=1000)")
         sizes[name] = int(n)
-    report = generate(args.out, GenerateConfig(sizes=sizes, seed=args.seed, workers=args.workers))
+    try:
+        config = GenerateConfig(sizes=sizes, seed=args.seed, workers=args.workers)
+        report = generate(args.out, config)
+    except ValueError as exc:  # unknown source names
+        raise DataError(str(exc)) from exc
     for source, n in report["written_now"].items():
         skipped = report["skipped_now"].get(source) or {}
         why = ", ".join(f"{r}: {c}" for r, c in skipped.items()) or "none"
@@ -186,31 +192,65 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _collect(inputs: list[Path]) -> list[Path]:
+#: Bookkeeping files that ``pack`` never reads as data, whatever their suffix.
+NOT_DATA = {"generate.json", "meta.json", "manifest.json"}
+
+
+def _collect(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """Data files under ``inputs`` and the default source of each: the name of the directory
+    given on the command line (every file of a dataset is one source), or the file's stem
+    when a file is given directly."""
     files: list[Path] = []
+    sources: dict[Path, str] = {}
     for path in inputs:
         if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.suffix.lower() in DATA_SUFFIXES)
+            found = sorted(
+                f
+                for f in path.rglob("*")
+                if f.suffix.lower() in DATA_SUFFIXES
+                and f.name not in NOT_DATA
+                and "parts" not in f.relative_to(path).parts
+            )
+            files += found
+            sources.update({f: path.resolve().name for f in found})
         else:
             files.append(path)
+            sources[path] = path.stem
     if not files:
         raise DataError("no data files found", file=", ".join(map(str, inputs)))
-    return files
+    return files, sources
+
+
+def _parse_part(text: str) -> tuple[int, int]:
+    part, _, n = text.partition("/")
+    if not (part.isdigit() and n.isdigit()) or not int(part) < int(n):
+        raise DataError(f"--part {text!r} is not I/N with 0 <= I < N (e.g. 0/4)")
+    return int(part), int(n)
 
 
 def _pack(args: argparse.Namespace) -> int:
     from matscale.data.pack import PackConfig, pack
     from matscale.data.store import META
 
+    part, n_parts = _parse_part(args.part)
+    files, sources = _collect(args.inputs)
+    out = args.out.resolve()
+    if any(out == f.resolve() or out in f.resolve().parents for f in files):
+        raise DataError(
+            "the store directory contains input files; choose another --out", file=str(args.out)
+        )
     if (args.out / META).exists() and not args.overwrite:
         raise DataError(
             "a store already exists here (use --overwrite to replace it)", file=str(args.out)
         )
-    if args.overwrite and args.out.exists():
-        import shutil
-
-        shutil.rmtree(args.out)
-    part, _, n_parts = args.part.partition("/")
+    if (
+        args.out.exists()
+        and any(args.out.iterdir())
+        and not ((args.out / META).exists() or (args.out / "parts").is_dir())
+    ):
+        raise DataError(
+            "directory is not empty and not a store; refusing to write into it", file=str(args.out)
+        )
     config = PackConfig(
         cutoff=args.cutoff,
         shard_mb=args.shard_mb,
@@ -219,11 +259,11 @@ def _pack(args: argparse.Namespace) -> int:
         require=tuple(x for x in args.require.split(",") if x),
         source=args.source,
         max_force=args.max_force or None,
-        part=int(part),
-        n_parts=int(n_parts or 1),
+        part=part,
+        n_parts=n_parts,
     )
     start = time.perf_counter()
-    pack(_collect(args.inputs), args.out, config)
+    pack(files, args.out, config, sources=sources)
     print(f"packed in {time.perf_counter() - start:.1f} s")
     if config.n_parts == 1:
         _print_info(args.out)
@@ -274,6 +314,7 @@ def _demo(args: argparse.Namespace) -> int:
     report = generate(raw, GenerateConfig(sizes=dict(PRESETS[preset]), workers=args.workers))
     print(f"      {sum(report['written_now'].values()):,} new structures in {report['seconds']} s")
     chunks = sorted(raw.glob("*/chunk-*.extxyz"))
+    sources = {f: f.parent.name for f in chunks}
     newest = max(f.stat().st_mtime for f in chunks)
     if not (store / META).exists() or newest > (store / META).stat().st_mtime:
         print(f"[2/3] packing into {store}")
@@ -281,7 +322,8 @@ def _demo(args: argparse.Namespace) -> int:
             import shutil
 
             shutil.rmtree(store)
-        pack(chunks, store, PackConfig(require=("energy", "forces"), workers=args.workers))
+        config = PackConfig(require=("energy", "forces"), workers=args.workers)
+        pack(chunks, store, config, sources=sources)
     else:
         print(f"[2/3] {store} is up to date")
     print("[3/3] statistics")

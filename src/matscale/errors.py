@@ -16,6 +16,9 @@ class DataError(ValueError):
         Index or key of the record inside the file, when known.
     field:
         The field at fault (``"forces"``, ``"cell"``, ...), when known.
+    kind:
+        A stable short code of the problem (``"nan"``, ``"too-close"``, ...), for counting
+        skipped records by cause.
     """
 
     def __init__(
@@ -25,8 +28,10 @@ class DataError(ValueError):
         file: str | None = None,
         record: int | str | None = None,
         field: str | None = None,
+        kind: str | None = None,
     ) -> None:
         self.reason = message
+        self.kind = kind
         self.file = file
         self.record = record
         self.field = field
@@ -42,13 +47,18 @@ class DataError(ValueError):
     def __reduce__(self) -> tuple[object, tuple[object, ...]]:
         # Keep file, record and field when the error crosses a process boundary (a packing or
         # generating worker raising it to the main process).
-        return (_rebuild, (type(self), self.reason, self.file, self.record, self.field))
+        return (_rebuild, (type(self), self.reason, self.file, self.record, self.field, self.kind))
 
 
 def _rebuild(
-    cls: type[DataError], reason: str, file: str | None, record: int | str | None, field: str | None
+    cls: type[DataError],
+    reason: str,
+    file: str | None,
+    record: int | str | None,
+    field: str | None,
+    kind: str | None,
 ) -> DataError:
-    return cls(reason, file=file, record=record, field=field)
+    return cls(reason, file=file, record=record, field=field, kind=kind)
 
 
 class CorruptShardError(DataError):

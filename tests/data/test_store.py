@@ -174,3 +174,57 @@ def test_statistics_of_a_packed_store(tmp_path: Path) -> None:
     assert st["mean_neighbours"] == pytest.approx(
         sum(m.n_atoms * (m.n_atoms - 1) for m in mols) / st["atoms"]
     )
+
+
+def test_repacking_leaves_nothing_stale(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=9)
+    pack(files, tmp_path / "st", PackConfig(workers=2), progress=False)
+    meta = pack(files[:1], tmp_path / "st", PackConfig(workers=1), progress=False)
+    assert meta["n_structures"] == 9 == len(Store(tmp_path / "st"))
+
+
+def test_merge_refuses_missing_or_foreign_parts(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=9)
+    pack(files, tmp_path / "st", PackConfig(workers=1, part=0, n_parts=2), progress=False)
+    with pytest.raises(DataError, match=r"parts \[1\] of 2 are not packed yet"):
+        merge_parts(tmp_path / "st")
+    pack(files[:2], tmp_path / "st", PackConfig(workers=1, part=1, n_parts=2), progress=False)
+    with pytest.raises(DataError, match="different packing runs"):
+        merge_parts(tmp_path / "st")
+
+
+def test_more_parts_than_files_merge(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=40)
+    for part in range(3):
+        pack(files, tmp_path / "st", PackConfig(workers=1, part=part, n_parts=3), progress=False)
+    assert merge_parts(tmp_path / "st")["n_structures"] == len(structures)
+
+
+def test_skips_are_counted_by_kind(tmp_path: Path) -> None:
+    records = emt_structures(5)
+    for k, gap in enumerate((0.01, 0.02, 0.03)):
+        records[k].positions[1] = records[k].positions[0] + [gap, 0, 0]
+    path = tmp_path / "close.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in records])
+    meta = pack([path], tmp_path / "st", PackConfig(), progress=False)
+    assert meta["skipped"] == {"positions: too-close": 3}
+
+
+def test_missing_index_and_shard_are_named(tmp_path: Path, structures) -> None:
+    files = write_files(tmp_path, structures, per_file=40)
+    pack(files, tmp_path / "st", PackConfig(workers=1), progress=False)
+    shard = next((tmp_path / "st/shards").iterdir())
+    shard.rename(tmp_path / "elsewhere")
+    assert [e.reason for e in Store(tmp_path / "st").check_all()] == [
+        "shard listed in meta.json is missing"
+    ]
+    (tmp_path / "st/index/n_edges.npy").unlink()
+    with pytest.raises(DataError, match=r"n_edges\.npy"):
+        Store(tmp_path / "st")
+
+
+def test_pack_config_is_checked() -> None:
+    with pytest.raises(DataError, match="unknown labels"):
+        PackConfig(require=("energy", "force"))
+    with pytest.raises(DataError, match=r"part 2 is not in 0\.\.1"):
+        PackConfig(part=2, n_parts=2)

@@ -112,3 +112,19 @@ def test_activations_stay_order_one_across_widths() -> None:
 def test_config_validation(field, value) -> None:
     with pytest.raises(ValueError, match=field if field != "width" else "positive"):
         EGNNConfig(**{field: value})
+
+
+def test_predict_works_under_no_grad_and_for_a_lone_atom() -> None:
+    from matscale.data.structure import Structure
+
+    model = EGNN(EGNNConfig(width=8, heads=("a", "b"))).double()
+    g = graph(periodic())
+    with torch.no_grad():
+        out = predict(model, g, stress=True)
+    assert out["forces"].shape == (8, 3) and torch.isfinite(out["stress"]).all()
+    import numpy as np
+
+    lone = graph(Structure(numbers=np.array([29]), positions=np.zeros((1, 3)), source="a"))
+    assert lone.edge_index.shape[1] == 0
+    out = predict(model, lone)
+    assert out["forces"].abs().max() == 0 and torch.isfinite(out["energy"]).all()

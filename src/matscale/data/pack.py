@@ -12,9 +12,11 @@ packing with a :class:`DataError` naming it.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import multiprocessing as mp
 import os
+import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -26,7 +28,7 @@ from matscale.data.graph import count_edges
 from matscale.data.readers import read_structures
 from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
-from matscale.data.store import merge_parts, write_json_atomic
+from matscale.data.store import META, merge_parts, write_json_atomic
 from matscale.data.structure import Structure, check_structure
 from matscale.errors import DataError
 
@@ -54,54 +56,83 @@ class PackConfig:
     n_parts: int = 1
     """How many packers share the file list; merging runs when this is 1."""
 
+    def __post_init__(self) -> None:
+        unknown = set(self.require) - {"energy", "forces", "stress"}
+        if unknown:
+            raise DataError(
+                f"--require names unknown labels {sorted(unknown)}; known: energy, forces, stress"
+            )
+        if not 0 <= self.part < self.n_parts:
+            raise DataError(f"part {self.part} is not in 0..{self.n_parts - 1} (--part I/N)")
+        if self.shard_mb <= 0 or self.cutoff <= 0:
+            raise DataError("shard size and cutoff must be positive")
 
-def pack(files: list[Path], out: Path, config: PackConfig, *, progress: bool = True) -> dict:
+
+def pack(
+    files: list[Path],
+    out: Path,
+    config: PackConfig,
+    *,
+    sources: dict[Path, str] | None = None,
+    progress: bool = True,
+) -> dict:
     """Pack ``files`` into the store at ``out``; return the merged metadata (or, when
-    ``n_parts > 1``, this part's report, to be merged by ``merge_parts`` later)."""
+    ``n_parts > 1``, this part's report, to be merged by ``merge_parts`` later).
+
+    ``sources`` names the source of each file's records that carry none (default: the file's
+    stem; ``config.source`` overrides both). With one part, whatever an earlier packing left in
+    ``out/parts`` and ``out/shards`` is removed first; with several, every part records a digest
+    of the input list, and ``merge_parts`` refuses parts of different packing runs.
+    """
     if not files:
         raise DataError("no input files given")
     for f in files:
         if not Path(f).exists():
             raise DataError("no such file", file=str(f))
-    if not 0 <= config.part < config.n_parts:
-        raise ValueError(f"part {config.part} is not in 0..{config.n_parts - 1}")
     # Parts and workers take contiguous runs of the sorted file list and name their shards by
     # the run's first file, so the store's order is the files' order whatever the parallelism.
     ordered = sorted(Path(f) for f in files)
+    digest = hashlib.sha256("\n".join(str(f.resolve()) for f in ordered).encode()).hexdigest()
+    if config.n_parts == 1:
+        for stale in ("parts", "shards", "index"):
+            shutil.rmtree(out / stale, ignore_errors=True)
+        (out / META).unlink(missing_ok=True)
+    (out / "shards").mkdir(parents=True, exist_ok=True)
+    (out / "parts").mkdir(exist_ok=True)
     first, mine = _chunks(ordered, config.n_parts)[config.part]
-    workers = min(config.workers or os.cpu_count() or 1, max(len(mine), 1))
+    if not mine:  # more nodes than files: an empty part still tells the merge it is done
+        writer = PartWriter(out, f"empty-p{config.part:04d}", config, digest=digest)
+        writer.close()
+        return {"part": config.part, "reports": [writer.report]}
+    workers = min(config.workers or os.cpu_count() or 1, len(mine))
     runs = [(first + start, group) for start, group in _chunks(mine, workers) if group]
     groups = [group for _, group in runs]
     names = [f"f{start:07d}" for start, _ in runs]
-    (out / "shards").mkdir(parents=True, exist_ok=True)
-    (out / "parts").mkdir(exist_ok=True)
+    names_of = {str(f): (sources or {}).get(f, f.stem) for f in ordered}
     ctx = mp.get_context("spawn")  # fork + torch threads can deadlock; spawn is safe everywhere
     counter = ctx.Value("q", 0)
     if len(groups) == 1:
         _init_worker(counter)
-        reports = [_pack_group(groups[0], out, names[0], config)]
+        reports = [_pack_group(groups[0], out, names[0], config, names_of, digest)]
     else:
         # A process pool that notices a dead worker (BrokenProcessPool) instead of waiting forever.
         with ProcessPoolExecutor(
             len(groups), mp_context=ctx, initializer=_init_worker, initargs=(counter,)
         ) as pool:
             jobs = [
-                pool.submit(_pack_group, g, out, n, config)
+                pool.submit(_pack_group, g, out, n, config, names_of, digest)
                 for g, n in zip(groups, names, strict=True)
             ]
             _wait(jobs, counter, progress)
             reports = [j.result() for j in jobs]
-    total_skipped = sum(sum(r["skipped"].values()) for r in reports)
-    if progress and total_skipped:
+    skipped: Counter[str] = Counter()
+    for r in reports:
+        skipped.update(r["skipped"])
+    if progress and skipped:
+        reasons = ", ".join(f"{k}: {v}" for k, v in skipped.most_common())
         print(
-            f"skipped {total_skipped} records: "
-            + ", ".join(
-                f"{k}: {v}"
-                for k, v in Counter(
-                    {k: v for r in reports for k, v in r["skipped"].items()}
-                ).most_common()
-            )
-            + f" (listed in {out / 'parts'}/*.skipped.jsonl)"
+            f"skipped {sum(skipped.values())} records ({reasons}); each is listed in "
+            f"{out / 'parts'}/*.skipped.jsonl"
         )
     if config.n_parts == 1:
         return merge_parts(out)
@@ -144,13 +175,19 @@ def _chunks(files: list[Path], n: int) -> list[tuple[int, list[Path]]]:
     return out
 
 
-def _pack_group(files: list[Path], out: Path, name: str, config: PackConfig) -> dict[str, Any]:
+def _pack_group(
+    files: list[Path],
+    out: Path,
+    name: str,
+    config: PackConfig,
+    source_of: dict[str, str],
+    digest: str,
+) -> dict[str, Any]:
     """One worker: read ``files``, check each record, write shards and this part's files."""
-    with PartWriter(out, name, config, inputs=[str(f) for f in files]) as writer:
+    with PartWriter(out, name, config, inputs=[str(f) for f in files], digest=digest) as writer:
         for path in files:
-            for rec, s in enumerate(
-                read_structures(path, source=config.source, format=config.format)
-            ):
+            source = config.source or source_of.get(str(path)) or path.stem
+            for rec, s in enumerate(read_structures(path, source=source, format=config.format)):
                 writer.add(s, file=str(path), record=s.key.rsplit("#", 1)[-1] or rec)
     return writer.report
 
@@ -164,11 +201,19 @@ class PartWriter:
     that come from code rather than files (a generator, a simulation).
     """
 
-    def __init__(self, out: Path, name: str, config: PackConfig, inputs: list[str] | None = None):
+    def __init__(
+        self,
+        out: Path,
+        name: str,
+        config: PackConfig,
+        inputs: list[str] | None = None,
+        digest: str = "",
+    ) -> None:
         (out / "shards").mkdir(parents=True, exist_ok=True)
         (out / "parts").mkdir(exist_ok=True)
         self.out, self.name, self.config = out, name, config
         self.inputs = inputs or []
+        self.digest = digest
         self.stats = StatsAccumulator()
         self.skipped: Counter[str] = Counter()
         self.shards: list[dict[str, Any]] = []
@@ -186,7 +231,7 @@ class PartWriter:
         try:
             check_structure(s, file=file, record=record, require=c.require, max_force=c.max_force)
         except DataError as exc:
-            self.skipped[f"{exc.field}: {exc.reason.split(' (')[0]}"] += 1
+            self.skipped[f"{exc.field}: {exc.kind or 'invalid'}"] += 1
             entry = {
                 "file": exc.file,
                 "record": exc.record,
@@ -218,13 +263,21 @@ class PartWriter:
         return self
 
     def __exit__(self, exc_type: object, *_: object) -> None:
-        self._skip_log.close()
         if exc_type is not None:
+            self._skip_log.close()
             return  # leave no part file: merge_parts must not see a half-written part
+        self.close()
+
+    def close(self) -> None:
+        """Write the last shard and the part's files (the part is then ready to merge)."""
+        self._skip_log.close()
         self._flush()
         self.stats.save(self.out / "parts" / f"{self.name}.stats.npz")
         self.report = {
             "cutoff": self.config.cutoff,
+            "part": self.config.part,
+            "n_parts": self.config.n_parts,
+            "inputs_digest": self.digest,
             "inputs": self.inputs,
             "shards": self.shards,
             "sources": sorted(self.sources),

@@ -42,6 +42,8 @@ def read_ase(path: str | Path, *, source: str, format: str | None = None) -> Ite
     import ase.io
 
     path = str(path)
+    if Path(path).stat().st_size == 0:  # e.g. a generated chunk whose every SCF failed
+        return
     frames = ase.io.iread(path, index=":", format=format)
     i = 0
     while True:

@@ -55,7 +55,13 @@ def merge_parts(root: Path) -> dict[str, Any]:
     part_files = sorted((root / "parts").glob("*.json"))
     if not part_files:
         raise DataError("no packed parts to merge (parts/*.json missing)", file=str(root))
-    parts = [json.loads(p.read_text()) for p in part_files]
+    parts = []
+    for pf in part_files:
+        try:
+            parts.append(json.loads(pf.read_text()))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"part file is not valid JSON ({exc})", file=str(pf)) from exc
+    _check_parts_complete(parts, part_files)
     cutoffs = {p["cutoff"] for p in parts}
     if len(cutoffs) != 1:
         raise DataError(
@@ -67,6 +73,8 @@ def merge_parts(root: Path) -> dict[str, Any]:
     stats = StatsAccumulator()
     skipped: dict[str, int] = {}
     for pf, p in zip(part_files, parts, strict=True):
+        if not pf.with_suffix(".stats.npz").is_file():
+            raise DataError("statistics of this part are missing", file=str(pf))
         stats.merge(StatsAccumulator.load(pf.with_suffix(".stats.npz")))
         for reason, count in p["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + count
@@ -87,6 +95,10 @@ def merge_parts(root: Path) -> dict[str, Any]:
     fam_id = {n: i for i, n in enumerate(families)}
     pos = 0
     for entry in shards:
+        if not (root / "shards" / entry["file"]).is_file():
+            raise DataError(
+                "shard listed by a part is missing", file=str(root / "shards" / entry["file"])
+            )
         shard = Shard(root / "shards" / entry["file"])
         a, n = shard.arrays, shard.n_structures
         index["n_atoms"][pos : pos + n] = np.diff(a["atom_start"])
@@ -112,6 +124,23 @@ def merge_parts(root: Path) -> dict[str, Any]:
     }
     write_json_atomic(root / META, meta)
     return meta
+
+
+def _check_parts_complete(parts: list[dict[str, Any]], files: list[Path]) -> None:
+    """Refuse parts of different packing runs, or a merge before every part is written."""
+    runs = {(p.get("n_parts", 1), p.get("inputs_digest", "")) for p in parts}
+    if len(runs) > 1:
+        raise DataError(
+            "parts come from different packing runs (other inputs or --part N); "
+            "remove the stale ones from parts/ and shards/ or pack again",
+            file=str(files[0].parent),
+        )
+    n_parts = runs.pop()[0]
+    missing = sorted(set(range(n_parts)) - {p.get("part", 0) for p in parts})
+    if missing:
+        raise DataError(
+            f"parts {missing} of {n_parts} are not packed yet", file=str(files[0].parent)
+        )
 
 
 class Store:
@@ -155,15 +184,7 @@ class Store:
         self.max_open = max_open
         self._open: OrderedDict[int, tuple[Shard, np.ndarray, np.ndarray]] = OrderedDict()
         self._verified: set[int] = set()
-        idx = self.path / "index"
-        #: [n_structures] atoms per structure (memory-mapped).
-        self.n_atoms: np.ndarray = np.load(idx / "n_atoms.npy", mmap_mode="r")
-        #: [n_structures] directed edges at :attr:`cutoff` (memory-mapped).
-        self.n_edges: np.ndarray = np.load(idx / "n_edges.npy", mmap_mode="r")
-        #: [n_structures] index into :attr:`sources` (memory-mapped).
-        self.source_ids: np.ndarray = np.load(idx / "source.npy", mmap_mode="r")
-        #: [n_structures] index into :attr:`families` (memory-mapped).
-        self.family_ids: np.ndarray = np.load(idx / "family.npy", mmap_mode="r")
+        self._load_index()
         if verify == "open":
             for k in range(len(self._entries)):
                 self._shard(k)
@@ -194,6 +215,12 @@ class Store:
         """Check every shard's checksum and header; return the errors found (empty if none)."""
         errors = []
         for k in range(len(self._entries)):
+            path = self.path / "shards" / self._entries[k]["file"]
+            if not path.is_file():
+                errors.append(
+                    CorruptShardError("shard listed in meta.json is missing", file=str(path))
+                )
+                continue
             try:
                 Shard(
                     self.path / "shards" / self._entries[k]["file"],
@@ -225,6 +252,33 @@ class Store:
             self._open.popitem(last=False)
         return self._open[k]
 
+    def _load_index(self) -> None:
+        """Memory-map the per-structure index arrays (checked against meta.json):
+        ``n_atoms``, ``n_edges`` (at :attr:`cutoff`), ``source_ids`` and ``family_ids``."""
+        arrays = {}
+        for attr, name in (
+            ("n_atoms", "n_atoms"),
+            ("n_edges", "n_edges"),
+            ("source_ids", "source"),
+            ("family_ids", "family"),
+        ):
+            path = self.path / "index" / f"{name}.npy"
+            try:
+                arrays[attr] = np.load(path, mmap_mode="r")
+            except (OSError, ValueError) as exc:
+                raise DataError(
+                    f"index array missing or unreadable ({exc}); run `matscale data merge` again",
+                    file=str(path),
+                ) from exc
+            if len(arrays[attr]) != len(self):
+                raise DataError(
+                    f"index has {len(arrays[attr])} entries, meta.json {len(self)}", file=str(path)
+                )
+        self.n_atoms: np.ndarray = arrays["n_atoms"]
+        self.n_edges: np.ndarray = arrays["n_edges"]
+        self.source_ids: np.ndarray = arrays["source_ids"]
+        self.family_ids: np.ndarray = arrays["family_ids"]
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_open"] = OrderedDict()  # memory maps do not travel to worker processes
@@ -234,8 +288,4 @@ class Store:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        idx = self.path / "index"
-        self.n_atoms = np.load(idx / "n_atoms.npy", mmap_mode="r")
-        self.n_edges = np.load(idx / "n_edges.npy", mmap_mode="r")
-        self.source_ids = np.load(idx / "source.npy", mmap_mode="r")
-        self.family_ids = np.load(idx / "family.npy", mmap_mode="r")
+        self._load_index()

@@ -81,6 +81,7 @@ def stress_to_voigt(stress: np.ndarray) -> np.ndarray:
     if s.shape == (6,):
         return s
     if s.shape == (3, 3):
+        s = 0.5 * (s + s.T)  # the symmetric part, as ASE takes it
         return np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
     if s.shape == (9,):
         return stress_to_voigt(s.reshape(3, 3))
@@ -110,47 +111,56 @@ def check_structure(
     in magnitude is rejected too (the paper dropped those above 100 eV/Å).
     """
 
-    def fail(msg: str, fld: str) -> DataError:
-        return DataError(msg, file=file, record=record, field=fld)
+    def fail(msg: str, fld: str, kind: str) -> DataError:
+        return DataError(msg, file=file, record=record, field=fld, kind=kind)
 
     n = len(s.numbers)
     if n == 0:
-        raise fail("structure has no atoms", "numbers")
+        raise fail("structure has no atoms", "numbers", "empty")
     numbers = np.asarray(s.numbers)
     if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
-        raise fail(f"expected integer atomic numbers of shape [n], got {numbers.dtype}", "numbers")
+        raise fail(
+            f"expected integer atomic numbers of shape [n], got {numbers.dtype}", "numbers", "dtype"
+        )
     if numbers.min() < 1 or numbers.max() > MAX_Z:
         raise fail(
             f"atomic numbers must lie in 1..{MAX_Z}, got {numbers.min()}..{numbers.max()}",
             "numbers",
+            "unknown-element",
         )
     _check_array(s.positions, (n, 3), "positions", fail)
     _check_array(s.cell, (3, 3), "cell", fail)
     if np.asarray(s.pbc).shape != (3,):
-        raise fail(f"expected shape (3,), got {np.asarray(s.pbc).shape}", "pbc")
+        raise fail(f"expected shape (3,), got {np.asarray(s.pbc).shape}", "pbc", "shape")
     if s.energy is not None and not np.isfinite(s.energy):
-        raise fail(f"energy is {s.energy}", "energy")
+        raise fail(f"energy is {s.energy}", "energy", "nan")
     if s.forces is not None:
         _check_array(s.forces, (n, 3), "forces", fail)
     if s.stress is not None:
         _check_array(s.stress, (6,), "stress", fail)
     if max_force is not None and s.forces is not None and np.abs(s.forces).max() > max_force:
-        raise fail(f"a force exceeds {max_force} eV/Å ({np.abs(s.forces).max():.1f})", "forces")
+        raise fail(
+            f"a force exceeds {max_force} eV/Å ({np.abs(s.forces).max():.1f})",
+            "forces",
+            "too-large",
+        )
     for label in require:
         if getattr(s, label) is None:
-            raise fail(f"{label} required but missing", label)
+            raise fail(f"{label} required but missing", label, "missing")
     pbc = np.asarray(s.pbc, dtype=bool)
     if pbc.any():
         cell = np.asarray(s.cell, dtype=np.float64)
         # Only the periodic directions need a lattice vector; a slab may leave z at zero.
         volume = abs(np.linalg.det(cell))
         if pbc.all() and volume < 1e-6:
-            raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell")
+            raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell", "zero-volume")
         if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
-            raise fail("periodic direction has a zero lattice vector", "cell")
+            raise fail("periodic direction has a zero lattice vector", "cell", "zero-vector")
     closest = min_distance(s)
     if closest < MIN_DISTANCE:
-        raise fail(f"two atoms are {closest:.3g} Å apart (< {MIN_DISTANCE} Å)", "positions")
+        raise fail(
+            f"two atoms are {closest:.3g} Å apart (< {MIN_DISTANCE} Å)", "positions", "too-close"
+        )
 
 
 def min_distance(s: Structure) -> float:
@@ -169,12 +179,15 @@ def min_distance(s: Structure) -> float:
 
 
 def _check_array(
-    value: object, shape: tuple[int, ...], name: str, fail: Callable[[str, str], DataError]
+    value: object,
+    shape: tuple[int, ...],
+    name: str,
+    fail: Callable[[str, str, str], DataError],
 ) -> None:
     arr = np.asarray(value)
     if arr.shape != shape:
-        raise fail(f"expected shape {shape}, got {arr.shape}", name)
+        raise fail(f"expected shape {shape}, got {arr.shape}", name, "shape")
     if not np.issubdtype(arr.dtype, np.number):
-        raise fail(f"expected numbers, got dtype {arr.dtype}", name)
+        raise fail(f"expected numbers, got dtype {arr.dtype}", name, "dtype")
     if not np.all(np.isfinite(arr)):
-        raise fail("contains NaN or inf", name)
+        raise fail("contains NaN or inf", name, "nan")

@@ -29,6 +29,14 @@ def predict(
     when asked, as −∂E/∂x and (1/V) ∂E/∂ε. A model that returns ``forces`` itself (a direct
     head) keeps them, and cannot give stress.
     """
+    # autograd is how forces are made: on even under no_grad (evaluation, calculators)
+    with torch.enable_grad():
+        return _predict(model, graph, forces=forces, stress=stress, create_graph=create_graph)
+
+
+def _predict(
+    model: EnergyModel, graph: AtomGraph, *, forces: bool, stress: bool, create_graph: bool
+) -> dict[str, torch.Tensor]:
     want_grad = (forces or stress) and not _has_direct_forces(model)
     if not want_grad:
         if stress:

@@ -74,6 +74,7 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     for source, total in config.sizes.items():
         (out / source).mkdir(parents=True, exist_ok=True)
         size = chunk_size(source, config.chunk)
+        _check_manifest(out / source, {"seed": config.seed, "chunk": size, "structures": total})
         for k, start in enumerate(range(0, total, size)):
             path = out / source / f"chunk-{k:05d}.extxyz"
             if not path.exists():
@@ -105,10 +106,25 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
         "config": {"sizes": config.sizes, "seed": config.seed, "chunk": config.chunk},
         "written_now": dict(written),
         "skipped_now": {s: dict(c) for s, c in skipped.items()},
-        "files": {s: len(list((out / s).glob("chunk-*.extxyz"))) for s in config.sizes},
+        "files": {s: -(-n // chunk_size(s, config.chunk)) for s, n in config.sizes.items()},
     }
     (out / "generate.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _check_manifest(folder: Path, manifest: dict[str, int]) -> None:
+    """Record what a source folder holds; refuse to mix chunks of another seed, chunk size or
+    total into it (resuming keys on chunk files, which would otherwise be silently reused)."""
+    path = folder / "manifest.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        if old != manifest:
+            raise ValueError(
+                f"{folder} holds chunks made with {old}, not {manifest}; use another --out or "
+                "delete the folder"
+            )
+    else:
+        path.write_text(json.dumps(manifest))
 
 
 #: Longest a chunk should take on one core (s): keeps progress visible and the load balanced.
