@@ -310,21 +310,60 @@ def _demo(args: argparse.Namespace) -> int:
 
     preset = "small" if args.small else "default"
     raw, store = args.data_dir / f"raw-{preset}", args.data_dir / f"store-{preset}"
-    print(f"[1/3] generating the {preset} data under {raw} (chunks already there are kept)")
+    print(f"[1/4] generating the {preset} data under {raw} (chunks already there are kept)")
     report = generate(raw, GenerateConfig(sizes=dict(PRESETS[preset]), workers=args.workers))
     print(f"      {sum(report['written_now'].values()):,} new structures in {report['seconds']} s")
     chunks = sorted(raw.glob("*/chunk-*.extxyz"))
     sources = {f: f.parent.name for f in chunks}
     newest = max(f.stat().st_mtime for f in chunks)
     if not (store / META).exists() or newest > (store / META).stat().st_mtime:
-        print(f"[2/3] packing into {store}")
-        if store.exists():
-            import shutil
-
-            shutil.rmtree(store)
+        print(f"[2/4] packing into {store}")
         config = PackConfig(require=("energy", "forces"), workers=args.workers)
         pack(chunks, store, config, sources=sources)
     else:
-        print(f"[2/3] {store} is up to date")
-    print("[3/3] statistics")
-    return _print_info(store)
+        print(f"[2/4] {store} is up to date")
+    print("[3/4] statistics")
+    _print_info(store)
+    return _demo_train(args, preset, store)
+
+
+#: The demo's training run (configs/demo.yaml holds the same settings for `matscale train`).
+DEMO_RUN = [
+    "name=demo",
+    "data.max_atoms=512",
+    "data.val_max_structures=1000",
+    "model.width=64",
+    "model.depth=3",
+    "train.steps=1000",
+    "train.max_minutes=4.0",
+    "train.lr=0.002",
+    "train.warmup_steps=50",
+    "train.eval_every=250",
+    "train.checkpoint_every=250",
+]
+#: The small demo's: seconds, not minutes.
+SMALL_RUN = [
+    "name=demo-small",
+    "data.max_atoms=256",
+    "model.width=16",
+    "model.depth=2",
+    "train.steps=30",
+    "train.eval_every=15",
+    "train.checkpoint_every=15",
+]
+
+
+def _demo_train(args: argparse.Namespace, preset: str, store: Path) -> int:
+    from matscale.config import load
+    from matscale.train.loop import train
+
+    overrides = SMALL_RUN if preset == "small" else DEMO_RUN
+    cfg = load(None, [f"data.store={store}", f"out_dir={args.data_dir / 'runs'}", *overrides])
+    minutes = f"{cfg.train.max_minutes:g} min" if cfg.train.max_minutes else "seconds"
+    print(
+        f"[4/4] training a {cfg.model.width}-wide, {cfg.model.depth}-layer EGNN for at most "
+        f"{cfg.train.steps} steps or {minutes} into {cfg.run_dir}"
+    )
+    final = train(cfg)
+    print(f"model: {cfg.run_dir / 'model.pt'}; metrics: {cfg.run_dir / 'metrics.jsonl'}")
+    return 0 if final else 1

@@ -95,18 +95,43 @@ class RunLog:
         }
         self.text(f"[{prefix} @ step {step}] " + ", ".join(f"{k} {v:.2f}" for k, v in main.items()))
 
-    def summary(self, metrics: dict[str, float]) -> None:
-        """The closing table: MAEs per source and target."""
+    def summary(self, metrics: dict[str, float], sources: list[str]) -> None:
+        """The closing table: MAE per source and target, validation and test."""
         if not self.enabled:
             return
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
         seconds = time.perf_counter() - self.t0
-        self.text(
-            f"trained in {seconds / 60:.1f} min, {self.atoms / max(seconds, 1e-9):,.0f} "
-            f"atoms/s; validation errors:"
-        )
-        for key, value in sorted(metrics.items()):
-            if "/" in key and not key.startswith(("test/", "holdout/")):
-                self.text(f"  {key:<42} {value:10.2f}")
+        if self.atoms:
+            rate = self.atoms / max(seconds, 1e-9)
+            print(
+                f"trained for {seconds / 60:.1f} min at {rate:,.0f} atoms/s; "
+                "mean absolute errors (validation / test):"
+            )
+        else:
+            print(
+                "the run had already finished; its model's mean absolute errors "
+                "(validation / test):"
+            )
+        targets = [
+            ("energy", "meV_per_atom", "energy meV/atom"),
+            ("forces", "meV_per_A", "forces meV/Å"),
+            ("stress", "meV_per_A3", "stress meV/Å³"),
+        ]
+        shown = [t for t in targets if f"{t[0]}_mae_{t[1]}" in metrics]
+        print(f"  {'source':<16}" + "".join(f"{t[2]:>22}" for t in shown))
+        for source in [*sources, None]:
+            prefix = f"{source}/" if source else ""
+            cells = []
+            for name, unit, _ in shown:
+                val = metrics.get(f"{prefix}{name}_mae_{unit}")
+                test = metrics.get(f"test/{prefix}{name}_mae_{unit}")
+                cells.append(_pair(val, test))
+            print(f"  {source or 'all':<16}" + "".join(f"{c:>22}" for c in cells))
+        held = {k: v for k, v in metrics.items() if k.startswith("holdout/") and k.count("/") == 1}
+        if held:
+            print("  held-out families: " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in held.items()))
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.jsonl is not None:
@@ -125,6 +150,13 @@ class RunLog:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _pair(a: float | None, b: float | None) -> str:
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.1f}"
+
+    return f"{fmt(a)} / {fmt(b)}"
 
 
 def _peak_mib() -> float:

@@ -142,7 +142,9 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         return metrics
 
     micro: list[Any] = []
-    stop = False
+    stop = step >= t.steps  # a finished run only re-evaluates and re-exports
+    if stop and not history:
+        history = validate()
     while not stop:
         sampler.set_epoch(epoch, batch_in_epoch)
         for g in loader_for(
@@ -209,6 +211,6 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         ck = state(final)
         export_model(ck, run_dir / "model.pt")
         log.metrics(step, final, prefix="final")
-        log.summary(final)
+        log.summary(final, store.sources)
     log.close()
     return final
