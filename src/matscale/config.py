@@ -110,6 +110,9 @@ class ParallelConfig:
     """Network arithmetic; geometry, forces, stress and loss reductions stay float32."""
     threads: int | None = None
     """Intra-op threads per process (None: torch's default, all cores / processes)."""
+    activation_checkpointing: bool = False
+    """Recompute each interaction layer's activations in the backward pass (less memory,
+    more time); correct under conservative forces' double backward."""
 
 
 @dataclass(kw_only=True)

@@ -111,6 +111,7 @@ def test_keeps_only_the_last_checkpoints(tiny_store: Path, tmp_path: Path) -> No
     [
         ["model.force_head=direct"],
         ["parallel.precision=bf16"],
+        ["parallel.activation_checkpointing=true"],
         ["train.schedule=plateau", "train.loss=huber", "train.ema_decay=null"],
     ],
 )

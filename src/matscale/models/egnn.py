@@ -205,9 +205,11 @@ class Readout(nn.Module):
             return self.heads[0](h).squeeze(-1).to(dtype)
         out = h.new_zeros(h.shape[0], dtype=dtype)
         for s, head in enumerate(self.heads):
+            # every head runs, on no atoms if none of its source is in the batch, so that its
+            # parameters always get a (zero) gradient: data-parallel and sharded backends then
+            # reduce the same tensors on every process
             mask = atom_source == s
-            if mask.any():
-                out = out.index_put((mask,), head(h[mask]).squeeze(-1).to(dtype))
+            out = out.index_put((mask,), head(h[mask]).squeeze(-1).to(dtype))
         return out
 
 

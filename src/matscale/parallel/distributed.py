@@ -67,11 +67,9 @@ def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [d.device.index] if d.device.type == "cuda" else None
-    # A batch without structures of some source leaves that readout head without a gradient
-    # on this rank; DDP must then look for unused parameters, or the ranks' gradient buckets
-    # stop matching (a collective mismatch, seen with gloo).
-    heads = getattr(getattr(model, "config", None), "heads", ())
-    return DistributedDataParallel(model, device_ids=ids, find_unused_parameters=len(heads) > 1)
+    # Every parameter gets a gradient on every process (readout heads run even on no atoms),
+    # so DDP need not search for unused parameters.
+    return DistributedDataParallel(model, device_ids=ids)
 
 
 def all_sum(t: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ import torch
 from matscale.config import RunConfig, dump, to_dict
 from matscale.data.store import Store
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
+from matscale.parallel.checkpointing import apply_ac
 from matscale.parallel.distributed import Dist, all_max, finish, init_distributed, wrap_ddp
 from matscale.train.checkpoint import (
     export_model,
@@ -72,6 +73,8 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     set_statistics(model, store.stats)
     model.to(d.device)
     ema = copy.deepcopy(model) if t.ema_decay else None
+    if cfg.parallel.activation_checkpointing:
+        apply_ac(model)
     wrapped = wrap_ddp(model, d)
     optimizer = make_optimizer(model, t)
     plateau = Plateau(patience=t.plateau_patience, floor=t.min_lr_ratio)

@@ -12,6 +12,7 @@ from matscale.config import TrainConfig
 from matscale.data.batch import AtomGraph
 from matscale.models.physics import predict
 from matscale.parallel.distributed import all_sum
+from matscale.parallel.fsdp import StepHooks
 from matscale.train.loss import loss as loss_fn
 
 
@@ -48,9 +49,11 @@ def train_step(
     lr: float,
     device: torch.device,
     autocast: AbstractContextManager | None = None,
+    hooks: StepHooks | None = None,
 ) -> dict[str, Any]:
     """Forward, forces (and stress), loss and backward over the micro-batches, then one
     clipped AdamW step at learning rate ``lr``. Returns loss parts and counts for the log.
+    ``hooks`` are the calls a sharding backend needs around forward and backward (FSDP2).
 
     Each micro-batch's loss is weighted by its share of the atoms of the whole step, over
     every process: accumulation over micro-batches and data parallelism (whose gradients DDP
@@ -67,8 +70,10 @@ def train_step(
         "atoms": local_atoms,
         "structures": sum(g.num_graphs for g in micro_batches),
     }
+    hooks = hooks or StepHooks()
     for g in micro_batches:
         g = g.to(device, non_blocking=True)
+        hooks.call("before_forward")
         with autocast or nullcontext():
             pred = predict(
                 model,
@@ -79,7 +84,9 @@ def train_step(
             )
         value, parts = loss_fn(pred, g, weights=weights, kind=t.loss, delta=t.huber_delta)
         share = len(g.numbers) / total_atoms
+        hooks.call("before_backward")
         (value * (share * world)).backward()
+        hooks.call("after_backward")
         local = len(g.numbers) / local_atoms  # the log shows this process's weighted loss
         out["loss"] += float(value.detach()) * local
         for k, v in parts.items():
@@ -87,7 +94,8 @@ def train_step(
     for group in optimizer.param_groups:
         group["lr"] = lr
     if t.grad_clip is not None:
-        out["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip))
+        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
+        out["grad_norm"] = float(getattr(norm, "full_tensor", lambda: norm)())  # DTensor
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return out

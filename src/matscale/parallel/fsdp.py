@@ -1,0 +1,85 @@
+"""FSDP2 (``fully_shard``): parameters, gradients and optimizer state sharded over processes
+(ZeRO-3), per interaction layer and at the root, with an optional bf16 mixed-precision policy
+and CPU offload. Applied to the plain model from outside.
+
+Conservative forces differentiate the energy twice. FSDP2 reshards and reduce-scatters in its
+post-backward hooks, which would fire inside the inner ``autograd.grad`` (the forces) and
+leave nothing for the outer backward (the loss). :func:`fsdp_step_hooks` keeps the parameters
+unsharded and gradient sync off through the forces, turns sync on for the loss's backward, and
+reshards afterwards — checked against a single process in tests/train/test_fsdp.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+
+@dataclass
+class StepHooks:
+    """Calls a training step makes around its forward and backward (no-ops by default)."""
+
+    before_forward: Any = None
+    before_backward: Any = None
+    after_backward: Any = None
+
+    def call(self, name: str) -> None:
+        """Run the hook ``name`` if it is set."""
+        hook = getattr(self, name)
+        if hook is not None:
+            hook()
+
+
+def apply_fsdp(
+    model: nn.Module,
+    *,
+    world: int,
+    device_type: str,
+    bf16: bool = False,
+    cpu_offload: bool = False,
+) -> nn.Module:
+    """Shard ``model`` (in place) over ``world`` processes: each of ``model.layers``, then the
+    root. With ``bf16`` parameters are gathered in bf16 and gradients reduced in float32."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+
+    mesh = init_device_mesh(device_type, (world,))
+    kwargs: dict[str, Any] = {"mesh": mesh}
+    if bf16:
+        kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
+        )
+    if cpu_offload:
+        kwargs["offload_policy"] = CPUOffloadPolicy()
+    for layer in getattr(model, "layers", []):
+        fully_shard(layer, **kwargs)
+    fully_shard(model, **kwargs)
+    return model
+
+
+def fsdp_step_hooks(model: nn.Module, conservative: bool) -> StepHooks:
+    """The step hooks that make FSDP2 correct under conservative forces (see module doc)."""
+    from torch.distributed.fsdp import FSDPModule
+
+    modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
+    if not conservative:
+        return StepHooks()
+
+    def before_forward() -> None:
+        for m in modules:
+            m.set_reshard_after_backward(False)
+            m.set_requires_gradient_sync(False)
+
+    def before_backward() -> None:
+        for m in modules:
+            m.set_requires_gradient_sync(True)
+
+    def after_backward() -> None:
+        for m in modules:
+            m.reshard()
+            m.set_reshard_after_backward(True)
+
+    return StepHooks(before_forward, before_backward, after_backward)
