@@ -104,8 +104,11 @@ class TrainConfig:
 class ParallelConfig:
     """How the plain model is distributed, in which precision, with what checkpointing."""
 
-    backend: Literal["none", "ddp"] = "none"
-    """``none`` (one process) or ``ddp`` (data parallel over torchrun's processes)."""
+    backend: Literal["none", "ddp", "fsdp"] = "none"
+    """``none`` (one process), ``ddp`` (data parallel over torchrun's processes) or ``fsdp``
+    (FSDP2: parameters, gradients and optimizer state sharded per layer, ZeRO-3)."""
+    cpu_offload: bool = False
+    """With ``fsdp``: keep sharded parameters and optimizer state in CPU memory."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Network arithmetic; geometry, forces, stress and loss reductions stay float32."""
     threads: int | None = None

@@ -24,8 +24,13 @@ def evaluate(
     *,
     stress: bool = False,
     autocast: AbstractContextManager | None = None,
+    reduce: bool = True,
 ) -> dict[str, float]:
-    """MAEs keyed ``"<target>_mae_<unit>"`` (all sources) and ``"<source>/<target>_mae_..."``."""
+    """MAEs keyed ``"<target>_mae_<unit>"`` (all sources) and ``"<source>/<target>_mae_..."``.
+
+    With ``reduce``, error sums are added over processes (each evaluated its own part);
+    without, every process evaluated the whole set (FSDP's lockstep) and keeps its own sums.
+    """
     totals: dict[str, torch.Tensor] = {}
     was_training = model.training
     model.eval()
@@ -38,7 +43,7 @@ def evaluate(
     model.train(was_training)
     metrics: dict[str, float] = {}
     for name, sums in totals.items():
-        sums = all_sum(sums)
+        sums = all_sum(sums) if reduce else sums
         unit = UNITS[name]
         if sums[:, 1].sum() > 0:
             metrics[f"{name}_mae_{unit}"] = float(1000 * sums[:, 0].sum() / sums[:, 1].sum())

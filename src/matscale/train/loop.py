@@ -7,10 +7,8 @@ itself is :func:`matscale.train.step.train_step`.
 
 from __future__ import annotations
 
-import copy
 import math
 import time
-from contextlib import nullcontext
 from dataclasses import asdict, replace
 from typing import Any
 
@@ -19,8 +17,14 @@ import torch
 from matscale.config import RunConfig, dump, to_dict
 from matscale.data.store import Store
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
-from matscale.parallel.checkpointing import apply_ac
-from matscale.parallel.distributed import Dist, all_max, finish, init_distributed, wrap_ddp
+from matscale.parallel.distributed import Dist, all_max, finish, init_distributed
+from matscale.parallel.plan import (
+    load_model_state,
+    load_optimizer_state,
+    model_state,
+    optimizer_state,
+    parallelize,
+)
 from matscale.train.checkpoint import (
     export_model,
     list_checkpoints,
@@ -72,17 +76,17 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     model = EGNN(model_cfg)
     set_statistics(model, store.stats)
     model.to(d.device)
-    ema = copy.deepcopy(model) if t.ema_decay else None
-    if cfg.parallel.activation_checkpointing:
-        apply_ac(model)
-    wrapped = wrap_ddp(model, d)
+    par = parallelize(
+        model,
+        cfg.parallel,
+        d,
+        ema_decay=t.ema_decay,
+        conservative=model_cfg.force_head == "conservative",
+    )
+    ema = par.ema
     optimizer = make_optimizer(model, t)
     plateau = Plateau(patience=t.plateau_patience, floor=t.min_lr_ratio)
-    autocast = (
-        torch.autocast(d.device.type, dtype=torch.bfloat16)
-        if cfg.parallel.precision == "bf16"
-        else nullcontext()
-    )
+    autocast = par.autocast
     sampler = sampler_for(
         store, splits.train, cfg.data, train=True, seed=t.seed, rank=d.rank, world=d.world
     )
@@ -94,10 +98,10 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     found = list_checkpoints(run_dir)
     if found:
         ck = load_checkpoint(found[-1])
-        model.load_state_dict(ck["model"])
+        load_model_state(model, ck["model"])
         if ema is not None and ck.get("ema") is not None:
-            ema.load_state_dict(ck["ema"])
-        optimizer.load_state_dict(ck["optimizer"])
+            load_model_state(ema, ck["ema"])
+        load_optimizer_state(model, optimizer, ck["optimizer"])
         plateau = Plateau(**ck["plateau"])
         step, epoch, batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
         history = ck.get("metrics", {})
@@ -115,10 +119,11 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else math.inf
 
     def state(metrics: dict[str, Any]) -> dict[str, Any]:
+        # full states, gathered on every process (a collective under FSDP)
         return {
-            "model": model.state_dict(),
-            "ema": ema.state_dict() if ema else None,
-            "optimizer": optimizer.state_dict(),
+            "model": model_state(model),
+            "ema": model_state(ema) if ema else None,
+            "optimizer": optimizer_state(model, optimizer),
             "plateau": asdict(plateau),
             "step": step,
             "epoch": epoch,
@@ -129,20 +134,22 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
             "metrics": metrics,
         }
 
-    def validate() -> dict[str, float]:
-        eval_model = ema if ema is not None else model
-        val_sampler = sampler_for(
-            store, splits.val[d.rank :: d.world], cfg.data, train=False, seed=0, rank=0, world=1
-        )
-        metrics = evaluate(
-            eval_model,
-            loader_for(store, val_sampler, cfg.data, model_cfg.cutoff),
+    def evaluate_on(indices: Any) -> dict[str, float]:
+        # FSDP gathers parameters in forward: every process must run the same batches
+        part = indices if par.lockstep else indices[d.rank :: d.world]
+        s = sampler_for(store, part, cfg.data, train=False, seed=0, rank=0, world=1)
+        return evaluate(
+            ema if ema is not None else model,
+            loader_for(store, s, cfg.data, model_cfg.cutoff),
             store.sources,
             d.device,
             stress=t.stress_weight > 0,
             autocast=autocast,
+            reduce=not par.lockstep,
         )
-        return metrics
+
+    def validate() -> dict[str, float]:
+        return evaluate_on(splits.val)
 
     micro: list[Any] = []
     stop = step >= t.steps  # a finished run only re-evaluates and re-exports
@@ -169,7 +176,14 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
                 * plateau.scale
             )
             stats = train_step(
-                wrapped, micro, optimizer, t, lr=lr, device=d.device, autocast=autocast
+                par.step_model,
+                micro,
+                optimizer,
+                t,
+                lr=lr,
+                device=d.device,
+                autocast=autocast,
+                hooks=par.hooks,
             )
             micro = []
             if ema is not None:
@@ -187,8 +201,10 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
                         history.get("forces_mae_meV_per_A", history["energy_mae_meV_per_atom"])
                     )
                 log.metrics(step, history, prefix="val")
-            if d.main and (step % t.checkpoint_every == 0 or done):
-                save_checkpoint(state(history), run_dir, step, t.keep_checkpoints)
+            if step % t.checkpoint_every == 0 or done:
+                snapshot = state(history)  # on every process: gathering is a collective
+                if d.main:
+                    save_checkpoint(snapshot, run_dir, step, t.keep_checkpoints)
             if done:
                 stop = True
                 break
@@ -198,20 +214,9 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     for name in ("test", "holdout"):
         idx = getattr(splits, name)
         if len(idx):
-            s = sampler_for(
-                store, idx[d.rank :: d.world], cfg.data, train=False, seed=0, rank=0, world=1
-            )
-            res = evaluate(
-                ema if ema is not None else model,
-                loader_for(store, s, cfg.data, model_cfg.cutoff),
-                store.sources,
-                d.device,
-                stress=t.stress_weight > 0,
-                autocast=autocast,
-            )
-            final.update({f"{name}/{k}": v for k, v in res.items()})
+            final.update({f"{name}/{k}": v for k, v in evaluate_on(idx).items()})
+    ck = state(final)
     if d.main:
-        ck = state(final)
         export_model(ck, run_dir / "model.pt")
         log.metrics(step, final, prefix="final")
         log.summary(final, store.sources)
