@@ -153,3 +153,72 @@ def test_missing_file_and_unknown_format(tmp_path: Path) -> None:
     (tmp_path / "x.xyz").write_text("")
     with pytest.raises(DataError, match="unknown format"):
         list(read_structures(tmp_path / "x.xyz", format="pdbx"))
+
+
+def test_ase_db_keeps_source_and_family(tmp_path: Path) -> None:
+    s = emt_structures(1)[0]
+    with ase.db.connect(tmp_path / "k.db") as db:
+        db.write(s.to_atoms(), source="mysrc", family="bulk")
+        db.write(s.to_atoms())
+    got = list(read_structures(tmp_path / "k.db", source="fallback"))
+    assert (got[0].source, got[0].family) == ("mysrc", "bulk")
+    assert (got[1].source, got[1].family) == ("fallback", "")
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (
+            lambda g: (
+                g.__delitem__("atomic_numbers"),
+                g.__setitem__("species", np.array([b"C", b"Xx", b"H", b"H", b"H"])),
+            ),
+            "species",
+        ),
+        (
+            lambda g: (
+                g.__delitem__("wb97x_dz.energy"),
+                g.__setitem__("wb97x_dz.energy", np.zeros(1)),
+            ),
+            "energies",
+        ),
+        (
+            lambda g: (
+                g.__delitem__("atomic_numbers"),
+                g.__setitem__("atomic_numbers", np.array([6.0, 1.5, 1, 1, 1])),
+            ),
+            "atomic_numbers",
+        ),
+    ],
+)
+def test_ani_h5_bad_groups_are_named(tmp_path: Path, change, field) -> None:
+    import h5py
+
+    mols = molecules(4)[0::4] * 2
+    path = tmp_path / "ani.h5"
+    write_ani_h5(path, {"C1H4": mols})
+    with h5py.File(path, "a") as f:
+        change(f["C1H4"])
+    with pytest.raises(DataError) as info:
+        list(read_structures(path))
+    assert info.value.field == field and info.value.record == "/C1H4"
+
+
+def test_non_utf8_json_and_non_object_records(tmp_path: Path) -> None:
+    bad = tmp_path / "latin.json"
+    bad.write_bytes(b'{"mp-1": {"\xe9": 1}}')
+    with pytest.raises(DataError, match="not UTF-8"):
+        list(read_structures(bad))
+    import zlib
+
+    import lmdb
+    import orjson
+
+    path = tmp_path / "a.aselmdb"
+    write_aselmdb(path, emt_structures(1))
+    env = lmdb.open(str(path), subdir=False)
+    with env.begin(write=True) as txn:
+        txn.put(b"1", zlib.compress(orjson.dumps([1, 2])))
+    env.close()
+    with pytest.raises(DataError, match="not an object"):
+        list(read_structures(path))

@@ -97,12 +97,13 @@ def read_ase_db(path: str | Path, *, source: str) -> Iterator[Structure]:
         db = ase.db.connect(path)
         rows = db.select()
         for row in rows:
+            atoms = row.toatoms(add_additional_information=True)
+            kvp = atoms.info.get("key_value_pairs", {})  # where ase.db keeps source and family
+            for field in ("source", "family"):
+                if field in kvp:
+                    atoms.info[field] = kvp[field]
             yield atoms_to_structure(
-                row.toatoms(add_additional_information=True),
-                source=source,
-                key=f"{path}#{row.id}",
-                file=path,
-                record=row.id,
+                atoms, source=source, key=f"{path}#{row.id}", file=path, record=row.id
             )
     except DataError:
         raise
@@ -150,6 +151,10 @@ def read_aselmdb(path: str | Path, *, source: str) -> Iterator[Structure]:
                 raise DataError(
                     f"record is not zlib-compressed JSON ({exc})", file=path, record=rid
                 ) from exc
+            if not isinstance(row, dict):
+                raise DataError(
+                    f"record is a JSON {type(row).__name__}, not an object", file=path, record=rid
+                )
             yield _row_to_structure(row, source=source, file=path, record=rid)
 
 
@@ -242,7 +247,17 @@ def _read_ani_group(group: Any, *, source: str, to_ev: float, file: str) -> Iter
     if z.dtype.kind in "SUO":
         from ase.data import atomic_numbers
 
-        z = np.array([atomic_numbers[s.decode() if isinstance(s, bytes) else s] for s in z])
+        symbols = [s.decode() if isinstance(s, bytes) else str(s) for s in z]
+        unknown = sorted(set(symbols) - set(atomic_numbers))
+        if unknown:
+            raise DataError(
+                f"unknown element symbols {unknown}", file=file, record=name, field="species"
+            )
+        z = np.array([atomic_numbers[s] for s in symbols])
+    if z.dtype.kind == "f" and not np.all(z == np.round(z)):
+        raise DataError(
+            "atomic numbers are not integers", file=file, record=name, field="atomic_numbers"
+        )
     numbers = z.astype(np.int64).reshape(-1)
     if coords.ndim != 3 or coords.shape[1:] != (len(numbers), 3):
         raise DataError(
@@ -253,9 +268,24 @@ def _read_ani_group(group: Any, *, source: str, to_ev: float, file: str) -> Iter
         )
     e = _find(group, "energy")
     f = _find(group, "forces")
-    energies = None if e is None else np.asarray(e, dtype=np.float64) * to_ev
+    energies = None if e is None else np.asarray(e, dtype=np.float64).reshape(-1) * to_ev
     forces = None if f is None else np.asarray(f, dtype=np.float64) * to_ev
-    for k in range(coords.shape[0]):
+    n_conf = coords.shape[0]
+    if energies is not None and energies.shape != (n_conf,):
+        raise DataError(
+            f"{len(energies)} energies for {n_conf} conformers",
+            file=file,
+            record=name,
+            field="energies",
+        )
+    if forces is not None and forces.shape != coords.shape:
+        raise DataError(
+            f"forces have shape {forces.shape}, coordinates {coords.shape}",
+            file=file,
+            record=name,
+            field="forces",
+        )
+    for k in range(n_conf):
         yield Structure(
             numbers=numbers,
             positions=coords[k],
@@ -325,6 +355,13 @@ MAX_JSON_VALUE = 1 << 28
 def _iter_json_object(path: str, chunk: int = 1 << 20) -> Iterator[tuple[str, Any]]:
     """Yield the (key, value) pairs of a top-level JSON object, one value in memory at a time."""
     decoder = json.JSONDecoder()
+    try:
+        yield from _iter_pairs(path, decoder, chunk)
+    except UnicodeDecodeError as exc:
+        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from exc
+
+
+def _iter_pairs(path: str, decoder: json.JSONDecoder, chunk: int) -> Iterator[tuple[str, Any]]:
     with open(path, encoding="utf-8") as fh:
         buf = fh.read(chunk)
         pos = _skip_ws(buf, 0)

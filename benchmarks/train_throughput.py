@@ -1,0 +1,192 @@
+"""Training throughput and memory per backend, with and without activation checkpointing
+and bf16, on the default data.
+
+    .venv/bin/python benchmarks/train_throughput.py --store data/store-default
+
+Each configuration is a real ``matscale train`` run (torchrun with 2 processes of 1 thread for
+``ddp`` and ``fsdp``; 1 process of 2 threads for ``none``) of ``--steps`` steps with batches of
+``--max-atoms`` atoms per process. Reported: structures/s and atoms/s over the steps after the
+first 5, the peak RSS of a training process, the matmul FLOPs of one training step (counted by
+``torch.utils.flop_counter`` on a batch of the store: forward, forces with create_graph,
+backward) and their rate as a share of this machine's fp32 matmul peak measured in the same run
+(2048x2048, 2 threads). On a GPU machine pass ``--device cuda`` for the CUDA paths.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json
+
+from matscale.data.batch import GraphDataset, collate
+from matscale.data.store import Store
+from matscale.models.egnn import EGNN, EGNNConfig
+from matscale.models.physics import predict
+
+CONFIGS = [
+    ("none", False, "fp32"),
+    ("none", True, "fp32"),
+    ("none", False, "bf16"),
+    ("ddp", False, "fp32"),
+    ("fsdp", False, "fp32"),
+    ("fsdp", True, "fp32"),
+]
+
+
+def matmul_peak_gflops(threads: int = 2) -> float:
+    """fp32 GFLOP/s of a 2048x2048 matmul on ``threads`` threads (best of 5)."""
+    torch.set_num_threads(threads)
+    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    best = float("inf")
+    for _ in range(5):
+        t0 = time.perf_counter()
+        a @ b
+        best = min(best, time.perf_counter() - t0)
+    return 2 * 2048**3 / best / 1e9
+
+
+def step_flops_per_atom(store: Store, width: int, max_atoms: int) -> float:
+    """Matmul FLOPs of one conservative training step on a batch of the store, per atom."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    ds = GraphDataset(store, 5.0)
+    idx, atoms = [], 0
+    for i in range(len(store)):
+        if atoms + int(store.n_atoms[i]) > max_atoms:
+            break
+        idx.append(i)
+        atoms += int(store.n_atoms[i])
+    g = collate([ds[i] for i in idx])
+    model = EGNN(EGNNConfig(width=width, heads=tuple(store.sources), avg_neighbours=30.0))
+    counter = FlopCounterMode(display=False)
+    with counter:
+        out = predict(model, g, create_graph=True)
+        (out["energy_net"].sum() + out["forces"].abs().sum()).backward()
+    return counter.get_total_flops() / atoms
+
+
+def run(
+    store: Path, backend: str, ac: bool, precision: str, args: argparse.Namespace, out: Path
+) -> dict:
+    name = f"{backend}-{'ac' if ac else 'noac'}-{precision}-w{args.width}"
+    overrides = [
+        f"data.store={store}",
+        f"out_dir={out}",
+        f"name={name}",
+        f"parallel.backend={backend}",
+        f"parallel.precision={precision}",
+        f"parallel.activation_checkpointing={str(ac).lower()}",
+        f"model.width={args.width}",
+        f"data.max_atoms={args.max_atoms}",
+        f"train.steps={args.steps}",
+        f"train.eval_every={10 * args.steps}",
+        f"train.checkpoint_every={10 * args.steps}",
+        "data.val_max_structures=20",
+        "train.log_every=1",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1" if backend != "none" else "2"}
+    if backend == "none":
+        cmd = [
+            sys.executable,
+            "-m",
+            "matscale",
+            "train",
+            *overrides,
+            "parallel.threads=2",
+            "--no-progress",
+        ]
+    else:
+        cmd = [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            "-m",
+            "matscale",
+            "train",
+            *overrides,
+            "parallel.threads=1",
+            "--no-progress",
+        ]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
+    rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["kind"] == "train"]
+    warm = train[4]
+    world = 1 if backend == "none" else 2
+    seconds = train[-1]["seconds"] - warm["seconds"]
+    atoms = world * sum(r["atoms"] for r in train[5:])
+    structures = world * sum(r["structures"] for r in train[5:])
+    return {
+        "name": name,
+        "backend": backend,
+        "activation_checkpointing": ac,
+        "precision": precision,
+        "width": args.width,
+        "processes": world,
+        "steps_timed": len(train) - 5,
+        "atoms_per_s": atoms / seconds,
+        "structures_per_s": structures / seconds,
+        "peak_rss_mib_per_process": max(r["peak_rss_mib"] for r in train),
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--store", type=Path, default=Path("data/store-default"))
+    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--max-atoms", type=int, default=512)
+    args = ap.parse_args()
+    store = Store(args.store)
+    peak = matmul_peak_gflops()
+    flops_atom = step_flops_per_atom(store, args.width, args.max_atoms)
+    print(
+        f"fp32 matmul peak {peak:.0f} GFLOP/s (2 threads); one training step: "
+        f"{flops_atom / 1e6:.1f} MFLOP per atom (width {args.width})",
+        flush=True,
+    )
+    runs = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for backend, ac, precision in CONFIGS:
+            r = run(args.store, backend, ac, precision, args, Path(tmp))
+            r["achieved_gflops"] = r["atoms_per_s"] * flops_atom / 1e9
+            r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
+            runs.append(r)
+            print(
+                f"{r['name']:<28} {r['structures_per_s']:7.1f} structures/s "
+                f"{r['atoms_per_s']:8.0f} atoms/s  peak RSS {r['peak_rss_mib_per_process']:6.0f} "
+                f"MiB/process  {r['achieved_gflops']:5.1f} GFLOP/s "
+                f"({100 * r['share_of_matmul_peak']:.0f}% of peak)",
+                flush=True,
+            )
+    base = runs[0]["atoms_per_s"]
+    for r in runs:
+        r["speed_vs_single_process_fp32"] = r["atoms_per_s"] / base
+    write_json(
+        "train_throughput",
+        {
+            "command": " ".join(sys.argv),
+            "store": str(args.store),
+            "matmul_peak_gflops": peak,
+            "step_flops_per_atom": flops_atom,
+            "runs": runs,
+            "mean_atoms": float(np.mean(store.n_atoms)),
+        },
+    )
+
+
+if __name__ == "__main__":
+    main()
