@@ -212,7 +212,7 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
         try:
             return float(value)
         except ValueError:
-            pass
+            raise ConfigError(f"{where}: expected float, got {value!r}") from None
     if hint in (int, float, str, bool):
         if not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
             raise ConfigError(f"{where}: expected {hint.__name__}, got {value!r}")
