@@ -8,10 +8,8 @@ import sys
 import time
 from pathlib import Path
 
+from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import DataError
-
-#: File extensions ``matscale data pack`` collects from a directory.
-DATA_SUFFIXES = (".extxyz", ".xyz", ".db", ".aselmdb", ".lmdb", ".h5", ".hdf5", ".json")
 
 
 def main(argv: list[str] | None = None) -> int:

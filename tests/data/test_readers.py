@@ -95,8 +95,8 @@ def test_mptrj_converts_stress_and_streams(tmp_path: Path, monkeypatch) -> None:
     import matscale.data.readers as readers
 
     # a tiny buffer forces the streaming parser to refill mid-value many times
-    original = readers._iter_json_object
-    monkeypatch.setattr(readers, "_iter_json_object", lambda p: original(p, chunk=97))
+    original = readers.iter_json_object
+    monkeypatch.setattr(readers, "iter_json_object", lambda p: original(p, chunk=97))
     got = list(read_structures(path))
     assert_same(got, cells)
     assert got[2].key.endswith("mp-22/mp-22-0-0")

@@ -17,7 +17,6 @@ A reader never validates physics (the packer does, with :func:`check_structure`)
 
 from __future__ import annotations
 
-import json
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from matscale.data.jsonstream import iter_json_object
 from matscale.data.structure import Structure, stress_to_voigt
 from matscale.errors import DataError
 from matscale.units import ENERGY_UNITS, KBAR_EV_PER_A3
@@ -309,7 +309,7 @@ def read_mptrj(
     energy (default) or ``corrected_total_energy`` (MP2020 corrections applied).
     """
     path = str(path)
-    for mp_id, frames in _iter_json_object(path):
+    for mp_id, frames in iter_json_object(path):
         if not isinstance(frames, dict):
             raise DataError("expected an object of frames", file=path, record=mp_id)
         for frame_id, frame in frames.items():
@@ -348,70 +348,6 @@ def _mptrj_frame(
         raise DataError(f"bad value ({exc})", file=file, record=record) from exc
 
 
-#: Largest JSON value (one material's frames) the streaming MPtrj reader holds, in characters.
-MAX_JSON_VALUE = 1 << 28
-
-
-def _iter_json_object(path: str, chunk: int = 1 << 20) -> Iterator[tuple[str, Any]]:
-    """Yield the (key, value) pairs of a top-level JSON object, one value in memory at a time."""
-    decoder = json.JSONDecoder()
-    try:
-        yield from _iter_pairs(path, decoder, chunk)
-    except UnicodeDecodeError as exc:
-        raise DataError(f"not UTF-8 text ({exc.reason} at byte {exc.start})", file=path) from exc
-
-
-def _iter_pairs(path: str, decoder: json.JSONDecoder, chunk: int) -> Iterator[tuple[str, Any]]:
-    with open(path, encoding="utf-8") as fh:
-        buf = fh.read(chunk)
-        pos = _skip_ws(buf, 0)
-        if pos >= len(buf) or buf[pos] != "{":
-            raise DataError("not a JSON object", file=path)
-        pos += 1
-        n = 0
-        while True:
-            # Parse `"key": value` followed by `,` or `}`; refill the buffer when a value is cut.
-            while True:
-                pos = _skip_ws(buf, pos)  # start of this pair; kept if the buffer is refilled
-                try:
-                    if buf[pos] == "}":
-                        return
-                    key, p = decoder.raw_decode(buf, pos)
-                    p = _skip_ws(buf, p)
-                    if buf[p] != ":":
-                        raise DataError("expected ':' after key", file=path, record=n)
-                    value, end = decoder.raw_decode(buf, _skip_ws(buf, p + 1))
-                    end = _skip_ws(buf, end)
-                    if buf[end] not in ",}":
-                        raise json.JSONDecodeError("expected ',' or '}'", buf, end)
-                    break
-                except (json.JSONDecodeError, IndexError) as exc:
-                    more = fh.read(chunk)
-                    if not more:
-                        raise DataError(
-                            f"malformed or truncated JSON ({exc})", file=path, record=n
-                        ) from exc
-                    buf = buf[pos:] + more
-                    pos = 0
-                    if len(buf) > MAX_JSON_VALUE:  # malformed mid-file: don't read it all in
-                        raise DataError(
-                            f"no parsable value in {MAX_JSON_VALUE >> 20} MiB ({exc})",
-                            file=path,
-                            record=n,
-                        ) from exc
-            yield str(key), value
-            n += 1
-            if buf[end] == "}":
-                return
-            pos = end + 1  # the buffer is compacted only when it is refilled
-
-
-def _skip_ws(buf: str, pos: int) -> int:
-    while pos < len(buf) and buf[pos] in " \t\r\n":
-        pos += 1
-    return pos
-
-
 #: The one explicit table of formats. Extensions map to formats in :func:`guess_format`.
 READERS: dict[str, Reader] = {
     "ase": read_ase,
@@ -429,6 +365,10 @@ _EXTENSIONS = {
     ".hdf5": "ani-h5",
     ".json": "mptrj",
 }
+
+
+#: Suffixes a directory given to ``matscale data pack`` is searched for.
+DATA_SUFFIXES = (".extxyz", ".xyz", ".traj", ".cif", ".vasp", ".pdb", *_EXTENSIONS)
 
 
 def guess_format(path: str | Path) -> str:

@@ -79,6 +79,28 @@ class _Growable:
         return self.data[: self.size]
 
 
+#: What a ShardBuilder collects: (name, dtype, shape of one row). ``atoms`` and ``key_len``
+#: become the ``atom_start`` and ``key_start`` offsets when the shard is written.
+FIELDS: tuple[tuple[str, type, tuple[int, ...]], ...] = (
+    ("numbers", np.uint8, ()),
+    ("positions", np.float32, (3,)),
+    ("forces", np.float32, (3,)),
+    ("atoms", np.int64, ()),
+    ("cell", np.float32, (3, 3)),
+    ("pbc", np.uint8, (3,)),
+    ("energy", np.float64, ()),
+    ("stress", np.float32, (6,)),
+    ("flags", np.uint8, ()),
+    ("source", np.uint16, ()),
+    ("family", np.uint16, ()),
+    ("n_edges", np.uint32, ()),
+    ("key_len", np.int64, ()),
+    ("key_bytes", np.uint8, ()),
+)
+#: Fields turned into offset arrays (``name`` → the shard's array of cumulative starts).
+OFFSETS = {"atoms": "atom_start", "key_len": "key_start"}
+
+
 class ShardBuilder:
     """Collects structures in the shard's compact dtypes until :meth:`write` puts them on disk.
 
@@ -87,86 +109,51 @@ class ShardBuilder:
     """
 
     def __init__(self) -> None:
-        self.numbers = _Growable(np.uint8)
-        self.positions = _Growable(np.float32, (3,))
-        self.forces = _Growable(np.float32, (3,))
-        self.atoms = _Growable(np.int64)
-        self.cell = _Growable(np.float32, (3, 3))
-        self.pbc = _Growable(np.uint8, (3,))
-        self.energy = _Growable(np.float64)
-        self.stress = _Growable(np.float32, (6,))
-        self.flags = _Growable(np.uint8)
-        self.source = _Growable(np.uint16)
-        self.family = _Growable(np.uint16)
-        self.n_edges = _Growable(np.uint32)
-        self.key_len = _Growable(np.int64)
-        self.key_bytes = _Growable(np.uint8)
+        self.fields = {name: _Growable(dtype, shape) for name, dtype, shape in FIELDS}
         self.sources: dict[str, int] = {}
         self.families: dict[str, int] = {}
 
     def __len__(self) -> int:
-        return self.atoms.size
+        return self.fields["atoms"].size
 
     @property
     def nbytes(self) -> int:
         """Bytes the shard will hold."""
-        parts = (
-            self.numbers,
-            self.positions,
-            self.forces,
-            self.atoms,
-            self.cell,
-            self.pbc,
-            self.energy,
-            self.stress,
-            self.flags,
-            self.source,
-            self.family,
-            self.n_edges,
-            self.key_len,
-            self.key_bytes,
-        )
-        return sum(g.view().nbytes for g in parts)
+        return sum(g.view().nbytes for g in self.fields.values())
 
     def add(self, s: Structure, n_edges: int) -> None:
         """Append one structure with its directed neighbour count at the store's cutoff."""
         n = s.n_atoms
         key = s.key.encode("utf-8")
-        self.numbers.extend(s.numbers)
-        self.positions.extend(s.positions)
-        self.forces.extend(np.zeros((n, 3)) if s.forces is None else s.forces)
-        self.atoms.extend(np.array([n]))
-        self.cell.extend(s.cell)
-        self.pbc.extend(s.pbc)
-        self.energy.extend(np.array([np.nan if s.energy is None else s.energy]))
-        self.stress.extend(np.full(6, np.nan) if s.stress is None else s.stress)
-        self.flags.extend(np.array([_flags(s)]))
-        self.source.extend(np.array([self.sources.setdefault(s.source, len(self.sources))]))
-        self.family.extend(np.array([self.families.setdefault(s.family, len(self.families))]))
-        self.n_edges.extend(np.array([n_edges]))
-        self.key_len.extend(np.array([len(key)]))
-        self.key_bytes.extend(np.frombuffer(key, dtype=np.uint8))
+        rows = {
+            "numbers": s.numbers,
+            "positions": s.positions,
+            "forces": np.zeros((n, 3)) if s.forces is None else s.forces,
+            "atoms": [n],
+            "cell": s.cell,
+            "pbc": s.pbc,
+            "energy": [np.nan if s.energy is None else s.energy],
+            "stress": np.full(6, np.nan) if s.stress is None else s.stress,
+            "flags": [_flags(s)],
+            "source": [self.sources.setdefault(s.source, len(self.sources))],
+            "family": [self.families.setdefault(s.family, len(self.families))],
+            "n_edges": [n_edges],
+            "key_len": [len(key)],
+            "key_bytes": np.frombuffer(key, dtype=np.uint8),
+        }
+        for name, values in rows.items():
+            self.fields[name].extend(np.asarray(values))
 
     def write(self, path: Path) -> dict[str, Any]:
         """Write the shard at ``path`` (atomically) and return its index entry: file name,
         counts, byte size and the CRC-32 the store checks later."""
         zero = np.zeros(1, dtype=np.int64)
-        arrays: dict[str, np.ndarray] = {
-            "atom_start": np.concatenate([zero, np.cumsum(self.atoms.view())]),
-            "numbers": self.numbers.view(),
-            "positions": self.positions.view(),
-            "forces": self.forces.view(),
-            "cell": self.cell.view(),
-            "pbc": self.pbc.view(),
-            "energy": self.energy.view(),
-            "stress": self.stress.view(),
-            "flags": self.flags.view(),
-            "source": self.source.view(),
-            "family": self.family.view(),
-            "n_edges": self.n_edges.view(),
-            "key_start": np.concatenate([zero, np.cumsum(self.key_len.view())]),
-            "key_bytes": self.key_bytes.view(),
-        }
+        arrays: dict[str, np.ndarray] = {}
+        for name, grown in self.fields.items():
+            if name in OFFSETS:
+                arrays[OFFSETS[name]] = np.concatenate([zero, np.cumsum(grown.view())])
+            else:
+                arrays[name] = grown.view()
         n_atoms = int(arrays["atom_start"][-1])
         header = {
             "version": 1,

@@ -8,7 +8,7 @@ store's cutoff.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -58,21 +58,8 @@ class SourceStats:
 
     def merge(self, other: SourceStats) -> None:
         """Add another accumulator of the same source into this one."""
-        for name in (
-            "n_structures",
-            "n_atoms",
-            "n_edges",
-            "n_energy",
-            "n_forces",
-            "n_stress",
-            "force_sq",
-            "stress_sq",
-            "yty",
-        ):
-            setattr(self, name, getattr(self, name) + getattr(other, name))
-        self.xty += other.xty
-        self.xtx += other.xtx
-        self.element_atoms += other.element_atoms
+        for f in fields(self):  # every accumulator adds: counts, sums and arrays alike
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
     def reference_energies(self) -> dict[int, float]:
         """Per-element energies e_Z (eV) minimising Σ (E − Σ_Z n_Z e_Z)².

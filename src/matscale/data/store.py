@@ -176,6 +176,8 @@ class Store:
             )
         self.sources: list[str] = self.meta["sources"]
         self.families: list[str] = self.meta["families"]
+        self._source_index = {n: i for i, n in enumerate(self.sources)}
+        self._family_index = {n: i for i, n in enumerate(self.families)}
         self.cutoff: float = self.meta["cutoff_A"]
         self._entries: list[dict[str, Any]] = self.meta["shards"]
         counts = [e["n_structures"] for e in self._entries]
@@ -241,8 +243,7 @@ class Store:
         check = self.verify != "never" and k not in self._verified
         shard = Shard(path, expected_crc32=entry["crc32"] if check else None)
         self._verified.add(k)
-        src = {n: i for i, n in enumerate(self.sources)}
-        fam = {n: i for i, n in enumerate(self.families)}
+        src, fam = self._source_index, self._family_index
         maps = (
             np.array([src[s] for s in shard.sources]),
             np.array([fam[f] for f in shard.families]),
