@@ -68,3 +68,18 @@ def test_loader_with_workers_matches_single_process(tmp_path: Path, structures) 
     assert serial[0].source.tolist() == [
         store.sources.index(store[i].source) for i in serial[0].index.tolist()
     ]
+
+
+def test_sources_are_matched_to_heads_by_name(tmp_path: Path, structures) -> None:
+    import pytest
+
+    from matscale.errors import DataError
+
+    path = tmp_path / "a.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in structures])
+    pack([path], tmp_path / "st", PackConfig(workers=1), progress=False)
+    store = Store(tmp_path / "st")  # sources ["emt", "mol"]
+    ds = GraphDataset(store, 4.0, heads=("mol", "other", "emt"))
+    assert ds[0]["source"].tolist() == [2] and ds[len(store) - 1]["source"].tolist() == [0]
+    with pytest.raises(DataError, match=r"no readout head for sources \['mol'\]"):
+        GraphDataset(store, 4.0, heads=("emt",))

@@ -128,3 +128,13 @@ def test_predict_works_under_no_grad_and_for_a_lone_atom() -> None:
     assert lone.edge_index.shape[1] == 0
     out = predict(model, lone)
     assert out["forces"].abs().max() == 0 and torch.isfinite(out["energy"]).all()
+
+
+def test_reference_energies_stay_float64_through_dtype_casts() -> None:
+    model = EGNN(EGNNConfig(width=8))
+    with torch.no_grad():
+        model.reference_energy[0, 1] = -12345.6789
+    model = model.bfloat16().float()
+    assert model.embedding.weight.dtype == torch.float32
+    assert model.reference_energy.dtype == torch.float64
+    assert float(model.reference_energy[0, 1]) == -12345.6789

@@ -143,13 +143,30 @@ class GraphDataset(torch.utils.data.Dataset):
         with ``sources`` names).
     cutoff: graph radius (Å).
     max_neighbours: nearest neighbours kept per atom (None: all).
+    heads: the model's head names; each structure's ``source`` field becomes the index of its
+        source's head, matched by name (default: the store's own source order).
     """
 
-    def __init__(self, store: Any, cutoff: float, max_neighbours: int | None = None) -> None:
+    def __init__(
+        self,
+        store: Any,
+        cutoff: float,
+        max_neighbours: int | None = None,
+        heads: tuple[str, ...] | list[str] | None = None,
+    ) -> None:
         self.store = store
         self.cutoff = cutoff
         self.max_neighbours = max_neighbours
-        self._source_id = {name: i for i, name in enumerate(store.sources)}
+        names = list(heads) if heads is not None else list(store.sources)
+        missing = sorted(set(store.sources) - set(names))
+        if missing:
+            from matscale.errors import DataError
+
+            raise DataError(
+                f"the model has no readout head for sources {missing}; its heads are {names}",
+                field="source",
+            )
+        self._source_id = {name: i for i, name in enumerate(names)}
 
     def __len__(self) -> int:
         return len(self.store)
@@ -184,7 +201,8 @@ def make_loader(
         collate_fn=collate,
         num_workers=workers,
         pin_memory=pin_memory,
-        persistent_workers=False,
+        # workers live for the whole run: each opens (and checksums) a shard once, not per epoch
+        persistent_workers=workers > 0,
         prefetch_factor=prefetch if workers else None,
         worker_init_fn=_worker_init if workers else None,
     )

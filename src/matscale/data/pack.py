@@ -24,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from matscale.data.generate.threads import single_threaded_children
 from matscale.data.graph import count_edges
 from matscale.data.readers import read_structures
 from matscale.data.shard import ShardBuilder
@@ -116,9 +117,12 @@ def pack(
         reports = [_pack_group(groups[0], out, names[0], config, names_of, digest)]
     else:
         # A process pool that notices a dead worker (BrokenProcessPool) instead of waiting forever.
-        with ProcessPoolExecutor(
-            len(groups), mp_context=ctx, initializer=_init_worker, initargs=(counter,)
-        ) as pool:
+        with (
+            single_threaded_children(),
+            ProcessPoolExecutor(
+                len(groups), mp_context=ctx, initializer=_init_worker, initargs=(counter,)
+            ) as pool,
+        ):
             jobs = [
                 pool.submit(_pack_group, g, out, n, config, names_of, digest)
                 for g, n in zip(groups, names, strict=True)
@@ -145,7 +149,6 @@ _COUNTER: Any = None
 def _init_worker(counter: Any) -> None:
     global _COUNTER
     _COUNTER = counter
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def _wait(jobs: list[Any], counter: Any, progress: bool) -> None:

@@ -251,6 +251,14 @@ class EGNN(nn.Module):
         self.register_buffer("energy_scale", torch.ones(n_heads))
         self.register_buffer("force_scale", torch.ones(n_heads))
 
+    def _apply(self, fn, recurse=True):  # type: ignore[no-untyped-def]
+        # .half(), .bfloat16() or .to(dtype) cast every floating buffer; the reference energies
+        # must stay float64 (their sums reach 1e5 eV), so restore them from the original
+        ref = self.reference_energy
+        out = super()._apply(fn, recurse)
+        self.reference_energy = ref.to(device=self.reference_energy.device, dtype=torch.float64)
+        return out
+
     def forward(self, graph: AtomGraph) -> dict[str, torch.Tensor]:
         """Returns ``energy`` [B] eV (float64), ``node_energy`` [N] eV (float64),
         ``energy_net`` [B] eV (float32: the learned part, what autograd differentiates) and,

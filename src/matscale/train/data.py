@@ -76,8 +76,13 @@ def sampler_for(
 
 
 def loader_for(
-    store: Store, sampler: BatchSampler, cfg: DataConfig, cutoff: float, pin_memory: bool = False
+    store: Store,
+    sampler: BatchSampler,
+    cfg: DataConfig,
+    cutoff: float,
+    heads: tuple[str, ...],
+    pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader of AtomGraph batches at ``cutoff`` Å."""
-    dataset = GraphDataset(store, cutoff, max_neighbours=cfg.max_neighbours)
+    """A DataLoader of AtomGraph batches at ``cutoff`` Å, sources matched to ``heads``."""
+    dataset = GraphDataset(store, cutoff, max_neighbours=cfg.max_neighbours, heads=heads)
     return make_loader(dataset, sampler, workers=cfg.workers, pin_memory=pin_memory)

@@ -140,7 +140,7 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         s = sampler_for(store, part, cfg.data, train=False, seed=0, rank=0, world=1)
         return evaluate(
             ema if ema is not None else model,
-            loader_for(store, s, cfg.data, model_cfg.cutoff),
+            loader_for(store, s, cfg.data, model_cfg.cutoff, model_cfg.heads),
             store.sources,
             d.device,
             stress=t.stress_weight > 0,
@@ -155,11 +155,19 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     stop = step >= t.steps  # a finished run only re-evaluates and re-exports
     if stop and not history:
         history = validate()
+    # one loader for the run: its workers persist across epochs; each epoch re-reads the
+    # sampler, whose position set_epoch sets
+    loader = loader_for(
+        store,
+        sampler,
+        cfg.data,
+        model_cfg.cutoff,
+        model_cfg.heads,
+        pin_memory=d.device.type == "cuda",
+    )
     while not stop:
         sampler.set_epoch(epoch, batch_in_epoch)
-        for g in loader_for(
-            store, sampler, cfg.data, model_cfg.cutoff, pin_memory=d.device.type == "cuda"
-        ):
+        for g in loader:
             batch_in_epoch += 1
             micro.append(g)
             if len(micro) < t.accumulation:

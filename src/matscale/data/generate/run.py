@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from matscale.data.generate import emt, xtb, xtb_solids
+from matscale.data.generate.threads import single_threaded_children
 from matscale.data.structure import Structure
 
 Generator = Callable[[int, np.random.Generator, Counter[str]], list[Structure]]
@@ -90,9 +91,12 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     bar = tqdm(
         total=sum(t[2] for t in tasks), desc="generating", unit=" structures", disable=not progress
     )
-    with ProcessPoolExecutor(
-        workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
-    ) as pool:
+    with (
+        single_threaded_children(),
+        ProcessPoolExecutor(
+            workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
+        ) as pool,
+    ):
         futures = {pool.submit(_make_chunk, *task): task for task in tasks}
         for future in as_completed(futures):
             source, _, n, _, _ = futures[future]
@@ -140,7 +144,6 @@ def _quiet_worker() -> None:
     import warnings
 
     warnings.simplefilter("ignore")  # ASE's deprecation notes, once per worker, say nothing new
-    os.environ["OMP_NUM_THREADS"] = "1"
 
 
 def chunk_rng(seed: int, source: str, k: int) -> np.random.Generator:

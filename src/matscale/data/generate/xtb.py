@@ -98,13 +98,15 @@ def _md_snapshots(rng: np.random.Generator, count: int, skipped: Counter[str]) -
         atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.05, fixcm=False, rng=rng
     )
     out: list[Structure] = []
+    attempted = 0
     try:
         dyn.run(20)
         for _ in range(count):
             dyn.run(MD_STRIDE)
+            attempted += 1  # _append counts its own failures
             _append(out, atoms.copy(), f"md-{temperature}K", skipped)
     except Exception:  # tblite raises a plain exception when the SCF fails mid-trajectory
-        skipped["scf"] += count - len(out)
+        skipped["scf"] += count - attempted  # the snapshots the trajectory never reached
     return out
 
 
