@@ -140,3 +140,31 @@ def test_generate_size_errors(capsys, tmp_path: Path) -> None:
     assert "SOURCE=N" in capsys.readouterr().err
     assert main(["data", "generate", "--out", str(tmp_path), "--size", "dft=3"]) == 2
     assert "unknown sources" in capsys.readouterr().err
+
+
+def test_reader_options_reach_the_reader(tmp_path: Path, capsys) -> None:
+    from tests.conftest import emt_structures
+    from tests.data.formats import write_mptrj
+
+    write_mptrj(tmp_path / "MPtrj.json", {"mp-1": emt_structures(3)})
+    args = ["data", "pack", str(tmp_path / "MPtrj.json"), "--workers", "1"]
+    assert main([*args, "--out", str(tmp_path / "raw")]) == 0
+    assert (
+        main(
+            [
+                *args,
+                "--out",
+                str(tmp_path / "corr"),
+                "--reader-option",
+                "energy_key=corrected_total_energy",
+            ]
+        )
+        == 0
+    )
+    from matscale.data.store import Store
+
+    raw, corr = Store(tmp_path / "raw"), Store(tmp_path / "corr")
+    assert abs(raw[0].energy - corr[0].energy - 1.0) < 1e-9
+    capsys.readouterr()
+    assert main([*args, "--out", str(tmp_path / "bad"), "--reader-option", "unit=eV"]) == 2
+    assert "has no options ['unit']" in capsys.readouterr().err

@@ -115,6 +115,14 @@ def _parser() -> argparse.ArgumentParser:
     )
     k.add_argument("--format", default=None, help="reader for all inputs (default: by suffix)")
     k.add_argument("--source", default=None, help="source name for records that carry none")
+    k.add_argument(
+        "--reader-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, e.g. energy_key=corrected_total_energy (mptrj) or "
+        "energy_unit=kcal/mol (ani-h5); repeatable",
+    )
     k.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
     k.add_argument(
         "--part",
@@ -219,6 +227,13 @@ def _collect(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
     return files, sources
 
 
+def _key_value(text: str, flag: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise DataError(f"{flag} {text!r} is not KEY=VALUE")
+    return key, value
+
+
 def _parse_part(text: str) -> tuple[int, int]:
     part, _, n = text.partition("/")
     if not (part.isdigit() and n.isdigit()) or not int(part) < int(n):
@@ -259,6 +274,7 @@ def _pack(args: argparse.Namespace) -> int:
         max_force=args.max_force or None,
         part=part,
         n_parts=n_parts,
+        reader_options=dict(_key_value(x, "--reader-option") for x in args.reader_option),
     )
     start = time.perf_counter()
     pack(files, args.out, config, sources=sources)

@@ -20,7 +20,7 @@ import shutil
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ class PackConfig:
     """Reader for every input (ase, ase-db, aselmdb, ani-h5, mptrj); None guesses from names."""
     source: str | None = None
     """Source name for records that carry none; None uses each file's stem."""
+    reader_options: dict[str, str] = field(default_factory=dict)
+    """Options of the reader (``energy_key`` for mptrj, ``energy_unit`` for ani-h5)."""
     part: int = 0
     """Which part of the file list this packer takes (for several nodes packing one store)."""
     n_parts: int = 1
@@ -190,7 +192,10 @@ def _pack_group(
     with PartWriter(out, name, config, inputs=[str(f) for f in files], digest=digest) as writer:
         for path in files:
             source = config.source or source_of.get(str(path)) or path.stem
-            for rec, s in enumerate(read_structures(path, source=source, format=config.format)):
+            structures = read_structures(
+                path, source=source, format=config.format, **config.reader_options
+            )
+            for rec, s in enumerate(structures):
                 writer.add(s, file=str(path), record=s.key.rsplit("#", 1)[-1] or rec)
     return writer.report
 

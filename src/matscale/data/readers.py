@@ -389,4 +389,13 @@ def read_structures(
         raise DataError(f"unknown format {fmt!r}; known: {sorted(READERS)}", file=str(path))
     if not Path(path).exists():
         raise DataError("no such file", file=str(path))
+    import inspect
+
+    accepted = set(inspect.signature(READERS[fmt]).parameters) - {"path", "source"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise DataError(
+            f"the {fmt} reader has no options {unknown}; it takes {sorted(accepted) or 'none'}",
+            file=str(path),
+        )
     return READERS[fmt](path, source=source or Path(path).stem, **options)
