@@ -16,11 +16,11 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import bulk, fcc100, fcc110, fcc111
 from ase.calculators.emt import EMT
 
-from matscale.data.generate.geometry import strain_cell
+from matscale.data.generate.geometry import langevin, strain_cell
 from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
@@ -103,16 +103,10 @@ def _surface(rng: np.random.Generator) -> Atoms:
 
 
 def _md_snapshots(rng: np.random.Generator, count: int) -> list[Structure]:
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import thermalize_momenta
-
     temperature = int(rng.choice(TEMPERATURES_K))
     atoms = _bulk(rng)
     atoms.calc = EMT()
-    thermalize_momenta(atoms, temperature, rng=rng)
-    dyn = Langevin(
-        atoms, 2 * units.fs, temperature_K=temperature, friction=0.05, fixcm=False, rng=rng
-    )
+    dyn = langevin(atoms, temperature, timestep_fs=2.0, rng=rng)
     dyn.run(20)  # leave the perfect lattice before the first snapshot
     out = []
     for _ in range(count):

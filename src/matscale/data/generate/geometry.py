@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ase import Atoms
 
@@ -15,3 +17,23 @@ def strain_cell(atoms: Atoms, rng: np.random.Generator, normal: float, shear: fl
     strain[0, 2] = strain[2, 0] = xz
     strain[1, 2] = strain[2, 1] = yz
     atoms.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+
+
+def langevin(
+    atoms: Atoms, temperature_k: float, timestep_fs: float, rng: np.random.Generator
+) -> Any:
+    """A Langevin integrator for ``atoms`` (calculator attached) with Maxwell-Boltzmann
+    velocities at ``temperature_k``, friction 0.05 /fs, seeded from ``rng``."""
+    from ase import units
+    from ase.md.langevin import Langevin
+    from ase.md.velocitydistribution import thermalize_momenta
+
+    thermalize_momenta(atoms, temperature_k, rng=rng)
+    return Langevin(
+        atoms,
+        timestep_fs * units.fs,
+        temperature_K=temperature_k,
+        friction=0.05,
+        fixcm=False,
+        rng=rng,
+    )

@@ -15,10 +15,11 @@ from __future__ import annotations
 from collections import Counter
 
 import numpy as np
-from ase import Atoms, units
+from ase import Atoms
 from ase.build import molecule
 from ase.collections import g2
 
+from matscale.data.generate.geometry import langevin
 from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
@@ -87,16 +88,10 @@ def _closest(a: Atoms, b: Atoms) -> float:
 
 
 def _md_snapshots(rng: np.random.Generator, count: int, skipped: Counter[str]) -> list[Structure]:
-    from ase.md.langevin import Langevin
-    from ase.md.velocitydistribution import thermalize_momenta
-
     temperature = int(rng.choice(TEMPERATURES_K))
     atoms = _molecule(rng)
     atoms.calc = _calculator()
-    thermalize_momenta(atoms, temperature, rng=rng)
-    dyn = Langevin(
-        atoms, 0.5 * units.fs, temperature_K=temperature, friction=0.05, fixcm=False, rng=rng
-    )
+    dyn = langevin(atoms, temperature, timestep_fs=0.5, rng=rng)
     out: list[Structure] = []
     attempted = 0
     try:
