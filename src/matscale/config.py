@@ -104,11 +104,16 @@ class TrainConfig:
 class ParallelConfig:
     """How the plain model is distributed, in which precision, with what checkpointing."""
 
-    backend: Literal["none", "ddp", "fsdp"] = "none"
-    """``none`` (one process), ``ddp`` (data parallel over torchrun's processes) or ``fsdp``
-    (FSDP2: parameters, gradients and optimizer state sharded per layer, ZeRO-3)."""
+    backend: Literal["none", "ddp", "fsdp", "deepspeed"] = "none"
+    """``none`` (one process), ``ddp`` (data parallel over torchrun's processes), ``fsdp``
+    (FSDP2: parameters, gradients and optimizer state sharded per layer, ZeRO-3) or
+    ``deepspeed`` (ZeRO stage ``zero_stage``; needs the ``deepspeed`` extra)."""
+    zero_stage: int = 1
+    """DeepSpeed ZeRO stage: 1 optimizer state, 2 + gradients, 3 + parameters (direct forces
+    only; conservative forces with sharded parameters go through ``fsdp``)."""
     cpu_offload: bool = False
-    """With ``fsdp``: keep sharded parameters and optimizer state in CPU memory."""
+    """Keep sharded parameters and optimizer state (fsdp) or optimizer state (deepspeed) in
+    CPU memory."""
     precision: Literal["fp32", "bf16"] = "fp32"
     """Network arithmetic; geometry, forces, stress and loss reductions stay float32."""
     threads: int | None = None

@@ -84,8 +84,17 @@ def test_ddp_matches_one_process_with_accumulation(tmp_path: Path) -> None:
         assert changed  # the steps did move the weights
 
 
-@pytest.mark.parametrize("backend", ["ddp", "fsdp"])
+@pytest.mark.parametrize(
+    "backend",
+    ["ddp", "fsdp", "deepspeed", "deepspeed zero3"],
+)
 def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: str) -> None:
+    extra = []
+    if backend.startswith("deepspeed"):
+        pytest.importorskip("deepspeed")
+        if backend.endswith("zero3"):
+            extra = ["parallel.zero_stage=3", "model.force_head=direct", "train.ema_decay=null"]
+        backend = "deepspeed"
     cmd = [
         sys.executable,
         "-m",
@@ -107,6 +116,7 @@ def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: s
         "data.max_atoms=64",
         "train.steps=8",
         "train.eval_every=4",
+        *extra,
         "--no-progress",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}

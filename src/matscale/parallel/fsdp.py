@@ -25,6 +25,10 @@ class StepHooks:
     before_forward: Any = None
     before_backward: Any = None
     after_backward: Any = None
+    backward: Any = None
+    """Replaces ``loss.backward()`` (DeepSpeed's ``engine.backward``)."""
+    step: Any = None
+    """Replaces gradient clipping and ``optimizer.step()`` (DeepSpeed's ``engine.step``)."""
 
     def call(self, name: str) -> None:
         """Run the hook ``name`` if it is set."""

@@ -23,7 +23,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from matscale.config import ParallelConfig
+from matscale.config import ParallelConfig, TrainConfig
 from matscale.parallel.checkpointing import apply_ac
 from matscale.parallel.distributed import Dist, wrap_ddp
 from matscale.parallel.fsdp import StepHooks, apply_fsdp, fsdp_step_hooks
@@ -46,15 +46,32 @@ class Parallel:
     autocast: AbstractContextManager[Any]
     """The compute-precision context of forward passes."""
     lockstep: bool
-    """Every process must run the same forward passes (FSDP gathers parameters in forward):
-    evaluation then runs the whole set on every process."""
+    """Every process must run the same forward passes (FSDP and ZeRO-3 gather parameters in
+    forward): evaluation then runs the whole set on every process."""
+    optimizer: torch.optim.Optimizer | None = None
+    """The backend's own optimizer (DeepSpeed), or None: the loop makes AdamW."""
+    engine: Any = None
+    """The DeepSpeed engine (its own checkpoint format), or None."""
+
+    def gathered(self) -> AbstractContextManager[Any]:
+        """A context in which ZeRO-3's partitioned parameters are whole (for state dicts)."""
+        if self.engine is None or not self.lockstep:
+            return nullcontext()
+        import deepspeed
+
+        return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
 
 
 def parallelize(
-    model: nn.Module, cfg: ParallelConfig, d: Dist, *, ema_decay: float | None, conservative: bool
+    model: nn.Module, cfg: ParallelConfig, d: Dist, *, train: TrainConfig, conservative: bool
 ) -> Parallel:
     """Apply ``cfg`` to the plain ``model`` (already on its device)."""
-    ema = copy.deepcopy(model) if ema_decay else None
+    if cfg.backend == "deepspeed" and cfg.zero_stage == 3 and train.ema_decay:
+        raise ValueError(
+            "ZeRO-3 partitions the weights an EMA would average: set "
+            "train.ema_decay=null, or use parallel.backend=fsdp"
+        )
+    ema = copy.deepcopy(model) if train.ema_decay else None
     if cfg.activation_checkpointing:
         apply_ac(model)
     hooks = StepHooks()
@@ -66,6 +83,21 @@ def parallelize(
         hooks = fsdp_step_hooks(model, conservative=conservative)
     elif cfg.backend == "ddp":
         step_model = wrap_ddp(model, d)
+    elif cfg.backend == "deepspeed":
+        from matscale.parallel.deepspeed import apply_deepspeed
+
+        engine, optimizer, hooks = apply_deepspeed(model, train, cfg, conservative=conservative)
+        # the step calls engine.module (see parallel/deepspeed.py); bf16 is DeepSpeed's own
+        return Parallel(
+            model=model,
+            step_model=engine.module,
+            ema=ema,
+            hooks=hooks,
+            autocast=nullcontext(),
+            lockstep=cfg.zero_stage == 3,
+            optimizer=optimizer,
+            engine=engine,
+        )
     autocast: AbstractContextManager[Any] = (
         torch.autocast(d.device.type, dtype=torch.bfloat16)
         if cfg.precision == "bf16"

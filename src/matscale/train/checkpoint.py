@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import random
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -68,6 +69,7 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
     save_atomic({**state, "version": matscale.__version__, "rng": rng_state()}, path)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "deepspeed" / old.stem, ignore_errors=True)  # its ZeRO shards
     return path
 
 

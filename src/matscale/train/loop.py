@@ -80,11 +80,11 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         model,
         cfg.parallel,
         d,
-        ema_decay=t.ema_decay,
+        train=t,
         conservative=model_cfg.force_head == "conservative",
     )
     ema = par.ema
-    optimizer = make_optimizer(model, t)
+    optimizer = par.optimizer or make_optimizer(model, t)
     plateau = Plateau(patience=t.plateau_patience, floor=t.min_lr_ratio)
     autocast = par.autocast
     sampler = sampler_for(
@@ -101,7 +101,12 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         load_model_state(model, ck["model"])
         if ema is not None and ck.get("ema") is not None:
             load_model_state(ema, ck["ema"])
-        load_optimizer_state(model, optimizer, ck["optimizer"])
+        if par.engine is not None:  # DeepSpeed restores its (sharded) optimizer itself
+            par.engine.load_checkpoint(
+                str(run_dir / "deepspeed"), tag=ck["deepspeed_tag"], load_lr_scheduler_states=False
+            )
+        else:
+            load_optimizer_state(model, optimizer, ck["optimizer"])
         plateau = Plateau(**ck["plateau"])
         step, epoch, batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
         history = ck.get("metrics", {})
@@ -119,11 +124,14 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else math.inf
 
     def state(metrics: dict[str, Any]) -> dict[str, Any]:
-        # full states, gathered on every process (a collective under FSDP)
+        # full states, gathered on every process (a collective under FSDP and ZeRO-3)
+        with par.gathered():
+            weights = model_state(model)
         return {
-            "model": model_state(model),
+            "model": weights,
             "ema": model_state(ema) if ema else None,
-            "optimizer": optimizer_state(model, optimizer),
+            "optimizer": None if par.engine is not None else optimizer_state(model, optimizer),
+            "deepspeed_tag": f"step-{step:08d}" if par.engine is not None else None,
             "plateau": asdict(plateau),
             "step": step,
             "epoch": epoch,
@@ -211,6 +219,8 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
                 log.metrics(step, history, prefix="val")
             if step % t.checkpoint_every == 0 or done:
                 snapshot = state(history)  # on every process: gathering is a collective
+                if par.engine is not None:  # DeepSpeed's own format for its optimizer shards
+                    par.engine.save_checkpoint(str(run_dir / "deepspeed"), tag=f"step-{step:08d}")
                 if d.main:
                     save_checkpoint(snapshot, run_dir, step, t.keep_checkpoints)
             if done:

@@ -85,7 +85,8 @@ def train_step(
         value, parts = loss_fn(pred, g, weights=weights, kind=t.loss, delta=t.huber_delta)
         share = len(g.numbers) / total_atoms
         hooks.call("before_backward")
-        (value * (share * world)).backward()
+        scaled = value * (share * world)
+        hooks.backward(scaled) if hooks.backward else scaled.backward()
         hooks.call("after_backward")
         local = len(g.numbers) / local_atoms  # the log shows this process's weighted loss
         out["loss"] += float(value.detach()) * local
@@ -93,6 +94,9 @@ def train_step(
             out[k] = out.get(k, 0.0) + v * local
     for group in optimizer.param_groups:
         group["lr"] = lr
+    if hooks.step is not None:  # the engine clips, steps and zeroes
+        hooks.step()
+        return out
     if t.grad_clip is not None:
         norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
         out["grad_norm"] = float(getattr(norm, "full_tensor", lambda: norm)())  # DTensor

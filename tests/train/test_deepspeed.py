@@ -1,0 +1,82 @@
+"""DeepSpeed ZeRO over two CPU processes trains exactly like one process on the same global
+batch: ZeRO-1/2 with conservative and direct forces, ZeRO-3 with direct forces."""
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from matscale.config import ParallelConfig, TrainConfig
+from matscale.parallel.deepspeed import apply_deepspeed, deepspeed_config
+from matscale.train.step import train_step
+from tests.train.test_distributed import STEPS, _batches, _free_port, _model, _single
+
+pytest.importorskip("deepspeed")
+
+
+def _worker(rank: int, port: int, out: str, force_head: str, stage: int) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        WORLD_SIZE="2",
+        LOCAL_RANK=str(rank),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    torch.set_num_threads(1)
+    t = TrainConfig(lr=1e-2)
+    engine, optimizer, hooks = apply_deepspeed(
+        _model(force_head),
+        t,
+        ParallelConfig(backend="deepspeed", zero_stage=stage),
+        conservative=force_head == "conservative",
+    )
+    batch = _batches()[rank]
+    for _ in range(STEPS):
+        train_step(
+            engine.module, [batch], optimizer, t, lr=1e-2, device=torch.device("cpu"), hooks=hooks
+        )
+    if stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(engine.module.parameters())):
+            state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    else:
+        state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
+    if rank == 0:
+        torch.save(state, out)
+
+
+@pytest.mark.parametrize(
+    ("force_head", "stage"),
+    [("conservative", 1), ("conservative", 2), ("direct", 2), ("direct", 3)],
+)
+def test_zero_matches_one_process(tmp_path: Path, force_head: str, stage: int) -> None:
+    out = tmp_path / "ds.pt"
+    mp.start_processes(
+        _worker, args=(_free_port(), str(out), force_head, stage), nprocs=2, start_method="spawn"
+    )
+    sharded, single = torch.load(out), _single(force_head)
+    for k in single:
+        torch.testing.assert_close(sharded[k], single[k], rtol=1e-5, atol=1e-6)
+
+
+def test_conservative_zero3_is_refused_with_the_way_out() -> None:
+    with pytest.raises(ValueError, match=r"parallel\.backend=fsdp"):
+        apply_deepspeed(
+            _model("conservative"),
+            TrainConfig(),
+            ParallelConfig(backend="deepspeed", zero_stage=3),
+            conservative=True,
+        )
+
+
+def test_config_follows_ours() -> None:
+    cfg = deepspeed_config(
+        TrainConfig(lr=3e-4, grad_clip=None),
+        ParallelConfig(zero_stage=2, cpu_offload=True, precision="bf16"),
+    )
+    assert cfg["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
+    assert cfg["optimizer"]["params"]["lr"] == 3e-4 and cfg["optimizer"]["params"]["torch_adam"]
+    assert cfg["gradient_clipping"] == 0.0 and cfg["bf16"]["enabled"]
