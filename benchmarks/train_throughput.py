@@ -41,6 +41,7 @@ CONFIGS = [
     ("ddp", False, "fp32"),
     ("fsdp", False, "fp32"),
     ("fsdp", True, "fp32"),
+    ("deepspeed", False, "fp32"),
 ]
 
 
@@ -86,6 +87,7 @@ def run(
         f"name={name}",
         f"parallel.backend={backend}",
         f"parallel.precision={precision}",
+        "parallel.zero_stage=2",
         f"parallel.activation_checkpointing={str(ac).lower()}",
         f"model.width={args.width}",
         f"data.max_atoms={args.max_atoms}",
