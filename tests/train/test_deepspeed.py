@@ -1,7 +1,6 @@
 """DeepSpeed ZeRO over two CPU processes trains exactly like one process on the same global
 batch: ZeRO-1/2 with conservative and direct forces, ZeRO-3 with direct forces."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -11,20 +10,20 @@ import torch.multiprocessing as mp
 from matscale.config import ParallelConfig, TrainConfig
 from matscale.parallel.deepspeed import apply_deepspeed, deepspeed_config
 from matscale.train.step import train_step
-from tests.train.test_distributed import STEPS, _batches, _free_port, _model, _single
+from tests.train.test_distributed import (
+    STEPS,
+    _batches,
+    _free_port,
+    _model,
+    _single,
+    as_rank,
+)
 
 pytest.importorskip("deepspeed")
 
 
 def _worker(rank: int, port: int, out: str, force_head: str, stage: int) -> None:
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    as_rank(rank, port)
     t = TrainConfig(lr=1e-2)
     engine, optimizer, hooks = apply_deepspeed(
         _model(force_head),

@@ -40,7 +40,9 @@ def _model(force_head: str) -> EGNN:
     )
 
 
-def _worker(rank: int, port: int, out: str, force_head: str) -> None:
+def as_rank(rank: int, port: int) -> None:
+    """Give this spawned process the environment torchrun gives rank ``rank`` of 2, and one
+    thread (two processes share the two cores)."""
     os.environ.update(
         RANK=str(rank),
         WORLD_SIZE="2",
@@ -49,6 +51,10 @@ def _worker(rank: int, port: int, out: str, force_head: str) -> None:
         MASTER_PORT=str(port),
     )
     torch.set_num_threads(1)
+
+
+def _worker(rank: int, port: int, out: str, force_head: str) -> None:
+    as_rank(rank, port)
     d = init_distributed("ddp")
     model = _model(force_head)
     wrapped = wrap_ddp(model, d)

@@ -1,7 +1,6 @@
 """FSDP2 over two CPU processes (gloo) trains exactly like one process on the same global
 batch, with conservative forces (double backward) and with direct forces."""
 
-import os
 from pathlib import Path
 
 import pytest
@@ -12,20 +11,20 @@ from matscale.config import TrainConfig
 from matscale.parallel.distributed import finish, init_distributed
 from matscale.parallel.fsdp import apply_fsdp, fsdp_step_hooks
 from matscale.train.step import make_optimizer, train_step
-from tests.train.test_distributed import STEPS, _batches, _free_port, _model, _single
+from tests.train.test_distributed import (
+    STEPS,
+    _batches,
+    _free_port,
+    _model,
+    _single,
+    as_rank,
+)
 
 
 def _worker(rank: int, port: int, out: str, force_head: str) -> None:
     from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
-    os.environ.update(
-        RANK=str(rank),
-        WORLD_SIZE="2",
-        LOCAL_RANK=str(rank),
-        MASTER_ADDR="127.0.0.1",
-        MASTER_PORT=str(port),
-    )
-    torch.set_num_threads(1)
+    as_rank(rank, port)
     d = init_distributed("ddp")
     model = apply_fsdp(_model(force_head), world=2, device_type="cpu")
     hooks = fsdp_step_hooks(model, conservative=force_head == "conservative")
