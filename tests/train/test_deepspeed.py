@@ -17,6 +17,7 @@ from tests.train.test_distributed import (
     _model,
     _single,
     as_rank,
+    leave,
 )
 
 pytest.importorskip("deepspeed")
@@ -45,6 +46,7 @@ def _worker(rank: int, port: int, out: str, force_head: str, stage: int) -> None
         state = {k: v.detach().clone() for k, v in engine.module.state_dict().items()}
     if rank == 0:
         torch.save(state, out)
+    leave()
 
 
 @pytest.mark.parametrize(

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from matscale.config import TrainConfig
-from matscale.parallel.distributed import finish, init_distributed
+from matscale.parallel.distributed import init_distributed
 from matscale.parallel.fsdp import apply_fsdp, fsdp_step_hooks
 from matscale.train.step import make_optimizer, train_step
 from tests.train.test_distributed import (
@@ -18,6 +18,7 @@ from tests.train.test_distributed import (
     _model,
     _single,
     as_rank,
+    leave,
 )
 
 
@@ -37,7 +38,7 @@ def _worker(rank: int, port: int, out: str, force_head: str) -> None:
     )
     if rank == 0:
         torch.save(full, out)
-    finish()
+    leave()
 
 
 @pytest.mark.parametrize("force_head", ["conservative", "direct"])
