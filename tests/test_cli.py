@@ -47,62 +47,15 @@ def test_help(capsys) -> None:
 
 def test_readme_pack_command_on_a_generated_directory(tmp_path: Path, capsys) -> None:
     raw = tmp_path / "raw"
-    assert (
-        main(
-            [
-                "data",
-                "generate",
-                "--out",
-                str(raw),
-                "--size",
-                "emt-metals=30",
-                "--size",
-                "xtb-molecules=0",
-                "--size",
-                "xtb-solids=0",
-                "--workers",
-                "1",
-            ]
-        )
-        == 0
-    )
-    assert (
-        main(
-            [
-                "data",
-                "pack",
-                str(raw),
-                "--out",
-                str(tmp_path / "store"),
-                "--workers",
-                "1",
-                "--require",
-                "energy,forces",
-            ]
-        )
-        == 0
-    )
+    generate = ["data", "generate", "--out", str(raw), "--size", "emt-metals=30",
+                "--size", "xtb-molecules=0", "--size", "xtb-solids=0"]  # fmt: skip
+    assert main([*generate, "--workers", "1"]) == 0
+    pack = ["data", "pack", str(raw), "--out", str(tmp_path / "store"), "--workers", "1",
+            "--require", "energy,forces"]  # fmt: skip
+    assert main(pack) == 0
     assert "emt-metals" in capsys.readouterr().out
     # the same directory again, with another seed: refused, nothing mixed
-    assert (
-        main(
-            [
-                "data",
-                "generate",
-                "--out",
-                str(raw),
-                "--size",
-                "emt-metals=30",
-                "--size",
-                "xtb-molecules=0",
-                "--size",
-                "xtb-solids=0",
-                "--seed",
-                "1",
-            ]
-        )
-        == 2
-    )
+    assert main([*generate, "--seed", "1"]) == 2
     assert "holds chunks made with" in capsys.readouterr().err
 
 

@@ -100,10 +100,23 @@ def test_ddp_matches_one_process_with_accumulation(tmp_path: Path) -> None:
         assert changed  # the steps did move the weights
 
 
-@pytest.mark.parametrize(
-    "backend",
-    ["ddp", "fsdp", "deepspeed", "deepspeed zero3"],
-)
+def torchrun_train(store: Path, out: Path, name: str, *overrides: str) -> str:
+    """Run ``matscale train`` on 2 processes of 1 thread through torchrun, with a tiny model;
+    return its standard output (fail the test with its standard error)."""
+    cmd = [
+        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+        f"--master_port={_free_port()}", "-m", "matscale", "train",
+        f"data.store={store}", f"out_dir={out}", f"name={name}", "parallel.threads=1",
+        "model.width=16", "model.depth=2", "model.cutoff=4.0", "data.max_atoms=64",
+        "train.eval_every=4", "train.checkpoint_every=4", *overrides, "--no-progress",
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout
+
+
+@pytest.mark.parametrize("backend", ["ddp", "fsdp", "deepspeed", "deepspeed zero3"])
 def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: str) -> None:
     extra = []
     if backend.startswith("deepspeed"):
@@ -111,36 +124,12 @@ def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: s
         if backend.endswith("zero3"):
             extra = ["parallel.zero_stage=3", "model.force_head=direct", "train.ema_decay=null"]
         backend = "deepspeed"
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        f"--master_port={_free_port()}",
-        "-m",
-        "matscale",
-        "train",
-        f"data.store={tiny_store}",
-        f"out_dir={tmp_path}",
-        "name=ddp",
-        f"parallel.backend={backend}",
-        "train.checkpoint_every=4",
-        "parallel.threads=1",
-        "model.width=16",
-        "model.depth=2",
-        "model.cutoff=4.0",
-        "data.max_atoms=64",
-        "train.steps=8",
-        "train.eval_every=4",
-        *extra,
-        "--no-progress",
-    ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "on each of 2 process(es)" in result.stdout
+    stdout = torchrun_train(
+        tiny_store, tmp_path, "ddp", f"parallel.backend={backend}", "train.steps=8", *extra
+    )
+    assert "on each of 2 process(es)" in stdout
     assert (tmp_path / "ddp" / "model.pt").exists()
-    assert "mean absolute errors" in result.stdout
+    assert "mean absolute errors" in stdout
     from matscale.train.checkpoint import load_model
 
     model = load_model(tmp_path / "ddp" / "model.pt")  # a plain model, whatever trained it
@@ -149,40 +138,10 @@ def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: s
 
 def test_deepspeed_run_resumes_from_its_own_checkpoint(tiny_store: Path, tmp_path: Path) -> None:
     pytest.importorskip("deepspeed")
-
-    def run(steps: int) -> str:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"--master_port={_free_port()}",
-            "-m",
-            "matscale",
-            "train",
-            f"data.store={tiny_store}",
-            f"out_dir={tmp_path}",
-            "name=ds",
-            "parallel.backend=deepspeed",
-            "parallel.zero_stage=2",
-            "parallel.threads=1",
-            "model.width=16",
-            "model.depth=2",
-            "model.cutoff=4.0",
-            "data.max_atoms=64",
-            f"train.steps={steps}",
-            "train.eval_every=4",
-            "train.checkpoint_every=4",
-            "train.keep_checkpoints=2",
-            "--no-progress",
-        ]
-        env = {**os.environ, "OMP_NUM_THREADS": "1"}
-        result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
-        assert result.returncode == 0, result.stderr[-3000:]
-        return result.stdout
-
-    assert "starting" in run(8)
-    assert "resuming at step 8" in run(12)
+    args = ["parallel.backend=deepspeed", "parallel.zero_stage=2", "train.keep_checkpoints=2"]
+    assert "starting" in torchrun_train(tiny_store, tmp_path, "ds", *args, "train.steps=8")
+    resumed = torchrun_train(tiny_store, tmp_path, "ds", *args, "train.steps=12")
+    assert "resuming at step 8" in resumed
     rows = (tmp_path / "ds" / "metrics.jsonl").read_text().count('"kind": "train"')
     assert rows == 12
     # DeepSpeed's optimizer shards are kept for the same checkpoints as ours
