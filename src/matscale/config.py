@@ -121,6 +121,9 @@ class ParallelConfig:
     activation_checkpointing: bool = False
     """Recompute each interaction layer's activations in the backward pass (less memory,
     more time); correct under conservative forces' double backward."""
+    edge_chunk: int = 0
+    """Checkpoint each layer's edge terms in chunks of this many edges (0: off), alone or
+    inside whole-layer checkpointing, for graphs whose edges dominate memory."""
 
 
 @dataclass(kw_only=True)

@@ -1,6 +1,8 @@
 """Two CPU processes (gloo) give the same training as one process on the same global batch."""
 
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -77,12 +79,25 @@ def _worker(rank: int, port: int, out: str, force_head: str) -> None:
     leave()
 
 
-def _single(force_head: str) -> dict:
+def bf16_autocast(on: bool):
+    """The step's precision context: bf16 autocast on the CPU, or float32."""
+    return torch.autocast("cpu", dtype=torch.bfloat16) if on else None
+
+
+def _single(force_head: str, bf16: bool = False) -> dict:
     model = _model(force_head)
     opt = make_optimizer(model, TrainConfig())
     batches = _batches()
     for _ in range(STEPS):
-        train_step(model, batches, opt, TrainConfig(), lr=1e-2, device=torch.device("cpu"))
+        train_step(
+            model,
+            batches,
+            opt,
+            TrainConfig(),
+            lr=1e-2,
+            device=torch.device("cpu"),
+            autocast=bf16_autocast(bf16),
+        )
     return model.state_dict()
 
 
@@ -116,9 +131,11 @@ def torchrun_train(store: Path, out: Path, name: str, *overrides: str) -> str:
     return result.stdout
 
 
-@pytest.mark.parametrize("backend", ["ddp", "fsdp", "deepspeed", "deepspeed zero3"])
+@pytest.mark.parametrize("backend", ["ddp", "fsdp", "fsdp bf16", "deepspeed", "deepspeed zero3"])
 def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: str) -> None:
     extra = []
+    if backend == "fsdp bf16":
+        backend, extra = "fsdp", ["parallel.precision=bf16", "parallel.edge_chunk=64"]
     if backend.startswith("deepspeed"):
         pytest.importorskip("deepspeed")
         if backend.endswith("zero3"):
@@ -149,3 +166,46 @@ def test_deepspeed_run_resumes_from_its_own_checkpoint(tiny_store: Path, tmp_pat
         "step-00000008",
         "step-00000012",
     ]
+
+
+def _losses(run_dir: Path) -> list[float]:
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in rows if r["kind"] == "train"]
+
+
+def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # a constant learning rate after warm-up: the 8-step run is the 12-step run cut short
+    args = ["parallel.backend=fsdp", "train.keep_checkpoints=2", "train.schedule=constant"]
+    torchrun_train(tiny_store, tmp_path, "whole", *args, "train.steps=12")
+    torchrun_train(tiny_store, tmp_path, "parts", *args, "train.steps=8")
+    shards = tmp_path / "parts" / "checkpoints" / "step-00000008.dcp"
+    # each process wrote its own shard; the .pt beside it holds no weights
+    assert sorted(p.name for p in shards.glob("*.distcp")) == ["__0_0.distcp", "__1_0.distcp"]
+    meta = torch.load(shards.with_suffix(".pt"), weights_only=False)
+    assert meta["model"] is None and meta["sharded"] == shards.name
+    # a second copy of the 8-step run, resumed later on a single process without FSDP
+    shutil.copytree(tmp_path / "parts", tmp_path / "single")
+    assert "resuming at step 8" in torchrun_train(
+        tiny_store, tmp_path, "parts", *args, "train.steps=12"
+    )
+    assert _losses(tmp_path / "parts") == _losses(tmp_path / "whole")  # bit-identical
+    assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == [
+        "step-00000008.dcp", "step-00000008.pt", "step-00000012.dcp", "step-00000012.pt",
+    ]  # fmt: skip
+
+    from matscale.config import load
+    from matscale.parallel.distributed import Dist
+    from matscale.train.loop import build_run, resume
+
+    cfg = load(None, [
+        f"data.store={tiny_store}", f"out_dir={tmp_path}", "name=single", "parallel.threads=1",
+        "model.width=16", "model.depth=2", "model.cutoff=4.0", "data.max_atoms=64",
+    ])  # fmt: skip
+    run = build_run(cfg, Dist())
+    assert resume(run) and run.step == 8
+    exported = torch.load(tmp_path / "single" / "model.pt", weights_only=False)["state_dict"]
+    assert run.par.ema is not None
+    for k, v in run.par.ema.state_dict().items():  # the shards, resharded onto one process
+        torch.testing.assert_close(v, exported[k], rtol=0, atol=0)

@@ -154,6 +154,11 @@ class InteractionLayer(nn.Module):
                 _linear(h, h), ACTIVATIONS[cfg.activation](), _linear(h, 1, bias=False)
             )
 
+    edge_chunk: int = 0
+    """Edges per activation-checkpointed chunk of the edge terms (0: all at once). An
+    execution setting, not architecture: set from outside by
+    :func:`matscale.parallel.checkpointing.apply_ac`."""
+
     def forward(
         self,
         h: torch.Tensor,
@@ -161,25 +166,57 @@ class InteractionLayer(nn.Module):
         radial: torch.Tensor,
         envelope: torch.Tensor,
         vectors: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        keep_messages: bool = True,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
         """h: [N, H]; radial: [E, n_radial]; envelope: [E]; vectors: [E, 3] Å (current r_ij).
 
-        Returns new h [N, H], the messages [E, H], and the displacement of each atom's
-        coordinate copy [N, 3] Å (None without a coordinate channel).
+        Returns new h [N, H], the messages [E, H] (None unless ``keep_messages``), and the
+        displacement of each atom's coordinate copy [N, 3] Å (None without a coordinate
+        channel).
         """
-        i = edge_index[0]
         x = self.norm(h)
-        m = self.edge(x, edge_index, radial) * envelope.unsqueeze(-1)  # [E, H]
-        agg = torch.zeros_like(x).index_add_(0, i, m) * self.inv_k  # [N, H]
+        n_edges = edge_index.shape[1]
+        if self.edge_chunk <= 0 or n_edges <= self.edge_chunk:
+            agg, shift, m = self._edge_terms(x, edge_index, radial, envelope, vectors)
+        else:
+            # per-edge activations ([E, H] several times over) dominate memory on dense
+            # graphs: compute them a chunk at a time and recompute each in the backward pass
+            from torch.utils.checkpoint import checkpoint
+
+            agg, shift, kept = torch.zeros_like(x), None, []
+            for a in range(0, n_edges, self.edge_chunk):
+                b = min(a + self.edge_chunk, n_edges)
+                part = (edge_index[:, a:b], radial[a:b], envelope[a:b], vectors[a:b])
+                agg_c, shift_c, m_c = checkpoint(self._edge_terms, x, *part, use_reentrant=False)
+                agg = agg + agg_c
+                shift = shift_c if shift is None else shift + shift_c
+                if keep_messages:
+                    kept.append(m_c)
+            m = torch.cat(kept) if keep_messages else None
         update = self.node(torch.cat([x, agg], dim=-1))
         h = h + update if self.residual else update
+        return h, (m if keep_messages else None), shift
+
+    def _edge_terms(
+        self,
+        x: torch.Tensor,
+        edge_index: torch.Tensor,
+        radial: torch.Tensor,
+        envelope: torch.Tensor,
+        vectors: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """The edges' sums onto their centre atoms: messages Σ_j m_ij / K [N, H], coordinate
+        shifts [N, 3] Å (or None), and the messages m [E, H] themselves."""
+        i = edge_index[0]
+        m = self.edge(x, edge_index, radial) * envelope.unsqueeze(-1)  # [E, H]
+        agg = torch.zeros_like(x).index_add_(0, i, m) * self.inv_k  # [N, H]
         shift = None
         if self.coord is not None:
             weight = torch.tanh(self.coord(m)) * envelope.unsqueeze(-1)  # [E, 1]
             # x_i += Σ_j (x_i − x_j) φ_x(m_ij) / K, as the paper's E_GCL; x_i − x_j = −r_ij
-            shift = vectors.new_zeros(h.shape[0], 3).index_add_(0, i, -vectors * weight)
+            shift = vectors.new_zeros(x.shape[0], 3).index_add_(0, i, -vectors * weight)
             shift = shift * self.inv_k
-        return h, m, shift
+        return agg, shift, m
 
 
 class Readout(nn.Module):
@@ -271,10 +308,12 @@ class EGNN(nn.Module):
         envelope = polynomial_envelope(d0, cfg.cutoff, cfg.envelope_p)  # [E]
         h = self.embedding(graph.numbers)  # [N, H]
         vectors, displacement = vectors0, None
-        m = h.new_zeros(0)
-        for layer in self.layers:
+        m: torch.Tensor | None = None
+        for k, layer in enumerate(self.layers):
             radial = self.radial(_norm3(vectors)) * envelope.unsqueeze(-1)  # [E, n_radial]
-            h, m, shift = layer(h, edge_index, radial, envelope, vectors)
+            # only the direct force head reads messages: those of the last layer
+            keep = self.force_head is not None and k == len(self.layers) - 1
+            h, m, shift = layer(h, edge_index, radial, envelope, vectors, keep)
             if shift is not None:
                 displacement = shift if displacement is None else displacement + shift
                 vectors = vectors0 + displacement[j] - displacement[i]
@@ -291,6 +330,7 @@ class EGNN(nn.Module):
             "node_energy": net.double() + ref,
         }
         if self.force_head is not None:
+            assert m is not None
             unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
             weight = self.force_head(m) * envelope.unsqueeze(-1)  # [E, 1]
             forces = unit.new_zeros(h.shape[0], 3).index_add_(0, i, unit * weight)

@@ -46,20 +46,24 @@ def apply_fsdp(
     cpu_offload: bool = False,
 ) -> nn.Module:
     """Shard ``model`` (in place) over ``world`` processes: each of ``model.layers``, then the
-    root. With ``bf16`` parameters are gathered in bf16 and gradients reduced in float32."""
+    root. With ``bf16`` the interaction layers' parameters are gathered in bf16 (half the
+    all-gather traffic and memory) and their gradients reduced in float32; their inputs are
+    not cast (positions and edge vectors stay float32: the caller's autocast picks each op's
+    precision), and the root (embedding, readout, reference energies) stays float32."""
     from torch.distributed.device_mesh import init_device_mesh
     from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device_type, (world,))
     kwargs: dict[str, Any] = {"mesh": mesh}
-    if bf16:
-        kwargs["mp_policy"] = MixedPrecisionPolicy(
-            param_dtype=torch.bfloat16, reduce_dtype=torch.float32
-        )
     if cpu_offload:
         kwargs["offload_policy"] = CPUOffloadPolicy()
+    layer_kwargs = dict(kwargs)
+    if bf16:
+        layer_kwargs["mp_policy"] = MixedPrecisionPolicy(
+            param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
+        )
     for layer in getattr(model, "layers", []):
-        fully_shard(layer, **kwargs)
+        fully_shard(layer, **layer_kwargs)
     fully_shard(model, **kwargs)
     return model
 

@@ -3,7 +3,9 @@ fixed order: EMA copy → activation checkpointing → FSDP2 sharding or DDP wra
 
 Also the state-dict functions every backend shares: full (unsharded) model and optimizer
 states, gathered on every process, so that checkpoints and exported models are the same file
-whatever trained them, and a run may resume on another backend or world size.
+whatever trained them, and a run may resume on another backend or world size; and the local
+(sharded) states that FSDP checkpoints write through ``torch.distributed.checkpoint``
+without gathering anything.
 """
 
 from __future__ import annotations
@@ -72,14 +74,20 @@ def parallelize(
             "train.ema_decay=null, or use parallel.backend=fsdp"
         )
     ema = copy.deepcopy(model) if train.ema_decay else None
-    if cfg.activation_checkpointing:
-        apply_ac(model)
+    if cfg.activation_checkpointing or cfg.edge_chunk:
+        apply_ac(model, edge_chunk=cfg.edge_chunk, whole_layers=cfg.activation_checkpointing)
     hooks = StepHooks()
     step_model = model
     if cfg.backend == "fsdp":
         for m in (model, ema):
             if m is not None:
-                apply_fsdp(m, world=d.world, device_type=d.device.type, cpu_offload=cfg.cpu_offload)
+                apply_fsdp(
+                    m,
+                    world=d.world,
+                    device_type=d.device.type,
+                    bf16=cfg.precision == "bf16",
+                    cpu_offload=cfg.cpu_offload,
+                )
         hooks = fsdp_step_hooks(model, conservative=conservative)
     elif cfg.backend == "ddp":
         step_model = wrap_ddp(model, d)
@@ -98,6 +106,8 @@ def parallelize(
             optimizer=optimizer,
             engine=engine,
         )
+    # under FSDP with bf16 the layers' weights also arrive in bf16 (MixedPrecisionPolicy); the
+    # autocast context still decides each op's precision, so geometry stays float32
     autocast: AbstractContextManager[Any] = (
         torch.autocast(d.device.type, dtype=torch.bfloat16)
         if cfg.precision == "bf16"
@@ -135,3 +145,32 @@ def load_optimizer_state(
     set_optimizer_state_dict(
         model, optimizer, state, options=StateDictOptions(full_state_dict=True)
     )
+
+
+def local_states(
+    model: nn.Module, optimizer: torch.optim.Optimizer | None, ema: nn.Module | None
+) -> dict[str, Any]:
+    """This process's model, optimizer and EMA states as they are held (DTensor shards under
+    FSDP): what :func:`matscale.train.checkpoint.save_sharded` writes and
+    :func:`matscale.train.checkpoint.load_sharded` fills in place. No communication."""
+    states: dict[str, Any] = {"model": get_model_state_dict(model)}
+    if optimizer is not None:
+        states["optimizer"] = get_optimizer_state_dict(model, optimizer)
+    if ema is not None:
+        states["ema"] = get_model_state_dict(ema)
+    return states
+
+
+def set_local_states(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    ema: nn.Module | None,
+    states: dict[str, Any],
+) -> None:
+    """Load states filled by :func:`~matscale.train.checkpoint.load_sharded` back into the
+    model, optimizer and EMA."""
+    set_model_state_dict(model, states["model"])
+    if optimizer is not None:
+        set_optimizer_state_dict(model, optimizer, states["optimizer"])
+    if ema is not None:
+        set_model_state_dict(ema, states["ema"])

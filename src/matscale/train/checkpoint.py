@@ -3,6 +3,11 @@
 A checkpoint holds the model, EMA and optimizer states, the plateau state, the position in the
 data (epoch, batch), every RNG state, the resolved RunConfig and the data statistics. It is
 written to a temporary file and renamed, so a crash mid-save never destroys the last good one.
+
+Under FSDP the model, EMA and optimizer states are not gathered: every process writes its own
+shards with ``torch.distributed.checkpoint`` into ``step-XXXXXXXX.dcp/`` (see
+:func:`save_sharded`), and the ``.pt`` file, written last, holds the rest. DCP reshards on
+load, so such a checkpoint resumes on any number of processes and on any backend.
 The exported model (``matscale export``) holds what inference needs and nothing else: weights
 (EMA when available), the model config, head names, data statistics and the version.
 """
@@ -70,7 +75,52 @@ def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) 
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
         shutil.rmtree(run_dir / "deepspeed" / old.stem, ignore_errors=True)  # its ZeRO shards
+        shutil.rmtree(sharded_path(run_dir, int(old.stem[5:])), ignore_errors=True)
     return path
+
+
+def sharded_path(run_dir: Path, step: int) -> Path:
+    """``run_dir/checkpoints/step-XXXXXXXX.dcp``: the sharded states of a checkpoint."""
+    return run_dir / "checkpoints" / f"step-{step:08d}.dcp"
+
+
+def save_sharded(states: dict[str, Any], run_dir: Path, step: int) -> Path:
+    """Write every process's shards of ``states`` (from
+    :func:`matscale.parallel.plan.local_states`) with ``torch.distributed.checkpoint``.
+    Call on every process, before :func:`save_checkpoint` on the main one: the shards go to a
+    temporary folder that the main process renames once all are written, and the ``.pt``
+    file, which makes the checkpoint visible to :func:`list_checkpoints`, comes after."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    main = not dist.is_initialized() or dist.get_rank() == 0
+    final = sharded_path(run_dir, step)
+    tmp = final.with_name(final.name + ".tmp")
+    if main:
+        shutil.rmtree(tmp, ignore_errors=True)  # a save that crashed half-way
+        tmp.parent.mkdir(parents=True, exist_ok=True)
+    if dist.is_initialized():
+        dist.barrier()
+    dcp.save(
+        states, checkpoint_id=tmp, no_dist=not dist.is_initialized()
+    )  # collective: returns on the main process once all
+    if main:  # shards and the metadata are written
+        shutil.rmtree(final, ignore_errors=True)
+        os.replace(tmp, final)
+    return final
+
+
+def load_sharded(states: dict[str, Any], path: Path) -> None:
+    """Fill ``states`` (this process's current states) in place from :func:`save_sharded`'s
+    folder, resharding to this run's processes. Call on every process."""
+    import torch.distributed as dist
+    import torch.distributed.checkpoint as dcp
+
+    if not path.is_dir():
+        from matscale.errors import DataError
+
+        raise DataError("the checkpoint's sharded states are missing", file=str(path))
+    dcp.load(states, checkpoint_id=path, no_dist=not dist.is_initialized())
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:

@@ -9,30 +9,36 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import torch
 
 from matscale.config import RunConfig, dump, to_dict
+from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
 from matscale.parallel.distributed import Dist, all_max, finish, init_distributed
 from matscale.parallel.plan import (
+    Parallel,
     load_model_state,
     load_optimizer_state,
+    local_states,
     model_state,
     optimizer_state,
     parallelize,
+    set_local_states,
 )
 from matscale.train.checkpoint import (
     export_model,
     list_checkpoints,
     load_checkpoint,
+    load_sharded,
     save_checkpoint,
+    save_sharded,
     set_rng_state,
 )
-from matscale.train.data import loader_for, make_splits, sampler_for
+from matscale.train.data import Splits, loader_for, make_splits, sampler_for
 from matscale.train.evaluate import evaluate
 from matscale.train.log import RunLog
 from matscale.train.schedule import Plateau, lr_at
@@ -55,6 +61,33 @@ def model_config_for(cfg: RunConfig, store: Store) -> EGNNConfig:
     return replace(cfg.model, heads=tuple(store.sources), avg_neighbours=max(1.0, k * scale))
 
 
+@dataclass
+class Run:
+    """Everything a training run holds on one process, built by :func:`build_run`."""
+
+    cfg: RunConfig
+    d: Dist
+    store: Store
+    splits: Splits
+    model_cfg: EGNNConfig
+    model: EGNN
+    par: Parallel
+    optimizer: torch.optim.Optimizer
+    sampler: BatchSampler
+    plateau: Plateau
+    step: int = 0
+    epoch: int = 0
+    batch_in_epoch: int = 0
+    """Position in the data: batches of ``epoch`` already consumed."""
+    metrics: dict[str, Any] = field(default_factory=dict)
+    """The latest validation metrics."""
+
+    @property
+    def sharded(self) -> bool:
+        """Checkpoints hold per-process shards (FSDP) rather than gathered states."""
+        return self.cfg.parallel.backend == "fsdp"
+
+
 def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run ``cfg``; returns the final metrics. Rank 0 writes the run
     directory: config.yaml, metrics.jsonl, TensorBoard events, checkpoints/, model.pt."""
@@ -65,7 +98,8 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
         finish()
 
 
-def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
+def build_run(cfg: RunConfig, d: Dist) -> Run:
+    """Store and splits → plain model with data statistics → parallel plan → optimizer."""
     t = cfg.train
     if cfg.parallel.threads:
         torch.set_num_threads(cfg.parallel.threads)
@@ -77,166 +111,207 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     set_statistics(model, store.stats)
     model.to(d.device)
     par = parallelize(
-        model,
-        cfg.parallel,
-        d,
-        train=t,
-        conservative=model_cfg.force_head == "conservative",
+        model, cfg.parallel, d, train=t, conservative=model_cfg.force_head == "conservative"
     )
-    ema = par.ema
-    optimizer = par.optimizer or make_optimizer(model, t)
-    plateau = Plateau(patience=t.plateau_patience, floor=t.min_lr_ratio)
-    autocast = par.autocast
     sampler = sampler_for(
         store, splits.train, cfg.data, train=True, seed=t.seed, rank=d.rank, world=d.world
     )
     if len(sampler) == 0:
         raise ValueError(f"the training split ({len(splits.train)} structures) gives no batch")
-    run_dir = cfg.run_dir
-    step, epoch, batch_in_epoch = 0, 0, 0
-    history: dict[str, Any] = {}
-    found = list_checkpoints(run_dir)
-    if found:
-        ck = load_checkpoint(found[-1])
+    return Run(
+        cfg=cfg,
+        d=d,
+        store=store,
+        splits=splits,
+        model_cfg=model_cfg,
+        model=model,
+        par=par,
+        optimizer=par.optimizer or make_optimizer(model, t),
+        sampler=sampler,
+        plateau=Plateau(patience=t.plateau_patience, floor=t.min_lr_ratio),
+    )
+
+
+def resume(run: Run) -> bool:
+    """Load the run directory's newest checkpoint into ``run`` (on every process); False if
+    there is none. Checkpoints load whatever backend or world size wrote them."""
+    found = list_checkpoints(run.cfg.run_dir)
+    if not found:
+        return False
+    ck = load_checkpoint(found[-1])
+    par, model, optimizer = run.par, run.model, run.optimizer
+    if ck.get("sharded"):  # FSDP's shards, resharded to this run
+        own = par.engine is None
+        states = local_states(model, optimizer if own else None, par.ema)
+        load_sharded(states, found[-1].parent / ck["sharded"])
+        set_local_states(model, optimizer if own else None, par.ema, states)
+    else:
         load_model_state(model, ck["model"])
-        if ema is not None and ck.get("ema") is not None:
-            load_model_state(ema, ck["ema"])
-        if par.engine is not None:  # DeepSpeed restores its (sharded) optimizer itself
-            par.engine.load_checkpoint(
-                str(run_dir / "deepspeed"), tag=ck["deepspeed_tag"], load_lr_scheduler_states=False
-            )
-        else:
+        if par.ema is not None and ck.get("ema") is not None:
+            load_model_state(par.ema, ck["ema"])
+        if par.engine is None:
             load_optimizer_state(model, optimizer, ck["optimizer"])
-        plateau = Plateau(**ck["plateau"])
-        step, epoch, batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
-        history = ck.get("metrics", {})
-        set_rng_state(ck["rng"])
-    log = RunLog(run_dir, enabled=d.main, progress=progress, total=t.steps, start=step)
-    if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(dump(cfg))
-        log.text(
-            f"{'resuming at step ' + str(step) if found else 'starting'}: "
-            f"{sum(p.numel() for p in model.parameters()):,} parameters, "
-            f"{len(splits.train):,} training structures, {len(sampler)} batches/epoch "
-            f"on each of {d.world} process(es)"
+    if par.engine is not None:  # DeepSpeed restores its (sharded) optimizer itself
+        par.engine.load_checkpoint(
+            str(run.cfg.run_dir / "deepspeed"),
+            tag=ck["deepspeed_tag"],
+            load_lr_scheduler_states=False,
         )
-    deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else math.inf
+    run.plateau = Plateau(**ck["plateau"])
+    run.step, run.epoch, run.batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
+    run.metrics = ck.get("metrics", {})
+    set_rng_state(ck["rng"])
+    return True
 
-    def state(metrics: dict[str, Any]) -> dict[str, Any]:
-        # full states, gathered on every process (a collective under FSDP and ZeRO-3)
+
+def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[str, Any]:
+    """The checkpoint of ``run`` as it stands. With ``gather``, full model, EMA and optimizer
+    states (a collective under FSDP and ZeRO-3: call on every process); without, only the
+    rest (the states then go to :func:`save_sharded`)."""
+    par = run.par
+    states: dict[str, Any] = {"model": None, "ema": None, "optimizer": None}
+    if gather:
         with par.gathered():
-            weights = model_state(model)
-        return {
-            "model": weights,
-            "ema": model_state(ema) if ema else None,
-            "optimizer": None if par.engine is not None else optimizer_state(model, optimizer),
-            "deepspeed_tag": f"step-{step:08d}" if par.engine is not None else None,
-            "plateau": asdict(plateau),
-            "step": step,
-            "epoch": epoch,
-            "batch_in_epoch": batch_in_epoch,
-            "config": to_dict(cfg),
-            "model_config": to_dict(model_cfg),
-            "stats": store.stats,
-            "metrics": metrics,
-        }
+            states["model"] = model_state(run.model)
+        states["ema"] = model_state(par.ema) if par.ema is not None else None
+        if par.engine is None:
+            states["optimizer"] = optimizer_state(run.model, run.optimizer)
+    return {
+        **states,
+        "sharded": None,
+        "deepspeed_tag": f"step-{run.step:08d}" if par.engine is not None else None,
+        "plateau": asdict(run.plateau),
+        "step": run.step,
+        "epoch": run.epoch,
+        "batch_in_epoch": run.batch_in_epoch,
+        "config": to_dict(run.cfg),
+        "model_config": to_dict(run.model_cfg),
+        "stats": run.store.stats,
+        "metrics": metrics,
+    }
 
-    def evaluate_on(indices: Any) -> dict[str, float]:
-        # FSDP gathers parameters in forward: every process must run the same batches
-        part = indices if par.lockstep else indices[d.rank :: d.world]
-        s = sampler_for(store, part, cfg.data, train=False, seed=0, rank=0, world=1)
-        return evaluate(
-            ema if ema is not None else model,
-            loader_for(store, s, cfg.data, model_cfg.cutoff, model_cfg.heads),
-            store.sources,
-            d.device,
-            stress=t.stress_weight > 0,
-            autocast=autocast,
-            reduce=not par.lockstep,
-        )
 
-    def validate() -> dict[str, float]:
-        return evaluate_on(splits.val)
+def checkpoint(run: Run) -> None:
+    """Write the checkpoint of the current step (on every process)."""
+    run_dir, step = run.cfg.run_dir, run.step
+    ck = snapshot(run, run.metrics, gather=not run.sharded)
+    if run.sharded:
+        states = local_states(run.model, run.optimizer, run.par.ema)
+        ck["sharded"] = save_sharded(states, run_dir, step).name
+    if run.par.engine is not None:  # DeepSpeed's own format for its optimizer shards
+        run.par.engine.save_checkpoint(str(run_dir / "deepspeed"), tag=f"step-{step:08d}")
+    if run.d.main:
+        save_checkpoint(ck, run_dir, step, run.cfg.train.keep_checkpoints)
 
-    micro: list[Any] = []
-    stop = step >= t.steps  # a finished run only re-evaluates and re-exports
-    if stop and not history:
-        history = validate()
+
+def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
+    """Errors on the structures ``indices`` of the store, with the EMA weights if any,
+    reduced over processes."""
+    d, par = run.d, run.par
+    # FSDP gathers parameters in forward: every process must run the same batches
+    part = indices if par.lockstep else indices[d.rank :: d.world]
+    s = sampler_for(run.store, part, run.cfg.data, train=False, seed=0, rank=0, world=1)
+    return evaluate(
+        par.ema if par.ema is not None else run.model,
+        loader_for(run.store, s, run.cfg.data, run.model_cfg.cutoff, run.model_cfg.heads),
+        run.store.sources,
+        d.device,
+        stress=run.cfg.train.stress_weight > 0,
+        autocast=par.autocast,
+        reduce=not par.lockstep,
+    )
+
+
+def fit(run: Run, log: RunLog) -> None:
+    """Train from ``run``'s position to ``train.steps`` (or the time limit), validating and
+    checkpointing on schedule and at the end."""
+    t, d, par = run.cfg.train, run.d, run.par
+    deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else math.inf
     # one loader for the run: its workers persist across epochs; each epoch re-reads the
     # sampler, whose position set_epoch sets
     loader = loader_for(
-        store,
-        sampler,
-        cfg.data,
-        model_cfg.cutoff,
-        model_cfg.heads,
+        run.store,
+        run.sampler,
+        run.cfg.data,
+        run.model_cfg.cutoff,
+        run.model_cfg.heads,
         pin_memory=d.device.type == "cuda",
     )
-    while not stop:
-        sampler.set_epoch(epoch, batch_in_epoch)
+    micro: list[Any] = []
+    while True:
+        run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
         for g in loader:
-            batch_in_epoch += 1
+            run.batch_in_epoch += 1
             micro.append(g)
             if len(micro) < t.accumulation:
                 continue
-            lr = (
-                lr_at(
-                    step,
-                    lr=t.lr,
-                    steps=t.steps,
-                    warmup=t.warmup_steps,
-                    kind=t.schedule,
-                    min_ratio=t.min_lr_ratio,
-                )
-                * plateau.scale
+            lr = run.plateau.scale * lr_at(
+                run.step,
+                lr=t.lr,
+                steps=t.steps,
+                warmup=t.warmup_steps,
+                kind=t.schedule,
+                min_ratio=t.min_lr_ratio,
             )
             stats = train_step(
                 par.step_model,
                 micro,
-                optimizer,
+                run.optimizer,
                 t,
                 lr=lr,
                 device=d.device,
-                autocast=autocast,
+                autocast=par.autocast,
                 hooks=par.hooks,
             )
             micro = []
-            if ema is not None:
-                ema_update(ema, model, t.ema_decay or 0.0)
-            step += 1
-            log.step(step, stats, lr)
+            if par.ema is not None:
+                ema_update(par.ema, run.model, t.ema_decay or 0.0)
+            run.step += 1
+            log.step(run.step, stats, lr)
             # every process must stop at the same step, whatever its own clock says
             done = bool(
-                all_max(torch.tensor(float(step >= t.steps or time.monotonic() > deadline)))
+                all_max(torch.tensor(float(run.step >= t.steps or time.monotonic() > deadline)))
             )
-            if step % t.eval_every == 0 or done:
-                history = validate()
+            if run.step % t.eval_every == 0 or done:
+                run.metrics = evaluate_split(run, run.splits.val)
                 if t.schedule == "plateau":
-                    plateau.update(
-                        history.get("forces_mae_meV_per_A", history["energy_mae_meV_per_atom"])
-                    )
-                log.metrics(step, history, prefix="val")
-            if step % t.checkpoint_every == 0 or done:
-                snapshot = state(history)  # on every process: gathering is a collective
-                if par.engine is not None:  # DeepSpeed's own format for its optimizer shards
-                    par.engine.save_checkpoint(str(run_dir / "deepspeed"), tag=f"step-{step:08d}")
-                if d.main:
-                    save_checkpoint(snapshot, run_dir, step, t.keep_checkpoints)
+                    m = run.metrics
+                    run.plateau.update(m.get("forces_mae_meV_per_A", m["energy_mae_meV_per_atom"]))
+                log.metrics(run.step, run.metrics, prefix="val")
+            if run.step % t.checkpoint_every == 0 or done:
+                checkpoint(run)
             if done:
-                stop = True
-                break
-        else:
-            epoch, batch_in_epoch = epoch + 1, 0
-    final = dict(history)
+                return
+        run.epoch, run.batch_in_epoch = run.epoch + 1, 0
+
+
+def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
+    run = build_run(cfg, d)
+    resumed = resume(run)
+    t, run_dir = cfg.train, cfg.run_dir
+    log = RunLog(run_dir, enabled=d.main, progress=progress, total=t.steps, start=run.step)
+    if d.main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(dump(cfg))
+        log.text(
+            f"{'resuming at step ' + str(run.step) if resumed else 'starting'}: "
+            f"{sum(p.numel() for p in run.model.parameters()):,} parameters, "
+            f"{len(run.splits.train):,} training structures, {len(run.sampler)} batches/epoch "
+            f"on each of {d.world} process(es)"
+        )
+    if run.step < t.steps:
+        fit(run, log)
+    elif not run.metrics:  # a finished run only re-evaluates and re-exports
+        run.metrics = evaluate_split(run, run.splits.val)
+    final = dict(run.metrics)
     for name in ("test", "holdout"):
-        idx = getattr(splits, name)
+        idx = getattr(run.splits, name)
         if len(idx):
-            final.update({f"{name}/{k}": v for k, v in evaluate_on(idx).items()})
-    ck = state(final)
+            final.update({f"{name}/{k}": v for k, v in evaluate_split(run, idx).items()})
+    ck = snapshot(run, final)  # gathered on every process: the export is one plain file
     if d.main:
         export_model(ck, run_dir / "model.pt")
-        log.metrics(step, final, prefix="final")
-        log.summary(final, store.sources)
+        log.metrics(run.step, final, prefix="final")
+        log.summary(final, run.store.sources)
     log.close()
     return final
