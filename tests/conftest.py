@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
+from matscale.data.pack import PackConfig, pack
 from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
@@ -47,3 +50,13 @@ def molecules(n: int, seed: int = 0, source: str = "mol") -> list[Structure]:
 def structures() -> list[Structure]:
     """A mixed list: 24 periodic EMT cells and 12 molecules, two sources."""
     return emt_structures(24) + molecules(12)
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory) -> Path:
+    """A tiny packed store for training tests: 40 EMT cells and 24 molecules, two sources."""
+    root = tmp_path_factory.mktemp("tiny")
+    path = root / "in.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in emt_structures(40) + molecules(24)])
+    pack([path], root / "store", PackConfig(workers=1, cutoff=4.0), progress=False)
+    return root / "store"

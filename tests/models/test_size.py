@@ -21,6 +21,8 @@ CONFIGS = [
     EGNNConfig(width=24, depth=4, norm="layer", force_head="direct", heads=("a", "b", "c")),
     EGNNConfig(width=20, coord_update=False, norm="rms", readout_width=7, factored=False),
     EGNNConfig(width=40, depth=1, n_radial=5),
+    EGNNConfig(width=24, vector_channels=6, force_head="direct"),
+    EGNNConfig(width=16, depth=2, vector_channels=8, factored=False),
 ]
 
 

@@ -11,6 +11,9 @@ from matscale.models.egnn import EGNN, EGNNConfig
 
 MODELS: dict[str, Callable[[], torch.nn.Module]] = {
     "egnn": lambda: EGNN(EGNNConfig(width=16, depth=3, cutoff=4.0, heads=("a", "b"))),
+    "egnn-vectors": lambda: EGNN(
+        EGNNConfig(width=16, depth=3, cutoff=4.0, heads=("a", "b"), vector_channels=4)
+    ),
     "egnn-direct": lambda: EGNN(
         EGNNConfig(width=16, depth=3, cutoff=4.0, heads=("a", "b"), force_head="direct")
     ),

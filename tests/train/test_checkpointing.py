@@ -19,7 +19,8 @@ def test_same_gradients_with_and_without_checkpointing(
     force_head: str, edge_chunk: int, whole_layers: bool
 ) -> None:
     torch.manual_seed(0)
-    plain = EGNN(EGNNConfig(width=16, depth=3, heads=("a", "b"), force_head=force_head)).double()
+    cfg = EGNNConfig(width=16, depth=3, heads=("a", "b"), force_head=force_head, vector_channels=4)
+    plain = EGNN(cfg).double()
     ac = apply_ac(copy.deepcopy(plain), edge_chunk=edge_chunk, whole_layers=whole_layers)
     wrapped = [isinstance(layer, CheckpointWrapper) for layer in ac.layers]
     assert all(wrapped) if whole_layers else not any(wrapped)
@@ -50,9 +51,9 @@ def test_same_gradients_with_and_without_checkpointing(
 
 
 def _counting(fn, sizes: list[int]):
-    def counted(x, edge_index, *rest):
+    def counted(x, v, edge_index, *rest):
         sizes.append(edge_index.shape[1])
-        return fn(x, edge_index, *rest)
+        return fn(x, v, edge_index, *rest)
 
     return counted
 

@@ -7,6 +7,11 @@ Per layer (pre-norm, residual), for each edge (i, j) with vector r_ij and distan
     D_i ← D_i − Σ_j r_ij tanh(φ_x(m_ij)) u(d⁰_ij) / K   coordinate (vector) channel
     r_ij ← r⁰_ij + D_j − D_i                            next layer's geometry (equivariant)
 
+and, with ``vector_channels`` C > 0, vector features v_i [3, C] (zero before the first layer):
+
+    v_i ← v_i + Σ_j (g_ij r̂_ij + g'_ij v_j) / K         gates [g, g'] = W_g m_ij, no bias
+    h_i ← h_i + φ_h([h_i, Σ_j m_ij / K, ⟨U v_i, V v_i⟩])  the node update also sees angles
+
 R is a Bessel radial basis, u a polynomial envelope of the *input* distance d⁰ (so every
 contribution of an edge vanishes smoothly at the cutoff), φ are two-layer MLPs with a smooth
 activation. The first linear of φ_e is computed factored, W_a h_i + W_b h_j + W_r R, as per-node
@@ -61,6 +66,11 @@ class EGNNConfig:
     gives later layers angular (many-body) information."""
     factored: bool = True
     """Compute the first edge linear as per-node products gathered onto edges."""
+    vector_channels: int = 0
+    """C equivariant vector features per atom (0: none), the coordinate channel generalised:
+    each layer adds Σ_j g_ij r̂_ij + g'_ij v_j (gates g from the messages) and feeds the
+    invariants ⟨U v_i, V v_i⟩ to the node update, which gives every layer angular
+    (many-body) information at O(E·C) cost."""
     readout_width: int = 0
     """Hidden size of each readout head; 0 means width // 2."""
     force_head: Literal["conservative", "direct"] = "conservative"
@@ -71,6 +81,8 @@ class EGNNConfig:
     """Mean neighbour count K that normalises sums over edges (set from data statistics)."""
 
     def __post_init__(self) -> None:
+        if self.vector_channels < 0:
+            raise ValueError(f"vector_channels must be >= 0, got {self.vector_channels}")
         if self.width < 1 or self.depth < 1:
             raise ValueError(f"width and depth must be positive, got {self.width}, {self.depth}")
         if self.activation not in ACTIVATIONS:
@@ -138,14 +150,17 @@ class EdgeMLP(nn.Module):
 
 
 class InteractionLayer(nn.Module):
-    """One EGNN layer: messages, node update and (optionally) the coordinate channel."""
+    """One EGNN layer: messages, node update and (optionally) the coordinate channel and the
+    vector channels."""
 
     def __init__(self, cfg: EGNNConfig, *, moves_coordinates: bool) -> None:
         super().__init__()
-        h = cfg.width
+        h, c = cfg.width, cfg.vector_channels
         self.norm = _norm(cfg.norm, h)
         self.edge = EdgeMLP(cfg)
-        self.node = nn.Sequential(_linear(2 * h, h), ACTIVATIONS[cfg.activation](), _linear(h, h))
+        self.node = nn.Sequential(
+            _linear(2 * h + c, h), ACTIVATIONS[cfg.activation](), _linear(h, h)
+        )
         self.residual = cfg.residual
         self.inv_k = 1.0 / cfg.avg_neighbours
         self.coord: nn.Module | None = None
@@ -153,6 +168,12 @@ class InteractionLayer(nn.Module):
             self.coord = nn.Sequential(
                 _linear(h, h), ACTIVATIONS[cfg.activation](), _linear(h, 1, bias=False)
             )
+        self.vector_channels = c
+        if c:
+            # no biases anywhere on vectors: a bias would not rotate with the structure
+            self.vec_gate = _linear(h, 2 * c, bias=False)
+            self.vec_u = _linear(c, c, bias=False)
+            self.vec_v = _linear(c, c, bias=False)
 
     edge_chunk: int = 0
     """Edges per activation-checkpointed chunk of the edge terms (0: all at once). An
@@ -162,52 +183,65 @@ class InteractionLayer(nn.Module):
     def forward(
         self,
         h: torch.Tensor,
+        v: torch.Tensor | None,
         edge_index: torch.Tensor,
         radial: torch.Tensor,
         envelope: torch.Tensor,
         vectors: torch.Tensor,
         keep_messages: bool = True,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None]:
-        """h: [N, H]; radial: [E, n_radial]; envelope: [E]; vectors: [E, 3] Å (current r_ij).
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """h: [N, H]; v: [N, 3, C] vector features (None without vector channels); radial:
+        [E, n_radial]; envelope: [E]; vectors: [E, 3] Å (current r_ij).
 
-        Returns new h [N, H], the messages [E, H] (None unless ``keep_messages``), and the
-        displacement of each atom's coordinate copy [N, 3] Å (None without a coordinate
-        channel).
+        Returns new h [N, H], new v [N, 3, C] (or None), the messages [E, H] (None unless
+        ``keep_messages``), and the displacement of each atom's coordinate copy [N, 3] Å
+        (None without a coordinate channel).
         """
         x = self.norm(h)
         n_edges = edge_index.shape[1]
+        sums: tuple[torch.Tensor | None, ...]
+        m: torch.Tensor | None
         if self.edge_chunk <= 0 or n_edges <= self.edge_chunk:
-            agg, shift, m = self._edge_terms(x, edge_index, radial, envelope, vectors)
+            sums, m = self._edge_terms(x, v, edge_index, radial, envelope, vectors)
         else:
             # per-edge activations ([E, H] several times over) dominate memory on dense
             # graphs: compute them a chunk at a time and recompute each in the backward pass
             from torch.utils.checkpoint import checkpoint
 
-            agg, shift, kept = torch.zeros_like(x), None, []
+            sums, kept = (None, None, None), []
             for a in range(0, n_edges, self.edge_chunk):
                 b = min(a + self.edge_chunk, n_edges)
                 part = (edge_index[:, a:b], radial[a:b], envelope[a:b], vectors[a:b])
-                agg_c, shift_c, m_c = checkpoint(self._edge_terms, x, *part, use_reentrant=False)
-                agg = agg + agg_c
-                shift = shift_c if shift is None else shift + shift_c
+                sums_c, m_c = checkpoint(self._edge_terms, x, v, *part, use_reentrant=False)
+                sums = tuple(map(_add, sums, sums_c))
                 if keep_messages:
                     kept.append(m_c)
             m = torch.cat(kept) if keep_messages else None
-        update = self.node(torch.cat([x, agg], dim=-1))
+        agg, shift, dv = sums
+        assert agg is not None
+        inputs = [x, agg]
+        if v is not None and dv is not None:
+            v = v + dv
+            # invariants of the vector features: per channel, the dot product of two mixes of
+            # them (angles between neighbour directions: many-body information)
+            inputs.append(torch.sum(self.vec_u(v) * self.vec_v(v), dim=1))  # [N, C]
+        update = self.node(torch.cat(inputs, dim=-1))
         h = h + update if self.residual else update
-        return h, (m if keep_messages else None), shift
+        return h, v, (m if keep_messages else None), shift
 
     def _edge_terms(
         self,
         x: torch.Tensor,
+        v: torch.Tensor | None,
         edge_index: torch.Tensor,
         radial: torch.Tensor,
         envelope: torch.Tensor,
         vectors: torch.Tensor,
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """The edges' sums onto their centre atoms: messages Σ_j m_ij / K [N, H], coordinate
-        shifts [N, 3] Å (or None), and the messages m [E, H] themselves."""
-        i = edge_index[0]
+    ) -> tuple[tuple[torch.Tensor | None, ...], torch.Tensor]:
+        """The edges' sums onto their centre atoms — messages Σ_j m_ij / K [N, H], coordinate
+        shifts [N, 3] Å (or None), vector-feature updates [N, 3, C] (or None) — and the
+        messages m [E, H] themselves."""
+        i, j = edge_index
         m = self.edge(x, edge_index, radial) * envelope.unsqueeze(-1)  # [E, H]
         agg = torch.zeros_like(x).index_add_(0, i, m) * self.inv_k  # [N, H]
         shift = None
@@ -216,7 +250,15 @@ class InteractionLayer(nn.Module):
             # x_i += Σ_j (x_i − x_j) φ_x(m_ij) / K, as the paper's E_GCL; x_i − x_j = −r_ij
             shift = vectors.new_zeros(x.shape[0], 3).index_add_(0, i, -vectors * weight)
             shift = shift * self.inv_k
-        return agg, shift, m
+        dv = None
+        if v is not None:
+            c = self.vector_channels
+            gate = self.vec_gate(m)  # [E, 2C]; m carries the envelope, and there is no bias
+            unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
+            # Σ_j g_ij r̂_ij + g'_ij v_j: directions to neighbours, and neighbours' vectors
+            dv_ij = unit.unsqueeze(-1) * gate[:, None, :c] + v[j] * gate[:, None, c:]
+            dv = torch.zeros_like(v).index_add_(0, i, dv_ij) * self.inv_k  # [N, 3, C]
+        return (agg, shift, dv), m
 
 
 class Readout(nn.Module):
@@ -309,11 +351,12 @@ class EGNN(nn.Module):
         h = self.embedding(graph.numbers)  # [N, H]
         vectors, displacement = vectors0, None
         m: torch.Tensor | None = None
+        v = h.new_zeros(h.shape[0], 3, cfg.vector_channels) if cfg.vector_channels else None
         for k, layer in enumerate(self.layers):
             radial = self.radial(_norm3(vectors)) * envelope.unsqueeze(-1)  # [E, n_radial]
             # only the direct force head reads messages: those of the last layer
             keep = self.force_head is not None and k == len(self.layers) - 1
-            h, m, shift = layer(h, edge_index, radial, envelope, vectors, keep)
+            h, v, m, shift = layer(h, v, edge_index, radial, envelope, vectors, keep)
             if shift is not None:
                 displacement = shift if displacement is None else displacement + shift
                 vectors = vectors0 + displacement[j] - displacement[i]
@@ -338,6 +381,11 @@ class EGNN(nn.Module):
                 -1
             )
         return out
+
+
+def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    """a + b, where None stands for a term that is absent (zero)."""
+    return b if a is None else a if b is None else a + b
 
 
 def _norm3(v: torch.Tensor) -> torch.Tensor:

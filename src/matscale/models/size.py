@@ -29,7 +29,9 @@ def parameter_count(cfg: EGNNConfig) -> int:
     h, r, rh = cfg.width, cfg.n_radial, cfg.readout_hidden
     embedding = (MAX_Z + 1) * h
     edge = 3 * h * h + r * h + 2 * h  # W_centre (+bias), W_neighbour, W_radial, out (+bias)
-    node = 3 * h * h + 2 * h  # Linear(2H→H) + Linear(H→H), with biases
+    c = cfg.vector_channels
+    node = 3 * h * h + 2 * h + c * h  # Linear(2H+C→H) + Linear(H→H), with biases
+    node += 2 * c * h + 2 * c * c  # vector gates Linear(H→2C), U and V: Linear(C→C), no biases
     coord = h * h + 2 * h  # Linear(H→H) + Linear(H→1, no bias)
     layers = cfg.depth * (edge + node + _norm_params(cfg)) + _moving_layers(cfg) * coord
     readout = len(cfg.heads) * (h * rh + rh + rh + 1)
@@ -56,9 +58,11 @@ class Flops:
 
 def forward_flops(cfg: EGNNConfig) -> Flops:
     """Forward matmul FLOPs per atom and per edge of ``EGNN(cfg)``."""
-    h, r, rh = cfg.width, cfg.n_radial, cfg.readout_hidden
-    per_atom = cfg.depth * 2 * (3 * h * h)  # node MLP: (2H→H) + (H→H)
-    per_edge = cfg.depth * 2 * (h * h + r * h)  # second edge linear + radial block
+    h, r, rh, c = cfg.width, cfg.n_radial, cfg.readout_hidden, cfg.vector_channels
+    per_atom = cfg.depth * 2 * (3 * h * h + c * h)  # node MLP: (2H+C→H) + (H→H)
+    per_atom += cfg.depth * 2 * (2 * 3 * c * c)  # U v and V v: [3, C] @ [C, C] each
+    per_edge_vec = cfg.depth * 2 * (h * 2 * c)  # vector gates on every edge
+    per_edge = cfg.depth * 2 * (h * h + r * h) + per_edge_vec  # 2nd edge linear, radial
     if cfg.factored:
         per_atom += cfg.depth * 2 * (2 * h * h)  # W_centre h, W_neighbour h per node
     else:

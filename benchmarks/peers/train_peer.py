@@ -1,0 +1,346 @@
+"""Train one peer model on one source of a store for a fixed wall-clock budget, and measure it.
+
+    .venv/bin/python benchmarks/peers/train_peer.py --model matscale --source emt --minutes 10
+    .venv-mace/bin/python benchmarks/peers/train_peer.py --model mace --source mol --minutes 10
+
+Every model goes through this one loop: the same structures, the same atom-bounded batches
+(shuffled by the same seed), the same budget of training seconds (the clock stops while it
+evaluates), the same float32 arithmetic on the same threads, and the same evaluation code
+(``matscale.train.evaluate``). What differs is each model's own recipe — its learning rate,
+loss and EMA, as its authors train it — stated in ``RECIPES``. The learning rate warms up over
+the first steps and then follows a cosine over the *time* budget, so every model anneals
+fully whatever its speed.
+
+Writes one JSON: parameters, steps, epochs, the validation error at fractions of the budget
+(the curve), final validation and held-out-family errors, inference atoms/s (one structure per
+call, and batched) and the peak memory of the process. ``run.py`` runs the grid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import sys
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from matscale.config import DataConfig, TrainConfig
+from matscale.data.batch import AtomGraph
+from matscale.data.store import Store
+from matscale.models.physics import predict
+from matscale.train.data import loader_for, make_splits, sampler_for
+from matscale.train.evaluate import evaluate
+from matscale.train.step import ema_update, make_optimizer, train_step
+
+#: The points of the budget (fractions) at which the validation error is measured.
+CURVE = (1 / 16, 1 / 8, 1 / 4, 1 / 2, 3 / 4, 1.0)
+CUTOFF = 5.0  # Å, every model
+MAX_ATOMS = 512  # atoms per batch, every model
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How a model is trained: what its authors use (documented per entry)."""
+
+    lr: float
+    loss: str
+    energy_weight: float
+    force_weight: float
+    ema_decay: float | None
+    warmup_steps: int = 50
+
+
+RECIPES: dict[str, Recipe] = {
+    # matscale's defaults (configs/demo.yaml)
+    "matscale": Recipe(lr=2e-3, loss="mae", energy_weight=1.0, force_weight=1.0, ema_decay=0.99),
+    "matscale-direct": Recipe(
+        lr=2e-3, loss="mae", energy_weight=1.0, force_weight=1.0, ema_decay=0.99
+    ),
+    # the paper: AdamW at 1e-3, MAE with weights 1:1, no EMA
+    "paper-egnn": Recipe(lr=1e-3, loss="mae", energy_weight=1.0, force_weight=1.0, ema_decay=None),
+    "paper-egnn-conservative": Recipe(
+        lr=1e-3, loss="mae", energy_weight=1.0, force_weight=1.0, ema_decay=None
+    ),
+    # mace-torch's defaults (`mace_run_train`): lr 0.01, the "weighted" MSE loss with energy
+    # per atom weight 1 and forces weight 100, EMA 0.99 (its recommended --ema)
+    "mace": Recipe(lr=1e-2, loss="mse", energy_weight=1.0, force_weight=100.0, ema_decay=0.99),
+}
+
+
+def build_model(
+    name: str, store: Store, source: str, changes: dict[str, Any] | None = None
+) -> torch.nn.Module:
+    """The peer ``name`` for ``source``, with that source's statistics (reference energies
+    per element, energy and force scales from the force RMS, mean neighbour count).
+    ``changes``: matscale EGNNConfig fields to change (ablations)."""
+    stats = store.stats[source]
+    force_rms = float(stats["force_rms_eV_per_A"])
+    if name.startswith("matscale"):
+        from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
+
+        cfg = EGNNConfig(
+            width=64,  # the demo's model (configs/demo.yaml)
+            depth=3,
+            cutoff=CUTOFF,
+            heads=(source,),
+            avg_neighbours=float(stats["mean_neighbours"]),
+            force_head="direct" if name.endswith("direct") else "conservative",
+        )
+        cfg = replace(cfg, **(changes or {}))
+        model = EGNN(cfg)
+        set_statistics(model, {source: stats})
+        return model
+    if changes:
+        raise ValueError(f"--model-set changes matscale's models only, not {name}")
+    if name.startswith("paper-egnn"):
+        from paper_egnn import PaperEGNN, PaperEGNNConfig
+
+        model = PaperEGNN(
+            PaperEGNNConfig(
+                width=64,
+                depth=3,
+                force_head="conservative" if name.endswith("conservative") else "direct",
+            ),
+            energy_scale=force_rms,
+            force_scale=force_rms,
+        )
+        for z, e in stats["reference_energy_eV"].items():
+            model.reference_energy[int(z)] = float(e)
+        return model
+    if name == "mace":
+        from mace_model import MaceSettings, build_mace
+
+        ref = {int(z): float(e) for z, e in stats["reference_energy_eV"].items()}
+        return build_mace(
+            MaceSettings(),
+            atomic_numbers=sorted(ref),
+            atomic_energies_eV=ref,
+            avg_num_neighbors=float(stats["mean_neighbours"]),
+            r_max=CUTOFF,
+            scale=force_rms,
+        )
+    raise ValueError(f"unknown model {name!r}; known: {sorted(RECIPES)}")
+
+
+class OneHead:
+    """Batches of one source, relabelled as head 0: each peer here has one output head."""
+
+    def __init__(self, loader: Any) -> None:
+        self.loader = loader
+
+    def __iter__(self) -> Any:
+        for g in self.loader:
+            yield replace(g, source=torch.zeros_like(g.source))
+
+
+def parse_changes(items: list[str]) -> dict[str, Any]:
+    """``["width=96", "activation=silu", "ema_decay=None"]`` → typed values (YAML scalars)."""
+    import yaml
+
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            raise SystemExit(f"expected FIELD=VALUE, got {item!r}")
+        out[key] = None if value in ("None", "null") else yaml.safe_load(value)
+    return out
+
+
+def lr_at(step: int, elapsed: float, budget: float, r: Recipe) -> float:
+    """Linear warm-up over ``warmup_steps`` steps, then a cosine over the time budget to 1 %."""
+    if step < r.warmup_steps:
+        return r.lr * (step + 1) / r.warmup_steps
+    progress = min(1.0, elapsed / budget)
+    return r.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process so far (MiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def inference_speed(
+    model: torch.nn.Module, single: list[AtomGraph], batched: list[AtomGraph]
+) -> dict[str, float]:
+    """Atoms/s of energy + forces in eval mode: one structure per call, and whole batches
+    (graphs built beforehand: the model's time only)."""
+    model.eval()
+    out = {}
+    for key, graphs in (("single", single), ("batched", batched)):
+        predict(model, graphs[0], forces=True)  # warm-up
+        t0 = time.perf_counter()
+        atoms = 0
+        for g in graphs:
+            p = predict(model, g, forces=True)
+            p["forces"].sum().item()
+            atoms += len(g.numbers)
+        out[f"inference_atoms_per_s_{key}"] = atoms / (time.perf_counter() - t0)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--model", required=True, choices=sorted(RECIPES))
+    ap.add_argument("--source", required=True, help="a source of the store (emt, mol, …)")
+    ap.add_argument("--store", type=Path, default=Path("data/store-default"))
+    ap.add_argument("--minutes", type=float, default=10.0, help="training budget")
+    ap.add_argument("--holdout", nargs="*", default=[], help="families kept out of training")
+    ap.add_argument("--val-structures", type=int, default=500)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--out", type=Path, required=True, help="JSON written here")
+    ap.add_argument("--max-atoms", type=int, default=MAX_ATOMS, help="atoms per batch")
+    ap.add_argument(
+        "--model-set", nargs="*", default=[], metavar="FIELD=VALUE", help="EGNNConfig changes"
+    )
+    ap.add_argument(
+        "--recipe-set", nargs="*", default=[], metavar="FIELD=VALUE", help="Recipe changes"
+    )
+    args = ap.parse_args()
+    model_changes = parse_changes(args.model_set)
+    recipe = replace(RECIPES[args.model], **parse_changes(args.recipe_set))
+
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(args.seed)
+    store = Store(args.store)
+    if args.source not in store.sources:
+        raise SystemExit(f"{args.store}: no source {args.source!r}; it has {store.sources}")
+    unknown = set(args.holdout) - set(store.families)
+    if unknown:
+        raise SystemExit(f"{args.store}: no families {sorted(unknown)}; it has {store.families}")
+    data = DataConfig(
+        store=str(args.store),
+        holdout_families=tuple(args.holdout),
+        max_atoms=args.max_atoms,
+        val_max_structures=10**9,
+    )
+    splits = make_splits(store, data)
+    mine = store.source_ids == store.sources.index(args.source)
+    rng = np.random.default_rng(args.seed)
+
+    def only_mine(idx: np.ndarray, cap: int | None = None) -> np.ndarray:
+        idx = idx[mine[idx]]
+        if cap is not None and len(idx) > cap:
+            idx = np.sort(rng.choice(idx, cap, replace=False))
+        return idx
+
+    train_idx = only_mine(splits.train)
+    val_idx = only_mine(splits.val, args.val_structures)
+    holdout_idx = only_mine(splits.holdout, args.val_structures)
+
+    def loader(idx: np.ndarray, train: bool) -> tuple[Any, Any]:
+        s = sampler_for(store, idx, data, train=train, seed=args.seed, rank=0, world=1)
+        return s, OneHead(loader_for(store, s, data, CUTOFF, tuple(store.sources)))
+
+    model = build_model(args.model, store, args.source, model_changes)
+    params = sum(p.numel() for p in model.parameters())
+    ema = None
+    if recipe.ema_decay:
+        import copy
+
+        ema = copy.deepcopy(model)
+    t = replace(
+        TrainConfig(),
+        lr=recipe.lr,
+        loss=recipe.loss,  # type: ignore[arg-type]
+        energy_weight=recipe.energy_weight,
+        force_weight=recipe.force_weight,
+    )
+    optimizer = make_optimizer(model, t)
+    _, val_loader = loader(val_idx, train=False)
+    cpu = torch.device("cpu")
+
+    def validate(indices: np.ndarray) -> dict[str, float]:
+        _, batches = loader(indices, train=False)
+        m = evaluate(ema if ema is not None else model, batches, [args.source], cpu)
+        return {k: v for k, v in m.items() if "/" not in k}
+
+    sampler, train_loader = loader(train_idx, train=True)
+    budget = 60 * args.minutes
+    marks = [f * budget for f in CURVE]
+    curve: list[dict[str, Any]] = []
+    rss_before = peak_rss_mib()
+    elapsed, step, epoch, structures = 0.0, 0, 0, 0
+    print(
+        f"{args.model} on {args.source}: {params:,} parameters, {len(train_idx):,} training "
+        f"structures, budget {args.minutes:g} min",
+        flush=True,
+    )
+    model.train()
+    done = False
+    while not done:
+        sampler.set_epoch(epoch, 0)
+        for g in train_loader:
+            t0 = time.perf_counter()
+            lr = lr_at(step, elapsed, budget, recipe)
+            stats = train_step(model, [g], optimizer, t, lr=lr, device=cpu)
+            if ema is not None:
+                ema_update(ema, model, recipe.ema_decay or 0.0)
+            elapsed += time.perf_counter() - t0
+            step += 1
+            structures += g.num_graphs
+            if not math.isfinite(stats["loss"]):
+                raise SystemExit(f"{args.model}: the loss diverged at step {step}")
+            while marks and elapsed >= marks[0]:
+                marks.pop(0)
+                point = {"seconds": elapsed, "step": step, **validate(val_idx)}
+                curve.append(point)
+                print(
+                    f"  {elapsed:6.0f} s  step {step:6d}  val E "
+                    f"{point.get('energy_mae_meV_per_atom', float('nan')):7.2f} meV/atom  "
+                    f"F {point.get('forces_mae_meV_per_A', float('nan')):7.1f} meV/Å",
+                    flush=True,
+                )
+                model.train()
+            if not marks:
+                done = True
+                break
+        else:
+            epoch += 1
+    final = curve[-1]
+    result: dict[str, Any] = {
+        "model": args.model,
+        "source": args.source,
+        "recipe": recipe.__dict__,
+        "model_changes": model_changes,
+        "max_atoms": args.max_atoms,
+        "parameters": params,
+        "budget_seconds": budget,
+        "threads": args.threads,
+        "train_structures": len(train_idx),
+        "val_structures": len(val_idx),
+        "holdout_families": args.holdout,
+        "holdout_structures": len(holdout_idx),
+        "steps": step,
+        "epochs": structures / max(len(train_idx), 1),
+        "curve": curve,
+        "val": {k: v for k, v in final.items() if k not in ("seconds", "step")},
+        "peak_rss_mib": peak_rss_mib(),
+        "peak_rss_rise_mib": peak_rss_mib() - rss_before,
+    }
+    if len(holdout_idx):
+        result["holdout"] = validate(holdout_idx)
+    scored = ema if ema is not None else model
+    graphs = [g for g, _ in zip(val_loader, range(8), strict=False)]
+    singles = []
+    for k in val_idx[:64]:
+        from matscale.data.batch import collate, graph_sample
+
+        singles.append(collate([graph_sample(store[int(k)], CUTOFF, source=0)]))
+    result.update(inference_speed(scored, singles, graphs))
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(result, indent=1))
+    print(json.dumps({k: v for k, v in result.items() if k != "curve"}), flush=True)
+
+
+if __name__ == "__main__":
+    main()

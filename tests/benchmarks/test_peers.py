@@ -1,0 +1,64 @@
+"""The peer benchmark's own parts: the paper's EGNN as written there is a correct energy model
+(invariant energy; conservative forces are −∂E/∂x), and one peer run goes end to end."""
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+
+from matscale.models.physics import predict
+from tests.physics.structures import graph, molecular, periodic, random_rotation
+
+PEERS = Path(__file__).resolve().parents[2] / "benchmarks" / "peers"
+sys.path.insert(0, str(PEERS))
+from paper_egnn import PaperEGNN, PaperEGNNConfig  # noqa: E402
+
+
+def _model(force_head: str) -> PaperEGNN:
+    torch.manual_seed(0)
+    cfg = PaperEGNNConfig(width=16, depth=3, force_head=force_head)  # type: ignore[arg-type]
+    return PaperEGNN(cfg, energy_scale=1.0, force_scale=1.0).double()
+
+
+@pytest.mark.parametrize("force_head", ["direct", "conservative"])
+def test_paper_egnn_energy_is_invariant(force_head: str) -> None:
+    model = _model(force_head)
+    g = graph(molecular())
+    rot = torch.from_numpy(random_rotation(1))
+    turned = replace(g, positions=g.positions @ rot.T + 1.5)
+    e0, e1 = model(g)["energy"], model(turned)["energy"]
+    torch.testing.assert_close(e0, e1, rtol=1e-10, atol=1e-10)
+
+
+def test_paper_egnn_conservative_forces_are_minus_the_gradient() -> None:
+    model = _model("conservative")
+    g = graph(periodic(), molecular())
+    forces = predict(model, g)["forces"]
+    h = 1e-5
+    for atom, axis in [(0, 0), (3, 2), (10, 1)]:
+        energies = []
+        for sign in (1, -1):
+            pos = g.positions.clone()
+            pos[atom, axis] += sign * h
+            energies.append(model(replace(g, positions=pos))["energy"].sum())
+        fd = -(energies[0] - energies[1]) / (2 * h)
+        torch.testing.assert_close(forces[atom, axis], fd.to(forces.dtype), rtol=1e-5, atol=1e-7)
+
+
+def test_one_peer_run_end_to_end(tiny_store: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run.json"
+    cmd = [
+        sys.executable, str(PEERS / "train_peer.py"), "--model", "paper-egnn", "--source", "emt",
+        "--store", str(tiny_store), "--minutes", "0.05", "--out", str(out), "--threads", "1",
+        "--holdout", "strained",
+    ]  # fmt: skip
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["steps"] > 0 and len(r["curve"]) == 6
+    assert r["val"]["forces_mae_meV_per_A"] > 0 and r["inference_atoms_per_s_batched"] > 0
+    assert r["holdout_structures"] > 0 and r["holdout"]["forces_mae_meV_per_A"] > 0
