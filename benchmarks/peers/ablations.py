@@ -25,6 +25,7 @@ HERE = Path(__file__).resolve().parent
 #: name → (model, EGNNConfig changes, Recipe changes, extra arguments). One change each.
 VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "default": ("matscale", [], [], []),
+    "default, seed 1 (noise)": ("matscale", [], [], ["--seed", "1"]),
     "direct forces": ("matscale-direct", [], [], []),
     "16 vector channels": ("matscale", ["vector_channels=16"], [], []),
     "32 vector channels": ("matscale", ["vector_channels=32"], [], []),
@@ -32,6 +33,12 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "no residual (the paper's)": ("matscale", ["residual=false"], [], []),
     "layer norm": ("matscale", ["norm=layer"], [], []),
     "no coordinate channel": ("matscale", ["coord_update=false"], [], []),
+    "no residual, no coordinate channel": (
+        "matscale",
+        ["residual=false", "coord_update=false"],
+        [],
+        [],
+    ),
     "plain first edge linear": ("matscale", ["factored=false"], [], []),
     "16 radial functions": ("matscale", ["n_radial=16"], [], []),
     "width 128": ("matscale", ["width=128"], [], []),
@@ -41,6 +48,7 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "Huber loss": ("matscale", [], ["loss=huber"], []),
     "no EMA": ("matscale", [], ["ema_decay=null"], []),
     "batches of 256 atoms": ("matscale", [], [], ["--max-atoms", "256"]),
+    "batches of 128 atoms": ("matscale", [], [], ["--max-atoms", "128"]),
 }
 
 

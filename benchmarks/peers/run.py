@@ -69,6 +69,7 @@ def plot(results: list[dict[str, Any]], source: str, path: Path) -> None:
     for ax, what in zip(axes, ("force MAE (meV/Å)", "energy MAE (meV/atom)"), strict=True):
         ax.set_xscale("log")
         ax.set_yscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_xlabel("training seconds (2 CPU threads)")
         ax.set_ylabel(f"validation {what}")
         ax.grid(True, which="both", alpha=0.3)
