@@ -198,12 +198,9 @@ def check_unknown_element(model: MaceGraphModel, atoms: Atoms) -> str:
     raise AssertionError("an unknown element was accepted")
 
 
-def check_training_step(settings: MaceSettings, structures: list[Atoms]) -> dict[str, float]:
-    """float32, as the benchmark trains: a loss on forces (training=True, create_graph)
-    backpropagates to every parameter; then one step of matscale's own ``train_step`` with a
-    deep-copied EMA and ``evaluate`` (which drive the model through ``predict`` and
-    ``model.config``). Returns evaluate's metrics."""
-    model = build_mace(
+def metals_and_hc(settings: MaceSettings) -> MaceGraphModel:
+    """The checks' model: the four metals plus H and C, unit scale."""
+    return build_mace(
         settings,
         atomic_numbers=[1, 6, *METALS],
         atomic_energies_eV=E0,
@@ -211,6 +208,14 @@ def check_training_step(settings: MaceSettings, structures: list[Atoms]) -> dict
         r_max=R_MAX,
         scale=1.0,
     )
+
+
+def check_training_step(settings: MaceSettings, structures: list[Atoms]) -> dict[str, float]:
+    """float32, as the benchmark trains: a loss on forces (training=True, create_graph)
+    backpropagates to every parameter; then one step of matscale's own ``train_step`` with a
+    deep-copied EMA and ``evaluate`` (which drive the model through ``predict`` and
+    ``model.config``). Returns evaluate's metrics."""
+    model = metals_and_hc(settings)
     graph = graph_of(*structures)
     graph = replace(graph, positions=graph.positions.float(), cell=graph.cell.float())
     out = model(graph, training=True)
@@ -271,14 +276,7 @@ def main() -> None:
     unknown = check_unknown_element(metals_only, methane(rng))
 
     # (a)-(c) in float64, on a model that knows the metals and H, C
-    model = build_mace(
-        settings,
-        atomic_numbers=[1, 6, *METALS],
-        atomic_energies_eV=E0,
-        avg_num_neighbors=20.0,
-        r_max=R_MAX,
-        scale=1.0,
-    ).double()
+    model = metals_and_hc(settings).double()
     assert next(model.parameters()).dtype == torch.float64
     cell, ch4 = alloy(rng), methane(rng)
     err_cell = check_forces(model, graph_of(cell), rng)

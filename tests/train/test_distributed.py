@@ -1,6 +1,5 @@
 """Two CPU processes (gloo) give the same training as one process on the same global batch."""
 
-import json
 import os
 import shutil
 import socket
@@ -18,6 +17,7 @@ from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.parallel.distributed import finish, init_distributed, wrap_ddp
 from matscale.train.step import make_optimizer, train_step
 from tests.conftest import emt_structures, molecules
+from tests.train.test_loop import _train_losses
 
 STEPS = 3
 
@@ -168,11 +168,6 @@ def test_deepspeed_run_resumes_from_its_own_checkpoint(tiny_store: Path, tmp_pat
     ]
 
 
-def _losses(run_dir: Path) -> list[float]:
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [r["loss"] for r in rows if r["kind"] == "train"]
-
-
 def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
     tiny_store: Path, tmp_path: Path
 ) -> None:
@@ -190,7 +185,7 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
     assert "resuming at step 8" in torchrun_train(
         tiny_store, tmp_path, "parts", *args, "train.steps=12"
     )
-    assert _losses(tmp_path / "parts") == _losses(tmp_path / "whole")  # bit-identical
+    assert _train_losses(tmp_path / "parts") == _train_losses(tmp_path / "whole")  # bit-identical
     assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == [
         "step-00000008.dcp", "step-00000008.pt", "step-00000012.dcp", "step-00000012.pt",
     ]  # fmt: skip
