@@ -4,7 +4,7 @@
 
 Each variant changes one thing of the default (``train_peer.py``'s ``matscale`` model and
 recipe) and trains through the same loop, split and budget as ``run.py``'s peers. A result file
-that exists is reused (delete it to redo). Writes ``benchmarks/results/peers_ablations.json``
+that exists is reused (delete it to redo). Writes ``benchmarks/results/peers_ablations_<M>min.json``
 and prints a table of validation errors and steps done, with ratios to the default.
 """
 
@@ -22,32 +22,38 @@ from common import write_json
 
 HERE = Path(__file__).resolve().parent
 
-#: name → (model, EGNNConfig changes, Recipe changes, extra arguments). One change each.
+#: name → (model, EGNNConfig changes, Recipe changes, extra arguments). One change each from
+#: the default (no residual, no coordinate channel, batches of 256 atoms); the earlier default
+#: (residual updates, coordinate channel, 512 atoms) is a variant too.
 VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "default": ("matscale", [], [], []),
     "default, seed 1 (noise)": ("matscale", [], [], ["--seed", "1"]),
     "direct forces": ("matscale-direct", [], [], []),
-    "16 vector channels": ("matscale", ["vector_channels=16"], [], []),
-    "32 vector channels": ("matscale", ["vector_channels=32"], [], []),
-    "ReLU (the paper's)": ("matscale", ["activation=relu"], [], []),
-    "no residual (the paper's)": ("matscale", ["residual=false"], [], []),
-    "layer norm": ("matscale", ["norm=layer"], [], []),
-    "no coordinate channel": ("matscale", ["coord_update=false"], [], []),
-    "no residual, no coordinate channel": (
+    "residual updates": ("matscale", ["residual=true"], [], []),
+    "coordinate channel": ("matscale", ["coord_update=true"], [], []),
+    "earlier default (residual, coordinates, 512 atoms)": (
         "matscale",
-        ["residual=false", "coord_update=false"],
+        ["residual=true", "coord_update=true"],
         [],
-        [],
+        ["--max-atoms", "512"],
     ),
+    "16 vector channels": ("matscale", ["vector_channels=16"], [], []),
+    "ReLU (the paper's)": ("matscale", ["activation=relu"], [], []),
+    "layer norm": ("matscale", ["norm=layer"], [], []),
     "plain first edge linear": ("matscale", ["factored=false"], [], []),
     "16 radial functions": ("matscale", ["n_radial=16"], [], []),
+    "envelope p = 3": ("matscale", ["envelope_p=3"], [], []),
     "width 128": ("matscale", ["width=128"], [], []),
     "depth 4, width 56": ("matscale", ["depth=4", "width=56"], [], []),
+    "depth 2, width 78": ("matscale", ["depth=2", "width=78"], [], []),
     "lr 5e-3": ("matscale", [], ["lr=5e-3"], []),
+    "lr 1e-3": ("matscale", [], ["lr=1e-3"], []),
+    "constant lr after warm-up": ("matscale", [], ["min_lr_ratio=1.0"], []),
+    "forces weighted 4:1": ("matscale", [], ["force_weight=4"], []),
     "MSE loss, forces x10": ("matscale", [], ["loss=mse", "force_weight=10"], []),
     "Huber loss": ("matscale", [], ["loss=huber"], []),
     "no EMA": ("matscale", [], ["ema_decay=null"], []),
-    "batches of 256 atoms": ("matscale", [], [], ["--max-atoms", "256"]),
+    "batches of 512 atoms": ("matscale", [], [], ["--max-atoms", "512"]),
     "batches of 128 atoms": ("matscale", [], [], ["--max-atoms", "128"]),
 }
 
@@ -98,7 +104,7 @@ def main() -> None:
     text = "\n".join(lines)
     print(text)
     write_json(
-        "peers_ablations",
+        f"peers_ablations_{args.minutes:g}min",
         {
             "command": " ".join(["benchmarks/peers/ablations.py", *sys.argv[1:]]),
             "minutes": args.minutes,

@@ -10,12 +10,14 @@ from pathlib import Path
 
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import DataError
+from matscale.scaling.commands import add_verbs as add_scaling_verbs
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``matscale`` console script; returns the exit code."""
     parser = _parser()
     args = parser.parse_args(argv)
+    args.command_line = " ".join(["matscale", *(sys.argv[1:] if argv is None else argv)])
     if not hasattr(args, "run"):
         parser.print_help()
         return 1
@@ -142,6 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("store", type=Path)
     i.add_argument("--verify", action="store_true", help="check every shard's checksum")
     i.set_defaults(run=_info)
+    add_scaling_verbs(verbs)
     return p
 
 
@@ -344,16 +347,16 @@ def _demo(args: argparse.Namespace) -> int:
 #: The demo's training run (configs/demo.yaml holds the same settings for `matscale train`).
 DEMO_RUN = [
     "name=demo",
-    "data.max_atoms=512",
+    "data.max_atoms=256",
     "data.val_max_structures=1000",
     "model.width=64",
     "model.depth=3",
-    "train.steps=1000",
+    "train.steps=3000",
     "train.max_minutes=4.0",
     "train.lr=0.002",
     "train.warmup_steps=50",
-    "train.eval_every=250",
-    "train.checkpoint_every=250",
+    "train.eval_every=500",
+    "train.checkpoint_every=500",
 ]
 #: The small demo's: seconds, not minutes.
 SMALL_RUN = [

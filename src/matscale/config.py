@@ -91,7 +91,8 @@ class TrainConfig:
     eval_every: int = 200
     """Steps between validation evaluations (and at the end)."""
     log_every: int = 20
-    """Steps between training-metric log lines."""
+    """Steps between TensorBoard points of the training metrics (``metrics.jsonl`` has a row
+    for every step: the exact record of what was seen)."""
     checkpoint_every: int = 500
     """Steps between checkpoints (and at the end)."""
     keep_checkpoints: int = 3
@@ -157,7 +158,7 @@ def to_dict(cfg: Any) -> dict[str, Any]:
         if dataclasses.is_dataclass(value):
             out[f.name] = to_dict(value)
         elif isinstance(value, tuple):
-            out[f.name] = list(value)
+            out[f.name] = [to_dict(v) if dataclasses.is_dataclass(v) else v for v in value]
         else:
             out[f.name] = value
     return out
@@ -237,6 +238,12 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # ty
             data = yaml.safe_load(Path(path).read_text()) or {}
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    set_dotted(data, overrides)
+    return from_dict(RunConfig, data)
+
+
+def set_dotted(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:
+    """Apply ``key.sub=value`` overrides (values parsed as YAML) to nested dicts in place."""
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
@@ -248,6 +255,12 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # ty
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
         node[parts[-1]] = yaml.safe_load(raw)
+
+
+def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:
+    """A copy of ``cfg`` with dotted overrides applied and checked."""
+    data = to_dict(cfg)
+    set_dotted(data, overrides)
     return from_dict(RunConfig, data)
 
 

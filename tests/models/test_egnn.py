@@ -1,4 +1,5 @@
 import copy
+import itertools
 
 import pytest
 import torch
@@ -99,10 +100,10 @@ def test_activations_stay_order_one_across_widths() -> None:
     initialisation); see benchmarks/init_scale.py for widths up to 4096."""
     g = _float(graph(periodic(), molecular()))
     g.source.zero_()  # one head
-    for width in (32, 512):
+    for width, residual in itertools.product((32, 512), (False, True)):
         torch.manual_seed(0)
-        feats, _ = _rms(EGNN(EGNNConfig(width=width, depth=4)), g)
-        assert all(0.3 < f < 5.0 for f in feats), (width, feats)
+        feats, _ = _rms(EGNN(EGNNConfig(width=width, depth=4, residual=residual)), g)
+        assert all(0.5 < f < 2.0 for f in feats), (width, residual, feats)
 
 
 @pytest.mark.parametrize(

@@ -23,9 +23,19 @@ MODELS: dict[str, Callable[[], torch.nn.Module]] = {
             depth=2,
             cutoff=4.0,
             heads=("a", "b"),
-            coord_update=False,
             factored=False,
             norm="layer",
+        )
+    ),
+    # the coordinate channel and residual updates (off by default)
+    "egnn-coordinates-residual": lambda: EGNN(
+        EGNNConfig(
+            width=16, depth=3, cutoff=4.0, heads=("a", "b"), coord_update=True, residual=True
+        )
+    ),
+    "egnn-direct-coordinates": lambda: EGNN(
+        EGNNConfig(
+            width=16, depth=3, cutoff=4.0, heads=("a", "b"), force_head="direct", coord_update=True
         )
     ),
 }

@@ -59,11 +59,13 @@ class EGNNConfig:
     """Activation of every MLP; ReLU (the paper's) makes −∇E piecewise constant."""
     norm: Literal["none", "layer", "rms"] = "none"
     """Normalisation of node features before each layer (the paper had none)."""
-    residual: bool = True
-    """Residual node updates h ← h + φ_h(...) (the paper replaced h)."""
-    coord_update: bool = True
+    residual: bool = False
+    """Residual node updates h ← h + φ_h(...); off by default, as in the paper (h replaced):
+    at depth 3 residuals trained slower per CPU-minute (docs/peers.md, ablations)."""
+    coord_update: bool = False
     """EGNN's coordinate channel: layers move a copy of the positions equivariantly, which
-    gives later layers angular (many-body) information."""
+    gives later layers angular (many-body) information. Off by default: at equal training
+    time it cost more steps than it gained in accuracy (docs/peers.md, ablations)."""
     factored: bool = True
     """Compute the first edge linear as per-node products gathered onto edges."""
     vector_channels: int = 0
@@ -99,14 +101,25 @@ class EGNNConfig:
         return self.readout_width or max(1, self.width // 2)
 
 
+#: E[f(z)²] for z ~ N(0, 1): the share of a unit input's second moment that the activation
+#: passes on (numerical quadrature); a following linear with gain 1/√(this) restores it.
+SECOND_MOMENT = {"silu": 0.3563, "relu": 0.5, "gelu": 0.4258}
+
+
 def _linear(
-    in_features: int, out_features: int, bias: bool = True, *, fan_in: int | None = None
+    in_features: int,
+    out_features: int,
+    bias: bool = True,
+    *,
+    fan_in: int | None = None,
+    gain: float = 1.0,
 ) -> nn.Linear:
-    """A Linear with weights N(0, 1/fan_in): unit-variance outputs for unit-variance inputs at
-    any width (PyTorch's default gives a third of that, which compounds with depth). ``fan_in``
-    defaults to ``in_features``; a block of a larger, split linear passes the whole fan-in."""
+    """A Linear with weights N(0, gain²/fan_in): unit-variance outputs for unit-variance
+    inputs at any width (PyTorch's default gives a third of that, which compounds with depth).
+    ``fan_in`` defaults to ``in_features``; a block of a larger, split linear passes the whole
+    fan-in."""
     layer = nn.Linear(in_features, out_features, bias=bias)
-    nn.init.normal_(layer.weight, std=(fan_in or in_features) ** -0.5)
+    nn.init.normal_(layer.weight, std=gain * (fan_in or in_features) ** -0.5)
     if bias:
         nn.init.zeros_(layer.bias)
     return layer
@@ -158,8 +171,16 @@ class InteractionLayer(nn.Module):
         h, c = cfg.width, cfg.vector_channels
         self.norm = _norm(cfg.norm, h)
         self.edge = EdgeMLP(cfg)
+        if cfg.residual:  # a small update on top of h
+            node_in, node_gain = _linear(2 * h + c, h), 1.0
+        else:
+            # the update replaces h: give it unit variance at initialisation, or features
+            # shrink ~3x per layer (the aggregate starts near zero, so the fan-in counts h;
+            # the activation keeps SECOND_MOMENT of the variance, the gain restores it)
+            node_in = _linear(2 * h + c, h, fan_in=h)
+            node_gain = SECOND_MOMENT[cfg.activation] ** -0.5
         self.node = nn.Sequential(
-            _linear(2 * h + c, h), ACTIVATIONS[cfg.activation](), _linear(h, h)
+            node_in, ACTIVATIONS[cfg.activation](), _linear(h, h, gain=node_gain)
         )
         self.residual = cfg.residual
         self.inv_k = 1.0 / cfg.avg_neighbours
@@ -243,7 +264,9 @@ class InteractionLayer(nn.Module):
         messages m [E, H] themselves."""
         i, j = edge_index
         m = self.edge(x, edge_index, radial) * envelope.unsqueeze(-1)  # [E, H]
-        agg = torch.zeros_like(x).index_add_(0, i, m) * self.inv_k  # [N, H]
+        # in m's dtype: under bf16 autocast x may be bf16 while m (× the float32 envelope)
+        # is float32, and the sum over neighbours is better accumulated in float32 anyway
+        agg = m.new_zeros(x.shape[0], m.shape[1]).index_add_(0, i, m) * self.inv_k  # [N, H]
         shift = None
         if self.coord is not None:
             weight = torch.tanh(self.coord(m)) * envelope.unsqueeze(-1)  # [E, 1]

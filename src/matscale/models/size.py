@@ -74,12 +74,27 @@ def forward_flops(cfg: EGNNConfig) -> Flops:
     return Flops(per_atom=per_atom, per_edge=per_edge)
 
 
-def width_for(params: float, *, depth: int = 3, **config: object) -> int:
+#: Matmul FLOPs of a training step in units of the forward pass's. Direct forces: forward (1)
+#: and backward (2: gradients of activations and of weights). Conservative forces add the
+#: force pass, −dE/dx (1: gradients of activations only), and that pass's own backward (2).
+TRAINING_MULTIPLIER = {"direct": 3, "conservative": 6}
+
+
+def training_flops(cfg: EGNNConfig, atoms: int, edges: int) -> int:
+    """Matmul FLOPs of training steps that together processed ``atoms`` atoms and ``edges``
+    edges (the C of compute-optimal scaling)."""
+    return TRAINING_MULTIPLIER[cfg.force_head] * forward_flops(cfg).total(atoms, edges)
+
+
+def width_for(
+    params: float, *, depth: int = 3, non_embedding: bool = False, **config: object
+) -> int:
     """The width whose ``EGNNConfig(width=..., depth=depth, **config)`` has the parameter count
-    closest to ``params``."""
+    (with ``non_embedding``: the count outside the element embedding) closest to ``params``."""
+    counter = non_embedding_parameters if non_embedding else parameter_count
 
     def count(width: int) -> int:
-        return parameter_count(EGNNConfig(width=width, depth=depth, **config))  # type: ignore[arg-type]
+        return counter(EGNNConfig(width=width, depth=depth, **config))  # type: ignore[arg-type]
 
     # the count is close to a·H² + b·H: solve with three samples, then search nearby integers
     c1, c2, c3 = count(8), count(16), count(32)
@@ -105,7 +120,7 @@ def preset(name: str, **config: object) -> EGNNConfig:
     if name not in PRESET_PARAMS:
         raise ValueError(f"unknown size {name!r}; known: {list(PRESET_PARAMS)}")
     depth = int(config.pop("depth", 3))  # type: ignore[call-overload]
-    width = width_for(PRESET_PARAMS[name], depth=depth, **config)
+    width = width_for(PRESET_PARAMS[name], depth=depth, **config)  # type: ignore[arg-type]
     return EGNNConfig(width=width, depth=depth, **config)  # type: ignore[arg-type]
 
 

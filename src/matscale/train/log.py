@@ -14,8 +14,18 @@ class RunLog:
     """Writes ``metrics.jsonl`` and TensorBoard events under ``run_dir`` (rank 0 only) and
     shows a progress bar with ETA, atoms/s, structures/s and memory."""
 
-    def __init__(self, run_dir: Path, *, enabled: bool, progress: bool, total: int, start: int):
+    def __init__(
+        self,
+        run_dir: Path,
+        *,
+        enabled: bool,
+        progress: bool,
+        total: int,
+        start: int,
+        every: int = 1,
+    ):
         self.enabled = enabled
+        self.every = max(1, every)
         self.t0 = time.perf_counter()
         self.atoms = 0
         self.structures = 0
@@ -137,7 +147,7 @@ class RunLog:
         if self.jsonl is not None:
             self.jsonl.write(json.dumps(record) + "\n")
             self.jsonl.flush()
-        if self.tb is not None:
+        if self.tb is not None and (record["kind"] != "train" or record["step"] % self.every == 0):
             for k, v in record.items():
                 if isinstance(v, int | float) and k not in ("step",):
                     self.tb.add_scalar(f"{record['kind']}/{k}", v, record["step"])

@@ -289,7 +289,14 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
     run = build_run(cfg, d)
     resumed = resume(run)
     t, run_dir = cfg.train, cfg.run_dir
-    log = RunLog(run_dir, enabled=d.main, progress=progress, total=t.steps, start=run.step)
+    log = RunLog(
+        run_dir,
+        enabled=d.main,
+        progress=progress,
+        total=t.steps,
+        start=run.step,
+        every=t.log_every,
+    )
     if d.main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump(cfg))

@@ -69,6 +69,7 @@ def train_step(
         "loss": 0.0,
         "atoms": local_atoms,
         "structures": sum(g.num_graphs for g in micro_batches),
+        "edges": sum(int(g.edge_index.shape[1]) for g in micro_batches),
     }
     hooks = hooks or StepHooks()
     for g in micro_batches:

@@ -1,0 +1,116 @@
+"""The results table of a sweep: one JSON row per finished run in ``results.jsonl``.
+
+A row holds what the fits and plots need (parameters, data size, what was seen, training
+FLOPs, errors) and what makes it reproducible (the resolved config and its hash). Rows are
+appended under a file lock, so SLURM array tasks finishing together cannot interleave.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from pathlib import Path
+from typing import Any
+
+from matscale.config import to_dict
+from matscale.errors import DataError
+from matscale.models.size import training_flops
+from matscale.scaling.sweep import PlannedRun
+
+RESULTS = "results.jsonl"
+
+#: The error columns a fit can use: ``final``/``best`` metric keys of a row.
+ENERGY = "energy_mae_meV_per_atom"
+FORCES = "forces_mae_meV_per_A"
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    """Rows of a results file (``[]`` if it does not exist). A line that is not JSON (a row
+    cut by a crash mid-write) is an error naming the file and line, not skipped silently."""
+    if not path.exists():
+        return []
+    rows = []
+    for k, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise DataError(f"{path}: line {k} is not a JSON row ({exc.msg})") from None
+    return rows
+
+
+def append_row(path: Path, row: dict[str, Any]) -> None:
+    """Append ``row`` to the results file under an exclusive lock."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def run_row(
+    planned: PlannedRun, final: dict[str, float], sweep: str, *, processes: int = 1
+) -> dict[str, Any]:
+    """The results row of a finished run, from its final metrics and its ``metrics.jsonl``
+    (what was seen, validation history, training seconds)."""
+    log = read_rows(planned.config.run_dir / "metrics.jsonl")
+    train = [r for r in log if r.get("kind") == "train"]
+    val = [r for r in log if r.get("kind") == "val"]
+    # counts are logged per process: every process sees a batch of about the same size
+    seen = {
+        k: processes * sum(int(r.get(k, 0)) for r in train)
+        for k in ("structures", "atoms", "edges")
+    }
+    best: dict[str, float] = {}
+    for r in val:
+        for k, v in r.items():
+            if k.endswith(("_meV_per_atom", "_meV_per_A", "_meV_per_A3")):
+                best[k] = min(best.get(k, float("inf")), float(v))
+    return {
+        "sweep": sweep,
+        "run": planned.config.name,
+        "config_hash": planned.config_hash,
+        "index": planned.index,
+        "width": planned.model.width,
+        "depth": planned.model.depth,
+        "parameters": planned.parameters,
+        "non_embedding_parameters": planned.non_embedding_parameters,
+        "fraction": planned.fraction,
+        "seed": planned.seed,
+        "train_structures": planned.train_structures,
+        "train_atoms": planned.train_atoms,
+        "steps": planned.config.train.steps,
+        "structures_seen": seen["structures"],
+        "atoms_seen": seen["atoms"],
+        "edges_seen": seen["edges"],
+        "training_flops": training_flops(planned.model, seen["atoms"], seen["edges"]),
+        "train_seconds": _train_seconds(train),
+        "final": final,
+        "best": best,
+        "config": to_dict(planned.config),
+    }
+
+
+def _train_seconds(train: list[dict[str, Any]]) -> float:
+    """Seconds of training logged, summed over segments (a resumed run's clock restarts; the
+    work lost between its last checkpoint and the crash is not counted)."""
+    total, last = 0.0, 0.0
+    for r in train:
+        s = float(r.get("seconds", 0.0))
+        if s < last:
+            total += last
+        last = s
+    return total + last
+
+
+def metric(row: dict[str, Any], key: str, *, which: str = "final") -> float:
+    """An error of a row: ``key`` like ``forces_mae_meV_per_A`` or
+    ``emt-metals/forces_mae_meV_per_A`` (a source's), ``test/...`` for the test split."""
+    table = row[which]
+    if key not in table:
+        raise KeyError(f"run {row['run']}: no {which} metric {key!r}; has {sorted(table)}")
+    return float(table[key])

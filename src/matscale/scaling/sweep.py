@@ -1,0 +1,261 @@
+"""A sweep over model size × data size, expanded into one :class:`RunConfig` per run.
+
+A sweep is a YAML file of :class:`SweepConfig`: a ``base`` run config (the keys of
+``matscale train``), the model sizes (parameter targets or explicit width/depth), the nested
+data fractions, the seeds and one training budget (epochs or steps) shared by every run::
+
+    name: cpu
+    base: {data: {store: data/store-default}, model: {depth: 3}}
+    sizes: [{params: 1.5e3}, {params: 1e4}, {width: 64, depth: 3}]
+    fractions: [0.02, 0.05, 0.1, 0.2]
+    epochs: 10
+
+:func:`plan` resolves each run against the store: the width of a parameter target, the steps
+of an epoch budget, the evaluation schedule, and a hash of the resolved config that names the
+run in the results table (``matscale sweep run`` skips runs whose hash is already there).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import math
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from matscale.config import ConfigError, RunConfig, from_dict, set_dotted, to_dict, with_overrides
+from matscale.data.store import Store
+from matscale.models.egnn import EGNNConfig
+from matscale.models.size import non_embedding_parameters, parameter_count, width_for
+from matscale.train.data import make_splits, sampler_for
+from matscale.train.loop import model_config_for
+
+
+@dataclass(kw_only=True)
+class ModelSize:
+    """One model size of a sweep: a parameter target, or an explicit width (and depth)."""
+
+    params: float | None = None
+    """Target of non-embedding parameters (the N of the fits); the width is solved for at
+    ``depth``. Exclusive with ``width``."""
+    width: int | None = None
+    """Explicit width (hidden features)."""
+    depth: int | None = None
+    """Interaction layers (None: the base config's)."""
+    set: tuple[str, ...] = ()
+    """Dotted run-config overrides for this size only, e.g.
+    ``[parallel.activation_checkpointing=true, data.max_atoms=2048]``."""
+
+
+@dataclass(kw_only=True)
+class SlurmConfig:
+    """What ``matscale sweep slurm`` writes into the array job's ``#SBATCH`` lines."""
+
+    nodes: int = 1
+    """Nodes per run."""
+    gpus_per_node: int = 1
+    """Processes (one per GPU) per node; torchrun's ``--nproc-per-node``."""
+    time: str = "04:00:00"
+    """Wall-clock limit per run (a crashed or timed-out run resumes from its checkpoint when
+    its array task is resubmitted)."""
+    partition: str | None = None
+    account: str | None = None
+    concurrent: int | None = None
+    """Most array tasks running at once (``%N``); None: no bound."""
+    setup: str = "source .venv/bin/activate"
+    """Shell lines run before each task (modules, environment)."""
+
+
+@dataclass(kw_only=True)
+class SweepConfig:
+    """Model sizes × data fractions × seeds, each trained with one budget from ``base``."""
+
+    name: str = "sweep"
+    """Sweep name: runs and results go to ``out_dir/name``."""
+    out_dir: str = "data/sweeps"
+    base: RunConfig = field(default_factory=RunConfig)
+    """The run every sweep point starts from (``name`` and ``out_dir`` are set per run)."""
+    sizes: tuple[ModelSize, ...] = ()
+    fractions: tuple[float, ...] = (1.0,)
+    """Shares of the training split; smaller ones are nested in larger ones."""
+    seeds: tuple[int, ...] = (0,)
+    """Seeds of initialisation and sampling (the split stays fixed)."""
+    epochs: float | None = None
+    """Budget per run in passes over its training data (the paper: 10). Exclusive with
+    ``steps``."""
+    steps: int | None = None
+    """Budget per run in optimizer steps, whatever its data size."""
+    processes: int = 1
+    """Processes each run trains on; an epoch budget's steps are counted per process."""
+    evaluations: int = 5
+    """Validation evaluations (and checkpoints) per run, evenly spaced."""
+    slurm: SlurmConfig = field(default_factory=SlurmConfig)
+
+    @property
+    def sweep_dir(self) -> Path:
+        """``out_dir / name``: runs/, results.jsonl, figures."""
+        return Path(self.out_dir) / self.name
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    """One point of a sweep, resolved against the store."""
+
+    index: int
+    config: RunConfig
+    model: EGNNConfig
+    """The model as trained (heads and neighbour count from the store)."""
+    fraction: float
+    seed: int
+    train_structures: int
+    train_atoms: int
+    """Atoms in the run's training data: the data size D of the fits."""
+    config_hash: str
+
+    @property
+    def parameters(self) -> int:
+        return parameter_count(self.model)
+
+    @property
+    def non_embedding_parameters(self) -> int:
+        return non_embedding_parameters(self.model)
+
+
+def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:  # type: ignore[assignment]
+    """Read a sweep YAML file, apply dotted ``key=value`` overrides, and check it."""
+    try:
+        data = yaml.safe_load(Path(path).read_text()) or {}
+    except (OSError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: cannot read ({exc})") from exc
+    set_dotted(data, overrides)
+    sweep = from_dict(SweepConfig, data, where=f"{path}: ")
+    check_sweep(sweep, where=str(path))
+    return sweep
+
+
+def check_sweep(sweep: SweepConfig, where: str = "sweep") -> None:
+    """Raise :class:`ConfigError` naming the field of a sweep that cannot be planned."""
+    if (sweep.epochs is None) == (sweep.steps is None):
+        raise ConfigError(f"{where}: set exactly one budget, epochs or steps")
+    if (sweep.epochs is not None and sweep.epochs <= 0) or (
+        sweep.steps is not None and sweep.steps < 1
+    ):
+        raise ConfigError(f"{where}: the budget must be positive")
+    if not sweep.sizes:
+        raise ConfigError(f"{where}: sizes is empty")
+    for k, s in enumerate(sweep.sizes):
+        if (s.params is None) == (s.width is None):
+            raise ConfigError(f"{where}: sizes[{k}]: set exactly one of params and width")
+        try:
+            with_overrides(sweep.base, s.set)
+        except ConfigError as exc:
+            raise ConfigError(f"{where}: sizes[{k}].set: {exc}") from None
+    for f in sweep.fractions:
+        if not 0 < f <= 1:
+            raise ConfigError(f"{where}: fractions: {f} must lie in (0, 1]")
+    if sweep.evaluations < 1:
+        raise ConfigError(f"{where}: evaluations must be at least 1")
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """A short hash of everything that defines a run's result (not its name or directory)."""
+    data = to_dict(cfg)
+    data.pop("name"), data.pop("out_dir")
+    return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
+    """Every run of ``sweep`` in a fixed order (size, then fraction, then seed)."""
+    check_sweep(sweep)
+    store = store or Store(sweep.base.data.store)
+    runs = []
+    points = itertools.product(sweep.sizes, sorted(sweep.fractions), sweep.seeds)
+    for index, (size, fraction, seed) in enumerate(points):
+        base = with_overrides(sweep.base, size.set) if size.set else sweep.base
+        model = _sized(base, size, store)
+        data = replace(base.data, fraction=fraction)
+        cfg = replace(
+            base,
+            name=f"w{model.width}-d{model.depth}-f{fraction:g}-s{seed}",
+            out_dir=str(sweep.sweep_dir / "runs"),
+            data=data,
+            model=replace(base.model, width=model.width, depth=model.depth),
+        )
+        train = make_splits(store, data).train
+        steps = sweep.steps or _epoch_steps(sweep, cfg, store, train, seed)
+        every = max(1, math.ceil(steps / sweep.evaluations))
+        cfg = replace(
+            cfg,
+            train=replace(
+                cfg.train,
+                steps=steps,
+                seed=seed,
+                max_minutes=None,
+                eval_every=every,
+                checkpoint_every=every,
+                warmup_steps=min(cfg.train.warmup_steps, steps // 10),
+            ),
+        )
+        runs.append(
+            PlannedRun(
+                index=index,
+                config=cfg,
+                model=model_config_for(cfg, store),
+                fraction=fraction,
+                seed=seed,
+                train_structures=len(train),
+                train_atoms=int(np.asarray(store.n_atoms)[train].sum()),
+                config_hash=config_hash(cfg),
+            )
+        )
+    return runs
+
+
+def _sized(base: RunConfig, size: ModelSize, store: Store) -> EGNNConfig:
+    """The model of ``size``: an explicit width, or the width whose non-embedding parameter
+    count (with the store's heads) is closest to the target."""
+    depth = size.depth or base.model.depth
+    if size.width is not None:
+        return replace(base.model, width=size.width, depth=depth)
+    resolved = model_config_for(base, store)
+    fields = {k: v for k, v in vars(resolved).items() if k not in ("width", "depth")}
+    assert size.params is not None
+    width = width_for(size.params, depth=depth, non_embedding=True, **fields)
+    return replace(base.model, width=width, depth=depth)
+
+
+def _epoch_steps(
+    sweep: SweepConfig, cfg: RunConfig, store: Store, train: np.ndarray, seed: int
+) -> int:
+    """Optimizer steps of ``sweep.epochs`` passes over ``train`` on each process."""
+    sampler = sampler_for(
+        store, train, cfg.data, train=True, seed=seed, rank=0, world=sweep.processes
+    )
+    per_epoch = len(sampler) / cfg.train.accumulation
+    return max(1, math.ceil((sweep.epochs or 0) * per_epoch))
+
+
+def describe_plan(runs: list[PlannedRun], done: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+    """A table of the planned runs (a ✓ marks those whose results are in)."""
+    lines = [
+        f"{'#':>3}  {'run':<24} {'params':>11} {'non-emb':>11} {'train atoms':>12} "
+        f"{'steps':>7}  done"
+    ]
+    for r in runs:
+        lines.append(
+            f"{r.index:>3}  {r.config.name:<24} {r.parameters:>11,} "
+            f"{r.non_embedding_parameters:>11,} {r.train_atoms:>12,} "
+            f"{r.config.train.steps:>7,}  {'✓' if r.config_hash in done else ''}"
+        )
+    return "\n".join(lines)
+
+
+def to_yaml(sweep: SweepConfig) -> str:
+    """The sweep as YAML text (saved beside its results)."""
+    data: dict[str, Any] = to_dict(sweep)
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,91 @@
+"""Analysis, figures and the Markdown report on a synthetic 5 × 4 sweep with a known law."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from matscale.cli import main
+from matscale.scaling.analysis import analyse
+from matscale.scaling.report import write_report
+from matscale.scaling.results import RESULTS, append_row
+
+N = np.geomspace(1e3, 1e5, 5)
+D = np.geomspace(1e4, 1e5, 4)
+
+
+def _rows(flat_energy: bool = False) -> list[dict]:
+    rng = np.random.default_rng(0)
+    rows = []
+    for n in N:
+        for d in D:
+            forces = (20 + 900 * n**-0.3 + 4e4 * d**-0.5) * np.exp(rng.normal(0, 0.01))
+            energy = 7.0 * np.exp(rng.normal(0, 0.05)) if flat_energy else forces / 10
+            rows.append(
+                {
+                    "sweep": "synthetic",
+                    "run": f"n{n:.0f}-d{d:.0f}",
+                    "config_hash": f"{n:.0f}-{d:.0f}",
+                    "width": int(n**0.5),
+                    "depth": 3,
+                    "parameters": int(n) + 100,
+                    "non_embedding_parameters": int(n),
+                    "fraction": d / D.max(),
+                    "seed": 0,
+                    "train_structures": int(d / 10),
+                    "train_atoms": int(d),
+                    "steps": 100,
+                    "atoms_seen": int(10 * d),
+                    "edges_seen": int(300 * d),
+                    "training_flops": 6 * 20 * int(n) * int(d),
+                    "train_seconds": 1.0,
+                    "final": {
+                        "test/forces_mae_meV_per_A": forces,
+                        "test/energy_mae_meV_per_atom": energy,
+                    },
+                    "best": {},
+                }
+            )
+    return rows
+
+
+def test_analysis_fits_slices_joint_and_frontier() -> None:
+    a = analyse(_rows(), "test/forces_mae_meV_per_A", bootstrap=20)
+    assert len(a.by_d) == 4 and len(a.by_n) == 5
+    assert all(not isinstance(f, str) for f in a.by_d.values())  # 5 points per slice: fitted
+    assert a.joint.alpha == pytest.approx(0.3, abs=0.1)  # type: ignore[union-attr]
+    assert a.joint.beta == pytest.approx(0.5, abs=0.1)  # type: ignore[union-attr]
+    errors = [f["error"] for f in a.frontier]
+    assert errors == sorted(errors, reverse=True)  # more compute, less error
+    reachable = [t for t in a.targets if t["flops"] is not None]
+    assert reachable and all(t["error"] > a.joint.E for t in reachable)  # type: ignore[union-attr]
+
+
+def test_report_writes_tables_figures_and_verdicts(tmp_path: Path, capsys) -> None:
+    for r in _rows(flat_energy=True):
+        append_row(tmp_path / RESULTS, r)
+    path = write_report(tmp_path, tmp_path / "out", bootstrap=20, command="matscale report x")
+    text = path.read_text()
+    assert text.startswith("# Scaling study: synthetic")
+    assert "matscale report x" in text and "### Joint fit" in text
+    assert "Compute-optimal allocation" in text and "To reach a test force MAE" in text
+    # energies were made flat: the report says the power law finds no improvement
+    energy = text[text.index("## test energy MAE") :]
+    assert "indistinguishable from 0" in energy
+    forces = text[text.index("## test force MAE") : text.index("## test energy MAE")]
+    assert "indistinguishable from 0" not in forces
+    for stem in ("test_forces_meV_per_A_vs_N", "test_forces_meV_per_A_vs_D",
+                 "test_forces_meV_per_A_frontier", "test_energy_meV_per_atom_vs_N"):  # fmt: skip
+        for suffix in (".png", ".svg"):
+            assert (tmp_path / "out" / f"{stem}{suffix}").stat().st_size > 1000
+    fits = json.loads((tmp_path / "out" / "fits.json").read_text())
+    assert fits[0]["metric"] == "test/energy_mae_meV_per_atom"
+    assert 0.2 < fits[1]["joint"]["alpha"] < 0.4
+
+    assert main(["fit", str(tmp_path), "--metric", "test/forces_mae_meV_per_A",
+                 "--bootstrap", "5"]) == 0  # fmt: skip
+    assert '"beta"' in capsys.readouterr().out
+    assert main(["fit", str(tmp_path), "--metric", "test/nothing", "--bootstrap", "5"]) == 2
+    assert "no final metric 'test/nothing'" in capsys.readouterr().err
+    assert main(["report", str(tmp_path / "missing")]) == 2

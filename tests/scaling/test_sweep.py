@@ -1,0 +1,172 @@
+"""Sweep planning, resumable running, SLURM scripts, and a two-by-two sweep end to end."""
+
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from matscale.cli import main
+from matscale.config import ConfigError
+from matscale.data.store import Store
+from matscale.scaling.report import write_report
+from matscale.scaling.results import RESULTS, read_rows
+from matscale.scaling.runner import run_sweep, slurm_script
+from matscale.scaling.sweep import load_sweep, plan
+from matscale.train import loop
+from matscale.train.checkpoint import list_checkpoints
+from matscale.train.data import make_splits, sampler_for
+
+BASE = {
+    "data": {"max_atoms": 96},
+    "model": {"depth": 2, "cutoff": 4.0},
+    "train": {"lr": 5e-3, "warmup_steps": 2, "log_every": 1},
+}
+
+
+def _write(tmp_path: Path, store: Path, **fields) -> Path:
+    base = {**BASE, "data": {**BASE["data"], "store": str(store)}}
+    data = {"name": "micro", "out_dir": str(tmp_path / "sweeps"), "base": base, **fields}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def test_plan_resolves_sizes_budgets_and_hashes(tiny_store: Path, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        tiny_store,
+        sizes=[{"params": 3000}, {"width": 12, "depth": 3, "set": ["data.max_atoms=64"]}],
+        fractions=[1.0, 0.5],
+        seeds=[0, 1],
+        epochs=2,
+    )
+    sweep = load_sweep(path)
+    runs = plan(sweep)
+    assert len(runs) == 8 and [r.index for r in runs] == list(range(8))
+    assert len({r.config.name for r in runs}) == 8 and len({r.config_hash for r in runs}) == 8
+    assert [r.config_hash for r in plan(sweep)] == [r.config_hash for r in runs]  # stable
+    first = runs[0]
+    assert abs(first.non_embedding_parameters - 3000) / 3000 < 0.15  # target solved for
+    assert first.model.heads == ("emt", "mol")  # resolved against the store
+    assert runs[-1].model.width == 12 and runs[-1].model.depth == 3
+    assert runs[-1].config.data.max_atoms == 64 and first.config.data.max_atoms == 96
+    half, full = runs[0], runs[2]  # fractions sorted: 0.5 before 1.0
+    assert half.fraction == 0.5 and full.fraction == 1.0
+    assert half.train_structures == pytest.approx(full.train_structures / 2, abs=1)
+    store = Store(tiny_store)
+    train = make_splits(store, full.config.data).train
+    per_epoch = len(
+        sampler_for(store, train, full.config.data, train=True, seed=0, rank=0, world=1)
+    )
+    assert full.config.train.steps == math.ceil(2 * per_epoch)
+    assert full.train_atoms == int(store.n_atoms[train].sum())
+    assert full.config.train.eval_every == math.ceil(full.config.train.steps / 5)
+    assert {r.seed for r in runs} == {0, 1} and runs[1].config.train.seed == 1
+
+
+@pytest.mark.parametrize(
+    "fields, message",
+    [
+        ({"sizes": [{"width": 8}], "epochs": 1, "steps": 5}, "exactly one budget"),
+        ({"sizes": [{"width": 8}]}, "exactly one budget"),
+        ({"sizes": [{"width": 8, "params": 100}], "steps": 5}, "sizes\\[0\\]"),
+        ({"sizes": [], "steps": 5}, "sizes is empty"),
+        ({"sizes": [{"width": 8}], "steps": 5, "fractions": [0.0]}, "fractions"),
+        ({"sizes": [{"widht": 8}], "steps": 5}, "unknown keys \\['widht'\\]"),
+        ({"sizes": [{"width": 8, "set": ["train.lrr=1"]}], "steps": 5}, "sizes\\[0\\].set"),
+    ],
+)
+def test_bad_sweeps_are_named(tiny_store: Path, tmp_path: Path, fields, message) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_sweep(_write(tmp_path, tiny_store, **fields))
+
+
+def test_slurm_script_has_one_task_per_run(tiny_store: Path, tmp_path: Path) -> None:
+    path = _write(
+        tmp_path,
+        tiny_store,
+        sizes=[{"width": 8}, {"width": 16}],
+        fractions=[0.5, 1.0],
+        steps=10,
+        processes=8,
+        slurm={"nodes": 2, "gpus_per_node": 4, "partition": "gpu", "concurrent": 2},
+    )
+    text = slurm_script(load_sweep(path, ["seeds=[0,1,2]"]), path, ["seeds=[0,1,2]"])
+    assert "#SBATCH --array=0-11%2" in text and "#SBATCH --nodes=2" in text
+    assert "#SBATCH --partition=gpu" in text and "--nproc-per-node 4" in text
+    assert f"-m matscale sweep run {path} 'seeds=[0,1,2]' --index \"$SLURM_ARRAY_TASK_ID\"" in text
+    with pytest.raises(ConfigError, match="processes"):
+        slurm_script(load_sweep(path, ["processes=1"]), path)
+
+
+def test_two_by_two_sweep_runs_resumes_and_reports(
+    tiny_store: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """A crashed run resumes from its checkpoint; finished runs are skipped; the report is
+    written (too few runs for a joint fit, and it says so)."""
+    path = _write(
+        tmp_path, tiny_store, sizes=[{"width": 8}, {"width": 16}], fractions=[0.5, 1.0], steps=6
+    )
+    sweep = load_sweep(path)
+    victim = plan(sweep)[1].config
+    real_checkpoint = loop.checkpoint
+    crashed: list[int] = []
+
+    def crash_once(run) -> None:  # the second run dies right after its first checkpoint
+        real_checkpoint(run)
+        if run.cfg.name == victim.name and not crashed:
+            crashed.append(run.step)
+            raise RuntimeError("node lost")
+
+    monkeypatch.setattr(loop, "checkpoint", crash_once)
+    outcome = run_sweep(sweep)
+    assert len(outcome["done"]) == 3 and outcome["failed"] == [victim.name]
+    assert crashed == [2] and [p.name for p in list_checkpoints(victim.run_dir)] == [
+        "step-00000002.pt"
+    ]
+    assert len(read_rows(sweep.sweep_dir / RESULTS)) == 3
+
+    outcome = run_sweep(sweep)  # only the crashed run trains again, from its checkpoint
+    assert outcome["done"] == [victim.name] and len(outcome["skipped"]) == 3
+    rows = read_rows(sweep.sweep_dir / RESULTS)
+    assert len(rows) == 4 and len({r["config_hash"] for r in rows}) == 4
+    log = read_rows(victim.run_dir / "metrics.jsonl")
+    assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
+    assert run_sweep(sweep)["done"] == []  # all done: nothing trains
+
+    r = rows[0]
+    assert r["steps"] == 6 and r["atoms_seen"] > 0 and r["edges_seen"] > r["atoms_seen"]
+    assert r["training_flops"] > 0 and r["train_seconds"] > 0
+    assert r["final"]["test/forces_mae_meV_per_A"] > 0
+    assert r["best"]["forces_mae_meV_per_A"] <= r["final"]["forces_mae_meV_per_A"] + 1e-9
+    assert r["config"]["model"]["width"] == r["width"]
+    assert {(x["width"], x["fraction"]) for x in rows} == {(8, 0.5), (8, 1.0), (16, 0.5), (16, 1.0)}
+
+    report = write_report(sweep.sweep_dir, tmp_path / "report", bootstrap=10)
+    text = report.read_text()
+    assert "| run | N (non-emb.)" in text and "No joint fit" in text  # 4 runs: too few
+    assert (tmp_path / "report" / "test_forces_meV_per_A_vs_N.png").exists()
+    assert (tmp_path / "report" / "results.csv").read_text().count("\n") == 5
+
+    # editing the sweep so that a planned run's directory holds another config is refused
+    edited = load_sweep(path, ["base.train.lr=1e-3"])
+    (edited.sweep_dir / RESULTS).unlink()
+    with pytest.raises(ConfigError, match="different config"):
+        run_sweep(edited)
+
+    assert main(["sweep", "plan", str(path)]) == 0
+    assert "4 runs, 0 done" in capsys.readouterr().out
+    assert main(["sweep", "plan", str(path), "epochs=2"]) == 2  # two budgets
+    assert "exactly one budget" in capsys.readouterr().err
+
+
+def test_shipped_presets_are_valid_sweeps() -> None:
+    """Every preset in configs/sweeps/ parses and passes the checks (planning needs its store)."""
+    presets = sorted(Path(__file__).resolve().parents[2].glob("configs/sweeps/*.yaml"))
+    assert {p.stem for p in presets} >= {"cpu", "gpu-h100", "paper"}
+    for p in presets:
+        sweep = load_sweep(p)
+        assert len(sweep.sizes) >= 5 and len(sweep.fractions) >= 4 and sweep.epochs == 10
+    paper = load_sweep(presets[[p.stem for p in presets].index("paper")])
+    assert paper.processes == paper.slurm.nodes * paper.slurm.gpus_per_node
