@@ -89,3 +89,15 @@ def test_report_writes_tables_figures_and_verdicts(tmp_path: Path, capsys) -> No
     assert main(["fit", str(tmp_path), "--metric", "test/nothing", "--bootstrap", "5"]) == 2
     assert "no final metric 'test/nothing'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
+
+
+def test_a_cut_row_is_named_not_skipped(tmp_path: Path) -> None:
+    from matscale.errors import DataError
+    from matscale.scaling.results import read_rows
+
+    rows = _rows()[:2]
+    append_row(tmp_path / RESULTS, rows[0])
+    with open(tmp_path / RESULTS, "a") as f:
+        f.write(json.dumps(rows[1])[:50] + "\n")  # a crash mid-write
+    with pytest.raises(DataError, match="line 2"):
+        read_rows(tmp_path / RESULTS)

@@ -20,8 +20,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from dataclasses import asdict, dataclass, field
-from typing import Any
+from dataclasses import dataclass, field
 
 import numpy as np
 from scipy.optimize import brentq, least_squares
@@ -322,8 +321,3 @@ def _r2(logy: np.ndarray, res: np.ndarray) -> float:
 def _interval(values: np.ndarray) -> tuple[float, float]:
     lo, hi = np.percentile(values, [2.5, 97.5])
     return float(lo), float(hi)
-
-
-def as_dict(fit: PowerLaw | JointFit) -> dict[str, Any]:
-    """A fit as JSON-safe data."""
-    return asdict(fit)

@@ -36,7 +36,9 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
         try:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
-            raise DataError(f"{path}: line {k} is not a JSON row ({exc.msg})") from None
+            raise DataError(
+                f"not a JSON row ({exc.msg})", file=str(path), record=f"line {k}"
+            ) from None
     return rows
 
 

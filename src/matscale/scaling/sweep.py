@@ -21,6 +21,7 @@ import hashlib
 import itertools
 import json
 import math
+from collections.abc import Collection
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -119,10 +120,12 @@ class PlannedRun:
 
     @property
     def parameters(self) -> int:
+        """Trainable parameters of the run's model."""
         return parameter_count(self.model)
 
     @property
     def non_embedding_parameters(self) -> int:
+        """Parameters outside the element embedding: the N of the fits."""
         return non_embedding_parameters(self.model)
 
 
@@ -240,7 +243,7 @@ def _epoch_steps(
     return max(1, math.ceil((sweep.epochs or 0) * per_epoch))
 
 
-def describe_plan(runs: list[PlannedRun], done: set[str] = frozenset()) -> str:  # type: ignore[assignment]
+def describe_plan(runs: list[PlannedRun], done: Collection[str] = ()) -> str:
     """A table of the planned runs (a ✓ marks those whose results are in)."""
     lines = [
         f"{'#':>3}  {'run':<24} {'params':>11} {'non-emb':>11} {'train atoms':>12} "
