@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from matscale.config import ConfigError
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import DataError
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
@@ -23,7 +24,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         code = int(args.run(args) or 0)
-    except DataError as exc:
+    except (DataError, ConfigError) as exc:
         print(f"matscale: error: {exc}", file=sys.stderr)
         code = 2
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
@@ -161,10 +162,10 @@ def _train(args: argparse.Namespace) -> int:
         config = None
     try:
         cfg = load(config, overrides)
+        train(cfg, progress=not args.no_progress)
     except ConfigError as exc:
         print(f"matscale: config error: {exc}", file=sys.stderr)
         return 2
-    train(cfg, progress=not args.no_progress)
     return 0
 
 

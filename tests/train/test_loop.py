@@ -127,3 +127,17 @@ def test_cutoff_beyond_the_store_is_refused(tiny_store: Path, tmp_path: Path) ->
     cfg = _cfg(tiny_store, tmp_path, "name=c", "train.steps=2", "model.cutoff=6.0")
     with pytest.raises(ValueError, match="exceeds the store's cutoff"):
         train(cfg, progress=False)
+
+
+def test_a_run_folder_of_another_model_is_refused(tiny_store: Path, tmp_path: Path) -> None:
+    """Resuming a folder whose checkpoints hold another architecture names the fields, and
+    leaves the folder as it was; other changes (more steps) resume."""
+    from matscale.config import ConfigError
+
+    train(_cfg(tiny_store, tmp_path, "name=r", "train.steps=4"), progress=False)
+    before = sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir())
+    with pytest.raises(ConfigError, match=r"model\.residual differ"):
+        train(_cfg(tiny_store, tmp_path, "name=r", "train.steps=4", "model.residual=true"))
+    assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == before
+    longer = train(_cfg(tiny_store, tmp_path, "name=r", "train.steps=6"), progress=False)
+    assert longer["forces_mae_meV_per_A"] > 0

@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from matscale.config import RunConfig, dump, to_dict
+from matscale.config import ConfigError, RunConfig, dump, to_dict
 from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
@@ -139,6 +139,14 @@ def resume(run: Run) -> bool:
     if not found:
         return False
     ck = load_checkpoint(found[-1])
+    saved, now = ck["config"]["model"], to_dict(run.cfg)["model"]
+    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
+    if changed:  # the weights would not fit, or would silently mean another model
+        fields = ", ".join(f"model.{k}" for k in changed)
+        raise ConfigError(
+            f"{run.cfg.run_dir} holds checkpoints of another model ({fields} differ); "
+            "give the run another name= or delete that folder"
+        )
     par, model, optimizer = run.par, run.model, run.optimizer
     if ck.get("sharded"):  # FSDP's shards, resharded to this run
         own = par.engine is None
