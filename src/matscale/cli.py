@@ -8,9 +8,8 @@ import sys
 import time
 from pathlib import Path
 
-from matscale.config import ConfigError
 from matscale.data.readers import DATA_SUFFIXES
-from matscale.errors import DataError
+from matscale.errors import ConfigError, DataError
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
 
 

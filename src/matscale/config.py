@@ -18,7 +18,10 @@ from typing import Any, Literal
 
 import yaml
 
+from matscale.errors import ConfigError
 from matscale.models.egnn import EGNNConfig
+
+__all__ = ["ConfigError", "DataConfig", "ParallelConfig", "RunConfig", "TrainConfig"]
 
 
 @dataclass(kw_only=True)
@@ -144,10 +147,6 @@ class RunConfig:
     def run_dir(self) -> Path:
         """``out_dir / name``."""
         return Path(self.out_dir) / self.name
-
-
-class ConfigError(ValueError):
-    """A configuration file or override that does not fit the schema (names the key)."""
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:

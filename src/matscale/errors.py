@@ -63,3 +63,7 @@ def _rebuild(
 
 class CorruptShardError(DataError):
     """A shard of the store whose bytes do not match the checksum recorded at packing time."""
+
+
+class ConfigError(ValueError):
+    """A configuration file or override that does not fit the schema (names the key)."""

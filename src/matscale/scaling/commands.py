@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from matscale.config import ConfigError
+from matscale.errors import ConfigError
 
 
 def add_verbs(verbs: Any) -> None:
