@@ -173,7 +173,11 @@ def config_hash(cfg: RunConfig) -> str:
 
 
 def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
-    """Every run of ``sweep`` in a fixed order (size, then fraction, then seed)."""
+    """Every run of ``sweep`` in a fixed order (size, then fraction, then seed).
+
+    Each run's budget is exact: ``train.max_minutes`` is cleared (a wall-clock cut would make
+    the result depend on the machine), and the warm-up is shortened to at most a tenth of a
+    short run."""
     check_sweep(sweep)
     store = store or Store(sweep.base.data.store)
     runs = []
@@ -187,7 +191,7 @@ def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
             name=f"w{model.width}-d{model.depth}-f{fraction:g}-s{seed}",
             out_dir=str(sweep.sweep_dir / "runs"),
             data=data,
-            model=replace(base.model, width=model.width, depth=model.depth),
+            model=model,
         )
         train = make_splits(store, data).train
         steps = sweep.steps or _epoch_steps(sweep, cfg, store, train, seed)
