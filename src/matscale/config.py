@@ -231,6 +231,14 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply dotted
     ``key=value`` overrides."""
+    return load_tree(RunConfig, path, overrides)
+
+
+def load_tree(
+    cls: type, path: str | Path | None, overrides: list[str] | tuple[str, ...], where: str = ""
+) -> Any:
+    """Dataclass ``cls`` from a YAML file (or its defaults when ``path`` is None) with dotted
+    ``key=value`` overrides; errors name the file and key (prefixed by ``where``)."""
     data: dict[str, Any] = {}
     if path is not None:
         try:
@@ -238,7 +246,7 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # ty
         except (OSError, yaml.YAMLError) as exc:
             raise ConfigError(f"{path}: cannot read ({exc})") from exc
     set_dotted(data, overrides)
-    return from_dict(RunConfig, data)
+    return from_dict(cls, data, where)
 
 
 def set_dotted(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> None:

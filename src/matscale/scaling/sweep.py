@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from matscale.config import ConfigError, RunConfig, from_dict, set_dotted, to_dict, with_overrides
+from matscale.config import ConfigError, RunConfig, load_tree, to_dict, with_overrides
 from matscale.data.store import Store
 from matscale.models.egnn import EGNNConfig
 from matscale.models.size import non_embedding_parameters, parameter_count, width_for
@@ -131,12 +131,7 @@ class PlannedRun:
 
 def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:  # type: ignore[assignment]
     """Read a sweep YAML file, apply dotted ``key=value`` overrides, and check it."""
-    try:
-        data = yaml.safe_load(Path(path).read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: cannot read ({exc})") from exc
-    set_dotted(data, overrides)
-    sweep = from_dict(SweepConfig, data, where=f"{path}: ")
+    sweep: SweepConfig = load_tree(SweepConfig, path, overrides, where=f"{path}: ")
     check_sweep(sweep, where=str(path))
     return sweep
 
