@@ -46,7 +46,7 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "width 128": ("matscale", ["width=128"], [], []),
     "depth 4, width 56": ("matscale", ["depth=4", "width=56"], [], []),
     "depth 2, width 78": ("matscale", ["depth=2", "width=78"], [], []),
-    "lr 5e-3": ("matscale", [], ["lr=5e-3"], []),
+    "lr 2e-3 (earlier default)": ("matscale", [], ["lr=2e-3"], []),
     "lr 1e-3": ("matscale", [], ["lr=1e-3"], []),
     "constant lr after warm-up": ("matscale", [], ["min_lr_ratio=1.0"], []),
     "forces weighted 4:1": ("matscale", [], ["force_weight=4"], []),

@@ -45,5 +45,5 @@ def test_bad_overrides_name_the_key(override, words) -> None:
 
 def test_describe_lists_every_key_with_its_docstring() -> None:
     lines = describe()
-    assert any(line.startswith("train.lr = 0.002: Peak learning rate") for line in lines)
+    assert any(line.startswith("train.lr = 0.005: Peak learning rate") for line in lines)
     assert any(line.startswith("model.width = 128") for line in lines)
