@@ -160,7 +160,12 @@ def _section(a: Analysis, figures: bool) -> list[str]:
                 )
             else:
                 lines.append(f"| {key:,.0f} | — | no fit: {fit} | | | |")
-        lines.append("")
+        lines += [
+            "",
+            "Extrapolation: the slice fitted without its largest x predicts that point (error "
+            "of the prediction); — where fewer than 4 sizes would be left to fit.",
+            "",
+        ]
     lines += _verdicts(a)
     return lines
 
