@@ -108,8 +108,8 @@ def build_model(
         from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
 
         cfg = EGNNConfig(
-            width=64,  # the demo's model (configs/demo.yaml)
-            depth=3,
+            width=78,  # the demo's model (configs/demo.yaml)
+            depth=2,
             cutoff=CUTOFF,
             heads=(source,),
             avg_neighbours=float(stats["mean_neighbours"]),
