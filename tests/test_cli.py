@@ -1,3 +1,4 @@
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,15 @@ def test_reader_options_reach_the_reader(tmp_path: Path, capsys) -> None:
     capsys.readouterr()
     assert main([*args, "--out", str(tmp_path / "bad"), "--reader-option", "unit=eV"]) == 2
     assert "has no options ['unit']" in capsys.readouterr().err
+
+
+def test_demo_run_matches_configs_demo_yaml() -> None:
+    """configs/demo.yaml is documented as the demo's run for `matscale train`: the two must
+    not drift apart (the README quotes one and the demo runs the other)."""
+    from matscale.cli import DEMO_RUN
+    from matscale.config import load
+
+    yaml_path = Path(__file__).resolve().parents[1] / "configs" / "demo.yaml"
+    from_yaml, from_demo = asdict(load(yaml_path)), asdict(load(None, DEMO_RUN))
+    for key in ("model", "train", "data"):
+        assert from_yaml[key] == from_demo[key], key
