@@ -105,11 +105,13 @@ def build_model(
     stats = store.stats[source]
     force_rms = float(stats["force_rms_eV_per_A"])
     if name.startswith("matscale"):
-        from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
+        from matscale.config import load
+        from matscale.models.egnn import EGNN, set_statistics
 
-        cfg = EGNNConfig(
-            width=78,  # the demo's model (configs/demo.yaml)
-            depth=2,
+        # the demo's model, read from its config so the benchmark cannot drift from it
+        demo = load(Path(__file__).resolve().parents[2] / "configs" / "demo.yaml").model
+        cfg = replace(
+            demo,
             cutoff=CUTOFF,
             heads=(source,),
             avg_neighbours=float(stats["mean_neighbours"]),
