@@ -23,6 +23,7 @@ from common import peak_rss_mb, write_json
 from matscale.data.batch import GraphDataset, make_loader
 from matscale.data.sampler import BatchSampler, SamplerConfig
 from matscale.data.store import Store
+from matscale.data.transform import GraphSettings
 
 
 def measure(store: Store, workers: int, args: argparse.Namespace) -> dict:
@@ -34,7 +35,10 @@ def measure(store: Store, workers: int, args: argparse.Namespace) -> dict:
         indices=np.arange(len(store)),
         config=SamplerConfig(max_atoms=args.max_atoms),
     )
-    loader = make_loader(GraphDataset(store, args.cutoff), sampler, workers=workers)
+    settings = GraphSettings.from_stats(
+        cutoff=args.cutoff, max_neighbours=None, heads=tuple(store.sources), stats=store.stats
+    )
+    loader = make_loader(GraphDataset(store, settings), sampler, workers=workers)
     it = iter(loader)
     for _ in range(args.warmup):  # start workers, fill prefetch queues
         next(it)

@@ -31,6 +31,7 @@ from common import write_json
 
 from matscale.data.batch import GraphDataset, collate
 from matscale.data.store import Store
+from matscale.data.transform import GraphSettings
 from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.physics import predict
 
@@ -61,7 +62,12 @@ def step_flops_per_atom(store: Store, width: int, max_atoms: int) -> float:
     """Matmul FLOPs of one conservative training step on a batch of the store, per atom."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    ds = GraphDataset(store, 5.0)
+    ds = GraphDataset(
+        store,
+        GraphSettings.from_stats(
+            cutoff=5.0, max_neighbours=None, heads=tuple(store.sources), stats=store.stats
+        ),
+    )
     idx, atoms = [], 0
     for i in range(len(store)):
         if atoms + int(store.n_atoms[i]) > max_atoms:

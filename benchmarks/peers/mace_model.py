@@ -31,7 +31,7 @@ import torch
 from ase.data import chemical_symbols
 from torch import nn
 
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 
 # e3nn 0.4.4 (the version mace-torch pins) unpickles a tuple holding ``slice`` objects from its
 # constants.pt at import, through torch.load with torch ≥ 2.6's default weights_only=True,

@@ -30,7 +30,7 @@ from typing import Literal
 import torch
 from torch import nn
 
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 
 MAX_Z = 118
 

@@ -34,8 +34,9 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from matscale.config import DataConfig, TrainConfig
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 from matscale.data.store import Store
+from matscale.data.transform import GraphSettings
 from matscale.models.physics import predict
 from matscale.train.data import loader_for, make_splits, sampler_for
 from matscale.train.evaluate import evaluate
@@ -273,7 +274,10 @@ def main() -> None:
 
     def loader(idx: np.ndarray, train: bool) -> tuple[Any, Any]:
         s = sampler_for(store, idx, data, train=train, seed=args.seed, rank=0, world=1)
-        return s, OneHead(loader_for(store, s, data, CUTOFF, tuple(store.sources)))
+        settings = GraphSettings.from_stats(
+            cutoff=CUTOFF, max_neighbours=None, heads=tuple(store.sources), stats=store.stats
+        )
+        return s, OneHead(loader_for(store, s, data, settings))
 
     model = build_model(args.model, store, args.source, model_changes)
     params = sum(p.numel() for p in model.parameters())

@@ -8,6 +8,7 @@ from matscale.data.batch import GraphDataset, collate, graph_sample, make_loader
 from matscale.data.pack import PackConfig, pack
 from matscale.data.sampler import BatchSampler, SamplerConfig
 from matscale.data.store import Store
+from matscale.data.transform import GraphSettings
 from tests.conftest import emt_structures, molecules
 
 
@@ -55,7 +56,7 @@ def test_loader_with_workers_matches_single_process(tmp_path: Path, structures) 
         indices=np.arange(len(store)),
         config=SamplerConfig(max_atoms=40),
     )
-    ds = GraphDataset(store, cutoff=4.0)
+    ds = GraphDataset(store, _settings(store, store.sources))
     serial = list(make_loader(ds, sampler, workers=0))
     parallel = list(make_loader(ds, sampler, workers=2))
     assert len(serial) == len(parallel) == len(sampler)
@@ -79,7 +80,13 @@ def test_sources_are_matched_to_heads_by_name(tmp_path: Path, structures) -> Non
     ase.io.write(path, [s.to_atoms() for s in structures])
     pack([path], tmp_path / "st", PackConfig(workers=1), progress=False)
     store = Store(tmp_path / "st")  # sources ["emt", "mol"]
-    ds = GraphDataset(store, 4.0, heads=("mol", "other", "emt"))
+    ds = GraphDataset(store, _settings(store, ("mol", "other", "emt")))
     assert ds[0]["source"].tolist() == [2] and ds[len(store) - 1]["source"].tolist() == [0]
     with pytest.raises(DataError, match=r"no readout head for sources \['mol'\]"):
-        GraphDataset(store, 4.0, heads=("emt",))
+        GraphDataset(store, _settings(store, ("emt",)))
+
+
+def _settings(store: Store, heads) -> GraphSettings:
+    return GraphSettings.from_stats(
+        cutoff=4.0, max_neighbours=None, heads=tuple(heads), stats=store.stats
+    )

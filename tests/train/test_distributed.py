@@ -147,9 +147,11 @@ def test_torchrun_trains_end_to_end(tiny_store: Path, tmp_path: Path, backend: s
     assert "on each of 2 process(es)" in stdout
     assert (tmp_path / "ddp" / "model.pt").exists()
     assert "mean absolute errors" in stdout
-    from matscale.train.checkpoint import load_model
+    from matscale.calc import load_potential
 
-    model = load_model(tmp_path / "ddp" / "model.pt")  # a plain model, whatever trained it
+    model = load_potential(
+        tmp_path / "ddp" / "model.pt"
+    ).model  # a plain model, whatever trained it
     assert not any(type(p).__name__ == "DTensor" for p in model.parameters())
 
 

@@ -5,8 +5,9 @@ from pathlib import Path
 import pytest
 import torch
 
+from matscale.calc import load_potential
 from matscale.config import load
-from matscale.train.checkpoint import list_checkpoints, load_model
+from matscale.train.checkpoint import list_checkpoints
 from matscale.train.loop import train
 
 BASE = [
@@ -52,7 +53,7 @@ def test_trains_evaluates_and_exports(tiny_store: Path, tmp_path: Path) -> None:
         "holdout/emt/forces_mae_meV_per_A",
     ):
         assert key in final and final[key] > 0
-    model = load_model(cfg.run_dir / "model.pt")
+    model = load_potential(cfg.run_dir / "model.pt").model
     assert model.config.heads == ("emt", "mol") and model.config.width == 16
     assert (cfg.run_dir / "config.yaml").read_text().startswith("name: a")
 

@@ -1,90 +1,26 @@
-"""The model's input: :class:`AtomGraph`, a batch of structures as concatenated tensors.
+"""Batching: structures → graph samples (numpy) → :class:`AtomGraph` batches.
 
-No padding: atoms of all structures are concatenated, ``batch`` says which structure each atom
-belongs to, and edge indices are offset into the concatenation. Geometry is float32 (Å); the
-integer cell ``shifts`` are kept so that edge vectors can be recomputed from ``positions`` and
-``cell`` inside autograd (forces as −∂E/∂positions, stress through a strain of the cell).
-
-============ =========== ========= ===================================================
-field        shape       dtype     meaning (units)
-============ =========== ========= ===================================================
-numbers      [N]         int64     atomic numbers
-positions    [N, 3]      float32   Å
-batch        [N]         int64     structure of each atom, 0..B-1
-cell         [B, 3, 3]   float32   Å, lattice vectors as rows
-pbc          [B, 3]      bool      periodic directions
-edge_index   [2, E]      int64     (centre i, neighbour j), offset into the batch
-shifts       [E, 3]      float32   integer cell shifts S: r_ij = x_j − x_i + S @ cell
-n_atoms      [B]         int64     atoms per structure
-source       [B]         int64     index into the store's source names (the readout head)
-energy       [B]         float64   eV (0 where absent; see has_energy)
-forces       [N, 3]      float32   eV/Å (0 where absent)
-stress       [B, 6]      float32   eV/Å³ Voigt xx yy zz yz xz xy (0 where absent)
-has_energy   [B]         bool      label present
-has_forces   [B]         bool      label present (for every atom of that structure)
-has_stress   [B]         bool      label present
-index        [B]         int64     store index of each structure (−1 outside a store)
-============ =========== ========= ===================================================
+:class:`AtomGraph` itself lives in :mod:`matscale.data.atomgraph` (torch only, so that models
+import it without ASE or vesin); it is re-exported here. How a structure becomes a graph is
+:class:`matscale.data.transform.GraphSettings`, the one transform of training and inference.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
+from matscale.data.atomgraph import AtomGraph
 from matscale.data.graph import radius_graph
 from matscale.data.structure import Structure
+from matscale.errors import DataError
 
+if TYPE_CHECKING:
+    from matscale.data.transform import GraphSettings
 
-@dataclass
-class AtomGraph:
-    """A batch of structures; see the module docstring for every field's shape and unit."""
-
-    numbers: torch.Tensor
-    positions: torch.Tensor
-    batch: torch.Tensor
-    cell: torch.Tensor
-    pbc: torch.Tensor
-    edge_index: torch.Tensor
-    shifts: torch.Tensor
-    n_atoms: torch.Tensor
-    source: torch.Tensor
-    energy: torch.Tensor
-    forces: torch.Tensor
-    stress: torch.Tensor
-    has_energy: torch.Tensor
-    has_forces: torch.Tensor
-    has_stress: torch.Tensor
-    index: torch.Tensor
-
-    @property
-    def num_graphs(self) -> int:
-        """Number of structures B."""
-        return int(self.n_atoms.shape[0])
-
-    def to(self, device: torch.device | str, non_blocking: bool = False) -> AtomGraph:
-        """The same batch on ``device``."""
-        return AtomGraph(
-            **{
-                f.name: getattr(self, f.name).to(device, non_blocking=non_blocking)
-                for f in fields(self)
-            }
-        )
-
-    def pin_memory(self) -> AtomGraph:
-        """Page-locked copy for fast host-to-GPU transfer (DataLoader calls this)."""
-        return AtomGraph(**{f.name: getattr(self, f.name).pin_memory() for f in fields(self)})
-
-    def edge_vectors(self) -> torch.Tensor:
-        """[E, 3] Å: r_ij = x_j − x_i + S @ cell, differentiable in positions and cell."""
-        i, j = self.edge_index
-        cell_of_edge = self.cell[self.batch[i]]  # [E, 3, 3]
-        # elementwise, not a matmul: autocast leaves it in float32 when the network runs bf16
-        offsets = (self.shifts.unsqueeze(-1) * cell_of_edge).sum(dim=1)  # [E, 3] Å
-        return self.positions[j] - self.positions[i] + offsets
+__all__ = ["AtomGraph", "GraphDataset", "collate", "graph_sample", "make_loader"]
 
 
 def graph_sample(
@@ -141,45 +77,28 @@ class GraphDataset(torch.utils.data.Dataset):
     ----------
     store: a :class:`matscale.data.store.Store` (or anything indexable giving Structures
         with ``sources`` names).
-    cutoff: graph radius (Å).
-    max_neighbours: nearest neighbours kept per atom (None: all).
-    heads: the model's head names; each structure's ``source`` field becomes the index of its
-        source's head, matched by name (default: the store's own source order).
+    settings: the model's :class:`~matscale.data.transform.GraphSettings`; each structure is
+        read by the head named like its source.
     """
 
-    def __init__(
-        self,
-        store: Any,
-        cutoff: float,
-        max_neighbours: int | None = None,
-        heads: tuple[str, ...] | list[str] | None = None,
-    ) -> None:
+    def __init__(self, store: Any, settings: GraphSettings) -> None:
         self.store = store
-        self.cutoff = cutoff
-        self.max_neighbours = max_neighbours
-        names = list(heads) if heads is not None else list(store.sources)
-        missing = sorted(set(store.sources) - set(names))
+        self.settings = settings
+        missing = sorted(set(store.sources) - set(settings.heads))
         if missing:
-            from matscale.errors import DataError
-
             raise DataError(
-                f"the model has no readout head for sources {missing}; its heads are {names}",
+                f"the model has no readout head for sources {missing}; "
+                f"its heads are {list(settings.heads)}",
                 field="source",
             )
-        self._source_id = {name: i for i, name in enumerate(names)}
+        self._head = {name: settings.heads.index(name) for name in store.sources}
 
     def __len__(self) -> int:
         return len(self.store)
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         s = self.store[int(i)]
-        return graph_sample(
-            s,
-            self.cutoff,
-            max_neighbours=self.max_neighbours,
-            source=self._source_id[s.source],
-            index=int(i),
-        )
+        return self.settings.sample(s, self._head[s.source], index=int(i))
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, np.ndarray]]:
         return [self[i] for i in indices]

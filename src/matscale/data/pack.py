@@ -154,9 +154,9 @@ def _init_worker(counter: Any) -> None:
 
 
 def _wait(jobs: list[Any], counter: Any, progress: bool) -> None:
-    from tqdm import tqdm
+    from matscale.progress import progress_bar
 
-    with tqdm(desc="packing", unit=" structures", disable=not progress) as bar:
+    with progress_bar(desc="packing", unit=" structures", enabled=progress) as bar:
         while not all(j.done() for j in jobs):
             time.sleep(0.2)
             bar.update(counter.value - bar.n)

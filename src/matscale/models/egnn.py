@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 from matscale.models.radial import BesselBasis, polynomial_envelope
 
 MAX_Z = 118

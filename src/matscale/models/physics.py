@@ -12,7 +12,7 @@ from dataclasses import replace
 
 import torch
 
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 
 EnergyModel = Callable[[AtomGraph], dict[str, torch.Tensor]]
 

@@ -93,3 +93,30 @@ def finish() -> None:
     if dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def hardware(d: Dist) -> dict[str, object]:
+    """What a run ran on, for model cards: processes, device, CPU model, threads, torch."""
+    import platform
+
+    info: dict[str, object] = {
+        "processes": d.world,
+        "device": d.device.type,
+        "threads_per_process": torch.get_num_threads(),
+        "cpu": _cpu_model() or platform.processor() or platform.machine(),
+        "torch": torch.__version__,
+    }
+    if d.device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(d.device)
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""

@@ -8,8 +8,9 @@ Under FSDP the model, EMA and optimizer states are not gathered: every process w
 shards with ``torch.distributed.checkpoint`` into ``step-XXXXXXXX.dcp/`` (see
 :func:`save_sharded`), and the ``.pt`` file, written last, holds the rest. DCP reshards on
 load, so such a checkpoint resumes on any number of processes and on any backend.
-The exported model (``matscale export``) holds what inference needs and nothing else: weights
-(EMA when available), the model config, head names, data statistics and the version.
+The exported model (``matscale export``) is :mod:`matscale.calc.model_file`'s format: what
+inference needs (weights, EMA when available; the model config; the inference transform; data
+statistics) and what a model card reports, with a Markdown card beside it.
 """
 
 from __future__ import annotations
@@ -25,8 +26,6 @@ import numpy as np
 import torch
 
 import matscale
-
-EXPORT_FORMAT = "matscale-model/1"
 
 
 def save_atomic(obj: Any, path: Path) -> None:
@@ -129,39 +128,27 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
 
 
 def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
-    """Write the inference file for ``checkpoint``: EMA weights if any, else the weights."""
-    weights = checkpoint.get("ema") or checkpoint["model"]
-    save_atomic(
-        {
-            "format": EXPORT_FORMAT,
-            "version": matscale.__version__,
-            "architecture": "egnn",
-            "model_config": checkpoint["model_config"],
-            "heads": list(checkpoint["model_config"]["heads"]),
-            "cutoff": checkpoint["model_config"]["cutoff"],
-            "state_dict": weights,
-            "stats": checkpoint["stats"],
+    """Write the model file for ``checkpoint`` (EMA weights if any, else the weights; see
+    :mod:`matscale.calc.model_file`) and its model card beside it (``.md``)."""
+    from matscale.calc.card import model_card
+    from matscale.calc.model_file import legacy_graph, model_file_blob
+    from matscale.data.transform import GraphSettings
+
+    keep = ("stats", "step", "train_seconds", "train_structures", "hardware")
+    if "graph" in checkpoint:
+        graph = GraphSettings.from_dict(checkpoint["graph"])
+    else:  # a checkpoint from before transforms were saved
+        graph = legacy_graph(checkpoint["model_config"], checkpoint["config"], checkpoint["stats"])
+    blob = model_file_blob(
+        model_config=checkpoint["model_config"],
+        graph=graph,
+        state_dict=checkpoint.get("ema") or checkpoint["model"],
+        extra={
+            **{k: checkpoint[k] for k in keep if k in checkpoint},
             "run_config": checkpoint["config"],
-            "step": checkpoint["step"],
             "metrics": checkpoint.get("metrics", {}),
         },
-        path,
     )
+    save_atomic(blob, path)
+    path.with_suffix(".md").write_text(model_card(blob, name=path.name))
     return path
-
-
-def load_model(path: str | Path) -> torch.nn.Module:
-    """The model of an exported file, in eval mode, on the CPU."""
-    from matscale.config import from_dict
-    from matscale.models.egnn import EGNN, EGNNConfig
-
-    blob = torch.load(path, map_location="cpu", weights_only=False)
-    if not isinstance(blob, dict) or blob.get("format") != EXPORT_FORMAT:
-        from matscale.errors import DataError
-
-        raise DataError(
-            f"not a matscale model file (format {EXPORT_FORMAT} expected)", file=str(path)
-        )
-    model = EGNN(from_dict(EGNNConfig, blob["model_config"]))
-    model.load_state_dict(blob["state_dict"])
-    return model.eval()

@@ -12,6 +12,8 @@ from matscale.data.batch import GraphDataset, make_loader
 from matscale.data.sampler import BatchSampler, SamplerConfig
 from matscale.data.split import family_holdout, nested_fraction, split_indices
 from matscale.data.store import Store
+from matscale.data.transform import GraphSettings
+from matscale.models.egnn import EGNNConfig
 
 
 @dataclass
@@ -75,14 +77,21 @@ def sampler_for(
     )
 
 
+def graph_settings_for(store: Store, cfg: DataConfig, model: EGNNConfig) -> GraphSettings:
+    """The inference transform of a run: the model's cutoff and heads, ``cfg``'s neighbour
+    limit, and per head the elements of that source in the store."""
+    return GraphSettings.from_stats(
+        cutoff=model.cutoff, max_neighbours=cfg.max_neighbours, heads=model.heads, stats=store.stats
+    )
+
+
 def loader_for(
     store: Store,
     sampler: BatchSampler,
     cfg: DataConfig,
-    cutoff: float,
-    heads: tuple[str, ...],
+    settings: GraphSettings,
     pin_memory: bool = False,
 ) -> DataLoader:
-    """A DataLoader of AtomGraph batches at ``cutoff`` Å, sources matched to ``heads``."""
-    dataset = GraphDataset(store, cutoff, max_neighbours=cfg.max_neighbours, heads=heads)
+    """A DataLoader of AtomGraph batches built by ``settings``, sources matched to its heads."""
+    dataset = GraphDataset(store, settings)
     return make_loader(dataset, sampler, workers=cfg.workers, pin_memory=pin_memory)

@@ -8,7 +8,7 @@ from contextlib import AbstractContextManager, nullcontext
 
 import torch
 
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 from matscale.models.physics import predict
 from matscale.parallel.distributed import all_sum
 from matscale.train.loss import error_sums

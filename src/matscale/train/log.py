@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import resource
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -51,16 +50,9 @@ class RunLog:
         except ImportError:  # tensorboard is optional; the JSONL file has everything
             self.tb = None
         if progress:
-            from tqdm import tqdm
+            from matscale.progress import progress_bar
 
-            self.bar = tqdm(
-                total=total,
-                initial=start,
-                desc="training",
-                unit=" steps",
-                file=sys.stderr,
-                dynamic_ncols=True,
-            )
+            self.bar = progress_bar(total=total, initial=start, desc="training", unit=" steps")
 
     def text(self, line: str) -> None:
         """A line for the reader (above the progress bar)."""

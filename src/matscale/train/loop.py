@@ -12,13 +12,15 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+import numpy as np
 import torch
 
 from matscale.config import ConfigError, RunConfig, dump, to_dict
 from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
+from matscale.data.transform import GraphSettings
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
-from matscale.parallel.distributed import Dist, all_max, finish, init_distributed
+from matscale.parallel.distributed import Dist, all_max, finish, hardware, init_distributed
 from matscale.parallel.plan import (
     Parallel,
     load_model_state,
@@ -38,7 +40,13 @@ from matscale.train.checkpoint import (
     save_sharded,
     set_rng_state,
 )
-from matscale.train.data import Splits, loader_for, make_splits, sampler_for
+from matscale.train.data import (
+    Splits,
+    graph_settings_for,
+    loader_for,
+    make_splits,
+    sampler_for,
+)
 from matscale.train.evaluate import evaluate
 from matscale.train.log import RunLog
 from matscale.train.schedule import Plateau, lr_at
@@ -70,6 +78,8 @@ class Run:
     store: Store
     splits: Splits
     model_cfg: EGNNConfig
+    graph: GraphSettings
+    """How structures become the model's graphs (saved in the exported model)."""
     model: EGNN
     par: Parallel
     optimizer: torch.optim.Optimizer
@@ -81,6 +91,8 @@ class Run:
     """Position in the data: batches of ``epoch`` already consumed."""
     metrics: dict[str, Any] = field(default_factory=dict)
     """The latest validation metrics."""
+    seconds: float = 0.0
+    """Wall-clock seconds spent training, over every resumed part of the run."""
 
     @property
     def sharded(self) -> bool:
@@ -124,6 +136,7 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
         store=store,
         splits=splits,
         model_cfg=model_cfg,
+        graph=graph_settings_for(store, cfg.data, model_cfg),
         model=model,
         par=par,
         optimizer=par.optimizer or make_optimizer(model, t),
@@ -168,6 +181,7 @@ def resume(run: Run) -> bool:
     run.plateau = Plateau(**ck["plateau"])
     run.step, run.epoch, run.batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
     run.metrics = ck.get("metrics", {})
+    run.seconds = ck.get("train_seconds", 0.0)
     set_rng_state(ck["rng"])
     return True
 
@@ -194,9 +208,19 @@ def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[
         "batch_in_epoch": run.batch_in_epoch,
         "config": to_dict(run.cfg),
         "model_config": to_dict(run.model_cfg),
+        "graph": run.graph.to_dict(),
         "stats": run.store.stats,
         "metrics": metrics,
+        "train_seconds": run.seconds,
+        "train_structures": _structures_per_source(run),
+        "hardware": hardware(run.d),
     }
+
+
+def _structures_per_source(run: Run) -> dict[str, int]:
+    """Training-split structures of each source (what each head learned from)."""
+    counts = np.bincount(run.store.source_ids[run.splits.train], minlength=len(run.store.sources))
+    return {name: int(c) for name, c in zip(run.store.sources, counts, strict=True)}
 
 
 def checkpoint(run: Run) -> None:
@@ -221,7 +245,7 @@ def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
     s = sampler_for(run.store, part, run.cfg.data, train=False, seed=0, rank=0, world=1)
     return evaluate(
         par.ema if par.ema is not None else run.model,
-        loader_for(run.store, s, run.cfg.data, run.model_cfg.cutoff, run.model_cfg.heads),
+        loader_for(run.store, s, run.cfg.data, run.graph),
         run.store.sources,
         d.device,
         stress=run.cfg.train.stress_weight > 0,
@@ -241,11 +265,18 @@ def fit(run: Run, log: RunLog) -> None:
         run.store,
         run.sampler,
         run.cfg.data,
-        run.model_cfg.cutoff,
-        run.model_cfg.heads,
+        run.graph,
         pin_memory=d.device.type == "cuda",
     )
     micro: list[Any] = []
+    clock = time.monotonic()
+
+    def tick() -> None:  # account the time since the last tick (checkpoints carry it)
+        nonlocal clock
+        now = time.monotonic()
+        run.seconds += now - clock
+        clock = now
+
     while True:
         run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
         for g in loader:
@@ -287,6 +318,7 @@ def fit(run: Run, log: RunLog) -> None:
                     run.plateau.update(m.get("forces_mae_meV_per_A", m["energy_mae_meV_per_atom"]))
                 log.metrics(run.step, run.metrics, prefix="val")
             if run.step % t.checkpoint_every == 0 or done:
+                tick()
                 checkpoint(run)
             if done:
                 return

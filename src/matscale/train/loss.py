@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 
 TARGETS = ("energy", "forces", "stress")
 

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from matscale.config import TrainConfig
-from matscale.data.batch import AtomGraph
+from matscale.data.atomgraph import AtomGraph
 from matscale.models.physics import predict
 from matscale.parallel.distributed import all_sum
 from matscale.parallel.fsdp import StepHooks

@@ -86,10 +86,10 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     written: Counter[str] = Counter()
     skipped: dict[str, Counter[str]] = {s: Counter() for s in config.sizes}
     workers = max(1, min(config.workers or os.cpu_count() or 1, len(tasks)))
-    from tqdm import tqdm
+    from matscale.progress import progress_bar
 
-    bar = tqdm(
-        total=sum(t[2] for t in tasks), desc="generating", unit=" structures", disable=not progress
+    bar = progress_bar(
+        total=sum(t[2] for t in tasks), desc="generating", unit=" structures", enabled=progress
     )
     with (
         single_threaded_children(),

@@ -1,0 +1,98 @@
+"""An ASE calculator for matscale models: :class:`MatscaleCalculator`.
+
+    calc = MatscaleCalculator.from_file("data/runs/demo/model.pt", head="emt-metals")
+    atoms.calc = calc
+    atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+
+Every call builds the graph through the model's saved transform (cutoff, neighbour limit,
+elements per head) and runs the network through :func:`matscale.calc.predict.predict_graph`,
+the same path as batched prediction and ``matscale eval``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from ase import Atoms
+from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
+
+from matscale.calc.model_file import Potential, load_potential
+from matscale.calc.predict import as_structure, predict_graph
+from matscale.data.batch import collate
+
+
+class MatscaleCalculator(Calculator):
+    """ASE calculator of a matscale :class:`Potential`.
+
+    Properties: ``energy`` and ``free_energy`` (eV; the same number: the model has no
+    electronic entropy), ``energies`` (per atom, eV; they sum to the energy), ``forces``
+    (eV/Å), ``stress`` (eV/Å³, Voigt xx yy zz yz xz xy, ASE's sign; cells periodic in all three
+    directions, conservative models only).
+
+    Parameters
+    ----------
+    potential: the model and its transform (:func:`matscale.calc.load_potential`).
+    head: level of theory by head name; None: the model's only head (an error listing the
+        heads if it has several).
+    """
+
+    implemented_properties: ClassVar[list[str]] = [  # type: ignore[misc]
+        "energy",
+        "free_energy",
+        "energies",
+        "forces",
+        "stress",
+    ]
+
+    def __init__(self, potential: Potential, head: str | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.potential = potential
+        self.head = potential.graph.heads[potential.graph.head_index(head)]
+        self._head_index = potential.graph.heads.index(self.head)
+
+    @classmethod
+    def from_file(
+        cls,
+        path: str | Path,
+        head: str | None = None,
+        device: str | torch.device = "cpu",
+        **kwargs: Any,
+    ) -> MatscaleCalculator:
+        """The calculator of a model file (``model.pt``) on ``device``."""
+        return cls(load_potential(path, device=device), head=head, **kwargs)
+
+    def calculate(
+        self,
+        atoms: Atoms | None = None,
+        properties: list[str] | tuple[str, ...] = ("energy",),
+        system_changes: list[str] = all_changes,
+    ) -> None:
+        """Fill ``self.results`` for ``atoms`` (ASE's calculator protocol)."""
+        super().calculate(atoms, properties, system_changes)
+        assert self.atoms is not None
+        structure = as_structure(self.atoms)
+        periodic = bool(self.atoms.pbc.all())
+        if "stress" in properties:
+            if not periodic:
+                raise PropertyNotImplementedError(
+                    f"stress needs a cell periodic in all three directions (pbc={self.atoms.pbc})"
+                )
+            if not self.potential.conservative:
+                raise PropertyNotImplementedError(
+                    "stress needs a conservative model; this one has a direct force head"
+                )
+        # forces come with every call: MD and relaxations ask for them right after the energy
+        stress = periodic and self.potential.conservative
+        graph = collate([self.potential.graph.sample(structure, self._head_index)])
+        out = predict_graph(self.potential, graph, forces=True, stress=stress)
+        energy = float(out["energy"][0])
+        self.results = {
+            "energy": energy,
+            "free_energy": energy,
+            "energies": out["node_energy"].double().cpu().numpy(),
+            "forces": out["forces"].double().cpu().numpy(),
+        }
+        if stress:
+            self.results["stress"] = out["stress"][0].double().cpu().numpy()

@@ -1,0 +1,171 @@
+"""The model card: a Markdown page written beside every exported model (``model.md``).
+
+It says what the model is (architecture, size, cutoff), what it learned from (heads, their
+elements and structure counts, data statistics), how well it does (validation, test and
+held-out errors per source), what training cost and on what, and what it is not for.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ase.data import chemical_symbols
+
+#: Metric name fragments and their column titles, in the card's order.
+_TARGETS = (
+    ("energy_mae_meV_per_atom", "E MAE (meV/atom)"),
+    ("forces_mae_meV_per_A", "F MAE (meV/Å)"),
+    ("stress_mae_meV_per_A3", "σ MAE (meV/Å³)"),
+)
+_SPLITS = (("", "val"), ("test/", "test"), ("holdout/", "held-out"))
+
+
+def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
+    """The Markdown card of a model file's dictionary (as :mod:`~matscale.calc.model_file`
+    writes it)."""
+    cfg = blob["model_config"]
+    graph = blob["graph"]
+    stats = blob.get("stats", {})
+    run = blob.get("run_config", {})
+    n_params = sum(int(t.numel()) for k, t in blob["state_dict"].items() if _is_parameter(k))
+    heads = list(graph["heads"])
+    lines = [
+        f"# matscale model card: `{name}`",
+        "",
+        f"Format `{blob['format']}`, written by matscale {blob.get('version', '?')}. Load it with "
+        f"`MatscaleCalculator.from_file({name!r}, head=...)` or `matscale eval/md/relax {name}`.",
+        "",
+        "## Model",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| architecture | EGNN (matscale), width {cfg['width']}, depth {cfg['depth']}, "
+        f"{cfg.get('n_radial', '?')} radial functions, activation {cfg.get('activation', '?')} |",
+        f"| parameters | {n_params:,} |",
+        f"| forces | {_force_text(cfg['force_head'])} |",
+        f"| cutoff | {graph['cutoff']:g} Å; neighbours kept per atom: "
+        f"{graph['max_neighbours'] or 'all within the cutoff'} |",
+        f"| dtype | {graph['dtype']} |",
+        f"| mean neighbour count (normalisation) | {cfg.get('avg_neighbours', 0):.1f} |",
+        "",
+        "## Heads: levels of theory and what each saw",
+        "",
+        "A structure is read by one head; pick it by name. Elements outside a head's list are "
+        "refused, not guessed.",
+        "",
+        "| head | elements | training structures | structures in store | mean atoms | "
+        "force RMS (eV/Å) |",
+        "|---|---|---:|---:|---:|---:|",
+    ]
+    train_counts = blob.get("train_structures", {})
+    for h, elements in zip(heads, graph["elements"], strict=True):
+        st = stats.get(h, {})
+        symbols = " ".join(chemical_symbols[int(z)] for z in elements) or "—"
+        lines.append(
+            f"| {h} | {symbols} | {_count(train_counts.get(h))} | {_count(st.get('structures'))} "
+            f"| {st.get('mean_atoms', 0):.1f} | {st.get('force_rms_eV_per_A', 0):.3f} |"
+        )
+    holdout = list(run.get("data", {}).get("holdout_families", []))
+    lines += ["", "## Errors", "", *_error_table(blob.get("metrics", {}), heads, holdout), ""]
+    lines += _training_section(blob, run)
+    lines += [
+        "## Intended use and known limits",
+        "",
+        "- Energies (eV), forces (eV/Å) and stress (eV/Å³, ASE's sign) at the level of theory "
+        "of the chosen head, for structures like those the head was trained on.",
+        "- Accuracy outside the training distribution is lower than the validation figures "
+        "say: compare the held-out column where the run had one, and score the model on your "
+        "own structures (`matscale eval`) before trusting it.",
+        "- Far from equilibrium (large forces, atoms closer than in training) errors grow "
+        "fastest: short contacts are thin in every training set.",
+        "- No long-range electrostatics, charges or spins: interactions end at the cutoff.",
+        "- Heads are different levels of theory: energies of two heads are not comparable.",
+    ]
+    if cfg["force_head"] == "direct":
+        lines.append(
+            "- Forces come from a direct head: they are not the gradient of the energy, so "
+            "NVE dynamics drift and there is no stress."
+        )
+    return "\n".join(lines) + "\n"
+
+
+def _is_parameter(key: str) -> bool:
+    # buffers of the statistics are not learned parameters
+    return key.split(".")[-1] not in ("reference_energy", "energy_scale", "force_scale")
+
+
+def _force_text(head: str) -> str:
+    if head == "conservative":
+        return "conservative: F = −∂E/∂x, stress = (1/V) ∂E/∂ε (energy-conserving)"
+    return "direct equivariant head (not −∂E/∂x; no stress)"
+
+
+def _count(n: Any) -> str:
+    return f"{int(n):,}" if n is not None else "—"
+
+
+def _error_table(metrics: dict[str, float], heads: list[str], holdout: list[str]) -> list[str]:
+    """MAE per source and split: validation, test, held-out families."""
+    columns = [
+        (prefix, key, f"{split} {title}")
+        for key, title in _TARGETS
+        for prefix, split in _SPLITS
+        if any(_split_of(k) == prefix and k.endswith(key) for k in metrics)
+    ]
+    if not columns:
+        return ["No errors were recorded with this model."]
+    out = [
+        "| source | " + " | ".join(c[2] for c in columns) + " |",
+        "|---|" + "---:|" * len(columns),
+    ]
+    for source in [*heads, "all"]:
+        tag = "" if source == "all" else f"{source}/"
+        cells = [metrics.get(f"{prefix}{tag}{key}") for prefix, key, _ in columns]
+        if any(c is not None for c in cells):
+            out.append(
+                f"| {source} | "
+                + " | ".join("—" if c is None else f"{c:.1f}" for c in cells)
+                + " |"
+            )
+    out += [
+        "",
+        "Validation and test are random splits of the same data (optimistic); held-out "
+        "columns are whole families of structures kept out of training: "
+        f"{', '.join(holdout) or 'none in this run'}.",
+    ]
+    return out
+
+
+def _split_of(metric: str) -> str:
+    """``test/`` or ``holdout/`` for a metric of that split, ``""`` for validation."""
+    return next((p for p, _ in _SPLITS if p and metric.startswith(p)), "")
+
+
+def _training_section(blob: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    seconds = blob.get("train_seconds")
+    hw = blob.get("hardware", {})
+    train = run.get("train", {})
+    data = run.get("data", {})
+    out = ["## Training", "", "| | |", "|---|---|"]
+    out.append(f"| steps | {blob.get('step', '?')} (planned {train.get('steps', '?')}) |")
+    if seconds is not None:
+        out.append(f"| wall time | {seconds / 60:.1f} min |")
+    if hw:
+        where = f"{hw.get('processes', 1)} process(es) on {hw.get('device', '?')}"
+        if hw.get("gpu"):
+            where += f" ({hw['gpu']})"
+        else:
+            where += f" ({hw.get('cpu', '?')}, {hw.get('threads_per_process', '?')} threads each)"
+        out.append(f"| hardware | {where}; torch {hw.get('torch', '?')} |")
+    out.append(
+        f"| optimiser | AdamW, lr {train.get('lr', '?')}, {train.get('schedule', '?')} schedule, "
+        f"{train.get('loss', '?')} loss, EMA {train.get('ema_decay')} |"
+    )
+    out.append(
+        f"| data | store `{data.get('store', '?')}`, split {data.get('split', '?')}, "
+        f"fraction {data.get('fraction', 1.0)}, held-out families "
+        f"{list(data.get('holdout_families', [])) or 'none'} |"
+    )
+    precision = run.get("parallel", {}).get("precision", "fp32")
+    out += [f"| precision | {precision} |", ""]
+    return out

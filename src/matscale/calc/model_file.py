@@ -1,0 +1,160 @@
+"""The model file (``model.pt``): weights plus everything inference needs, and its loader.
+
+A model file holds the weights (EMA when the run kept them), the model config, the inference
+transform (:class:`~matscale.data.transform.GraphSettings`: cutoff, neighbour limit, heads and
+the elements each head saw, dtype), the data statistics, the run config, the final metrics and
+what the training cost. :func:`load_potential` rebuilds a :class:`Potential` from it.
+
+Formats: ``matscale-model/2`` (this one). ``matscale-model/1`` files (before the transform was
+saved) still load: their transform is rebuilt from the run config (``data.max_neighbours``) and
+the statistics (elements per source), which is what they were trained with.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+import matscale
+from matscale.data.transform import GraphSettings
+from matscale.errors import DataError
+from matscale.models.egnn import EGNN, EGNNConfig
+
+#: The format written now, and the older ones :func:`load_potential` still reads.
+MODEL_FORMAT = "matscale-model/2"
+READABLE_FORMATS = ("matscale-model/1", MODEL_FORMAT)
+
+
+@dataclass
+class Potential:
+    """A trained model ready for inference: the network and the transform that feeds it.
+
+    ``info`` holds the rest of the model file (run config, statistics, metrics, training
+    time, ...), for model cards and reports.
+    """
+
+    model: EGNN
+    graph: GraphSettings
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def device(self) -> torch.device:
+        """Where the weights are."""
+        return self.model.reference_energy.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Floating dtype of the geometry fed to the network."""
+        return getattr(torch, self.graph.dtype)
+
+    @property
+    def conservative(self) -> bool:
+        """Forces are −∂E/∂x (energy-conserving; stress available)."""
+        return self.model.config.force_head == "conservative"
+
+    @property
+    def heads(self) -> tuple[str, ...]:
+        """Names of the readout heads (levels of theory)."""
+        return self.graph.heads
+
+    def to(self, device: torch.device | str) -> Potential:
+        """Move the weights to ``device`` (in place); returns self."""
+        self.model.to(device)
+        return self
+
+
+def model_file_blob(
+    *,
+    model_config: dict[str, Any],
+    graph: GraphSettings,
+    state_dict: dict[str, Any],
+    extra: dict[str, Any],
+) -> dict[str, Any]:
+    """The dictionary a model file holds (``torch.save`` it): the format and version, the
+    architecture, its config, the transform and the weights, plus ``extra`` (statistics, run
+    config, metrics, training time, ...)."""
+    return {
+        **extra,
+        "format": MODEL_FORMAT,
+        "version": matscale.__version__,
+        "architecture": "egnn",
+        "model_config": model_config,
+        "graph": graph.to_dict(),
+        "state_dict": state_dict,
+    }
+
+
+def read_model_file(path: str | Path) -> dict[str, Any]:
+    """The model file's dictionary, upgraded to the current format; :class:`DataError`
+    naming the file for anything that is not a readable matscale model file."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError("no such model file", file=str(path))
+    try:
+        blob = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # any unpickling failure means: not a file we wrote
+        raise DataError(
+            f"not a matscale model file (torch.load failed: {type(exc).__name__})", file=str(path)
+        ) from None
+    fmt = blob.get("format") if isinstance(blob, dict) else None
+    if fmt not in READABLE_FORMATS:
+        found = f"format {fmt!r}" if fmt else "no format field"
+        readable = ", ".join(READABLE_FORMATS)
+        raise DataError(
+            f"not a matscale model file ({found}; this matscale reads {readable})",
+            file=str(path),
+        )
+    if fmt == "matscale-model/1":
+        blob = _upgrade_v1(blob)
+    return blob
+
+
+def legacy_graph(
+    model_config: dict[str, Any], run_config: dict[str, Any], stats: dict[str, Any]
+) -> GraphSettings:
+    """The transform a file or checkpoint written before transforms were saved was trained
+    with: the model's cutoff and heads, the run's ``data.max_neighbours``, and per head the
+    elements of its source in the statistics."""
+    return GraphSettings.from_stats(
+        cutoff=float(model_config["cutoff"]),
+        max_neighbours=run_config.get("data", {}).get("max_neighbours"),
+        heads=tuple(model_config["heads"]),
+        stats=stats,
+    )
+
+
+def _upgrade_v1(blob: dict[str, Any]) -> dict[str, Any]:
+    """A ``matscale-model/1`` file's dictionary in the current format."""
+    graph = legacy_graph(blob["model_config"], blob.get("run_config", {}), blob.get("stats", {}))
+    return {**blob, "format": MODEL_FORMAT, "graph": graph.to_dict(), "upgraded_from": "1"}
+
+
+def load_potential(path: str | Path, device: torch.device | str = "cpu") -> Potential:
+    """The :class:`Potential` of a model file (``matscale export`` or a run's ``model.pt``),
+    in eval mode on ``device``."""
+    from matscale.config import ConfigError, from_dict
+
+    blob = read_model_file(path)
+    try:
+        model = EGNN(from_dict(EGNNConfig, blob["model_config"]))
+        model.load_state_dict(blob["state_dict"])
+        graph = GraphSettings.from_dict(blob["graph"])
+    except (KeyError, RuntimeError, ConfigError, ValueError) as exc:
+        raise DataError(
+            f"model file is damaged or from an incompatible matscale ({exc})", file=str(path)
+        ) from None
+    if graph.heads != model.config.heads or abs(graph.cutoff - model.config.cutoff) > 1e-9:
+        raise DataError(
+            "model file's transform disagrees with its model config (heads or cutoff)",
+            file=str(path),
+        )
+    model.to(dtype=getattr(torch, graph.dtype)).to(device).eval()
+    for p in model.parameters():  # inference differentiates positions, never the weights
+        p.requires_grad_(False)
+    info = {k: v for k, v in blob.items() if k not in ("state_dict", "graph", "model_config")}
+    info["model_config"] = blob["model_config"]
+    info["path"] = str(path)
+    return Potential(model=model, graph=graph, info=info)

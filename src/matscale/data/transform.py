@@ -1,0 +1,186 @@
+"""How a structure becomes a model's input graph: :class:`GraphSettings`, one object.
+
+Training's :class:`~matscale.data.batch.GraphDataset` and every inference path (the ASE
+calculator, batched prediction, ``matscale eval``, torch-sim) build graphs through the same
+:meth:`GraphSettings.sample`, and the settings are saved in the model file, so a model is
+always fed graphs made the way it was trained on: the same cutoff, the same neighbour limit,
+the same heads, and only elements its head has seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import numpy as np
+from ase.data import chemical_symbols
+
+from matscale.data.batch import graph_sample
+from matscale.data.structure import Structure
+from matscale.errors import DataError
+
+#: Floating dtypes a model's geometry may have at inference.
+GeometryDtype = Literal["float32", "float64"]
+
+
+@dataclass(frozen=True, kw_only=True)
+class GraphSettings:
+    """The inference transform: everything, besides the weights, that decides a model's input.
+
+    Parameters
+    ----------
+    cutoff: graph radius (Å); the model's own cutoff.
+    max_neighbours: nearest neighbours kept per atom (None: all within the cutoff).
+    heads: readout heads (data sources, i.e. levels of theory) in the model's order.
+    elements: per head, the atomic numbers its training data held; any other element is
+        refused (the model has no reference energy and no learned chemistry for it).
+    dtype: floating dtype of geometry and of the network at inference.
+    """
+
+    cutoff: float
+    max_neighbours: int | None = None
+    heads: tuple[str, ...]
+    elements: tuple[tuple[int, ...], ...]
+    dtype: GeometryDtype = "float32"
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "heads", tuple(self.heads))
+        object.__setattr__(self, "elements", tuple(tuple(int(z) for z in e) for e in self.elements))
+        if len(self.elements) != len(self.heads):
+            raise ValueError(f"{len(self.heads)} heads but element lists for {len(self.elements)}")
+        if self.cutoff <= 0:
+            raise ValueError(f"cutoff must be positive, got {self.cutoff}")
+
+    @classmethod
+    def from_stats(
+        cls,
+        *,
+        cutoff: float,
+        max_neighbours: int | None,
+        heads: tuple[str, ...],
+        stats: Mapping[str, Mapping[str, Any]],
+        dtype: GeometryDtype = "float32",
+    ) -> GraphSettings:
+        """Settings whose per-head elements are those in a store's statistics (``stats[source]
+        ["elements"]``, written by ``matscale data pack``)."""
+        elements = tuple(
+            tuple(sorted(int(z) for z in stats.get(h, {}).get("elements", {}))) for h in heads
+        )
+        return cls(
+            cutoff=cutoff,
+            max_neighbours=max_neighbours,
+            heads=heads,
+            elements=elements,
+            dtype=dtype,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain lists and scalars, for the model file."""
+        d = asdict(self)
+        d["heads"], d["elements"] = list(self.heads), [list(e) for e in self.elements]
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> GraphSettings:
+        """Inverse of :meth:`to_dict`."""
+        return cls(
+            cutoff=float(data["cutoff"]),
+            max_neighbours=data.get("max_neighbours"),
+            heads=tuple(data["heads"]),
+            elements=tuple(tuple(e) for e in data["elements"]),
+            dtype=data.get("dtype", "float32"),
+        )
+
+    def head_index(self, head: str | None) -> int:
+        """Index of the head named ``head``; ``None`` picks the only head."""
+        if head is None:
+            if len(self.heads) == 1:
+                return 0
+            raise DataError(
+                f"this model has {len(self.heads)} heads (levels of theory): "
+                f"{', '.join(self.heads)}; choose one with head=...",
+                field="head",
+            )
+        if head not in self.heads:
+            raise DataError(
+                f"no head named {head!r}; this model's heads are {', '.join(self.heads)}",
+                field="head",
+            )
+        return self.heads.index(head)
+
+    def check_elements(
+        self, numbers: np.ndarray, head: int, *, file: str | None = None, record: Any = None
+    ) -> None:
+        """Refuse elements that head ``head`` never saw in training, naming them."""
+        seen = self.elements[head]
+        unseen = np.setdiff1d(np.asarray(numbers), np.asarray(seen, dtype=np.int64))
+        if len(unseen):
+            names = ", ".join(f"{_symbol(z)} (Z={z})" for z in unseen)
+            raise DataError(
+                f"element {names} never appeared in the training data of head "
+                f"{self.heads[head]!r}, which knows {', '.join(_symbol(z) for z in seen)}",
+                file=file,
+                record=record,
+                field="numbers",
+                kind="unknown-element",
+            )
+
+    def sample(
+        self, s: Structure, head: int, *, index: int = -1, file: str | None = None
+    ) -> dict[str, np.ndarray]:
+        """``s`` as the model's graph sample (numpy arrays; see :func:`collate`), read by head
+        ``head``. Raises :class:`DataError` for elements the head never saw, non-finite
+        positions and degenerate periodic cells."""
+        record = s.key or (index if index >= 0 else None)
+        self.check_elements(s.numbers, head, file=file, record=record)
+        check_geometry(s, file=file, record=record)
+        return graph_sample(
+            s, self.cutoff, max_neighbours=self.max_neighbours, source=head, index=index
+        )
+
+
+def check_geometry(s: Structure, *, file: str | None = None, record: Any = None) -> None:
+    """The cheap geometry checks inference needs on every call (no neighbour search):
+    finite positions and cell, and a lattice vector of non-zero length along every periodic
+    direction (non-zero volume when periodic in all three)."""
+    positions = np.asarray(s.positions)
+    if positions.ndim != 2 or positions.shape[1] != 3:
+        raise DataError(
+            f"expected positions of shape [n, 3], got {positions.shape}",
+            file=file,
+            record=record,
+            field="positions",
+        )
+    if not np.all(np.isfinite(positions)):
+        raise DataError("contains NaN or inf", file=file, record=record, field="positions")
+    pbc = np.asarray(s.pbc, dtype=bool)
+    if not pbc.any():
+        return
+    cell = np.asarray(s.cell, dtype=np.float64)
+    if not np.all(np.isfinite(cell)):
+        raise DataError("contains NaN or inf", file=file, record=record, field="cell")
+    if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
+        raise DataError(
+            f"periodic along {_axes(pbc)} but a lattice vector there has zero length",
+            file=file,
+            record=record,
+            field="cell",
+        )
+    volume = abs(float(np.linalg.det(cell)))
+    if pbc.all() and volume < 1e-6:
+        raise DataError(
+            f"periodic cell has zero volume ({volume:.3g} Å³)",
+            file=file,
+            record=record,
+            field="cell",
+        )
+
+
+def _axes(pbc: np.ndarray) -> str:
+    return "".join(a for a, p in zip("xyz", pbc, strict=True) if p)
+
+
+def _symbol(z: int) -> str:
+    z = int(z)
+    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}"
