@@ -134,3 +134,13 @@ def test_demo_run_matches_configs_demo_yaml() -> None:
     from_yaml, from_demo = asdict(load(yaml_path)), asdict(load(None, DEMO_RUN))
     for key in ("model", "train", "data"):
         assert from_yaml[key] == from_demo[key], key
+
+
+def test_output_into_a_closed_pipe_is_quiet(tiny_store: Path) -> None:
+    import subprocess
+    import sys
+
+    command = f"{sys.executable} -m matscale data info {tiny_store} | head -n 1"
+    proc = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
+    assert proc.returncode == 0 and proc.stdout.count("\n") == 1
+    assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr

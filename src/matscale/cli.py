@@ -8,6 +8,7 @@ import sys
 import time
 from pathlib import Path
 
+from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import ConfigError, DataError
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
@@ -23,9 +24,15 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     try:
         code = int(args.run(args) or 0)
+        sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except (DataError, ConfigError) as exc:
         print(f"matscale: error: {exc}", file=sys.stderr)
         code = 2
+    except BrokenPipeError:
+        # the reader of our output left (`matscale data info STORE | head`): not an error;
+        # point stdout at /dev/null so that the interpreter's final flush stays quiet
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        code = 0
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # gloo can abort at interpreter exit after a correct run: leave with the real code
         sys.stdout.flush()
@@ -145,6 +152,7 @@ def _parser() -> argparse.ArgumentParser:
     i.add_argument("--verify", action="store_true", help="check every shard's checksum")
     i.set_defaults(run=_info)
     add_scaling_verbs(verbs)
+    add_calc_verbs(verbs)
     return p
 
 
@@ -201,35 +209,6 @@ def _generate(args: argparse.Namespace) -> int:
     return 0
 
 
-#: Bookkeeping files that ``pack`` never reads as data, whatever their suffix.
-NOT_DATA = {"generate.json", "meta.json", "manifest.json"}
-
-
-def _collect(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
-    """Data files under ``inputs`` and the default source of each: the name of the directory
-    given on the command line (every file of a dataset is one source), or the file's stem
-    when a file is given directly."""
-    files: list[Path] = []
-    sources: dict[Path, str] = {}
-    for path in inputs:
-        if path.is_dir():
-            found = sorted(
-                f
-                for f in path.rglob("*")
-                if f.suffix.lower() in DATA_SUFFIXES
-                and f.name not in NOT_DATA
-                and "parts" not in f.relative_to(path).parts
-            )
-            files += found
-            sources.update({f: path.resolve().name for f in found})
-        else:
-            files.append(path)
-            sources[path] = path.stem
-    if not files:
-        raise DataError("no data files found", file=", ".join(map(str, inputs)))
-    return files, sources
-
-
 def _key_value(text: str, flag: str) -> tuple[str, str]:
     key, sep, value = text.partition("=")
     if not sep or not key:
@@ -245,11 +224,11 @@ def _parse_part(text: str) -> tuple[int, int]:
 
 
 def _pack(args: argparse.Namespace) -> int:
-    from matscale.data.pack import PackConfig, pack
+    from matscale.data.pack import PackConfig, collect_inputs, pack
     from matscale.data.store import META
 
     part, n_parts = _parse_part(args.part)
-    files, sources = _collect(args.inputs)
+    files, sources = collect_inputs(args.inputs)
     out = args.out.resolve()
     if any(out == f.resolve() or out in f.resolve().parents for f in files):
         raise DataError(

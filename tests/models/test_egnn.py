@@ -139,3 +139,15 @@ def test_reference_energies_stay_float64_through_dtype_casts() -> None:
     assert model.embedding.weight.dtype == torch.float32
     assert model.reference_energy.dtype == torch.float64
     assert float(model.reference_energy[0, 1]) == -12345.6789
+
+
+def test_models_and_config_import_without_ase_or_vesin() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, matscale.models.egnn, matscale.models.physics, matscale.config;"
+        "print(sorted(m for m in ('ase', 'vesin') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

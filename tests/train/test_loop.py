@@ -53,9 +53,14 @@ def test_trains_evaluates_and_exports(tiny_store: Path, tmp_path: Path) -> None:
         "holdout/emt/forces_mae_meV_per_A",
     ):
         assert key in final and final[key] > 0
-    model = load_potential(cfg.run_dir / "model.pt").model
-    assert model.config.heads == ("emt", "mol") and model.config.width == 16
+    potential = load_potential(cfg.run_dir / "model.pt")
+    assert potential.model.config.heads == ("emt", "mol") and potential.model.config.width == 16
+    assert potential.info["train_structures"]["emt"] > 0 and potential.info["train_seconds"] > 0
     assert (cfg.run_dir / "config.yaml").read_text().startswith("name: a")
+    card = (cfg.run_dir / "model.md").read_text()
+    holdout = final["holdout/emt/forces_mae_meV_per_A"]
+    assert "held-out F MAE (meV/Å)" in card and f"{holdout:.1f}" in card
+    assert "kept out of training: strained" in card and "| steps | 60 (planned 60) |" in card
 
 
 def test_resume_reproduces_the_uninterrupted_run(

@@ -5,7 +5,7 @@
     atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
 
 Every call builds the graph through the model's saved transform (cutoff, neighbour limit,
-elements per head) and runs the network through :func:`matscale.calc.predict.predict_graph`,
+elements per head) and runs the network through :func:`matscale.calc.inference.predict_graph`,
 the same path as batched prediction and ``matscale eval``.
 """
 
@@ -18,8 +18,8 @@ import torch
 from ase import Atoms
 from ase.calculators.calculator import Calculator, PropertyNotImplementedError, all_changes
 
+from matscale.calc.inference import as_structure, predict_graph
 from matscale.calc.model_file import Potential, load_potential
-from matscale.calc.predict import as_structure, predict_graph
 from matscale.data.batch import collate
 
 

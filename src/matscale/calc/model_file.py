@@ -132,9 +132,16 @@ def _upgrade_v1(blob: dict[str, Any]) -> dict[str, Any]:
     return {**blob, "format": MODEL_FORMAT, "graph": graph.to_dict(), "upgraded_from": "1"}
 
 
-def load_potential(path: str | Path, device: torch.device | str = "cpu") -> Potential:
+def load_potential(
+    path: str | Path, device: torch.device | str = "cpu", *, edge_chunk: int = 0
+) -> Potential:
     """The :class:`Potential` of a model file (``matscale export`` or a run's ``model.pt``),
-    in eval mode on ``device``."""
+    in eval mode on ``device``.
+
+    ``edge_chunk`` > 0 computes each layer's edge terms that many edges at a time and
+    recomputes them for the forces (activation checkpointing): the same numbers with memory
+    bounded by a chunk instead of every edge, for structures of 10⁵ atoms and more, at the
+    cost of one more forward pass."""
     from matscale.config import ConfigError, from_dict
 
     blob = read_model_file(path)
@@ -152,6 +159,10 @@ def load_potential(path: str | Path, device: torch.device | str = "cpu") -> Pote
             file=str(path),
         )
     model.to(dtype=getattr(torch, graph.dtype)).to(device).eval()
+    if edge_chunk:
+        from matscale.parallel.checkpointing import apply_ac
+
+        apply_ac(model, edge_chunk, whole_layers=False)
     for p in model.parameters():  # inference differentiates positions, never the weights
         p.requires_grad_(False)
     info = {k: v for k, v in blob.items() if k not in ("state_dict", "graph", "model_config")}

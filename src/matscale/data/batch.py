@@ -30,22 +30,24 @@ def graph_sample(
     max_neighbours: int | None = None,
     source: int = 0,
     index: int = -1,
+    dtype: type[np.floating] = np.float32,
 ) -> dict[str, np.ndarray]:
-    """One structure as numpy arrays with its radius graph (built here, off the main process)."""
+    """One structure as numpy arrays with its radius graph (built here, off the main process);
+    geometry (positions, cell, shifts) and force and stress labels in ``dtype``."""
     edge_index, shifts = radius_graph(s.positions, s.cell, s.pbc, cutoff, max_neighbours)
     n = s.n_atoms
     return {
         "numbers": np.asarray(s.numbers, dtype=np.int64),
-        "positions": np.asarray(s.positions, dtype=np.float32),
-        "cell": np.asarray(s.cell, dtype=np.float32)[None],
+        "positions": np.asarray(s.positions, dtype=dtype),
+        "cell": np.asarray(s.cell, dtype=dtype)[None],
         "pbc": np.asarray(s.pbc, dtype=bool)[None],
         "edge_index": edge_index,
-        "shifts": shifts.astype(np.float32),
+        "shifts": shifts.astype(dtype),
         "n_atoms": np.array([n], dtype=np.int64),
         "source": np.array([source], dtype=np.int64),
         "energy": np.array([0.0 if s.energy is None else s.energy], dtype=np.float64),
-        "forces": (np.zeros((n, 3)) if s.forces is None else s.forces).astype(np.float32),
-        "stress": (np.zeros((1, 6)) if s.stress is None else s.stress[None]).astype(np.float32),
+        "forces": (np.zeros((n, 3)) if s.forces is None else s.forces).astype(dtype),
+        "stress": (np.zeros((1, 6)) if s.stress is None else s.stress[None]).astype(dtype),
         "has_energy": np.array([s.energy is not None]),
         "has_forces": np.array([s.forces is not None]),
         "has_stress": np.array([s.stress is not None]),

@@ -26,7 +26,7 @@ from typing import Any
 
 from matscale.data.generate.threads import single_threaded_children
 from matscale.data.graph import count_edges
-from matscale.data.readers import read_structures
+from matscale.data.readers import DATA_SUFFIXES, read_structures
 from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
 from matscale.data.store import META, merge_parts, write_json_atomic
@@ -293,3 +293,32 @@ class PartWriter:
             "skipped": dict(self.skipped),
         }
         write_json_atomic(self.out / "parts" / f"{self.name}.json", self.report)
+
+
+#: Bookkeeping files that ``pack`` never reads as data, whatever their suffix.
+NOT_DATA = {"generate.json", "meta.json", "manifest.json"}
+
+
+def collect_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
+    """Data files under ``inputs`` and the default source of each: the name of the directory
+    given on the command line (every file of a dataset is one source), or the file's stem
+    when a file is given directly."""
+    files: list[Path] = []
+    sources: dict[Path, str] = {}
+    for path in inputs:
+        if path.is_dir():
+            found = sorted(
+                f
+                for f in path.rglob("*")
+                if f.suffix.lower() in DATA_SUFFIXES
+                and f.name not in NOT_DATA
+                and "parts" not in f.relative_to(path).parts
+            )
+            files += found
+            sources.update({f: path.resolve().name for f in found})
+        else:
+            files.append(path)
+            sources[path] = path.stem
+    if not files:
+        raise DataError("no data files found", file=", ".join(map(str, inputs)))
+    return files, sources

@@ -136,7 +136,12 @@ class GraphSettings:
         self.check_elements(s.numbers, head, file=file, record=record)
         check_geometry(s, file=file, record=record)
         return graph_sample(
-            s, self.cutoff, max_neighbours=self.max_neighbours, source=head, index=index
+            s,
+            self.cutoff,
+            max_neighbours=self.max_neighbours,
+            source=head,
+            index=index,
+            dtype=np.dtype(self.dtype).type,
         )
 
 

@@ -1,0 +1,176 @@
+"""The verbs of the CLI that use a trained model: ``matscale eval``, ``md``, ``relax``. Each
+parses its arguments and calls the calc package."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from matscale.errors import DataError
+
+
+def add_verbs(verbs: Any) -> None:
+    """Register ``eval``, ``md`` and ``relax`` on the CLI's subparsers."""
+    ev = verbs.add_parser("eval", help="score a model on labelled structures (files or stores)")
+    _model_args(ev)
+    ev.add_argument(
+        "data", nargs="+", type=Path, help="files, folders (searched as `data pack` does), stores"
+    )
+    ev.add_argument("--out", type=Path, default=None, help="folder for summary.json and plots")
+    ev.add_argument("--max-atoms", type=int, default=4096, help="atoms per batch")
+    ev.set_defaults(run=_eval)
+
+    md = verbs.add_parser("md", help="molecular dynamics with ASE's integrators")
+    _model_args(md)
+    _structure_args(md)
+    md.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt")
+    md.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
+    md.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    md.add_argument(
+        "--initial-temperature",
+        type=float,
+        default=None,
+        help="K of the initial velocities (default: --temperature; 0 keeps the file's)",
+    )
+    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
+    md.add_argument("--pressure", type=float, default=0.0, help="NPT pressure, GPa")
+    md.add_argument("--log-every", type=int, default=10, help="steps between log rows/frames")
+    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--traj", type=Path, default=Path("md.traj"), help="trajectory file")
+    md.add_argument("--log", type=Path, default=Path("md.log"), help="energy/T/P log")
+    md.set_defaults(run=_md)
+
+    rx = verbs.add_parser("relax", help="relax positions (and the cell) with ASE's optimizers")
+    _model_args(rx)
+    _structure_args(rx)
+    rx.add_argument("--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire")
+    rx.add_argument("--fmax", type=float, default=0.05, help="eV/Å (default 0.05)")
+    rx.add_argument("--steps", type=int, default=500, help="most optimizer steps")
+    rx.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
+    rx.add_argument("--pressure", type=float, default=0.0, help="GPa, with --cell")
+    rx.add_argument("--out", type=Path, default=None, help="relaxed structure (default: print)")
+    rx.add_argument("--traj", type=Path, default=None, help="trajectory of the relaxation")
+    rx.set_defaults(run=_relax)
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("model", type=Path, help="model file (model.pt)")
+    p.add_argument("--head", default=None, help="level of theory (head name)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _structure_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("structure", type=Path, help="any file ASE reads (extxyz, POSCAR, cif, ...)")
+    p.add_argument("--index", default="-1", help="frame of the file (default: the last)")
+
+
+def _read_structure(path: Path, index: str) -> Any:
+    import ase.io
+
+    if not path.is_file():
+        raise DataError("no such file", file=str(path))
+    try:
+        atoms = ase.io.read(path, index=int(index) if index.lstrip("-").isdigit() else index)
+    except Exception as exc:  # ASE raises many kinds for a file it cannot parse
+        raise DataError(
+            f"ASE cannot read it ({type(exc).__name__}: {exc})", file=str(path)
+        ) from None
+    if isinstance(atoms, list):
+        raise DataError(f"--index {index!r} selects {len(atoms)} frames; give one", file=str(path))
+    if len(atoms) == 0:
+        raise DataError("structure has no atoms", file=str(path))
+    return atoms
+
+
+def _calculator(args: argparse.Namespace) -> Any:
+    from matscale.calc.ase_calculator import MatscaleCalculator
+
+    return MatscaleCalculator.from_file(args.model, head=args.head, device=args.device)
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from matscale.calc.evaluation import evaluate_files, format_table
+    from matscale.calc.model_file import load_potential
+
+    potential = load_potential(args.model, device=args.device)
+    metrics = evaluate_files(
+        potential,
+        args.data,
+        args.out,
+        head=args.head,
+        max_atoms=args.max_atoms,
+        progress=not args.no_progress,
+    )
+    print(format_table(metrics))
+    if args.out is not None:
+        print(f"summary.json, structures.csv and plots in {args.out}")
+    return 0
+
+
+def _md(args: argparse.Namespace) -> int:
+    from matscale.calc.dynamics import MDConfig, energy_drift, run_md
+
+    atoms = _read_structure(args.structure, args.index)
+    atoms.calc = _calculator(args)
+    cfg = MDConfig(
+        ensemble=args.ensemble,
+        timestep_fs=args.timestep,
+        steps=args.steps,
+        temperature_K=args.temperature,
+        initial_temperature_K=args.initial_temperature,
+        friction_per_fs=args.friction,
+        pressure_GPa=args.pressure,
+        log_every=args.log_every,
+        seed=args.seed,
+    )
+    rows = run_md(atoms, cfg, log=args.log, trajectory=args.traj, progress=not args.no_progress)
+    last = rows[-1]
+    temps = [r["temperature_K"] for r in rows[len(rows) // 2 :]]
+    print(
+        f"{cfg.steps} steps of {cfg.timestep_fs:g} fs ({last['time_ps']:.3f} ps), "
+        f"{len(atoms)} atoms, {cfg.ensemble}: final T {last['temperature_K']:.1f} K, "
+        f"mean T over the second half {sum(temps) / len(temps):.1f} K"
+    )
+    if cfg.ensemble == "nve":
+        drift = energy_drift(rows, len(atoms))
+        print(f"total energy drift {drift:+.3f} meV/atom/ps")
+    print(f"log: {args.log}; trajectory: {args.traj}")
+    return 0
+
+
+def _relax(args: argparse.Namespace) -> int:
+    import sys
+
+    import ase.io
+
+    from matscale.calc.dynamics import RelaxConfig, relax
+
+    atoms = _read_structure(args.structure, args.index)
+    atoms.calc = _calculator(args)
+    cfg = RelaxConfig(
+        optimizer=args.optimizer,
+        fmax=args.fmax,
+        steps=args.steps,
+        cell=args.cell,
+        pressure_GPa=args.pressure,
+    )
+    result = relax(atoms, cfg, trajectory=args.traj, progress=not args.no_progress)
+    print(json.dumps(asdict(result), indent=2), file=sys.stderr if args.out is None else sys.stdout)
+    if args.out is not None:
+        ase.io.write(args.out, atoms)
+        print(f"relaxed structure: {args.out}")
+    else:
+        ase.io.write(sys.stdout, atoms, format="extxyz")
+    if not result.converged:
+        print(
+            f"matscale: not converged in {cfg.steps} steps (largest force "
+            f"{result.max_force_eV_per_A:.3f} eV/Å > {cfg.fmax} eV/Å)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0

@@ -1,0 +1,287 @@
+"""Molecular dynamics and relaxation with ASE's integrators and optimizers (``matscale md``,
+``matscale relax``).
+
+MD: NVE (velocity Verlet), NVT (Langevin) or NPT (isotropic Martyna–Tobias–Klein), with a log
+of time (ps), potential, kinetic and total energy (eV), temperature (K), pressure (GPa) and
+volume (Å³), and a trajectory file. :func:`energy_drift` turns an NVE log into the drift of
+the total energy (meV/atom/ps). Relaxation: FIRE, BFGS or LBFGS, of positions or, through
+ASE's ``FrechetCellFilter``, of positions and cell together.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+from ase import Atoms, units
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from matscale.errors import DataError
+
+Ensemble = Literal["nve", "nvt", "npt"]
+Optimizer = Literal["fire", "bfgs", "lbfgs"]
+#: Columns of the MD log, with their units.
+LOG_COLUMNS = (
+    "time_ps",
+    "epot_eV",
+    "ekin_eV",
+    "etot_eV",
+    "temperature_K",
+    "pressure_GPa",
+    "volume_A3",
+)
+
+
+@dataclass(kw_only=True)
+class MDConfig:
+    """One molecular dynamics run."""
+
+    ensemble: Ensemble = "nvt"
+    """``nve`` (velocity Verlet), ``nvt`` (Langevin) or ``npt`` (isotropic MTK barostat with a
+    Nosé–Hoover chain; periodic cells only)."""
+    timestep_fs: float = 1.0
+    """Integration time step (fs)."""
+    steps: int = 1000
+    """Number of steps."""
+    temperature_K: float = 300.0
+    """Thermostat temperature and, unless ``initial_temperature_K`` is set, the temperature of
+    the initial Maxwell–Boltzmann velocities (K)."""
+    initial_temperature_K: float | None = None
+    """Temperature of the initial velocities (K); None: ``temperature_K``. Velocities already
+    on the structure are kept when this is 0."""
+    friction_per_fs: float = 0.01
+    """Langevin friction (1/fs)."""
+    pressure_GPa: float = 0.0
+    """NPT external pressure (GPa)."""
+    thermostat_fs: float = 100.0
+    """NPT thermostat damping time (fs)."""
+    barostat_fs: float = 1000.0
+    """NPT barostat damping time (fs)."""
+    log_every: int = 10
+    """Steps between log rows and trajectory frames."""
+    seed: int = 0
+    """Seed of the initial velocities and the Langevin noise."""
+
+
+def make_dynamics(atoms: Atoms, cfg: MDConfig, *, rng: np.random.Generator) -> Any:
+    """The ASE integrator of ``cfg`` for ``atoms`` (whose calculator is set)."""
+    dt = cfg.timestep_fs * units.fs
+    if cfg.ensemble == "nve":
+        from ase.md.verlet import VelocityVerlet
+
+        return VelocityVerlet(atoms, timestep=dt)
+    if cfg.ensemble == "nvt":
+        from ase.md.langevin import Langevin
+
+        return Langevin(
+            atoms,
+            timestep=dt,
+            temperature_K=cfg.temperature_K,
+            friction=cfg.friction_per_fs / units.fs,
+            rng=rng,
+            fixcm=False,  # ASE's fixcm=True does not sample NVT exactly (its own warning)
+        )
+    if cfg.ensemble == "npt":
+        if not atoms.pbc.all():
+            raise DataError("NPT needs a cell periodic in all three directions", field="pbc")
+        from ase.md.nose_hoover_chain import IsotropicMTKNPT
+
+        return IsotropicMTKNPT(
+            atoms,
+            timestep=dt,
+            temperature_K=cfg.temperature_K,
+            pressure_au=cfg.pressure_GPa * units.GPa,
+            tdamp=cfg.thermostat_fs * units.fs,
+            pdamp=cfg.barostat_fs * units.fs,
+        )
+    raise DataError(f"unknown ensemble {cfg.ensemble!r}; choose nve, nvt or npt")
+
+
+def log_row(atoms: Atoms, time_ps: float) -> dict[str, float]:
+    """One row of the MD log (units in the keys); pressure NaN without a 3D-periodic cell."""
+    epot = float(atoms.get_potential_energy())
+    ekin = float(atoms.get_kinetic_energy())
+    periodic = bool(atoms.pbc.all())
+    pressure = math.nan
+    if periodic:
+        try:
+            stress = atoms.get_stress(include_ideal_gas=True)
+            pressure = float(-np.mean(stress[:3]) / units.GPa)
+        except PropertyNotImplementedError:  # a direct-force model has no stress
+            pass
+    return {
+        "time_ps": time_ps,
+        "epot_eV": epot,
+        "ekin_eV": ekin,
+        "etot_eV": epot + ekin,
+        "temperature_K": float(atoms.get_temperature()),
+        "pressure_GPa": pressure,
+        "volume_A3": float(atoms.get_volume()) if periodic else math.nan,
+    }
+
+
+def run_md(
+    atoms: Atoms,
+    cfg: MDConfig,
+    *,
+    log: Path | None = None,
+    trajectory: Path | None = None,
+    progress: bool = True,
+) -> list[dict[str, float]]:
+    """Run ``cfg`` on ``atoms`` (calculator set); returns the log rows (every
+    ``cfg.log_every`` steps and the first), written to ``log`` as they come (whitespace-
+    separated columns, :data:`LOG_COLUMNS`) and frames to ``trajectory`` (.traj, .extxyz, ...)."""
+    from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
+
+    from matscale.progress import progress_bar
+
+    if cfg.steps < 0 or cfg.timestep_fs <= 0 or cfg.log_every < 1:
+        raise DataError("steps must be >= 0, the time step > 0 fs and log_every >= 1")
+    rng = np.random.default_rng(cfg.seed)
+    t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
+    if t0 > 0:
+        thermalize_momenta(atoms, t0, rng=rng)
+        Stationary(atoms)
+        if not atoms.pbc.any():
+            ZeroRotation(atoms)
+    dyn = make_dynamics(atoms, cfg, rng=rng)
+    rows: list[dict[str, float]] = []
+    log_fh = open(log, "w") if log is not None else None
+    writer = _trajectory_writer(trajectory)
+    bar = progress_bar(total=cfg.steps, desc=f"MD {cfg.ensemble}", unit=" steps", enabled=progress)
+
+    def record() -> None:
+        row = log_row(atoms, dyn.nsteps * cfg.timestep_fs / 1000)
+        rows.append(row)
+        if log_fh is not None:
+            if len(rows) == 1:
+                log_fh.write("# " + " ".join(LOG_COLUMNS) + "\n")
+            log_fh.write(" ".join(f"{row[c]:.8g}" for c in LOG_COLUMNS) + "\n")
+            log_fh.flush()
+        if writer is not None:
+            writer(atoms)
+        bar.update(dyn.nsteps - bar.n)
+        bar.set_postfix(
+            T=f"{row['temperature_K']:.0f}K", etot=f"{row['etot_eV']:.4f}", refresh=False
+        )
+
+    try:
+        dyn.attach(record, interval=cfg.log_every)  # ASE calls it at step 0 too
+        dyn.run(cfg.steps)
+    finally:
+        bar.close()
+        if log_fh is not None:
+            log_fh.close()
+    return rows
+
+
+def _trajectory_writer(path: Path | None) -> Any:
+    """A function appending frames to ``path``: ASE's Trajectory for .traj, ``ase.io.write``
+    (append) for any other format."""
+    if path is None:
+        return None
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    if path.suffix == ".traj":
+        from ase.io.trajectory import Trajectory
+
+        traj = Trajectory(str(path), "w")
+        return traj.write
+    import ase.io
+
+    def write(atoms: Atoms) -> None:
+        ase.io.write(path, atoms, append=True)
+
+    return write
+
+
+def energy_drift(rows: list[dict[str, float]], n_atoms: int) -> float:
+    """Slope of the total energy against time, by least squares (meV/atom/ps)."""
+    t = np.array([r["time_ps"] for r in rows])
+    e = np.array([r["etot_eV"] for r in rows])
+    if len(t) < 2 or np.ptp(t) == 0:
+        return math.nan
+    slope = np.polyfit(t, e, 1)[0]  # eV/ps
+    return float(1000 * slope / n_atoms)
+
+
+@dataclass(kw_only=True)
+class RelaxConfig:
+    """One relaxation."""
+
+    optimizer: Optimizer = "fire"
+    """``fire``, ``bfgs`` or ``lbfgs`` (ASE's)."""
+    fmax: float = 0.05
+    """Converged when every force (and cell force) is below this (eV/Å)."""
+    steps: int = 500
+    """Most optimizer steps."""
+    cell: bool = False
+    """Relax the cell too (ASE's FrechetCellFilter; periodic cells only)."""
+    pressure_GPa: float = 0.0
+    """External pressure for cell relaxation (GPa)."""
+
+
+@dataclass
+class RelaxResult:
+    """What a relaxation did: energies (eV), largest force (eV/Å), steps, convergence."""
+
+    initial_energy_eV: float
+    final_energy_eV: float
+    max_force_eV_per_A: float
+    steps: int
+    converged: bool
+    volume_A3: float | None
+
+
+def relax(
+    atoms: Atoms, cfg: RelaxConfig, *, trajectory: Path | None = None, progress: bool = True
+) -> RelaxResult:
+    """Relax ``atoms`` (calculator set) in place."""
+    from ase.filters import FrechetCellFilter
+    from ase.optimize import BFGS, FIRE, LBFGS
+
+    from matscale.progress import progress_bar
+
+    optimizers = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}
+    if cfg.optimizer not in optimizers:
+        raise DataError(f"unknown optimizer {cfg.optimizer!r}; choose fire, bfgs or lbfgs")
+    if cfg.cell and not atoms.pbc.all():
+        raise DataError(
+            "cell relaxation needs a cell periodic in all three directions", field="pbc"
+        )
+    target: Any = atoms
+    if cfg.cell:
+        target = FrechetCellFilter(atoms, scalar_pressure=cfg.pressure_GPa * units.GPa)
+    initial = float(atoms.get_potential_energy())
+    opt = optimizers[cfg.optimizer](target, logfile=None)
+    if trajectory is not None:
+        writer = _trajectory_writer(trajectory)
+        opt.attach(lambda: writer(atoms))
+    bar = progress_bar(
+        total=cfg.steps, desc=f"relax {cfg.optimizer}", unit=" steps", enabled=progress
+    )
+
+    def tick() -> None:
+        fmax = float(np.sqrt((target.get_forces() ** 2).sum(axis=1).max()))
+        bar.update(opt.nsteps - bar.n)
+        bar.set_postfix(
+            fmax=f"{fmax:.3f}", energy=f"{atoms.get_potential_energy():.4f}", refresh=False
+        )
+
+    opt.attach(tick)
+    try:
+        converged = bool(opt.run(fmax=cfg.fmax, steps=cfg.steps))
+    finally:
+        bar.close()
+    forces = target.get_forces()
+    return RelaxResult(
+        initial_energy_eV=initial,
+        final_energy_eV=float(atoms.get_potential_energy()),
+        max_force_eV_per_A=float(np.sqrt((forces**2).sum(axis=1).max())),
+        steps=int(opt.nsteps),
+        converged=converged,
+        volume_A3=float(atoms.get_volume()) if atoms.pbc.all() else None,
+    )

@@ -1,0 +1,233 @@
+"""The ASE calculator: the training path's numbers, derivatives, symmetries, periodic images
+and clear errors."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from ase import Atoms
+from ase.build import bulk, fcc111, molecule
+from ase.calculators.calculator import PropertyNotImplementedError
+
+from matscale.calc import MatscaleCalculator, Potential, load_potential
+from matscale.data.batch import collate, graph_sample
+from matscale.data.readers import atoms_to_structure
+from matscale.errors import DataError
+from matscale.models.physics import predict as physics_predict
+
+
+def alloy(seed: int = 0, repeat: int = 2) -> Atoms:
+    """A rattled, sheared fcc Cu/Au/Pd cell (triclinic), like the 'emt' head's data."""
+    rng = np.random.default_rng(seed)
+    atoms = bulk("Cu", "fcc", a=3.7).repeat(repeat)
+    atoms.set_chemical_symbols(rng.choice(["Cu", "Au", "Pd"], size=len(atoms)))
+    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))), scale_atoms=True)
+    atoms.rattle(0.1, rng=rng)
+    return atoms
+
+
+def float64(potential: Potential) -> Potential:
+    """The same potential computing in float64 (for finite differences)."""
+    return Potential(potential.model.double(), replace(potential.graph, dtype="float64"))
+
+
+@pytest.fixture
+def calc(tiny_model: Path) -> MatscaleCalculator:
+    return MatscaleCalculator.from_file(tiny_model, head="emt")
+
+
+@pytest.fixture
+def calc64(tiny_model: Path) -> MatscaleCalculator:
+    return MatscaleCalculator(float64(load_potential(tiny_model)), head="emt")
+
+
+def test_calculator_equals_the_training_path(tiny_model: Path, calc: MatscaleCalculator) -> None:
+    potential = load_potential(tiny_model)
+    for seed in range(3):
+        atoms = alloy(seed)
+        s = atoms_to_structure(atoms, source="emt")
+        graph = collate([graph_sample(s, 4.0, source=potential.heads.index("emt"))])
+        expected = {
+            k: v.detach()
+            for k, v in physics_predict(potential.model, graph, forces=True, stress=True).items()
+        }
+        atoms.calc = calc
+        assert atoms.get_potential_energy() == pytest.approx(float(expected["energy"][0]), 1e-6)
+        np.testing.assert_allclose(atoms.get_forces(), expected["forces"].numpy(), atol=1e-5)
+        np.testing.assert_allclose(atoms.get_stress(), expected["stress"][0].numpy(), atol=1e-6)
+
+
+def test_forces_are_minus_the_energy_gradient(calc64: MatscaleCalculator) -> None:
+    atoms = alloy(1)
+    atoms.calc = calc64
+    forces = atoms.get_forces()
+    h = 1e-5
+    for a, k in [(0, 0), (3, 1), (7, 2)]:
+        e = []
+        for sign in (1, -1):
+            moved = atoms.copy()
+            moved.positions[a, k] += sign * h
+            moved.calc = calc64
+            e.append(moved.get_potential_energy())
+        assert forces[a, k] == pytest.approx(-(e[0] - e[1]) / (2 * h), abs=1e-6)
+
+
+def test_stress_is_the_finite_strain_derivative(calc64: MatscaleCalculator) -> None:
+    atoms = alloy(2)
+    atoms.calc = calc64
+    stress = atoms.get_stress(voigt=False)
+    volume, h = atoms.get_volume(), 1e-6
+    for i, j in [(0, 0), (1, 1), (2, 2), (0, 1), (1, 2), (0, 2)]:
+        e = []
+        for sign in (1, -1):
+            strain = np.eye(3)
+            strain[i, j] += sign * h / (2 if i != j else 1)
+            strain[j, i] += sign * h / 2 if i != j else 0
+            strained = atoms.copy()
+            strained.set_cell(atoms.cell[:] @ strain, scale_atoms=True)
+            strained.calc = calc64
+            e.append(strained.get_potential_energy())
+        assert stress[i, j] == pytest.approx((e[0] - e[1]) / (2 * h) / volume, abs=1e-7)
+
+
+def test_rotation_translation_and_permutation(calc64: MatscaleCalculator) -> None:
+    mol = molecule("CH3CH2OH")
+    mol.rattle(0.05, seed=3)
+    potential = calc64.potential
+    mcalc = MatscaleCalculator(potential, head="mol")
+    mol.calc = mcalc
+    e, f = mol.get_potential_energy(), mol.get_forces()
+    q, _ = np.linalg.qr(np.random.default_rng(0).normal(size=(3, 3)))
+    moved = mol.copy()
+    moved.positions = mol.positions @ q.T + np.array([3.0, -1.0, 7.5])
+    moved.calc = mcalc
+    assert moved.get_potential_energy() == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(moved.get_forces(), f @ q.T, atol=1e-9)
+    order = np.random.default_rng(1).permutation(len(mol))
+    permuted = mol[order]
+    permuted.calc = mcalc
+    assert permuted.get_potential_energy() == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(permuted.get_forces(), f[order], atol=1e-9)
+
+
+def test_per_atom_energies_sum_to_the_energy(calc: MatscaleCalculator) -> None:
+    atoms = alloy(4)
+    atoms.calc = calc
+    energies = atoms.get_potential_energies()
+    assert energies.shape == (len(atoms),)
+    assert energies.sum() == pytest.approx(atoms.get_potential_energy(), rel=1e-6)
+    assert atoms.get_potential_energy(force_consistent=True) == atoms.get_potential_energy()
+
+
+def test_atoms_outside_the_cell_and_a_trajectory_across_its_boundary(
+    calc64: MatscaleCalculator,
+) -> None:
+    atoms = alloy(5)
+    atoms.calc = calc64
+    e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    outside = atoms.copy()
+    outside.positions[0] += 2 * atoms.cell[0] - atoms.cell[2]
+    outside.positions[5] -= 3 * atoms.cell[1]
+    outside.calc = calc64
+    assert outside.get_potential_energy() == pytest.approx(e, abs=1e-9)
+    np.testing.assert_allclose(outside.get_forces(), f, atol=1e-9)
+    np.testing.assert_allclose(outside.get_stress(), s, atol=1e-9)
+    # one atom walks through a face of the cell in small steps: the energy changes as the
+    # forces say (trapezoid rule, no jump at the face) and equals the wrapped copy's
+    walker = atoms.copy()
+    walker.calc = calc64
+    frac = walker.get_scaled_positions(wrap=False)[0]
+    step = 0.02 * walker.cell[0] / np.linalg.norm(walker.cell[0])  # Å
+    walker.positions[0] += (0.98 - frac[0]) * walker.cell[0]
+    energy, force = walker.get_potential_energy(), walker.get_forces()[0]
+    for _ in range(12):
+        walker.positions[0] += step
+        new_energy, new_force = walker.get_potential_energy(), walker.get_forces()[0]
+        work = -0.5 * (force + new_force) @ step
+        assert new_energy - energy == pytest.approx(work, abs=1e-6)
+        energy, force = new_energy, new_force
+        wrapped = walker.copy()
+        wrapped.wrap()
+        wrapped.calc = calc64
+        assert wrapped.get_potential_energy() == pytest.approx(energy, abs=1e-9)
+    assert walker.get_scaled_positions(wrap=False)[0, 0] > 1.0  # it did leave the cell
+
+
+def test_mixed_and_no_periodicity(calc: MatscaleCalculator) -> None:
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0, a=3.7)
+    slab.calc = calc
+    assert np.isfinite(slab.get_potential_energy())
+    assert slab.get_forces().shape == (12, 3)
+    with pytest.raises(PropertyNotImplementedError, match="periodic in all three"):
+        slab.get_stress()
+    cluster = Atoms("Cu4", positions=[[0, 0, 0], [2.5, 0, 0], [0, 2.5, 0], [0, 0, 2.5]])
+    cluster.calc = calc
+    assert np.isfinite(cluster.get_potential_energy())
+    np.testing.assert_allclose(cluster.get_forces().sum(axis=0), 0.0, atol=1e-4)
+
+
+def test_heads(tiny_model: Path) -> None:
+    with pytest.raises(DataError, match=r"2 heads .*emt, mol.*choose one"):
+        MatscaleCalculator.from_file(tiny_model)
+    with pytest.raises(DataError, match=r"no head named 'pbe'; this model's heads are emt, mol"):
+        MatscaleCalculator.from_file(tiny_model, head="pbe")
+
+
+def test_unseen_element_is_an_error_naming_it(calc: MatscaleCalculator) -> None:
+    atoms = alloy(0)
+    atoms[0].symbol = "Fe"
+    atoms.calc = calc
+    with pytest.raises(DataError, match=r"element Fe \(Z=26\) never appeared .* head 'emt'"):
+        atoms.get_potential_energy()
+    water = molecule("H2O")
+    water.calc = calc  # the 'emt' head has seen no H or O
+    with pytest.raises(DataError, match=r"H \(Z=1\), O \(Z=8\)"):
+        water.get_potential_energy()
+
+
+def test_zero_volume_cell_is_an_error(calc: MatscaleCalculator) -> None:
+    atoms = alloy(0)
+    atoms.set_cell([[3, 0, 0], [0, 3, 0], [3, 3, 0]])
+    atoms.calc = calc
+    with pytest.raises(DataError, match=r"field 'cell': periodic cell has zero volume"):
+        atoms.get_potential_energy()
+    atoms = alloy(0)
+    atoms.positions[2, 1] = np.nan
+    atoms.calc = calc
+    with pytest.raises(DataError, match=r"field 'positions': contains NaN"):
+        atoms.get_potential_energy()
+
+
+def test_model_files_bad_and_old(tiny_model: Path, tmp_path: Path) -> None:
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    with pytest.raises(DataError, match=r"junk.pt: not a matscale model file"):
+        load_potential(junk)
+    other = tmp_path / "other.pt"
+    torch.save({"weights": 1}, other)
+    with pytest.raises(DataError, match=r"other.pt: not a matscale model file \(no format"):
+        load_potential(other)
+    with pytest.raises(DataError, match=r"missing.pt: no such model file"):
+        load_potential(tmp_path / "missing.pt")
+    # a file of format 1 (no transform saved) loads with the transform it was trained with
+    blob = torch.load(tiny_model, weights_only=False)
+    old = {k: v for k, v in blob.items() if k != "graph"} | {"format": "matscale-model/1"}
+    torch.save(old, tmp_path / "v1.pt")
+    assert load_potential(tmp_path / "v1.pt").graph == load_potential(tiny_model).graph
+    torch.save(blob | {"format": "matscale-model/9"}, tmp_path / "v9.pt")
+    with pytest.raises(DataError, match=r"format 'matscale-model/9'; this matscale reads"):
+        load_potential(tmp_path / "v9.pt")
+
+
+def test_the_model_file_records_the_transform(tiny_model: Path) -> None:
+    potential = load_potential(tiny_model)
+    g = potential.graph
+    assert g.cutoff == 4.0 and g.max_neighbours is None and g.heads == ("emt", "mol")
+    assert g.elements == ((29, 46, 79), (1, 6, 7, 8))
+    card = tiny_model.with_suffix(".md").read_text()
+    for text in ("| emt | Cu Pd Au |", "| mol | H C N O |", "cutoff | 4 Å", "## Errors"):
+        assert text in card

@@ -1,0 +1,130 @@
+"""``matscale md`` and ``matscale relax``: ensembles, logs, trajectories, drift, convergence."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+from ase.build import molecule
+
+from matscale.calc import MatscaleCalculator
+from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
+from matscale.cli import main
+from tests.calc.test_ase_calculator import alloy
+
+
+def test_energy_drift_is_the_least_squares_slope() -> None:
+    rows = [{"time_ps": t, "etot_eV": 2.0 + 0.004 * t} for t in np.linspace(0, 10, 50)]
+    assert energy_drift(rows, n_atoms=4) == pytest.approx(1.0)  # 4 meV/ps over 4 atoms
+
+
+@pytest.mark.parametrize("ensemble", ["nve", "nvt", "npt"])
+def test_md_runs_each_ensemble_and_logs(tiny_model: Path, tmp_path: Path, ensemble: str) -> None:
+    atoms = alloy(0)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    cfg = MDConfig(ensemble=ensemble, timestep_fs=1.0, steps=20, temperature_K=600, log_every=5)  # type: ignore[arg-type]
+    rows = run_md(
+        atoms, cfg, log=tmp_path / "md.log", trajectory=tmp_path / "md.traj", progress=False
+    )
+    assert [r["time_ps"] for r in rows] == pytest.approx([0, 0.005, 0.01, 0.015, 0.02])
+    assert all(math.isfinite(r["pressure_GPa"]) and r["temperature_K"] > 0 for r in rows)
+    log = (tmp_path / "md.log").read_text().splitlines()
+    assert log[0].startswith("# time_ps epot_eV") and len(log) == 6
+    frames = ase.io.read(tmp_path / "md.traj", ":")
+    assert len(frames) == 5
+    np.testing.assert_allclose(frames[-1].positions, atoms.positions)
+
+
+def test_nve_conserves_energy_of_a_molecule(tiny_model: Path) -> None:
+    mol = molecule("CH4")
+    mol.calc = MatscaleCalculator.from_file(tiny_model, head="mol")
+    rows = run_md(
+        mol,
+        MDConfig(ensemble="nve", timestep_fs=0.25, steps=200, temperature_K=300, log_every=10),
+        progress=False,
+    )
+    etot = np.array([r["etot_eV"] for r in rows])
+    ekin = np.array([r["ekin_eV"] for r in rows])
+    assert np.ptp(ekin) > 10 * np.ptp(etot)  # energy flows between kinetic and potential...
+    assert np.ptp(etot) < 5e-3  # ...while the total stays put
+    assert all(math.isnan(r["pressure_GPa"]) for r in rows)  # a molecule has no pressure
+
+
+def test_relax_positions_and_cell(tiny_model: Path) -> None:
+    calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    atoms = alloy(3)
+    atoms.calc = calc
+    result = relax(atoms, RelaxConfig(optimizer="bfgs", fmax=0.002, steps=300), progress=False)
+    assert result.converged and result.final_energy_eV < result.initial_energy_eV
+    assert np.abs(atoms.get_forces()).max() < 0.002
+    atoms = alloy(3)
+    atoms.calc = calc
+    volume = atoms.get_volume()
+    result = relax(
+        atoms, RelaxConfig(optimizer="fire", fmax=0.002, steps=2000, cell=True), progress=False
+    )
+    assert result.converged and result.volume_A3 != pytest.approx(volume, rel=1e-4)
+    # FrechetCellFilter converges cell forces σ·V/N: stress within fmax·N/V
+    assert np.abs(atoms.get_stress()).max() < 0.002 * len(atoms) / atoms.get_volume()
+
+
+def test_md_and_relax_verbs(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = tmp_path / "start.extxyz"
+    ase.io.write(start, alloy(1))
+    args = [
+        "md",
+        str(tiny_model),
+        str(start),
+        "--head",
+        "emt",
+        "--ensemble",
+        "nve",
+        "--steps",
+        "20",
+    ]
+    code = main(
+        [
+            *args,
+            "--traj",
+            str(tmp_path / "t.extxyz"),
+            "--log",
+            str(tmp_path / "m.log"),
+            "--no-progress",
+        ]
+    )
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "20 steps of 1 fs" in out and "total energy drift" in out
+    assert len(ase.io.read(tmp_path / "t.extxyz", ":")) == 3  # steps 0, 10, 20
+    relaxed = tmp_path / "relaxed.extxyz"
+    code = main(
+        [
+            "relax",
+            str(tiny_model),
+            str(start),
+            "--head",
+            "emt",
+            "--optimizer",
+            "lbfgs",
+            "--out",
+            str(relaxed),
+            "--no-progress",
+        ]
+    )
+    assert code == 0 and '"converged": true' in capsys.readouterr().out
+    assert np.abs(ase.io.read(relaxed).get_forces()).max() < 0.05
+    code = main(
+        ["relax", str(tiny_model), str(start), "--head", "emt", "--steps", "1", "--fmax", "1e-5"]
+    )
+    assert code == 1 and "not converged in 1 steps (largest force" in capsys.readouterr().err
+    assert main(["md", str(tiny_model), str(tmp_path / "none.xyz"), "--head", "emt"]) == 2
+    assert "none.xyz: no such file" in capsys.readouterr().err
+    mol = tmp_path / "mol.xyz"
+    ase.io.write(mol, molecule("H2O"))
+    assert main(["relax", str(tiny_model), str(mol), "--head", "mol", "--cell"]) == 2
+    assert "cell relaxation needs a cell periodic in all three" in capsys.readouterr().err

@@ -1,0 +1,114 @@
+"""Batched prediction and ``matscale eval``: input order, budgets, metrics against a hand count."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+
+from matscale.calc import MatscaleCalculator, load_potential, predict
+from matscale.calc.evaluation import evaluate_structures, summarise
+from matscale.cli import main
+from matscale.errors import DataError
+from tests.calc.test_ase_calculator import alloy
+from tests.conftest import emt_structures, molecules
+
+
+def test_batched_equals_one_at_a_time_in_input_order(tiny_model: Path) -> None:
+    potential = load_potential(tiny_model)
+    structures = [alloy(k, repeat=1 + k % 3) for k in range(7)]  # 1 to 27 atoms, mixed
+    calc = MatscaleCalculator(potential, head="emt")
+    single = []
+    for atoms in structures:
+        atoms.calc = calc
+        single.append((atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()))
+    for max_atoms in (30, 10_000):  # several batches, and one
+        batched = predict(potential, structures, head="emt", max_atoms=max_atoms)
+        assert len(batched) == len(structures)
+        for r, (e, f, s) in zip(batched, single, strict=True):
+            assert r["energy"] == pytest.approx(e, abs=1e-4)
+            np.testing.assert_allclose(r["forces"], f, atol=1e-4)
+            np.testing.assert_allclose(r["stress"], s, atol=1e-5)
+            assert r["energies"].sum() == pytest.approx(r["energy"], abs=1e-4)
+
+
+def test_predict_picks_heads_by_source(tiny_model: Path) -> None:
+    potential = load_potential(tiny_model)
+    mixed = emt_structures(3) + molecules(2)  # sources 'emt' and 'mol'
+    results = predict(potential, mixed)
+    assert [("stress" in r) for r in results] == [True] * 3 + [False] * 2
+    by_head = predict(potential, mixed[3:], head="mol")
+    assert results[3]["energy"] == pytest.approx(by_head[0]["energy"])
+    with pytest.raises(DataError, match="choose one with head"):
+        predict(potential, [alloy(0)])  # an Atoms without a source, and two heads
+
+
+def test_metrics_match_a_hand_count(tiny_model: Path) -> None:
+    potential = load_potential(tiny_model)
+    structures = emt_structures(6) + molecules(4)
+    metrics = summarise(evaluate_structures(potential, structures, progress=False))
+    results = predict(potential, structures)
+    e_err = [
+        1000 * (r["energy"] - s.energy) / s.n_atoms
+        for s, r in zip(structures, results, strict=True)
+    ]
+    f_err = np.concatenate(
+        [1000 * (r["forces"] - s.forces).ravel() for s, r in zip(structures, results, strict=True)]
+    )
+    assert metrics["energy_mae_meV_per_atom"] == pytest.approx(np.mean(np.abs(e_err)), rel=1e-5)
+    assert metrics["forces_rmse_meV_per_A"] == pytest.approx(np.sqrt(np.mean(f_err**2)), rel=1e-5)
+    emt_e = e_err[:6]
+    assert metrics["source:emt/energy_mae_meV_per_atom"] == pytest.approx(
+        np.mean(np.abs(emt_e)), rel=1e-5
+    )
+    assert metrics["source:mol/energy_count"] == 4
+    assert metrics["family:emt/strained/energy_count"] == 2  # every third EMT cell
+    assert metrics["element:H/forces_count"] > 0 and "source:mol/stress_count" not in metrics
+    assert metrics["stress_count"] == 6
+
+
+def test_eval_verb_on_a_file_a_folder_and_a_store(
+    tiny_model: Path, tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    folder = tmp_path / "emt"
+    folder.mkdir()
+    ase.io.write(folder / "a.extxyz", [s.to_atoms() for s in emt_structures(5, seed=9)])
+    out = tmp_path / "report"
+    code = main(
+        ["eval", str(tiny_model), str(folder), str(tiny_store), "--out", str(out), "--no-progress"]
+    )
+    assert code == 0
+    table = capsys.readouterr().out
+    assert "source:emt" in table and "source:mol" in table and "element:Cu" in table
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["structures"] == 5 + 64
+    assert (out / "structures.csv").read_text().count("\n") == 1 + 69
+    assert (out / "parity.png").stat().st_size > 1000 and (out / "errors.png").is_file()
+
+
+def test_eval_verb_errors_are_one_line(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "fe.extxyz"
+    atoms = alloy(0)
+    atoms[1].symbol = "Fe"
+    atoms.info["source"] = "emt"
+    atoms.calc = None
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms.calc = SinglePointCalculator(atoms, energy=1.0, forces=np.zeros((len(atoms), 3)))
+    ase.io.write(path, atoms)
+    assert main(["eval", str(tiny_model), str(path), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "element Fe (Z=26) never appeared" in err[0]
+        and "field 'numbers'" in err[0]
+    )
+    assert main(["eval", str(tmp_path / "nope.pt"), str(path)]) == 2
+    assert "nope.pt: no such model file" in capsys.readouterr().err
+    assert main(["eval", str(tiny_model), str(path), "--head", "dft"]) == 2
+    assert "no head named 'dft'" in capsys.readouterr().err
