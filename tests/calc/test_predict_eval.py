@@ -83,6 +83,8 @@ def test_eval_verb_on_a_file_a_folder_and_a_store(
     assert code == 0
     table = capsys.readouterr().out
     assert "source:emt" in table and "source:mol" in table and "element:Cu" in table
+    family = next(line for line in table.splitlines() if line.startswith("family:emt/strained"))
+    assert family.split()[1] == "16" and "—" not in family.split()[2]  # 2 + 14 strained cells
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["structures"] == 5 + 64
     assert (out / "structures.csv").read_text().count("\n") == 1 + 69

@@ -20,7 +20,7 @@ def add_verbs(verbs: Any) -> None:
         "data", nargs="+", type=Path, help="files, folders (searched as `data pack` does), stores"
     )
     ev.add_argument("--out", type=Path, default=None, help="folder for summary.json and plots")
-    ev.add_argument("--max-atoms", type=int, default=4096, help="atoms per batch")
+    ev.add_argument("--max-atoms", type=int, default=None, help="atoms per batch (default 1024)")
     ev.set_defaults(run=_eval)
 
     md = verbs.add_parser("md", help="molecular dynamics with ASE's integrators")
@@ -95,6 +95,7 @@ def _calculator(args: argparse.Namespace) -> Any:
 
 def _eval(args: argparse.Namespace) -> int:
     from matscale.calc.evaluation import evaluate_files, format_table
+    from matscale.calc.inference import MAX_ATOMS
     from matscale.calc.model_file import load_potential
 
     potential = load_potential(args.model, device=args.device)
@@ -103,7 +104,7 @@ def _eval(args: argparse.Namespace) -> int:
         args.data,
         args.out,
         head=args.head,
-        max_atoms=args.max_atoms,
+        max_atoms=args.max_atoms or MAX_ATOMS,
         progress=not args.no_progress,
     )
     print(format_table(metrics))

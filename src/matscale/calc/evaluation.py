@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from matscale.calc.inference import predict
+from matscale.calc.inference import MAX_ATOMS, predict
 from matscale.calc.model_file import Potential
 from matscale.data.structure import Structure
 from matscale.errors import DataError
@@ -75,7 +75,7 @@ def evaluate_structures(
     structures: Iterable[Structure],
     *,
     head: str | None = None,
-    max_atoms: int = 4096,
+    max_atoms: int = MAX_ATOMS,
     progress: bool = True,
 ) -> Errors:
     """Predict every structure (batched) and gather its errors against its labels."""
@@ -236,7 +236,7 @@ def evaluate_files(
     out: Path | None,
     *,
     head: str | None = None,
-    max_atoms: int = 4096,
+    max_atoms: int = MAX_ATOMS,
     progress: bool = True,
 ) -> dict[str, Any]:
     """The whole ``matscale eval``: read, predict, score, and write the report to ``out``."""
@@ -260,7 +260,8 @@ def format_table(metrics: dict[str, Any]) -> str:
     """The MAE / RMSE table that ``matscale eval`` prints: one row per group (all, sources,
     families, elements); n counts structures (atoms for element rows)."""
     kinds = ("source", "family", "element")
-    named = {k.split("/")[0] for k in metrics if "/" in k and ":" in k.split("/")[0]}
+    # keys are "<group>/<metric>"; a family group holds a "/" itself (family:source/family)
+    named = {k.rsplit("/", 1)[0] for k in metrics if "/" in k}
     groups = ["all", *sorted(named, key=lambda g: (kinds.index(g.split(":")[0]), g))]
     keys = [
         "energy_mae_meV_per_atom",
