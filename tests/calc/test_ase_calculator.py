@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import bulk, fcc111, molecule
+from ase.build import fcc111, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from matscale.calc import MatscaleCalculator, Potential, load_potential
@@ -18,16 +18,7 @@ from matscale.data.batch import collate, graph_sample
 from matscale.data.readers import atoms_to_structure
 from matscale.errors import DataError
 from matscale.models.physics import predict as physics_predict
-
-
-def alloy(seed: int = 0, repeat: int = 2) -> Atoms:
-    """A rattled, sheared fcc Cu/Au/Pd cell (triclinic), like the 'emt' head's data."""
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Cu", "fcc", a=3.7).repeat(repeat)
-    atoms.set_chemical_symbols(rng.choice(["Cu", "Au", "Pd"], size=len(atoms)))
-    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + rng.uniform(-0.04, 0.04, (3, 3))), scale_atoms=True)
-    atoms.rattle(0.1, rng=rng)
-    return atoms
+from tests.calc.structures import alloy
 
 
 def float64(potential: Potential) -> Potential:
@@ -231,3 +222,19 @@ def test_the_model_file_records_the_transform(tiny_model: Path) -> None:
     card = tiny_model.with_suffix(".md").read_text()
     for text in ("| emt | Cu Pd Au |", "| mol | H C N O |", "cutoff | 4 Å", "## Errors"):
         assert text in card
+
+
+def test_export_of_a_checkpoint_written_before_transforms_were_saved(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    from matscale.cli import main
+    from matscale.train.checkpoint import list_checkpoints, load_checkpoint
+
+    ck = load_checkpoint(list_checkpoints(tiny_model.parent)[-1])
+    old = {k: v for k, v in ck.items() if k not in ("graph", "train_structures", "hardware")}
+    (tmp_path / "checkpoints").mkdir()
+    torch.save(old, tmp_path / "checkpoints" / "step-00000006.pt")
+    assert main(["export", str(tmp_path)]) == 0
+    exported = load_potential(tmp_path / "model.pt")
+    assert exported.graph == load_potential(tiny_model).graph
+    assert "| emt | Cu Pd Au | — |" in (tmp_path / "model.md").read_text()  # count unknown

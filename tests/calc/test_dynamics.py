@@ -13,7 +13,7 @@ from ase.build import molecule
 from matscale.calc import MatscaleCalculator
 from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
 from matscale.cli import main
-from tests.calc.test_ase_calculator import alloy
+from tests.calc.structures import alloy
 
 
 def test_energy_drift_is_the_least_squares_slope() -> None:

@@ -13,7 +13,7 @@ from matscale.calc import MatscaleCalculator, load_potential, predict
 from matscale.calc.evaluation import evaluate_structures, summarise
 from matscale.cli import main
 from matscale.errors import DataError
-from tests.calc.test_ase_calculator import alloy
+from tests.calc.structures import alloy
 from tests.conftest import emt_structures, molecules
 
 

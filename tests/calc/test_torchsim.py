@@ -14,6 +14,7 @@ from ase.build import bulk, molecule
 
 from matscale.calc import MatscaleCalculator, Potential, load_potential
 from matscale.errors import DataError
+from tests.calc.structures import alloy
 
 ts = pytest.importorskip("torch_sim")
 
@@ -22,24 +23,13 @@ from matscale.calc.torchsim import MatscaleTorchSimModel  # noqa: E402
 RTOL, ATOL = 1e-5, 1e-5
 
 
-def alloy(seed: int, repeat: tuple[int, int, int]) -> Atoms:
-    """A rattled, sheared fcc Cu/Au/Pd cell (triclinic: its cell matrix is not symmetric, so
-    a transposed cell changes the geometry)."""
-    rng = np.random.default_rng(seed)
-    atoms = bulk("Cu", "fcc", a=3.7).repeat(repeat)
-    atoms.set_chemical_symbols(rng.choice(["Cu", "Au", "Pd"], size=len(atoms)))
-    atoms.set_cell(atoms.cell[:] @ (np.eye(3) + rng.uniform(-0.05, 0.05, (3, 3))), scale_atoms=True)
-    atoms.rattle(0.1, rng=rng)
-    return atoms
-
-
 def systems() -> list[Atoms]:
     """Three periodic cells of 8, 12 and 16 atoms."""
     cubic = bulk("Pd", "fcc", a=3.8, cubic=True).repeat((2, 2, 1))
     cubic.set_cell(cubic.cell[:] @ np.array([[1, 0.1, 0], [0, 1, 0], [0.05, 0, 1]]), True)
     cubic.symbols[[1, 6, 11]] = "Au"
     cubic.rattle(0.05, seed=3)
-    return [alloy(0, (2, 2, 2)), alloy(1, (3, 2, 2)), cubic]
+    return [alloy(0, (2, 2, 2), shear=0.05), alloy(1, (3, 2, 2), shear=0.05), cubic]
 
 
 @pytest.fixture(scope="module")
