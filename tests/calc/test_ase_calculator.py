@@ -3,7 +3,6 @@ and clear errors."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -13,17 +12,12 @@ from ase import Atoms
 from ase.build import fcc111, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
-from matscale.calc import MatscaleCalculator, Potential, load_potential
+from matscale.calc import MatscaleCalculator, load_potential
 from matscale.data.batch import collate, graph_sample
 from matscale.data.readers import atoms_to_structure
 from matscale.errors import DataError
 from matscale.models.physics import predict as physics_predict
 from tests.calc.structures import alloy
-
-
-def float64(potential: Potential) -> Potential:
-    """The same potential computing in float64 (for finite differences)."""
-    return Potential(potential.model.double(), replace(potential.graph, dtype="float64"))
 
 
 @pytest.fixture
@@ -33,7 +27,7 @@ def calc(tiny_model: Path) -> MatscaleCalculator:
 
 @pytest.fixture
 def calc64(tiny_model: Path) -> MatscaleCalculator:
-    return MatscaleCalculator(float64(load_potential(tiny_model)), head="emt")
+    return MatscaleCalculator.from_file(tiny_model, head="emt", dtype="float64")
 
 
 def test_calculator_equals_the_training_path(tiny_model: Path, calc: MatscaleCalculator) -> None:
@@ -218,6 +212,11 @@ def test_the_model_file_records_the_transform(tiny_model: Path) -> None:
     potential = load_potential(tiny_model)
     g = potential.graph
     assert g.cutoff == 4.0 and g.max_neighbours is None and g.heads == ("emt", "mol")
+    assert (
+        g.dtype == "float32" and load_potential(tiny_model, dtype="float64").dtype == torch.float64
+    )
+    with pytest.raises(DataError, match="dtype must be float32 or float64"):
+        load_potential(tiny_model, dtype="float16")  # type: ignore[arg-type]
     assert g.elements == ((29, 46, 79), (1, 6, 7, 8))
     card = tiny_model.with_suffix(".md").read_text()
     for text in ("| emt | Cu Pd Au |", "| mol | H C N O |", "cutoff | 4 Å", "## Errors"):

@@ -3,7 +3,6 @@ torch-sim's cell and stress conventions, batched MD, and clear errors."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -97,9 +96,7 @@ def test_molecules_with_the_other_head(potential: Potential) -> None:
 def test_stress_has_the_sign_torch_sim_relaxes_with(tiny_model: Path) -> None:
     """One small cell step of torch-sim's own gradient descent lowers the energy of a
     strained one-atom cell (no forces: the energy changes through the stress alone)."""
-    fresh = load_potential(tiny_model)  # .double() converts in place: not the shared one
-    p64 = Potential(fresh.model.double(), replace(fresh.graph, dtype="float64"))
-    model = MatscaleTorchSimModel(p64, head="emt")
+    model = MatscaleTorchSimModel(load_potential(tiny_model, dtype="float64"), head="emt")
     atoms = bulk("Cu", "fcc", a=3.5)
     atoms.set_cell(atoms.cell[:] @ np.array([[1.03, 0.04, 0], [0, 0.98, 0.02], [0, 0, 1.0]]), True)
     state = ts.io.atoms_to_state([atoms], model.device, model.dtype)

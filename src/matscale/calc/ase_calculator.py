@@ -21,6 +21,7 @@ from ase.calculators.calculator import Calculator, PropertyNotImplementedError, 
 from matscale.calc.inference import as_structure, predict_graph
 from matscale.calc.model_file import Potential, load_potential
 from matscale.data.batch import collate
+from matscale.data.transform import GeometryDtype
 
 
 class MatscaleCalculator(Calculator):
@@ -58,10 +59,12 @@ class MatscaleCalculator(Calculator):
         path: str | Path,
         head: str | None = None,
         device: str | torch.device = "cpu",
+        dtype: GeometryDtype | None = None,
         **kwargs: Any,
     ) -> MatscaleCalculator:
-        """The calculator of a model file (``model.pt``) on ``device``."""
-        return cls(load_potential(path, device=device), head=head, **kwargs)
+        """The calculator of a model file (``model.pt``) on ``device``, in ``dtype``
+        (``"float64"`` for finite differences and phonons; None: the model's own)."""
+        return cls(load_potential(path, device=device, dtype=dtype), head=head, **kwargs)
 
     def calculate(
         self,

@@ -12,14 +12,14 @@ the statistics (elements per source), which is what they were trained with.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 import matscale
-from matscale.data.transform import GraphSettings
+from matscale.data.transform import GeometryDtype, GraphSettings
 from matscale.errors import DataError
 from matscale.models.egnn import EGNN, EGNNConfig
 
@@ -133,10 +133,17 @@ def _upgrade_v1(blob: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_potential(
-    path: str | Path, device: torch.device | str = "cpu", *, edge_chunk: int = 0
+    path: str | Path,
+    device: torch.device | str = "cpu",
+    *,
+    dtype: GeometryDtype | None = None,
+    edge_chunk: int = 0,
 ) -> Potential:
     """The :class:`Potential` of a model file (``matscale export`` or a run's ``model.pt``),
     in eval mode on ``device``.
+
+    ``dtype`` overrides the dtype the model was trained in (``"float64"`` for finite
+    differences, phonons and tight relaxations; the weights are cast, nothing is retrained).
 
     ``edge_chunk`` > 0 computes each layer's edge terms that many edges at a time and
     recomputes them for the forces (activation checkpointing): the same numbers with memory
@@ -153,6 +160,10 @@ def load_potential(
         raise DataError(
             f"model file is damaged or from an incompatible matscale ({exc})", file=str(path)
         ) from None
+    if dtype is not None:
+        if dtype not in ("float32", "float64"):
+            raise DataError(f"dtype must be float32 or float64, got {dtype!r}", field="dtype")
+        graph = replace(graph, dtype=dtype)
     if graph.heads != model.config.heads or abs(graph.cutoff - model.config.cutoff) > 1e-9:
         raise DataError(
             "model file's transform disagrees with its model config (heads or cutoff)",
