@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from ase.data import chemical_symbols
 
-from matscale.calc.inference import MAX_ATOMS, predict
+from matscale.calc.inference import MAX_ATOMS, head_for, predict
 from matscale.calc.model_file import Potential
 from matscale.data.structure import Structure
 from matscale.errors import DataError
@@ -111,7 +111,7 @@ def _add(
         "key": s.key,
         "source": s.source,
         "family": s.family,
-        "head": head or (s.source if s.source in potential.heads else potential.heads[0]),
+        "head": potential.heads[head_for(potential, s, head)],
         "atoms": n,
     }
     if s.energy is not None:
