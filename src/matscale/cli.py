@@ -33,6 +33,9 @@ def main(argv: list[str] | None = None) -> int:
         # point stdout at /dev/null so that the interpreter's final flush stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         code = 0
+    except OSError as exc:  # a path that cannot be read or written: its name and why
+        print(f"matscale: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
+        code = 2
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         # gloo can abort at interpreter exit after a correct run: leave with the real code
         sys.stdout.flush()

@@ -99,6 +99,10 @@ def test_rotation_translation_and_permutation(calc64: MatscaleCalculator) -> Non
     np.testing.assert_allclose(permuted.get_forces(), f[order], atol=1e-9)
 
 
+def test_ase_records_the_model_and_head(tiny_model: Path, calc: MatscaleCalculator) -> None:
+    assert calc.todict() == {"model": str(tiny_model), "head": "emt"}
+
+
 def test_per_atom_energies_sum_to_the_energy(calc: MatscaleCalculator) -> None:
     atoms = alloy(4)
     atoms.calc = calc
@@ -196,6 +200,10 @@ def test_model_files_bad_and_old(tiny_model: Path, tmp_path: Path) -> None:
     torch.save({"weights": 1}, other)
     with pytest.raises(DataError, match=r"other.pt: not a matscale model file \(no format"):
         load_potential(other)
+    unsafe = tmp_path / "unsafe.pt"
+    torch.save({"format": "matscale-model/2", "code": print}, unsafe)  # a pickled function
+    with pytest.raises(DataError, match=r"unsafe.pt: the file holds objects beyond tensors"):
+        load_potential(unsafe)
     with pytest.raises(DataError, match=r"missing.pt: no such model file"):
         load_potential(tmp_path / "missing.pt")
     # a file of format 1 (no transform saved) loads with the transform it was trained with

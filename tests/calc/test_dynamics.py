@@ -128,3 +128,30 @@ def test_md_and_relax_verbs(
     ase.io.write(mol, molecule("H2O"))
     assert main(["relax", str(tiny_model), str(mol), "--head", "mol", "--cell"]) == 2
     assert "cell relaxation needs a cell periodic in all three" in capsys.readouterr().err
+
+
+def test_verbs_refuse_bad_settings_in_one_line(
+    tiny_model: Path, tiny_direct_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    start = tmp_path / "start.extxyz"
+    ase.io.write(start, alloy(1))
+    head = ["--head", "emt", "--no-progress"]
+    cases = [
+        (["md", str(tiny_model), str(start), "--temperature", "-10"], "temperature_K must be >= 0"),
+        (
+            ["md", str(tiny_model), str(start), "--index", "3"],
+            "--index 3 is out of range: the file has 1 frame",
+        ),
+        (["md", str(tiny_direct_model), str(start), "--ensemble", "npt"], "NPT needs stress"),
+        (["relax", str(tiny_direct_model), str(start), "--cell"], "cell relaxation needs stress"),
+        (["relax", str(tiny_model), str(start), "--fmax", "-1"], "fmax must be > 0"),
+        (
+            ["md", str(tiny_model), str(start), "--log", str(tmp_path / "no/dir/x.log")],
+            "no/dir/x.log: No such file",
+        ),
+        (["md", str(tiny_model), str(start), "--device", "cuda:7"], "field 'device'"),
+    ]
+    for args, message in cases:
+        assert main([*args, *head]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)

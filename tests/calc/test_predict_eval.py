@@ -8,6 +8,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+from ase import Atoms
 
 from matscale.calc import MatscaleCalculator, load_potential, predict
 from matscale.calc.evaluation import evaluate_structures, summarise
@@ -42,7 +43,7 @@ def test_predict_picks_heads_by_source(tiny_model: Path) -> None:
     assert [("stress" in r) for r in results] == [True] * 3 + [False] * 2
     by_head = predict(potential, mixed[3:], head="mol")
     assert results[3]["energy"] == pytest.approx(by_head[0]["energy"])
-    with pytest.raises(DataError, match="choose one with head"):
+    with pytest.raises(DataError, match=r"record 0, field .head.: .*choose one"):
         predict(potential, [alloy(0)])  # an Atoms without a source, and two heads
 
 
@@ -114,3 +115,23 @@ def test_eval_verb_errors_are_one_line(
     assert "nope.pt: no such model file" in capsys.readouterr().err
     assert main(["eval", str(tiny_model), str(path), "--head", "dft"]) == 2
     assert "no head named 'dft'" in capsys.readouterr().err
+
+
+def test_eval_without_labels_and_predict_of_one_structure(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nolabels.extxyz"
+    atoms = alloy(0)
+    atoms.info["source"] = "emt"
+    ase.io.write(path, [atoms, atoms])
+    assert main(["eval", str(tiny_model), str(path), "--out", str(tmp_path / "r")]) == 2
+    assert "none of the 2 structures carries an energy" in capsys.readouterr().err
+    potential = load_potential(tiny_model)
+    with pytest.raises(DataError, match="predict takes a list of structures, got one"):
+        predict(potential, atoms)
+    with pytest.raises(DataError, match=r"record 1, field 'head': this model has 2 heads"):
+        predict(potential, [emt_structures(1)[0], alloy(1)])  # the second has no source
+    (r,) = predict(potential, [atoms], head="emt", forces=False, stress=True)
+    assert "forces" not in r and r["stress"].shape == (6,)
+    with pytest.raises(DataError, match="field 'numbers': structure has no atoms"):
+        predict(potential, [Atoms(cell=[3, 3, 3], pbc=True)], head="emt")

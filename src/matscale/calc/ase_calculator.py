@@ -52,6 +52,8 @@ class MatscaleCalculator(Calculator):
         self.potential = potential
         self.head = potential.graph.heads[potential.graph.head_index(head)]
         self._head_index = potential.graph.heads.index(self.head)
+        # what ASE records of a calculator (todict(), trajectories): the model and the head
+        self.parameters.update(model=potential.info.get("path"), head=self.head)
 
     @classmethod
     def from_file(

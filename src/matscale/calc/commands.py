@@ -14,41 +14,55 @@ from matscale.errors import DataError
 
 def add_verbs(verbs: Any) -> None:
     """Register ``eval``, ``md`` and ``relax`` on the CLI's subparsers."""
-    ev = verbs.add_parser("eval", help="score a model on labelled structures (files or stores)")
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    ev = verbs.add_parser(
+        "eval", help="score a model on labelled structures (files or stores)", formatter_class=fmt
+    )
     _model_args(ev)
     ev.add_argument(
         "data", nargs="+", type=Path, help="files, folders (searched as `data pack` does), stores"
     )
     ev.add_argument("--out", type=Path, default=None, help="folder for summary.json and plots")
-    ev.add_argument("--max-atoms", type=int, default=None, help="atoms per batch (default 1024)")
+    ev.add_argument("--max-atoms", type=int, default=1024, help="atoms per batch")
     ev.set_defaults(run=_eval)
 
-    md = verbs.add_parser("md", help="molecular dynamics with ASE's integrators")
+    md = verbs.add_parser(
+        "md", help="molecular dynamics with ASE's integrators", formatter_class=fmt
+    )
     _model_args(md)
     _structure_args(md)
-    md.add_argument("--ensemble", choices=["nve", "nvt", "npt"], default="nvt")
-    md.add_argument("--timestep", type=float, default=1.0, help="fs (default 1)")
-    md.add_argument("--temperature", type=float, default=300.0, help="K (default 300)")
+    md.add_argument(
+        "--ensemble",
+        choices=["nve", "nvt", "npt"],
+        default="nvt",
+        help="velocity Verlet, Langevin, or isotropic MTK barostat",
+    )
+    md.add_argument("--timestep", type=float, default=1.0, help="fs")
+    md.add_argument("--temperature", type=float, default=300.0, help="K")
     md.add_argument(
         "--initial-temperature",
         type=float,
         default=None,
         help="K of the initial velocities (default: --temperature; 0 keeps the file's)",
     )
-    md.add_argument("--steps", type=int, default=1000)
+    md.add_argument("--steps", type=int, default=1000, help="time steps")
     md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
     md.add_argument("--pressure", type=float, default=0.0, help="NPT pressure, GPa")
     md.add_argument("--log-every", type=int, default=10, help="steps between log rows/frames")
-    md.add_argument("--seed", type=int, default=0)
+    md.add_argument("--seed", type=int, default=0, help="of velocities and Langevin noise")
     md.add_argument("--traj", type=Path, default=Path("md.traj"), help="trajectory file")
     md.add_argument("--log", type=Path, default=Path("md.log"), help="energy/T/P log")
     md.set_defaults(run=_md)
 
-    rx = verbs.add_parser("relax", help="relax positions (and the cell) with ASE's optimizers")
+    rx = verbs.add_parser(
+        "relax", help="relax positions (and the cell) with ASE's optimizers", formatter_class=fmt
+    )
     _model_args(rx)
     _structure_args(rx)
-    rx.add_argument("--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire")
-    rx.add_argument("--fmax", type=float, default=0.05, help="eV/Å (default 0.05)")
+    rx.add_argument(
+        "--optimizer", choices=["fire", "bfgs", "lbfgs"], default="fire", help="ASE's optimizer"
+    )
+    rx.add_argument("--fmax", type=float, default=0.05, help="eV/Å")
     rx.add_argument("--steps", type=int, default=500, help="most optimizer steps")
     rx.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
     rx.add_argument("--pressure", type=float, default=0.0, help="GPa, with --cell")
@@ -66,7 +80,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def _structure_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("structure", type=Path, help="any file ASE reads (extxyz, POSCAR, cif, ...)")
-    p.add_argument("--index", default="-1", help="frame of the file (default: the last)")
+    p.add_argument("--index", default="-1", help="frame of the file; -1 is the last")
 
 
 def _read_structure(path: Path, index: str) -> Any:
@@ -74,9 +88,17 @@ def _read_structure(path: Path, index: str) -> Any:
 
     if not path.is_file():
         raise DataError("no such file", file=str(path))
+    which = int(index) if index.lstrip("-").isdigit() else index
     try:
-        atoms = ase.io.read(path, index=int(index) if index.lstrip("-").isdigit() else index)
+        atoms = ase.io.read(path, index=which)
     except Exception as exc:  # ASE raises many kinds for a file it cannot parse
+        frames = _count_frames(path) if isinstance(which, int) else None
+        if frames is not None and not -frames <= int(which) < frames:
+            raise DataError(
+                f"--index {which} is out of range: the file has {frames} frame(s)",
+                file=str(path),
+                record=which,
+            ) from None
         raise DataError(
             f"ASE cannot read it ({type(exc).__name__}: {exc})", file=str(path)
         ) from None
@@ -87,24 +109,49 @@ def _read_structure(path: Path, index: str) -> Any:
     return atoms
 
 
-def _calculator(args: argparse.Namespace) -> Any:
+def _count_frames(path: Path) -> int | None:
+    import ase.io
+
+    try:
+        return len(ase.io.read(path, index=":"))
+    except Exception:  # the file cannot be read whole: say nothing about its length
+        return None
+
+
+def _calculator(args: argparse.Namespace, *, needs_stress: str = "") -> Any:
+    """The calculator of ``args.model``; ``needs_stress`` names what needs stress (an error
+    for a direct-force model)."""
     from matscale.calc.ase_calculator import MatscaleCalculator
 
-    return MatscaleCalculator.from_file(args.model, head=args.head, device=args.device)
+    calc = MatscaleCalculator.from_file(args.model, head=args.head, device=args.device)
+    if needs_stress and not calc.potential.conservative:
+        raise DataError(
+            f"{needs_stress} needs stress, which a direct-force model does not give",
+            file=str(args.model),
+        )
+    return calc
 
 
 def _eval(args: argparse.Namespace) -> int:
+    import sys
+
     from matscale.calc.evaluation import evaluate_files, format_table
-    from matscale.calc.inference import MAX_ATOMS
     from matscale.calc.model_file import load_potential
+    from matscale.data.store import META
 
     potential = load_potential(args.model, device=args.device)
+    if any((p / META).is_file() for p in args.data):
+        print(
+            "note: a store holds every split, training included; for errors on structures the "
+            "model never saw, give it files it was not trained on",
+            file=sys.stderr,
+        )
     metrics = evaluate_files(
         potential,
         args.data,
         args.out,
         head=args.head,
-        max_atoms=args.max_atoms or MAX_ATOMS,
+        max_atoms=args.max_atoms,
         progress=not args.no_progress,
     )
     print(format_table(metrics))
@@ -114,10 +161,18 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _md(args: argparse.Namespace) -> int:
+    import sys
+
     from matscale.calc.dynamics import MDConfig, energy_drift, run_md
 
     atoms = _read_structure(args.structure, args.index)
-    atoms.calc = _calculator(args)
+    atoms.calc = _calculator(args, needs_stress="NPT" if args.ensemble == "npt" else "")
+    if not atoms.calc.potential.conservative:
+        print(
+            "warning: this model's forces come from a direct head, not −∂E/∂x: the total "
+            "energy is not conserved (NVE drifts; benchmarks/md_drift.py)",
+            file=sys.stderr,
+        )
     cfg = MDConfig(
         ensemble=args.ensemble,
         timestep_fs=args.timestep,
@@ -133,7 +188,7 @@ def _md(args: argparse.Namespace) -> int:
     last = rows[-1]
     temps = [r["temperature_K"] for r in rows[len(rows) // 2 :]]
     print(
-        f"{cfg.steps} steps of {cfg.timestep_fs:g} fs ({last['time_ps']:.3f} ps), "
+        f"{cfg.steps} steps of {cfg.timestep_fs:g} fs ({cfg.steps * cfg.timestep_fs / 1000:g} ps), "
         f"{len(atoms)} atoms, {cfg.ensemble}: final T {last['temperature_K']:.1f} K, "
         f"mean T over the second half {sum(temps) / len(temps):.1f} K"
     )
@@ -152,7 +207,7 @@ def _relax(args: argparse.Namespace) -> int:
     from matscale.calc.dynamics import RelaxConfig, relax
 
     atoms = _read_structure(args.structure, args.index)
-    atoms.calc = _calculator(args)
+    atoms.calc = _calculator(args, needs_stress="cell relaxation" if args.cell else "")
     cfg = RelaxConfig(
         optimizer=args.optimizer,
         fmax=args.fmax,

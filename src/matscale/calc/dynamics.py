@@ -65,6 +65,24 @@ class MDConfig:
     seed: int = 0
     """Seed of the initial velocities and the Langevin noise."""
 
+    def __post_init__(self) -> None:
+        _check(self.timestep_fs > 0, "timestep_fs", f"must be > 0 fs, got {self.timestep_fs}")
+        _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        _check(
+            self.temperature_K >= 0, "temperature_K", f"must be >= 0 K, got {self.temperature_K}"
+        )
+        t0 = self.initial_temperature_K
+        _check(t0 is None or t0 >= 0, "initial_temperature_K", f"must be >= 0 K, got {t0}")
+        _check(self.friction_per_fs >= 0, "friction_per_fs", "must be >= 0")
+        _check(self.thermostat_fs > 0 and self.barostat_fs > 0, "thermostat_fs", "must be > 0")
+        _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
+        _check(self.ensemble in ("nve", "nvt", "npt"), "ensemble", "must be nve, nvt or npt")
+
+
+def _check(ok: bool, name: str, message: str) -> None:
+    if not ok:
+        raise DataError(f"{name} {message}", field=name)
+
 
 def make_dynamics(atoms: Atoms, cfg: MDConfig, *, rng: np.random.Generator) -> Any:
     """The ASE integrator of ``cfg`` for ``atoms`` (whose calculator is set)."""
@@ -138,8 +156,6 @@ def run_md(
 
     from matscale.progress import progress_bar
 
-    if cfg.steps < 0 or cfg.timestep_fs <= 0 or cfg.log_every < 1:
-        raise DataError("steps must be >= 0, the time step > 0 fs and log_every >= 1")
     rng = np.random.default_rng(cfg.seed)
     t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
     if t0 > 0:
@@ -222,6 +238,13 @@ class RelaxConfig:
     """Relax the cell too (ASE's FrechetCellFilter; periodic cells only)."""
     pressure_GPa: float = 0.0
     """External pressure for cell relaxation (GPa)."""
+
+    def __post_init__(self) -> None:
+        _check(self.fmax > 0, "fmax", f"must be > 0 eV/Å, got {self.fmax}")
+        _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
+        _check(
+            self.optimizer in ("fire", "bfgs", "lbfgs"), "optimizer", "must be fire, bfgs or lbfgs"
+        )
 
 
 @dataclass

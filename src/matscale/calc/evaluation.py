@@ -207,7 +207,9 @@ def _plots(errors: Errors, out: Path) -> list[Path]:
                 np.concatenate([p for _, p, _ in errors.stress]),
             )
         )
-    paths = []
+    paths: list[Path] = []
+    if not panels:
+        return paths
     for kind in ("parity", "errors"):
         fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4), squeeze=False)
         for ax, (name, unit, label, pred) in zip(axes[0], panels, strict=True):
@@ -245,6 +247,12 @@ def evaluate_files(
         potential, read_inputs(paths), head=head, max_atoms=max_atoms, progress=progress
     )
     metrics = summarise(errors)
+    if not any(f"{t}_count" in metrics for t in TARGETS):
+        raise DataError(
+            f"none of the {metrics['structures']} structures carries an energy, forces or a "
+            "stress: nothing to score (eval compares predictions with labels)",
+            file=", ".join(map(str, paths)),
+        )
     info = {
         "model": potential.info.get("path"),
         "head": head,
@@ -281,4 +289,5 @@ def format_table(metrics: dict[str, Any]) -> str:
         cells = [metrics.get(prefix + k) for k in keys]
         text = " ".join(f"{v:8.1f}" if v is not None else f"{'—':>8}" for v in cells)
         lines.append(f"{g:<34} {n:>7} {text}")
+    lines.append("n: structures (atoms on element rows); MAE and RMSE of force components")
     return "\n".join(lines)

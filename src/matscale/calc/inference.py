@@ -108,11 +108,17 @@ def predict(
     want_stress = potential.conservative if stress is None else stress
     if want_stress and not potential.conservative:
         raise DataError("stress needs a conservative model; this one has a direct force head")
+    if isinstance(structures, Atoms | Structure):
+        raise DataError(
+            "predict takes a list of structures, got one; pass [atoms] (or use "
+            "MatscaleCalculator for one structure at a time)"
+        )
     items = structures if isinstance(structures, Sequence) else list(structures)
     bar = _bar(len(items), progress)
     results: list[Result] = []
     for batch in batches(potential, items, head=head, max_atoms=max_atoms, max_edges=max_edges):
-        results += _split(predict_graph(potential, batch, forces=forces, stress=want_stress), batch)
+        out = predict_graph(potential, batch, forces=forces, stress=want_stress)
+        results += _split(out, batch, forces=forces)
         bar.update(batch.num_graphs)
     bar.close()
     return results
@@ -133,7 +139,11 @@ def batches(
     atoms = edges = 0
     for k, item in enumerate(items):
         s = as_structure(item, index=k)
-        sample = potential.graph.sample(s, head_for(potential, s, head), index=k)
+        try:
+            head_index = head_for(potential, s, head)
+        except DataError as exc:  # name the structure that had no head
+            raise DataError(exc.reason, record=s.key or k, field="head") from None
+        sample = potential.graph.sample(s, head_index, index=k)
         n, e = len(sample["numbers"]), sample["edge_index"].shape[1]
         over = atoms + n > max_atoms or (max_edges is not None and edges + e > max_edges)
         if pending and over:
@@ -145,19 +155,24 @@ def batches(
         yield collate(pending)
 
 
-def _split(out: dict[str, torch.Tensor], graph: AtomGraph) -> list[Result]:
-    """Per-structure results of one batch's outputs."""
+def _split(out: dict[str, torch.Tensor], graph: AtomGraph, *, forces: bool) -> list[Result]:
+    """Per-structure results of one batch's outputs (forces only when asked: stress makes
+    them anyway)."""
     n_atoms = graph.n_atoms.tolist()
     starts = np.cumsum(n_atoms)[:-1]
     node_energy = np.split(out["node_energy"].cpu().double().numpy(), starts)
-    forces = np.split(out["forces"].cpu().double().numpy(), starts) if "forces" in out else None
+    per_atom_forces = (
+        np.split(out["forces"].cpu().double().numpy(), starts)
+        if forces and "forces" in out
+        else None
+    )
     energy = out["energy"].cpu().double().numpy()
     periodic = graph.pbc.all(dim=1).tolist()
     results = []
     for b in range(graph.num_graphs):
         r: Result = {"energy": float(energy[b]), "energies": node_energy[b]}
-        if forces is not None:
-            r["forces"] = forces[b]
+        if per_atom_forces is not None:
+            r["forces"] = per_atom_forces[b]
         if "stress" in out and periodic[b]:
             r["stress"] = out["stress"][b].cpu().double().numpy()
         results.append(r)

@@ -12,6 +12,7 @@ the statistics (elements per source), which is what they were trained with.
 
 from __future__ import annotations
 
+import pickle
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -87,15 +88,33 @@ def model_file_blob(
     }
 
 
-def read_model_file(path: str | Path) -> dict[str, Any]:
+def read_model_file(path: str | Path, *, trusted: bool = False) -> dict[str, Any]:
     """The model file's dictionary, upgraded to the current format; :class:`DataError`
-    naming the file for anything that is not a readable matscale model file."""
+    naming the file for anything that is not a readable matscale model file.
+
+    The file is unpickled with ``weights_only=True``: tensors and plain data only, so a model
+    file from elsewhere cannot run code. ``trusted=True`` allows any object, for a file
+    whose pickle holds more (a model file edited by hand, say) from a source you trust."""
+    from torch.torch_version import TorchVersion
+
     path = Path(path)
     if not path.is_file():
         raise DataError("no such model file", file=str(path))
     try:
-        blob = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # any unpickling failure means: not a file we wrote
+        # TorchVersion: early format-2 files recorded torch.__version__ unconverted
+        with torch.serialization.safe_globals([TorchVersion]):
+            blob = torch.load(path, map_location="cpu", weights_only=not trusted)
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):  # not a pickle of ours at all
+            raise DataError(
+                "not a matscale model file (unreadable pickle)", file=str(path)
+            ) from None
+        raise DataError(
+            "the file holds objects beyond tensors and plain data, which could run code when "
+            "loaded; if you trust where it came from, load it with trusted=True",
+            file=str(path),
+        ) from None
+    except Exception as exc:  # any other unpickling failure means: not a file we wrote
         raise DataError(
             f"not a matscale model file (torch.load failed: {type(exc).__name__})", file=str(path)
         ) from None
@@ -138,6 +157,7 @@ def load_potential(
     *,
     dtype: GeometryDtype | None = None,
     edge_chunk: int = 0,
+    trusted: bool = False,
 ) -> Potential:
     """The :class:`Potential` of a model file (``matscale export`` or a run's ``model.pt``),
     in eval mode on ``device``.
@@ -148,10 +168,12 @@ def load_potential(
     ``edge_chunk`` > 0 computes each layer's edge terms that many edges at a time and
     recomputes them for the forces (activation checkpointing): the same numbers with memory
     bounded by a chunk instead of every edge, for structures of 10⁵ atoms and more, at the
-    cost of one more forward pass."""
+    cost of one more forward pass. ``trusted`` allows a file holding arbitrary Python
+    objects (see :func:`read_model_file`)."""
+    device = _device(device)
     from matscale.config import ConfigError, from_dict
 
-    blob = read_model_file(path)
+    blob = read_model_file(path, trusted=trusted)
     try:
         model = EGNN(from_dict(EGNNConfig, blob["model_config"]))
         model.load_state_dict(blob["state_dict"])
@@ -180,3 +202,21 @@ def load_potential(
     info["model_config"] = blob["model_config"]
     info["path"] = str(path)
     return Potential(model=model, graph=graph, info=info)
+
+
+def _device(device: torch.device | str) -> torch.device:
+    """``device`` as a torch device this machine has; :class:`DataError` otherwise."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise DataError(
+            f"unknown device {device!r}; use cpu, cuda or cuda:N", field="device"
+        ) from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise DataError(
+            f"device {device!r} asked for, but this torch build or machine has no CUDA",
+            field="device",
+        )
+    if dev.type not in ("cpu", "cuda"):
+        raise DataError(f"device {device!r} is not supported; use cpu or cuda", field="device")
+    return dev

@@ -10,7 +10,9 @@ of many systems at once on one device. This module needs it (``pip install
     model = MatscaleTorchSimModel.from_file("data/runs/demo/model.pt", head="emt-metals")
     final = ts.integrate(system=[atoms1, atoms2], model=model, integrator=ts.nvt_langevin,
                          n_steps=1000, temperature=300.0, timestep=0.002)  # K, ps
-    relaxed = ts.optimize(system=atoms_list, model=model, optimizer=ts.frechet_cell_fire)
+    converged = ts.generate_force_convergence_fn(force_tol=1e-3, include_cell_forces=True)
+    relaxed = ts.optimize(system=atoms_list, model=model, optimizer=ts.frechet_cell_fire,
+                          convergence_fn=converged)  # the default stops early on cells
 
 Every call builds one batch of all the state's systems through the model's saved transform
 (:meth:`matscale.data.transform.GraphSettings.sample`: cutoff, neighbour limit, elements per

@@ -99,7 +99,8 @@ class GraphSettings:
                 return 0
             raise DataError(
                 f"this model has {len(self.heads)} heads (levels of theory): "
-                f"{', '.join(self.heads)}; choose one with head=...",
+                f"{', '.join(self.heads)}; choose one (--head on the command line, head= in "
+                "Python)",
                 field="head",
             )
         if head not in self.heads:
@@ -147,8 +148,10 @@ class GraphSettings:
 
 def check_geometry(s: Structure, *, file: str | None = None, record: Any = None) -> None:
     """The cheap geometry checks inference needs on every call (no neighbour search):
-    finite positions and cell, and a lattice vector of non-zero length along every periodic
-    direction (non-zero volume when periodic in all three)."""
+    at least one atom, finite positions and cell, and a lattice vector of non-zero length
+    along every periodic direction (non-zero volume when periodic in all three)."""
+    if len(s.numbers) == 0:
+        raise DataError("structure has no atoms", file=file, record=record, field="numbers")
     positions = np.asarray(s.positions)
     if positions.ndim != 2 or positions.shape[1] != 3:
         raise DataError(

@@ -104,7 +104,7 @@ def hardware(d: Dist) -> dict[str, object]:
         "device": d.device.type,
         "threads_per_process": torch.get_num_threads(),
         "cpu": _cpu_model() or platform.processor() or platform.machine(),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),  # a plain str: model files load with weights_only
     }
     if d.device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(d.device)
