@@ -155,3 +155,11 @@ def test_verbs_refuse_bad_settings_in_one_line(
         assert main([*args, *head]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
+
+
+def test_md_with_direct_forces_logs_no_pressure(tiny_direct_model: Path) -> None:
+    atoms = alloy(2)
+    atoms.calc = MatscaleCalculator.from_file(tiny_direct_model, head="emt")
+    rows = run_md(atoms, MDConfig(ensemble="nve", steps=4, log_every=2), progress=False)
+    assert len(rows) == 3 and all(math.isnan(r["pressure_GPa"]) for r in rows)
+    assert all(math.isfinite(r["etot_eV"]) for r in rows)

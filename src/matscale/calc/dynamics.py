@@ -17,7 +17,6 @@ from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms, units
-from ase.calculators.calculator import PropertyNotImplementedError
 
 from matscale.errors import DataError
 
@@ -123,13 +122,10 @@ def log_row(atoms: Atoms, time_ps: float) -> dict[str, float]:
     epot = float(atoms.get_potential_energy())
     ekin = float(atoms.get_kinetic_energy())
     periodic = bool(atoms.pbc.all())
-    pressure = math.nan
-    if periodic:
-        try:
-            stress = atoms.get_stress(include_ideal_gas=True)
-            pressure = float(-np.mean(stress[:3]) / units.GPa)
-        except PropertyNotImplementedError:  # a direct-force model has no stress
-            pass
+    pressure = math.nan  # no cell, or a direct-force model (no stress)
+    if periodic and "stress" in _properties(atoms):
+        stress = atoms.get_stress(include_ideal_gas=True)
+        pressure = float(-np.mean(stress[:3]) / units.GPa)
     return {
         "time_ps": time_ps,
         "epot_eV": epot,
@@ -139,6 +135,15 @@ def log_row(atoms: Atoms, time_ps: float) -> dict[str, float]:
         "pressure_GPa": pressure,
         "volume_A3": float(atoms.get_volume()) if periodic else math.nan,
     }
+
+
+def _properties(atoms: Atoms) -> list[str]:
+    """What the calculator of ``atoms`` can compute (a matscale calculator of a direct-force
+    model cannot give stress)."""
+    potential = getattr(atoms.calc, "potential", None)
+    if potential is not None and not potential.conservative:
+        return ["energy", "forces"]
+    return list(getattr(atoms.calc, "implemented_properties", []))
 
 
 def run_md(

@@ -117,6 +117,6 @@ def _cpu_model() -> str:
             for line in fh:
                 if line.startswith("model name"):
                     return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    except OSError:  # not Linux: the caller falls back to platform's name
+        return ""
     return ""
