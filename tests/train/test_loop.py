@@ -1,3 +1,4 @@
+import itertools
 import json
 import shutil
 from pathlib import Path
@@ -147,3 +148,24 @@ def test_a_run_folder_of_another_model_is_refused(tiny_store: Path, tmp_path: Pa
     assert sorted(p.name for p in (tmp_path / "r" / "checkpoints").iterdir()) == before
     longer = train(_cfg(tiny_store, tmp_path, "name=r", "train.steps=6"), progress=False)
     assert longer["forces_mae_meV_per_A"] > 0
+
+
+def test_a_time_budget_anneals_the_cosine_and_a_resume_continues_it(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # far more steps than 3 seconds allow: the clock, not the step count, ends the decay
+    extra = ("name=timed", "train.steps=100000", "train.max_minutes=0.05", "train.lr=1e-2")
+    extra += ("train.schedule=cosine-time",)
+    cfg = _cfg(tiny_store, tmp_path, *extra, "train.eval_every=100000")
+    train(cfg, progress=False)
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["kind"] == "train"]
+    assert 10 < len(lrs) < 100000 and max(lrs) > 0.9e-2
+    assert lrs[-1] < 0.03 * 1e-2  # min_lr_ratio 0.01 of 1e-2, give or take the last step
+    warm = 2  # train.warmup_steps in BASE: the decay starts after it
+    assert all(b <= a + 1e-12 for a, b in itertools.pairwise(lrs[warm:]))
+    # a resume of the annealed run stays at the floor: its schedule was spent
+    train(cfg, progress=False)
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    resumed = [r["lr"] for r in rows if r["kind"] == "train"][len(lrs) :]
+    assert resumed and max(resumed) < 0.03 * 1e-2

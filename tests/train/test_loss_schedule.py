@@ -54,6 +54,10 @@ def test_lr_schedule_is_a_pure_function() -> None:
     )
     assert lr_at(100, kind="cosine", **kw) == pytest.approx(0.1)
     assert lr_at(80, kind="constant", **kw) == 1.0
+    # a time budget that runs out first takes over the decay; one that lags changes nothing
+    assert lr_at(20, kind="cosine", time_fraction=1.0, **kw) == pytest.approx(0.1)
+    assert lr_at(55, kind="cosine", time_fraction=0.2, **kw) == lr_at(55, kind="cosine", **kw)
+    assert lr_at(5, kind="cosine", time_fraction=1.0, **kw) == pytest.approx(0.6)  # warm-up
 
 
 def test_plateau_halves_after_patience() -> None:

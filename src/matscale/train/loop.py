@@ -49,7 +49,7 @@ from matscale.train.data import (
 )
 from matscale.train.evaluate import evaluate
 from matscale.train.log import RunLog
-from matscale.train.schedule import Plateau, lr_at
+from matscale.train.schedule import Plateau, cosine_progress, lr_at
 from matscale.train.step import ema_update, make_optimizer, train_step
 
 
@@ -93,6 +93,8 @@ class Run:
     """The latest validation metrics."""
     seconds: float = 0.0
     """Wall-clock seconds spent training, over every resumed part of the run."""
+    schedule_progress: float = 0.0
+    """How far the learning-rate decay has gone, 0..1 (:func:`cosine_progress`)."""
 
     @property
     def sharded(self) -> bool:
@@ -182,6 +184,7 @@ def resume(run: Run) -> bool:
     run.step, run.epoch, run.batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
     run.metrics = ck.get("metrics", {})
     run.seconds = ck.get("train_seconds", 0.0)
+    run.schedule_progress = ck.get("schedule_progress", 0.0)
     set_rng_state(ck["rng"])
     return True
 
@@ -212,6 +215,7 @@ def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[
         "stats": run.store.stats,
         "metrics": metrics,
         "train_seconds": run.seconds,
+        "schedule_progress": run.schedule_progress,
         "train_structures": _structures_per_source(run),
         "hardware": hardware(run.d),
     }
@@ -258,7 +262,12 @@ def fit(run: Run, log: RunLog) -> None:
     """Train from ``run``'s position to ``train.steps`` (or the time limit), validating and
     checkpointing on schedule and at the end."""
     t, d, par = run.cfg.train, run.d, run.par
-    deadline = time.monotonic() + 60 * t.max_minutes if t.max_minutes else math.inf
+    budget = 60 * t.max_minutes if t.max_minutes else math.inf  # seconds of this invocation
+    started = time.monotonic()
+    # annealing in time compresses what is left of the decay into this invocation's budget
+    in_time = math.isfinite(budget) and t.schedule == "cosine-time"
+    start_progress = run.schedule_progress
+    time_fraction = start_progress if in_time else 0.0
     # one loader for the run: its workers persist across epochs; each epoch re-reads the
     # sampler, whose position set_epoch sets
     loader = loader_for(
@@ -291,6 +300,10 @@ def fit(run: Run, log: RunLog) -> None:
                 warmup=t.warmup_steps,
                 kind=t.schedule,
                 min_ratio=t.min_lr_ratio,
+                time_fraction=time_fraction,
+            )
+            run.schedule_progress = cosine_progress(
+                run.step, steps=t.steps, warmup=t.warmup_steps, time_fraction=time_fraction
             )
             stats = train_step(
                 par.step_model,
@@ -307,10 +320,13 @@ def fit(run: Run, log: RunLog) -> None:
                 ema_update(par.ema, run.model, t.ema_decay or 0.0)
             run.step += 1
             log.step(run.step, stats, lr)
-            # every process must stop at the same step, whatever its own clock says
-            done = bool(
-                all_max(torch.tensor(float(run.step >= t.steps or time.monotonic() > deadline)))
-            )
+            # every process must stop at the same step and use the same learning rate,
+            # whatever its own clock says: the slowest clock decides
+            used = (time.monotonic() - started) / budget  # share of the time budget
+            flags = all_max(torch.tensor([float(run.step >= t.steps or used > 1), used]))
+            done = bool(flags[0])
+            if in_time:
+                time_fraction = start_progress + (1 - start_progress) * min(1.0, float(flags[1]))
             if run.step % t.eval_every == 0 or done:
                 run.metrics = evaluate_split(run, run.splits.val)
                 if t.schedule == "plateau":

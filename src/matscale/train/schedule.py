@@ -6,15 +6,34 @@ import math
 from dataclasses import dataclass
 
 
-def lr_at(step: int, *, lr: float, steps: int, warmup: int, kind: str, min_ratio: float) -> float:
+def cosine_progress(step: int, *, steps: int, warmup: int, time_fraction: float = 0.0) -> float:
+    """How far the decay after warm-up has gone, 0..1: the larger of the steps' share
+    ``(step − warmup) / (steps − warmup)`` and ``time_fraction``, the share of a wall-clock
+    budget used. So a run with both budgets ends annealed by whichever runs out first."""
+    by_steps = (step - warmup) / max(1, steps - warmup)
+    return min(1.0, max(by_steps, time_fraction, 0.0))
+
+
+def lr_at(
+    step: int,
+    *,
+    lr: float,
+    steps: int,
+    warmup: int,
+    kind: str,
+    min_ratio: float,
+    time_fraction: float = 0.0,
+) -> float:
     """Learning rate at optimizer step ``step`` (0-based): linear warm-up to ``lr`` over
-    ``warmup`` steps, then ``constant`` or ``cosine`` decay to ``lr · min_ratio`` at ``steps``.
-    (``plateau`` runs are ``constant`` here, scaled by :class:`Plateau`.)"""
+    ``warmup`` steps, then ``constant``, or a cosine decay (``cosine``, ``cosine-time``) to
+    ``lr · min_ratio`` at ``steps`` or, given ``time_fraction``, at the end of the time budget
+    if that comes first (see :func:`cosine_progress`). (``plateau`` runs are ``constant``
+    here, scaled by :class:`Plateau`.)"""
     if warmup > 0 and step < warmup:
         return lr * (step + 1) / warmup
-    if kind != "cosine":
+    if kind not in ("cosine", "cosine-time"):
         return lr
-    progress = min(1.0, (step - warmup) / max(1, steps - warmup))
+    progress = cosine_progress(step, steps=steps, warmup=warmup, time_fraction=time_fraction)
     return lr * (min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
