@@ -374,7 +374,7 @@ def mace_worker(args: argparse.Namespace) -> dict[str, Any]:
     s = alloy(args.one_size, elements, args.seed)
     graph = collate([graph_sample(s, MACE_R_MAX)])
     torch.manual_seed(0)
-    settings = MaceSettings()
+    settings = MaceSettings(max_L=args.mace_max_l)
     model = build_mace(
         settings,
         atomic_numbers=elements,
@@ -606,6 +606,13 @@ def main() -> None:
     ap.add_argument("--mace-sizes", type=int, nargs="*", default=list(MACE_SIZES))
     ap.add_argument("--no-mace", action="store_true", help="skip MACE")
     ap.add_argument(
+        "--mace-max-l",
+        type=int,
+        choices=[0, 1],
+        default=1,
+        help="MACE's max_L (1: the peers grid's; 0: invariant MACE, ~3x cheaper per step)",
+    )
+    ap.add_argument(
         "--memory-share",
         type=float,
         default=MEMORY_SHARE,
@@ -633,7 +640,7 @@ def main() -> None:
     common = [
         "--threads", str(args.threads), "--device", args.device, "--repeats", str(args.repeats),
         "--budget-s", str(args.budget_s), "--seed", str(args.seed),
-        "--edge-chunk", str(args.edge_chunk),
+        "--edge-chunk", str(args.edge_chunk), "--mace-max-l", str(args.mace_max_l),
         "--elements", *map(str, elements),
     ]  # fmt: skip
     mine = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, *common]
