@@ -12,7 +12,7 @@ the same path as batched prediction and ``matscale eval``.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from ase import Atoms
@@ -39,7 +39,7 @@ class MatscaleCalculator(Calculator):
         heads if it has several).
     """
 
-    implemented_properties: ClassVar[list[str]] = [  # type: ignore[misc]
+    implemented_properties: list[str] = [  # noqa: RUF012 (ASE's protocol: a class-level list)
         "energy",
         "free_energy",
         "energies",
@@ -54,6 +54,8 @@ class MatscaleCalculator(Calculator):
         self._head_index = potential.graph.heads.index(self.head)
         # what ASE records of a calculator (todict(), trajectories): the model and the head
         self.parameters.update(model=potential.info.get("path"), head=self.head)
+        if not potential.conservative:  # ASE (and matscale md) read this to know what we give
+            self.implemented_properties = [p for p in self.implemented_properties if p != "stress"]
 
     @classmethod
     def from_file(

@@ -124,11 +124,8 @@ def _calculator(args: argparse.Namespace, *, needs_stress: str = "") -> Any:
     from matscale.calc.ase_calculator import MatscaleCalculator
 
     calc = MatscaleCalculator.from_file(args.model, head=args.head, device=args.device)
-    if needs_stress and not calc.potential.conservative:
-        raise DataError(
-            f"{needs_stress} needs stress, which a direct-force model does not give",
-            file=str(args.model),
-        )
+    if needs_stress:
+        calc.potential.require_stress(needs_stress)
     return calc
 
 

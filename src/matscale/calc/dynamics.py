@@ -123,7 +123,7 @@ def log_row(atoms: Atoms, time_ps: float) -> dict[str, float]:
     ekin = float(atoms.get_kinetic_energy())
     periodic = bool(atoms.pbc.all())
     pressure = math.nan  # no cell, or a direct-force model (no stress)
-    if periodic and "stress" in _properties(atoms):
+    if periodic and "stress" in getattr(atoms.calc, "implemented_properties", ()):
         stress = atoms.get_stress(include_ideal_gas=True)
         pressure = float(-np.mean(stress[:3]) / units.GPa)
     return {
@@ -135,15 +135,6 @@ def log_row(atoms: Atoms, time_ps: float) -> dict[str, float]:
         "pressure_GPa": pressure,
         "volume_A3": float(atoms.get_volume()) if periodic else math.nan,
     }
-
-
-def _properties(atoms: Atoms) -> list[str]:
-    """What the calculator of ``atoms`` can compute (a matscale calculator of a direct-force
-    model cannot give stress)."""
-    potential = getattr(atoms.calc, "potential", None)
-    if potential is not None and not potential.conservative:
-        return ["energy", "forces"]
-    return list(getattr(atoms.calc, "implemented_properties", []))
 
 
 def run_md(

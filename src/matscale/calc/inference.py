@@ -106,8 +106,8 @@ def predict(
     ``stress`` [6] (eV/Å³, Voigt, ASE's sign; only for cells periodic in 3D).
     """
     want_stress = potential.conservative if stress is None else stress
-    if want_stress and not potential.conservative:
-        raise DataError("stress needs a conservative model; this one has a direct force head")
+    if want_stress:
+        potential.require_stress()
     if isinstance(structures, Atoms | Structure):
         raise DataError(
             "predict takes a list of structures, got one; pass [atoms] (or use "

@@ -56,6 +56,16 @@ class Potential:
         """Forces are −∂E/∂x (energy-conserving; stress available)."""
         return self.model.config.force_head == "conservative"
 
+    def require_stress(self, what: str = "stress") -> None:
+        """Raise :class:`DataError` unless the model gives stress (``what`` names the caller's
+        need: ``"NPT"``, ``"cell relaxation"``, ...)."""
+        if not self.conservative:
+            need = "stress needs" if what == "stress" else f"{what} needs stress, which needs"
+            raise DataError(
+                f"{need} a conservative model; this one has a direct force head",
+                file=self.info.get("path"),
+            )
+
     @property
     def heads(self) -> tuple[str, ...]:
         """Names of the readout heads (levels of theory)."""

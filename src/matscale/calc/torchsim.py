@@ -88,8 +88,8 @@ class MatscaleTorchSimModel(ModelInterface):
     ) -> None:
         super().__init__()
         want_stress = potential.conservative if compute_stress is None else compute_stress
-        if want_stress and not potential.conservative:
-            raise DataError("stress needs a conservative model; this one has a direct force head")
+        if want_stress:
+            potential.require_stress()
         self.potential = potential
         self.model = potential.model  # a submodule: parameters() and state_dict() see it
         self.head = potential.graph.heads[potential.graph.head_index(head)]
