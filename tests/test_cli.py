@@ -57,7 +57,7 @@ def test_readme_pack_command_on_a_generated_directory(tmp_path: Path, capsys) ->
     assert "emt-metals" in capsys.readouterr().out
     # the same directory again, with another seed: refused, nothing mixed
     assert main([*generate, "--seed", "1"]) == 2
-    assert "holds chunks made with" in capsys.readouterr().err
+    assert "holds chunks made with another seed 0 (now 1)" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(

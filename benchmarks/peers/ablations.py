@@ -3,9 +3,11 @@
     .venv/bin/python benchmarks/peers/ablations.py --minutes 3 --sources emt-metals xtb-molecules
 
 Each variant changes one thing of the default (``train_peer.py``'s ``matscale`` model and
-recipe) and trains through the same loop, split and budget as ``run.py``'s peers. A result file
-that exists is reused (delete it to redo). Writes ``benchmarks/results/peers_ablations_<M>min.json``
-and prints a table of validation errors and steps done, with ratios to the default.
+recipe) and trains through the same loop, split, budget and held-out families
+(``matscale.data.heldout``) as ``run.py``'s peers. A result file that exists is reused (delete
+it to redo). Writes ``benchmarks/results/<name>_<M>min.json`` and prints a table of each
+held-out family's force error first, then validation errors and steps, with ratios to the
+default.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from common import write_json
+
+from matscale.data.heldout import HELDOUT_FAMILIES
 
 HERE = Path(__file__).resolve().parent
 
@@ -58,6 +62,43 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
 }
 
 
+def table(rows: list[dict[str, Any]], source: str) -> str:
+    """One source's Markdown table: held-out force errors per family first, then validation,
+    with the ratio of each to the default's."""
+    families = HELDOUT_FAMILIES.get(source, ())
+    mine = [r for r in rows if r["source"] == source]
+    base = next((r for r in mine if r["variant"] == "default"), None)
+
+    def cell(r: dict[str, Any], family: str | None) -> str:
+        m = r["val"] if family is None else r.get("holdout_by_family", {}).get(family, {})
+        b = (
+            None
+            if base is None
+            else (
+                base["val"] if family is None else base.get("holdout_by_family", {}).get(family, {})
+            )
+        )
+        f = m.get("forces_mae_meV_per_A")
+        if f is None:
+            return "–"
+        ratio = f" ({f / b['forces_mae_meV_per_A']:.2f})" if b and b is not m else ""
+        return f"{f:.1f}{ratio}"  # fmt: skip
+
+    lines = [
+        "| variant | parameters | steps | "
+        + " | ".join(f"{f} F" for f in families)
+        + " | val E (meV/atom) | val F (meV/Å) |",
+        "|---|---:|---:|" + "---:|" * (len(families) + 2),
+    ]
+    for r in mine:
+        lines.append(
+            f"| {r['variant']} | {r['parameters']:,} | {r['steps']:,} | "
+            + " | ".join(cell(r, f) for f in families)
+            + f" | {r['val']['energy_mae_meV_per_atom']:.2f} | {cell(r, None)} |"
+        )
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", type=Path, default=Path("data/store-default"))
@@ -66,6 +107,7 @@ def main() -> None:
     ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
     ap.add_argument("--val-structures", type=int, default=300)
     ap.add_argument("--work", type=Path, default=Path("data/peers/ablations"))
+    ap.add_argument("--name", default="peers_ablations", help="results file name")
     args = ap.parse_args()
     rows: list[dict[str, Any]] = []
     for source in args.sources:
@@ -79,6 +121,7 @@ def main() -> None:
                     "--source", source, "--store", str(args.store),
                     "--minutes", str(args.minutes), "--out", str(out),
                     "--val-structures", str(args.val_structures), *extra,
+                    "--holdout", *HELDOUT_FAMILIES.get(source, ()),
                 ]  # fmt: skip
                 if model_set:
                     cmd += ["--model-set", *model_set]
@@ -87,29 +130,16 @@ def main() -> None:
                 print("$", " ".join(cmd), flush=True)
                 subprocess.run(cmd, check=True)
             rows.append({"variant": name, **json.loads(out.read_text())})
-    lines = [
-        "| source | variant | parameters | steps | val E (meV/atom) | val F (meV/Å) "
-        "| F vs default |",
-        "|---|---|---:|---:|---:|---:|---:|",
-    ]
-    for source in args.sources:
-        base = next((r for r in rows if r["source"] == source and r["variant"] == "default"), None)
-        for r in (r for r in rows if r["source"] == source):
-            f = r["val"]["forces_mae_meV_per_A"]
-            ratio = f / base["val"]["forces_mae_meV_per_A"] if base else float("nan")
-            lines.append(
-                f"| {source} | {r['variant']} | {r['parameters']:,} | {r['steps']:,} "
-                f"| {r['val']['energy_mae_meV_per_atom']:.2f} | {f:.1f} | {ratio:.2f} |"
-            )
-    text = "\n".join(lines)
-    print(text)
+    tables = {source: table(rows, source) for source in args.sources}
+    for source, text in tables.items():
+        print(f"\n{source}\n{text}")
     write_json(
-        f"peers_ablations_{args.minutes:g}min",
+        f"{args.name}_{args.minutes:g}min",
         {
             "command": " ".join(["benchmarks/peers/ablations.py", *sys.argv[1:]]),
             "minutes": args.minutes,
             "runs": rows,
-            "table": text,
+            "tables": tables,
         },
     )
 

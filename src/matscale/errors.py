@@ -67,3 +67,8 @@ class CorruptShardError(DataError):
 
 class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema (names the key)."""
+
+
+class ExtrapolationWarning(UserWarning):
+    """A structure outside what a model's training data covered (e.g. a contact shorter than
+    any in training): the prediction is an extrapolation, to be trusted less."""

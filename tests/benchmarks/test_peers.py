@@ -62,3 +62,33 @@ def test_one_peer_run_end_to_end(tiny_store: Path, tmp_path: Path) -> None:
     assert r["steps"] > 0 and len(r["curve"]) == 6
     assert r["val"]["forces_mae_meV_per_A"] > 0 and r["inference_atoms_per_s_batched"] > 0
     assert r["holdout_structures"] > 0 and r["holdout"]["forces_mae_meV_per_A"] > 0
+    assert r["holdout_by_family"]["strained"]["forces_mae_meV_per_A"] > 0
+
+
+def test_grid_tables_pick_the_best_mace_per_budget_and_compare_every_family() -> None:
+    import run as grid
+
+    def result(model: str, minutes: float, val_f: float, held: float, speed: float) -> dict:
+        return {
+            "model": model, "source": "emt-metals", "budget_seconds": 60 * minutes,
+            "parameters": 1000, "epochs": 1.0,
+            "val": {"forces_mae_meV_per_A": val_f, "energy_mae_meV_per_atom": 1.0},
+            "holdout_by_family": {
+                f: {"forces_mae_meV_per_A": held} for f in ("surface", "cluster", "distorted")
+            },
+            "inference_atoms_per_s_single": speed, "inference_atoms_per_s_batched": speed,
+        }  # fmt: skip
+
+    results = [
+        result("matscale", 10, 20.0, 50.0, 6000.0),
+        result("mace-L0-32", 10, 25.0, 40.0, 1000.0),
+        result("mace-L1-32", 10, 30.0, 30.0, 300.0),  # better held out, worse validation
+        result("mace-L1-32", 5, 10.0, 10.0, 300.0),  # another budget: not compared
+    ]
+    assert grid.best_mace(results, "emt-metals", 600.0)["model"] == "mace-L0-32"
+    (v,) = [x for x in grid.verdict(results, "emt-metals") if x["minutes"] == 10]
+    assert v["best_mace"] == "mace-L0-32" and v["inference_speed_ratio"] == 6.0
+    assert v["error_ratios"]["val_forces"] == 0.8 and v["error_ratios"]["distorted_forces"] == 1.25
+    assert not v["met"]  # a held-out family is behind
+    text = grid.table(results, "emt-metals")
+    assert "| 10 | mace-L0-32 (best MACE) |" in text and "| – |" in text  # md-1500K: no run

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from ase import Atoms
-from ase.build import fcc111, molecule
+from ase.build import bulk, fcc111, molecule
 from ase.calculators.calculator import PropertyNotImplementedError
 
 from matscale.calc import MatscaleCalculator, load_potential
@@ -245,3 +245,34 @@ def test_export_of_a_checkpoint_written_before_transforms_were_saved(
     exported = load_potential(tmp_path / "model.pt")
     assert exported.graph == load_potential(tiny_model).graph
     assert "| emt | Cu Pd Au | — |" in (tmp_path / "model.md").read_text()  # count unknown
+
+
+def test_contacts_shorter_than_any_in_training_are_warned_about(
+    tiny_model: Path, calc: MatscaleCalculator
+) -> None:
+    import warnings
+    from dataclasses import replace
+
+    from matscale.errors import ExtrapolationWarning
+
+    shortest = dict(((a, b), d) for a, b, d in calc.potential.graph.shortest[0])
+    assert 1.5 < shortest[(29, 29)] < 3.0  # the store's closest Cu-Cu pair, in Å
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a structure like the training data: silent
+        atoms = bulk("Cu", "fcc", a=3.7).repeat(2)
+        atoms.calc = calc
+        atoms.get_potential_energy()
+    dimer = Atoms("Cu2", positions=[[0, 0, 0], [1.0, 0, 0]])
+    dimer.calc = calc
+    with pytest.warns(ExtrapolationWarning, match=r"a Cu-Cu contact shorter than \d\.\d\d Å"):
+        squeezed = dimer.get_potential_energy()
+    apart = dimer.copy()
+    apart.positions[1, 0] = 2.5
+    apart.calc = calc
+    assert squeezed > apart.get_potential_energy() + 10.0  # eV: the pair prior repels
+    # a model saved before the distances were recorded warns about nothing
+    old = replace(calc.potential, graph=replace(calc.potential.graph, shortest=()))
+    dimer.calc = MatscaleCalculator(old, head="emt")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        dimer.get_potential_energy()

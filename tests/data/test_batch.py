@@ -90,3 +90,24 @@ def _settings(store: Store, heads) -> GraphSettings:
     return GraphSettings.from_stats(
         cutoff=4.0, max_neighbours=None, heads=tuple(heads), stats=store.stats
     )
+
+
+def test_settings_carry_the_shortest_distances_through_the_model_file(tmp_path: Path) -> None:
+    structures = emt_structures(6) + molecules(6)
+    path = tmp_path / "in.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in structures])
+    pack([path], tmp_path / "st", PackConfig(workers=1), progress=False)
+    store = Store(tmp_path / "st")
+    settings = _settings(store, ("emt", "mol"))
+    assert len(settings.shortest) == 2
+    cc = {(a, b): d for a, b, d in settings.shortest[1]}[(6, 6)]
+    assert cc == store.stats["mol"]["shortest_distance_A"]["6-6"] and 1.1 < cc < 1.6
+    assert GraphSettings.from_dict(settings.to_dict()) == settings
+    # every structure of the store itself passes without a warning
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = GraphDataset(store, settings)
+        for k in range(len(store)):
+            ds[k]

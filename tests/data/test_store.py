@@ -178,6 +178,28 @@ def test_statistics_of_a_packed_store(tmp_path: Path) -> None:
     )
 
 
+def test_shortest_distance_per_element_pair_is_the_minimum_over_all_workers(
+    tmp_path: Path,
+) -> None:
+    mols = molecules(12)
+    files = write_files(tmp_path, mols, per_file=3)
+    meta = pack(files, tmp_path / "st", PackConfig(cutoff=5.0, workers=2), progress=False)
+    expected: dict[str, float] = {}
+    for m in mols:
+        atoms = m.to_atoms()
+        d = atoms.get_all_distances()
+        for a in range(len(atoms)):
+            for b in range(a + 1, len(atoms)):
+                za, zb = sorted((int(m.numbers[a]), int(m.numbers[b])))
+                key = f"{za}-{zb}"
+                if d[a, b] < 5.0:
+                    expected[key] = min(expected.get(key, np.inf), float(d[a, b]))
+    got = meta["stats"]["mol"]["shortest_distance_A"]
+    assert set(got) == set(expected)
+    for key, d in expected.items():
+        assert got[key] == pytest.approx(d, abs=1e-4)
+
+
 def test_repacking_leaves_nothing_stale(tmp_path: Path, structures) -> None:
     files = write_files(tmp_path, structures, per_file=9)
     pack(files, tmp_path / "st", PackConfig(workers=2), progress=False)

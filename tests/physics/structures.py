@@ -21,6 +21,17 @@ def periodic(seed: int = 0) -> Structure:
     return atoms_to_structure(atoms, source="a")
 
 
+def compressed(seed: int = 0) -> Structure:
+    """:func:`periodic` with two atoms pushed to 1.3 Å and one to 1.7 Å of a neighbour: far
+    inside the repulsive prior's range (0.75 x 2.64 Å for Cu-Cu)."""
+    s = periodic(seed)
+    positions = s.positions.copy()
+    for atom, gap in ((1, 1.3), (2, 1.7)):
+        d = positions[atom] - positions[0]
+        positions[atom] = positions[0] + d / np.linalg.norm(d) * gap
+    return Structure(**{**s.__dict__, "positions": positions})
+
+
 def molecular(name: str = "CH3CH2OH", seed: int = 0) -> Structure:
     atoms = molecule(name)
     atoms.rattle(0.05, rng=np.random.default_rng(seed))

@@ -5,14 +5,14 @@ import pytest
 
 from matscale.models.physics import predict
 from tests.physics.conftest import MODELS
-from tests.physics.structures import graph, molecular, periodic
+from tests.physics.structures import compressed, graph, molecular, periodic
 
 
 def _energy(model, s) -> float:
     return float(predict(model, graph(s), forces=False)["energy"].detach().sum())
 
 
-@pytest.mark.parametrize("make", [periodic, molecular])
+@pytest.mark.parametrize("make", [periodic, molecular, compressed])
 def test_forces_are_minus_gradient(conservative_model, make) -> None:
     s = make()
     forces = predict(conservative_model, graph(s))["forces"].numpy()
@@ -28,8 +28,9 @@ def test_forces_are_minus_gradient(conservative_model, make) -> None:
             assert forces[atom, k] == pytest.approx(fd, abs=1e-6, rel=1e-5)
 
 
-def test_stress_is_strain_derivative(conservative_model) -> None:
-    s = periodic(2)
+@pytest.mark.parametrize("make", [periodic, compressed])
+def test_stress_is_strain_derivative(conservative_model, make) -> None:
+    s = make(2)
     stress = predict(conservative_model, graph(s), stress=True)["stress"][0].numpy()
     volume = abs(np.linalg.det(s.cell))
     h = 1e-5

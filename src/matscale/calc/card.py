@@ -47,6 +47,7 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
         f"{graph['max_neighbours'] or 'all within the cutoff'} |",
         f"| dtype | {graph['dtype']} |",
         f"| mean neighbour count (normalisation) | {cfg.get('avg_neighbours', 0):.1f} |",
+        f"| short-range prior | {_prior_text(cfg, graph)} |",
         "",
         "## Heads: levels of theory and what each saw",
         "",
@@ -102,6 +103,23 @@ def _force_text(head: str) -> str:
 
 def _count(n: Any) -> str:
     return f"{int(n):,}" if n is not None else "—"
+
+
+def _prior_text(cfg: dict[str, Any], graph: dict[str, Any]) -> str:
+    """The pair prior, and the contacts inference warns about."""
+    prior = (
+        "ZBL repulsion below 0.75x the sum of covalent radii"
+        if cfg.get("pair_repulsion", False)
+        else "none (saved before the pair prior existed)"
+    )
+    shortest = [d for head in graph.get("shortest", []) for _, _, d in head]
+    warn = (
+        f"; contacts shorter than the training data's shortest per element pair "
+        f"(from {min(shortest):.2f} Å) are warned about as extrapolation"
+        if shortest
+        else ""
+    )
+    return prior + warn
 
 
 def _error_table(metrics: dict[str, float], heads: list[str], holdout: list[str]) -> list[str]:

@@ -22,7 +22,7 @@ import torch
 import matscale
 from matscale.data.transform import GeometryDtype, GraphSettings
 from matscale.errors import DataError
-from matscale.models.egnn import EGNN, EGNNConfig
+from matscale.models.egnn import EGNN, EGNNConfig, upgrade_config
 
 #: The format written now, and the older ones :func:`load_potential` still reads.
 MODEL_FORMAT = "matscale-model/2"
@@ -185,7 +185,7 @@ def load_potential(
 
     blob = read_model_file(path, trusted=trusted)
     try:
-        model = EGNN(from_dict(EGNNConfig, blob["model_config"]))
+        model = EGNN(from_dict(EGNNConfig, upgrade_config(blob["model_config"])))
         model.load_state_dict(blob["state_dict"])
         graph = GraphSettings.from_dict(blob["graph"])
     except (KeyError, RuntimeError, ConfigError, ValueError) as exc:

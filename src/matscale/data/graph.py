@@ -55,10 +55,32 @@ def radius_graph(
 
 def count_edges(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray, cutoff: float) -> int:
     """Number of directed edges of :func:`radius_graph` (no max_neighbours), cheaply."""
+    return edge_census(positions, cell, pbc, cutoff, None)[0]
+
+
+def edge_census(
+    positions: np.ndarray,
+    cell: np.ndarray,
+    pbc: np.ndarray,
+    cutoff: float,
+    numbers: np.ndarray | None,
+) -> tuple[int, np.ndarray]:
+    """Number of directed edges of :func:`radius_graph` (no max_neighbours), and with
+    ``numbers`` the pairs' shortest distances: [k, 3] rows (Z_a, Z_b, d in Å), Z_a ≤ Z_b, one
+    per element pair present within the cutoff (empty without ``numbers``)."""
     pbc = np.asarray(pbc, dtype=bool)
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
     nl = NeighborList(cutoff=float(cutoff), full_list=False)
-    (i,) = nl.compute(
-        points=np.asarray(positions, np.float64), box=box, periodic=pbc, quantities="i"
-    )
-    return 2 * len(i)
+    points = np.asarray(positions, np.float64)
+    if numbers is None:
+        (i,) = nl.compute(points=points, box=box, periodic=pbc, quantities="i")
+        return 2 * len(i), np.zeros((0, 3))
+    i, j, d = nl.compute(points=points, box=box, periodic=pbc, quantities="ijd")
+    z = np.asarray(numbers, dtype=np.int64)
+    za, zb = np.minimum(z[i], z[j]), np.maximum(z[i], z[j])
+    key = za * 1000 + zb
+    order = np.lexsort((d, key))  # per pair, shortest first
+    key, d = key[order], d[order]
+    first = np.unique(key, return_index=True)[1]
+    pairs = np.stack([key[first] // 1000, key[first] % 1000, d[first]], axis=1)
+    return 2 * len(i), pairs

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from matscale.data.generate.threads import single_threaded_children
-from matscale.data.graph import count_edges
+from matscale.data.graph import edge_census
 from matscale.data.readers import DATA_SUFFIXES, read_structures
 from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
@@ -248,9 +248,9 @@ class PartWriter:
             }
             self._skip_log.write(json.dumps(entry) + "\n")
             return False
-        n_edges = count_edges(s.positions, s.cell, s.pbc, c.cutoff)
+        n_edges, pairs = edge_census(s.positions, s.cell, s.pbc, c.cutoff, s.numbers)
         self._shard.add(s, n_edges)
-        self.stats.add(s, n_edges)
+        self.stats.add(s, n_edges, pairs)
         self.sources.add(s.source)
         self.families.add(s.family)
         if self._shard.nbytes >= c.shard_mb * 2**20:

@@ -2,12 +2,14 @@
 
 Per source: counts, per-element reference energies fitted by least squares
 (E ≈ Σ_Z n_Z e_Z, from accumulated normal equations, so workers merge by addition), the
-residual energy RMS after those references, force RMS, and the mean neighbour count at the
-store's cutoff.
+residual energy RMS after those references, force RMS, the mean neighbour count at the
+store's cutoff, and the shortest distance seen per element pair (merged by minimum; what
+inference compares a structure's contacts with, to say when a model extrapolates).
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -35,9 +37,16 @@ class SourceStats:
     xty: np.ndarray = field(default_factory=lambda: np.zeros(NZ))  # Σ n_Z E
     xtx: np.ndarray = field(default_factory=lambda: np.zeros((NZ, NZ)))  # Σ n_Z n_Z'
     element_atoms: np.ndarray = field(default_factory=lambda: np.zeros(NZ, dtype=np.int64))
+    shortest: np.ndarray = field(default_factory=lambda: np.full((NZ, NZ), np.inf))
+    """[Z_a, Z_b] (Z_a ≤ Z_b): the shortest distance seen between the two elements (Å)."""
 
-    def add(self, s: Structure, n_edges: int) -> None:
-        """Account for one structure with ``n_edges`` directed neighbour pairs at the cutoff."""
+    def add(self, s: Structure, n_edges: int, pairs: np.ndarray | None = None) -> None:
+        """Account for one structure with ``n_edges`` directed neighbour pairs at the cutoff
+        and, if given, its shortest distance per element pair (rows Z_a, Z_b, Å; see
+        :func:`matscale.data.graph.edge_census`)."""
+        if pairs is not None and len(pairs):
+            za, zb = pairs[:, 0].astype(np.int64), pairs[:, 1].astype(np.int64)
+            self.shortest[za, zb] = np.minimum(self.shortest[za, zb], pairs[:, 2])
         counts = np.bincount(np.asarray(s.numbers), minlength=NZ)[:NZ]
         self.n_structures += 1
         self.n_atoms += s.n_atoms
@@ -58,8 +67,9 @@ class SourceStats:
 
     def merge(self, other: SourceStats) -> None:
         """Add another accumulator of the same source into this one."""
-        for f in fields(self):  # every accumulator adds: counts, sums and arrays alike
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        for f in fields(self):  # every accumulator adds, but the shortest distances
+            a, b = getattr(self, f.name), getattr(other, f.name)
+            setattr(self, f.name, np.minimum(a, b) if f.name == "shortest" else a + b)
 
     def reference_energies(self) -> dict[int, float]:
         """Per-element energies e_Z (eV) minimising Σ (E − Σ_Z n_Z e_Z)².
@@ -87,6 +97,11 @@ class SourceStats:
             "with_stress": self.n_stress,
             "elements": {int(z): int(c) for z, c in enumerate(self.element_atoms) if c},
             "reference_energy_eV": refs,
+            "shortest_distance_A": {
+                # rounded down: a recorded floor is never above a distance that was seen
+                f"{za}-{zb}": math.floor(float(self.shortest[za, zb]) * 1e4) / 1e4
+                for za, zb in zip(*np.nonzero(np.isfinite(self.shortest)), strict=True)
+            },
         }
         if self.n_energy:
             z = np.array(sorted(refs))
@@ -106,9 +121,9 @@ class StatsAccumulator:
     def __init__(self) -> None:
         self.sources: dict[str, SourceStats] = {}
 
-    def add(self, s: Structure, n_edges: int) -> None:
-        """Account for one structure."""
-        self.sources.setdefault(s.source, SourceStats()).add(s, n_edges)
+    def add(self, s: Structure, n_edges: int, pairs: np.ndarray | None = None) -> None:
+        """Account for one structure (``pairs``: see :meth:`SourceStats.add`)."""
+        self.sources.setdefault(s.source, SourceStats()).add(s, n_edges, pairs)
 
     def merge(self, other: StatsAccumulator) -> None:
         """Add another worker's statistics."""
@@ -137,6 +152,8 @@ class StatsAccumulator:
             for i in range(n):
                 st = SourceStats()
                 for key in st.__dict__:
+                    if f"{i}/{key}" not in data.files:  # written before the field existed
+                        continue
                     value = data[f"{i}/{key}"]
                     setattr(st, key, value.copy() if value.ndim else value.item())
                 acc.sources[str(data[f"{i}/name"])] = st

@@ -9,8 +9,10 @@ the same heads, and only elements its head has seen.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 import numpy as np
@@ -18,8 +20,12 @@ from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
 from matscale.data.structure import Structure
-from matscale.errors import DataError
+from matscale.errors import DataError, ExtrapolationWarning
 
+#: How much closer than the shortest training distance a contact must be to be warned about
+#: (Å): geometry is stored in float32 and the statistics rounded, so the training data's own
+#: closest pairs must not trip it.
+CONTACT_TOLERANCE_A = 1e-3
 #: Floating dtypes a model's geometry may have at inference.
 GeometryDtype = Literal["float32", "float64"]
 
@@ -36,6 +42,10 @@ class GraphSettings:
     elements: per head, the atomic numbers its training data held; any other element is
         refused (the model has no reference energy and no learned chemistry for it).
     dtype: floating dtype of geometry and of the network at inference.
+    shortest: per head, (Z_a, Z_b, d) with Z_a ≤ Z_b: the shortest distance (Å) between the
+        two elements in the training data's store. A closer contact at inference raises an
+        :class:`~matscale.errors.ExtrapolationWarning` once per head and pair (empty for
+        models saved before it was recorded: no warning).
     """
 
     cutoff: float
@@ -43,10 +53,20 @@ class GraphSettings:
     heads: tuple[str, ...]
     elements: tuple[tuple[int, ...], ...]
     dtype: GeometryDtype = "float32"
+    shortest: tuple[tuple[tuple[int, int, float], ...], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "heads", tuple(self.heads))
         object.__setattr__(self, "elements", tuple(tuple(int(z) for z in e) for e in self.elements))
+        object.__setattr__(
+            self,
+            "shortest",
+            tuple(tuple((int(a), int(b), float(d)) for a, b, d in h) for h in self.shortest),
+        )
+        if self.shortest and len(self.shortest) != len(self.heads):
+            raise ValueError(
+                f"{len(self.heads)} heads but shortest distances for {len(self.shortest)}"
+            )
         if len(self.elements) != len(self.heads):
             raise ValueError(f"{len(self.heads)} heads but element lists for {len(self.elements)}")
         if self.cutoff <= 0:
@@ -67,18 +87,27 @@ class GraphSettings:
         elements = tuple(
             tuple(sorted(int(z) for z in stats.get(h, {}).get("elements", {}))) for h in heads
         )
+        shortest = tuple(
+            tuple(
+                _pair_floor(pair, d)
+                for pair, d in sorted(stats.get(h, {}).get("shortest_distance_A", {}).items())
+            )
+            for h in heads
+        )
         return cls(
             cutoff=cutoff,
             max_neighbours=max_neighbours,
             heads=heads,
             elements=elements,
             dtype=dtype,
+            shortest=shortest if any(shortest) else (),
         )
 
     def to_dict(self) -> dict[str, Any]:
         """Plain lists and scalars, for the model file."""
         d = asdict(self)
         d["heads"], d["elements"] = list(self.heads), [list(e) for e in self.elements]
+        d["shortest"] = [[list(p) for p in h] for h in self.shortest]
         return d
 
     @classmethod
@@ -90,6 +119,7 @@ class GraphSettings:
             heads=tuple(data["heads"]),
             elements=tuple(tuple(e) for e in data["elements"]),
             dtype=data.get("dtype", "float32"),
+            shortest=tuple(tuple(tuple(p) for p in h) for h in data.get("shortest", ())),
         )
 
     def head_index(self, head: str | None) -> int:
@@ -136,7 +166,7 @@ class GraphSettings:
         record = s.key or (index if index >= 0 else None)
         self.check_elements(s.numbers, head, file=file, record=record)
         check_geometry(s, file=file, record=record)
-        return graph_sample(
+        sample = graph_sample(
             s,
             self.cutoff,
             max_neighbours=self.max_neighbours,
@@ -144,6 +174,54 @@ class GraphSettings:
             index=index,
             dtype=np.dtype(self.dtype).type,
         )
+        if self.shortest:
+            self.check_contacts(s, sample["edge_index"], sample["shifts"], head)
+        return sample
+
+    @cached_property
+    def shortest_tables(self) -> tuple[np.ndarray, ...]:
+        """Per head, [119, 119] shortest training distance (Å) per element pair, symmetric,
+        0 for pairs never seen (no warning for them); built once (MD checks every step)."""
+        tables = []
+        for pairs in self.shortest:
+            table = np.zeros((119, 119))
+            for a, b, d in pairs:
+                table[a, b] = table[b, a] = d
+            tables.append(table)
+        return tuple(tables)
+
+    def check_contacts(
+        self, s: Structure, edge_index: np.ndarray, shifts: np.ndarray, head: int
+    ) -> None:
+        """Warn (:class:`ExtrapolationWarning`, once per head and element pair) when two atoms
+        of ``s`` are closer than any two of those elements in head ``head``'s training data."""
+        if edge_index.shape[1] == 0:
+            return
+        i, j = edge_index
+        vectors = s.positions[j] - s.positions[i] + shifts.astype(np.float64) @ np.asarray(s.cell)
+        d = np.linalg.norm(vectors, axis=1)
+        z = np.asarray(s.numbers)
+        table = self.shortest_tables[head]
+        floor = table[z[i], z[j]]
+        close = d < floor - CONTACT_TOLERANCE_A
+        if not close.any():
+            return
+        for za, zb in {tuple(sorted(p)) for p in zip(z[i][close], z[j][close], strict=True)}:
+            # the message names the pair and the floor, not the distance, so that Python's
+            # warning filter shows it once per pair rather than at every MD step
+            warnings.warn(
+                f"a {_symbol(za)}-{_symbol(zb)} contact shorter than {table[za, zb]:.2f} Å, "
+                f"the shortest in head {self.heads[head]!r}'s training data: the model "
+                "extrapolates there (its pair prior, if any, keeps the energy repulsive)",
+                ExtrapolationWarning,
+                stacklevel=3,
+            )
+
+
+def _pair_floor(pair: str, d: float) -> tuple[int, int, float]:
+    """``("29-79", 1.9)`` from the statistics → ``(29, 79, 1.9)``."""
+    a, b = pair.split("-")
+    return int(a), int(b), float(d)
 
 
 def check_geometry(s: Structure, *, file: str | None = None, record: Any = None) -> None:

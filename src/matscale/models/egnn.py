@@ -18,8 +18,10 @@ activation. The first linear of φ_e is computed factored, W_a h_i + W_b h_j + W
 products gathered onto edges: the same function as Linear([h_i, h_j, R]) with ~E/N times fewer
 FLOPs in its largest term.
 
-Energy = Σ_atoms (scale_s · readout_s(h_i) + e_ref[s, Z_i]), with one readout head per data
-source s (level of theory) and per-element reference energies from the data statistics.
+Energy = Σ_atoms (scale_s · readout_s(h_i) + e_ref[s, Z_i] + ½ Σ_j ψ(d_ij)), with one readout
+head per data source s (level of theory), per-element reference energies from the data
+statistics and ψ the repulsive pair prior of ``models/repulsion.py`` (ZBL, zero beyond short
+contacts; ``pair_repulsion``).
 Forces: −∂E/∂x by autograd (``models/physics.py``), or a direct equivariant head
 F_i = Σ_j φ_f(m_ij) r̂_ij when ``force_head == "direct"``.
 """
@@ -35,6 +37,7 @@ from torch import nn
 
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.radial import BesselBasis, polynomial_envelope
+from matscale.models.repulsion import pair_energy, pair_energy_and_derivative
 
 MAX_Z = 118
 #: The activations a config may name (an explicit table, no lookup by import path).
@@ -73,6 +76,10 @@ class EGNNConfig:
     each layer adds Σ_j g_ij r̂_ij + g'_ij v_j (gates g from the messages) and feeds the
     invariants ⟨U v_i, V v_i⟩ to the node update, which gives every layer angular
     (many-body) information at O(E·C) cost."""
+    pair_repulsion: bool = True
+    """Add the ZBL pair prior of ``models/repulsion.py`` to the energy: zero beyond 0.75x the
+    sum of two atoms' covalent radii, rising without bound as they meet, so that contacts
+    shorter than any in training repel instead of taking whatever the network extrapolates."""
     readout_width: int = 0
     """Hidden size of each readout head; 0 means width // 2."""
     force_head: Literal["conservative", "direct"] = "conservative"
@@ -386,6 +393,20 @@ class EGNN(nn.Module):
         h = self.final_norm(h)
         atom_source = graph.source[graph.batch]  # [N]
         net = self.readout(h, atom_source) * self.energy_scale[atom_source]  # [N] eV
+        pair_forces = None
+        if cfg.pair_repulsion:
+            zi, zj = graph.numbers[i], graph.numbers[j]
+            if self.force_head is None:  # forces by autograd through d0
+                psi = pair_energy(d0, zi, zj)  # [E] eV
+            else:  # the direct head's forces are not −∂E/∂x: add the prior's explicitly
+                psi, dpsi = pair_energy_and_derivative(d0, zi, zj)
+                # E = ½ Σ_edges ψ(d) over the full list, so F_i = Σ_j ψ'(d_ij) r̂_ij
+                unit0 = vectors0 / d0.unsqueeze(-1)
+                pair_forces = unit0.new_zeros(h.shape[0], 3).index_add_(
+                    0, i, dpsi.unsqueeze(-1) * unit0
+                )
+            # both directions of each pair are edges: half the pair energy on each end
+            net = net + psi.new_zeros(h.shape[0]).index_add_(0, i, 0.5 * psi).to(net.dtype)
         ref = self.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
         n_graphs = graph.num_graphs
         energy_net = net.new_zeros(n_graphs).index_add_(0, graph.batch, net)
@@ -400,10 +421,20 @@ class EGNN(nn.Module):
             unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
             weight = self.force_head(m) * envelope.unsqueeze(-1)  # [E, 1]
             forces = unit.new_zeros(h.shape[0], 3).index_add_(0, i, unit * weight)
-            out["forces"] = forces * (self.force_scale[atom_source] / cfg.avg_neighbours).unsqueeze(
-                -1
-            )
+            forces = forces * (self.force_scale[atom_source] / cfg.avg_neighbours).unsqueeze(-1)
+            out["forces"] = forces if pair_forces is None else forces + pair_forces.to(forces.dtype)
         return out
+
+
+#: Fields added to :class:`EGNNConfig` after models were first saved, with the value that
+#: reproduces a model saved without them (an older file or checkpoint means what it meant).
+LEGACY_DEFAULTS: dict[str, object] = {"pair_repulsion": False}
+
+
+def upgrade_config(saved: dict[str, object]) -> dict[str, object]:
+    """A saved model config (``to_dict`` of an :class:`EGNNConfig`) with every field added
+    since filled with its legacy value."""
+    return {**LEGACY_DEFAULTS, **saved}
 
 
 def _add(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:

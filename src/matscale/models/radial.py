@@ -12,11 +12,11 @@ import torch
 from torch import nn
 
 
-def polynomial_envelope(d: torch.Tensor, cutoff: float, p: int = 6) -> torch.Tensor:
+def polynomial_envelope(d: torch.Tensor, cutoff: float | torch.Tensor, p: int = 6) -> torch.Tensor:
     """u(d) = 1 − (p+1)(p+2)/2 x^p + p(p+2) x^{p+1} − p(p+1)/2 x^{p+2}, x = d / cutoff,
     and 0 beyond the cutoff (DimeNet's envelope): u(0) = 1, u, u' and u'' vanish at x = 1.
 
-    d: [E] Å. Returns [E], dimensionless.
+    d: [E] Å; cutoff: a float or [E] Å (one per edge). Returns [E], dimensionless.
     """
     x = d / cutoff
     u = (
@@ -26,6 +26,16 @@ def polynomial_envelope(d: torch.Tensor, cutoff: float, p: int = 6) -> torch.Ten
         - p * (p + 1) / 2 * x ** (p + 2)
     )
     return torch.where(x < 1.0, u, torch.zeros_like(u))
+
+
+def polynomial_envelope_derivative(
+    d: torch.Tensor, cutoff: float | torch.Tensor, p: int = 6
+) -> torch.Tensor:
+    """du/dd of :func:`polynomial_envelope` (1/Å), for terms whose forces are written out
+    rather than taken by autograd; d: [E] Å, cutoff a float or [E] Å."""
+    x = d / cutoff
+    du = -p * (p + 1) * (p + 2) / 2 * (x ** (p - 1) - 2 * x**p + x ** (p + 1)) / cutoff
+    return torch.where(x < 1.0, du, torch.zeros_like(du))
 
 
 class BesselBasis(nn.Module):

@@ -133,6 +133,7 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
     from matscale.calc.card import model_card
     from matscale.calc.model_file import legacy_graph, model_file_blob
     from matscale.data.transform import GraphSettings
+    from matscale.models.egnn import upgrade_config
 
     keep = ("stats", "step", "train_seconds", "train_structures", "hardware")
     if "graph" in checkpoint:
@@ -140,7 +141,7 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
     else:  # a checkpoint from before transforms were saved
         graph = legacy_graph(checkpoint["model_config"], checkpoint["config"], checkpoint["stats"])
     blob = model_file_blob(
-        model_config=checkpoint["model_config"],
+        model_config=upgrade_config(checkpoint["model_config"]),
         graph=graph,
         state_dict=checkpoint.get("ema") or checkpoint["model"],
         extra={

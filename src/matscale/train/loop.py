@@ -19,7 +19,7 @@ from matscale.config import ConfigError, RunConfig, dump, to_dict
 from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
 from matscale.data.transform import GraphSettings
-from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
+from matscale.models.egnn import EGNN, EGNNConfig, set_statistics, upgrade_config
 from matscale.parallel.distributed import Dist, all_max, finish, hardware, init_distributed
 from matscale.parallel.plan import (
     Parallel,
@@ -154,7 +154,7 @@ def resume(run: Run) -> bool:
     if not found:
         return False
     ck = load_checkpoint(found[-1])
-    saved, now = ck["config"]["model"], to_dict(run.cfg)["model"]
+    saved, now = upgrade_config(ck["config"]["model"]), to_dict(run.cfg)["model"]
     changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
     if changed:  # the weights would not fit, or would silently mean another model
         fields = ", ".join(f"model.{k}" for k in changed)

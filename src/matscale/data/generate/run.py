@@ -35,6 +35,13 @@ GENERATORS: dict[str, Generator] = {
     xtb_solids.SOURCE: xtb_solids.generate,
 }
 
+#: Version of each generator: a folder's chunks all come from one version.
+VERSIONS: dict[str, int] = {
+    emt.SOURCE: emt.VERSION,
+    xtb.SOURCE: xtb.VERSION,
+    xtb_solids.SOURCE: xtb_solids.VERSION,
+}
+
 #: Seconds per structure of each source on one core, to start the slowest chunks first.
 COST: dict[str, float] = {
     emt.SOURCE: emt.SECONDS_PER_STRUCTURE,
@@ -75,7 +82,13 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     for source, total in config.sizes.items():
         (out / source).mkdir(parents=True, exist_ok=True)
         size = chunk_size(source, config.chunk)
-        _check_manifest(out / source, {"seed": config.seed, "chunk": size, "structures": total})
+        manifest = {
+            "generator": VERSIONS[source],
+            "seed": config.seed,
+            "chunk": size,
+            "structures": total,
+        }
+        _check_manifest(out / source, manifest)
         for k, start in enumerate(range(0, total, size)):
             path = out / source / f"chunk-{k:05d}.extxyz"
             if not path.exists():
@@ -117,14 +130,19 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
 
 
 def _check_manifest(folder: Path, manifest: dict[str, int]) -> None:
-    """Record what a source folder holds; refuse to mix chunks of another seed, chunk size or
-    total into it (resuming keys on chunk files, which would otherwise be silently reused)."""
+    """Record what a source folder holds; refuse to mix chunks of another generator version,
+    seed, chunk size or total into it (resuming keys on chunk files, which would otherwise be
+    silently reused)."""
     path = folder / "manifest.json"
     if path.exists():
         old = json.loads(path.read_text())
         if old != manifest:
+            old.setdefault("generator", 1)  # folders made before versions were recorded
+            what = ", ".join(
+                f"{k} {old.get(k)} (now {v})" for k, v in manifest.items() if old.get(k) != v
+            )
             raise ValueError(
-                f"{folder} holds chunks made with {old}, not {manifest}; use another --out or "
+                f"{folder} holds chunks made with another {what}; use another --out or "
                 "delete the folder"
             )
     else:

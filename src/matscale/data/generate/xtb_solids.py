@@ -26,6 +26,8 @@ from matscale.data.structure import Structure
 #: Seconds per structure on one core (measured here), for scheduling the slowest chunks first.
 SECONDS_PER_STRUCTURE = 0.2
 SOURCE = "xtb-solids"
+#: Bumped whenever the same seed would give other structures (see ``emt.VERSION``).
+VERSION = 1
 #: (formula, crystal structure, lattice constant in Å)
 PROTOTYPES: tuple[tuple[str, str, float], ...] = (
     ("C", "diamond", 3.567), ("Si", "diamond", 5.431), ("Ge", "diamond", 5.658),
