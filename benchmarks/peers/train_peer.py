@@ -57,6 +57,8 @@ class Recipe:
     energy_weight: float
     force_weight: float
     ema_decay: float | None
+    force_weighting: str = "uniform"
+    """Per-atom weights of the force error (``TrainConfig.force_weighting``)."""
     warmup_steps: int = 50
     min_lr_ratio: float = 0.01
     """Final learning rate of the cosine as a share of ``lr`` (1.0: constant after warm-up)."""
@@ -315,6 +317,7 @@ def main() -> None:
         loss=recipe.loss,  # type: ignore[arg-type]
         energy_weight=recipe.energy_weight,
         force_weight=recipe.force_weight,
+        force_weighting=recipe.force_weighting,  # type: ignore[arg-type]
     )
     optimizer = make_optimizer(model, t)
     _, val_loader = loader(val_idx, train=False)

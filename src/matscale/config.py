@@ -97,6 +97,10 @@ class TrainConfig:
     """Weight of the per-atom energy error (eV/atom)."""
     force_weight: float = 1.0
     """Weight of the force error (eV/Å, per component)."""
+    force_weighting: Literal["uniform", "magnitude"] = "uniform"
+    """``magnitude``: each atom's force error weighted by 1 + |F| / mean |F| of its batch (the
+    large-force tail counts more, for extrapolation far from equilibrium); ``uniform``: every
+    force component alike."""
     stress_weight: float = 0.0
     """Weight of the stress error (eV/Å³, per component), on structures that carry stress."""
     eval_every: int = 200

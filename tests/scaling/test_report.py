@@ -101,3 +101,17 @@ def test_a_cut_row_is_named_not_skipped(tmp_path: Path) -> None:
         f.write(json.dumps(rows[1])[:50] + "\n")  # a crash mid-write
     with pytest.raises(DataError, match="line 2"):
         read_rows(tmp_path / RESULTS)
+
+
+def test_runs_table_puts_validation_and_held_out_errors_beside_test(tmp_path: Path) -> None:
+    rows = _rows()
+    for r in rows:
+        f = r["final"]["test/forces_mae_meV_per_A"]
+        r["final"].update({"forces_mae_meV_per_A": 0.9 * f, "holdout/forces_mae_meV_per_A": 3 * f})
+        append_row(tmp_path / RESULTS, r)
+    path = write_report(tmp_path, tmp_path / "out", metrics=("test/forces_mae_meV_per_A",),
+                        bootstrap=5, figures=False)  # fmt: skip
+    head = next(line for line in path.read_text().splitlines() if line.startswith("| run |"))
+    assert head.endswith(
+        "| test force MAE (meV/Å) | val force MAE (meV/Å) | holdout force MAE (meV/Å) |"
+    )

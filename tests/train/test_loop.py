@@ -54,6 +54,10 @@ def test_trains_evaluates_and_exports(tiny_store: Path, tmp_path: Path) -> None:
         "holdout/emt/forces_mae_meV_per_A",
     ):
         assert key in final and final[key] > 0
+    # each held-out family is scored on its own too (one family here: the same numbers)
+    assert final["holdout:strained/forces_mae_meV_per_A"] == pytest.approx(
+        final["holdout/forces_mae_meV_per_A"]
+    )
     potential = load_potential(cfg.run_dir / "model.pt")
     assert potential.model.config.heads == ("emt", "mol") and potential.model.config.width == 16
     assert potential.info["train_structures"]["emt"] > 0 and potential.info["train_seconds"] > 0

@@ -25,6 +25,24 @@ def test_loss_masks_missing_labels_and_weights_targets() -> None:
     assert float(value) == pytest.approx(0.1 + 2 * 0.2, rel=1e-5)
 
 
+def test_force_magnitude_weighting_counts_large_forces_more() -> None:
+    g = _batch()
+    labelled = g.has_forces[g.batch]
+    size = torch.linalg.vector_norm(g.forces, dim=-1)
+    big = labelled & (size > size[labelled].median())
+    # the same error everywhere: the weighted mean equals it (the term keeps its scale)
+    pred = {"energy": g.energy.clone(), "forces": g.forces + 0.2}
+    kw = {"weights": {"forces": 1.0}, "force_weighting": "magnitude"}
+    assert loss(pred, g, **kw)[1]["forces"] == pytest.approx(0.2, rel=1e-5)
+    # errors only on the large-force atoms count more than under uniform weights
+    pred["forces"] = g.forces + 0.2 * big.unsqueeze(-1)
+    weighted = loss(pred, g, **kw)[1]["forces"]
+    uniform = loss(pred, g, weights={"forces": 1.0})[1]["forces"]
+    assert weighted > 1.2 * uniform
+    w = 1 + size[labelled] / size[labelled].mean()
+    assert weighted == pytest.approx(float(0.2 * w[big[labelled]].sum() / w.sum()), rel=1e-5)
+
+
 def test_error_kinds() -> None:
     r = torch.tensor([-2.0, 0.005, 1.0])
     assert error(r, "mae", 0.01).tolist() == pytest.approx([2.0, 0.005, 1.0])

@@ -8,7 +8,8 @@ out of training and scored apart, each a different kind of extrapolation:
   particles, no periodicity), distorted cells (large forces and short contacts) and the
   hottest MD (1500 K, training stops at 1000 K);
 - ``xtb-molecules``: dimers (intermolecular contacts), molecules larger than any in training
-  (17–29 atoms against at most 14) and the hottest MD (1500 K, training stops at 800 K).
+  (17–33 atoms, 24 on average, against at most 14) and the hottest MD (1500 K, training stops
+  at 800 K).
 
 Use it with ``data.holdout_families`` (``matscale train ... data.holdout_families=[surface,
 cluster, distorted, md-1500K, dimer, large]``): family names are shared across sources, so
@@ -33,7 +34,7 @@ WHAT_IT_TESTS: dict[str, str] = {
     "distorted": "cells strained ±10 % and rattled 0.12-0.22 Å: large forces, short contacts",
     "md-1500K": "the hottest MD snapshots (training stops below)",
     "dimer": "two molecules 2.5-5 Å apart: intermolecular contacts",
-    "large": "chains of 17-29 atoms: larger than any training molecule",
+    "large": "chains of 17-33 atoms: larger than any training molecule",
 }
 
 

@@ -37,7 +37,7 @@ from torch import nn
 
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.radial import BesselBasis, polynomial_envelope
-from matscale.models.repulsion import pair_energy, pair_energy_and_derivative
+from matscale.models.repulsion import pair_prior
 
 MAX_Z = 118
 #: The activations a config may name (an explicit table, no lookup by import path).
@@ -394,19 +394,11 @@ class EGNN(nn.Module):
         atom_source = graph.source[graph.batch]  # [N]
         net = self.readout(h, atom_source) * self.energy_scale[atom_source]  # [N] eV
         pair_forces = None
-        if cfg.pair_repulsion:
-            zi, zj = graph.numbers[i], graph.numbers[j]
-            if self.force_head is None:  # forces by autograd through d0
-                psi = pair_energy(d0, zi, zj)  # [E] eV
-            else:  # the direct head's forces are not −∂E/∂x: add the prior's explicitly
-                psi, dpsi = pair_energy_and_derivative(d0, zi, zj)
-                # E = ½ Σ_edges ψ(d) over the full list, so F_i = Σ_j ψ'(d_ij) r̂_ij
-                unit0 = vectors0 / d0.unsqueeze(-1)
-                pair_forces = unit0.new_zeros(h.shape[0], 3).index_add_(
-                    0, i, dpsi.unsqueeze(-1) * unit0
-                )
-            # both directions of each pair are edges: half the pair energy on each end
-            net = net + psi.new_zeros(h.shape[0]).index_add_(0, i, 0.5 * psi).to(net.dtype)
+        if cfg.pair_repulsion:  # the direct head's forces are not −∂E/∂x: add the prior's
+            pair, pair_forces = pair_prior(
+                d0, vectors0, edge_index, graph.numbers, forces=self.force_head is not None
+            )
+            net = net + pair.to(net.dtype)
         ref = self.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
         n_graphs = graph.num_graphs
         energy_net = net.new_zeros(n_graphs).index_add_(0, graph.batch, net)

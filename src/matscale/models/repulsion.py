@@ -56,6 +56,35 @@ def switch_radius(zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
     return SWITCH_RATIO * (radii[zi] + radii[zj])
 
 
+def pair_prior(
+    d: torch.Tensor,
+    vectors: torch.Tensor,
+    edge_index: torch.Tensor,
+    numbers: torch.Tensor,
+    *,
+    forces: bool,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The prior's energy per atom [N] eV (half of each pair's on either end) and, with
+    ``forces``, its forces [N, 3] eV/Å written out (F_i = Σ_j ψ'(d_ij) r̂_ij, for models whose
+    forces are not −∂E/∂x); otherwise None, and forces follow from the energy by autograd.
+
+    d: [E] Å, vectors: [E, 3] Å (r_ij), edge_index: [2, E] (full list: both directions),
+    numbers: [N] atomic numbers. Only edges inside their switch radius are evaluated: in
+    near-equilibrium data that is almost none, so the prior costs one comparison per edge.
+    """
+    i, j = edge_index
+    zi, zj = numbers[i], numbers[j]
+    close = torch.nonzero(d < switch_radius(zi, zj).to(d.dtype)).squeeze(-1)
+    energy = d.new_zeros(numbers.shape[0])
+    if not forces:
+        psi = pair_energy(d[close], zi[close], zj[close])
+        return energy.index_add(0, i[close], 0.5 * psi), None
+    psi, dpsi = pair_energy_and_derivative(d[close], zi[close], zj[close])
+    unit = vectors[close] / d[close].unsqueeze(-1)
+    force = vectors.new_zeros(numbers.shape[0], 3).index_add(0, i[close], dpsi.unsqueeze(-1) * unit)
+    return energy.index_add(0, i[close], 0.5 * psi), force
+
+
 def pair_energy(d: torch.Tensor, zi: torch.Tensor, zj: torch.Tensor) -> torch.Tensor:
     """ψ(d) = φ(d) s(d / r_ij) (eV) per directed edge; d: [E] Å (float32 or float64), zi, zj:
     [E] atomic numbers. Differentiable in d: conservative forces follow by autograd."""

@@ -89,9 +89,23 @@ def as_json(a: Analysis) -> dict[str, Any]:
     }
 
 
+def companions(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> tuple[str, ...]:
+    """``metrics`` and, after each, the same error on the validation set and on the held-out
+    families where the runs have them: a test error is never shown alone (a random split
+    flatters; held-out families say how a model extrapolates)."""
+    out: list[str] = []
+    for m in metrics:
+        base = m.split("/", 1)[1] if m.startswith(("test/", "holdout/")) else m
+        for key in (m, base, f"holdout/{base}"):
+            if key not in out and any(key in r["final"] for r in rows):
+                out.append(key)
+    return tuple(out)
+
+
 def _runs_table(rows: list[dict[str, Any]], metrics: tuple[str, ...]) -> list[str]:
+    metrics = companions(rows, metrics)
     head = "| run | N (non-emb.) | D (atoms) | steps | seconds | train FLOPs | "
-    head += " | ".join(label(m) for m in metrics) + " |"
+    head += " | ".join(label(m) if "/" in m else f"val {label(m)}" for m in metrics) + " |"
     lines = ["## Runs", "", head, "|---" * (6 + len(metrics)) + "|"]
     for r in sorted(
         rows, key=lambda r: (r["non_embedding_parameters"], r["train_atoms"], r["seed"])

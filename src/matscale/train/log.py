@@ -134,6 +134,18 @@ class RunLog:
         held = {k: v for k, v in metrics.items() if k.startswith("holdout/") and k.count("/") == 1}
         if held:
             print("  held-out families: " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in held.items()))
+        per_family = {
+            k.split("/")[0].removeprefix("holdout:"): v
+            for k, v in metrics.items()
+            if k.startswith("holdout:")
+            and k.endswith("/forces_mae_meV_per_A")
+            and k.count("/") == 1
+        }
+        if per_family:
+            print(
+                "  held out, forces meV/Å per family: "
+                + ", ".join(f"{f} {v:.1f}" for f, v in per_family.items())
+            )
 
     def _write(self, record: dict[str, Any]) -> None:
         if self.jsonl is not None:

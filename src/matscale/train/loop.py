@@ -240,6 +240,10 @@ def checkpoint(run: Run) -> None:
         save_checkpoint(ck, run_dir, step, run.cfg.train.keep_checkpoints)
 
 
+#: Prefix of the metrics of one held-out family: ``holdout:surface/forces_mae_meV_per_A``.
+HOLDOUT_FAMILY = "holdout:"
+
+
 def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
     """Errors on the structures ``indices`` of the store, with the EMA weights if any,
     reduced over processes."""
@@ -371,6 +375,14 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         idx = getattr(run.splits, name)
         if len(idx):
             final.update({f"{name}/{k}": v for k, v in evaluate_split(run, idx).items()})
+    # each held-out family on its own too: pooled, the family with the largest errors hides
+    # how the others carry over
+    for family in run.cfg.data.holdout_families:
+        idx = run.splits.holdout
+        idx = idx[run.store.family_ids[idx] == run.store.families.index(family)]
+        if len(idx):
+            metrics = evaluate_split(run, idx)
+            final.update({f"{HOLDOUT_FAMILY}{family}/{k}": v for k, v in metrics.items()})
     ck = snapshot(run, final)  # gathered on every process: the export is one plain file
     if d.main:
         export_model(ck, run_dir / "model.pt")

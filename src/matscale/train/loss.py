@@ -48,8 +48,14 @@ def loss(
     weights: dict[str, float],
     kind: str = "mae",
     delta: float = 0.01,
+    force_weighting: str = "uniform",
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the mean errors of each target over the labelled entries.
+
+    ``force_weighting="magnitude"`` weighs each atom's force error by 1 + |F| / mean |F| of
+    the batch's labels (a weighted mean, so the term keeps its scale): the large-force tail,
+    a few per cent of atoms, counts more than its share, as under an MSE, without MSE's
+    weight on every outlier of the energy.
 
     Returns the scalar loss (for backward) and its parts as floats (for logs).
     """
@@ -60,7 +66,12 @@ def loss(
         if w == 0.0:
             continue
         err = error(r[mask], kind, delta)
-        term = err.mean() if err.numel() else err.sum()  # sum of nothing is 0, not NaN
+        if name == "forces" and force_weighting == "magnitude" and err.numel():
+            size = torch.linalg.vector_norm(g.forces[mask].float(), dim=-1)  # [M] eV/Å
+            atom_w = 1.0 + size / size.mean().clamp_min(1e-6)
+            term = (err * atom_w.unsqueeze(-1)).sum() / (atom_w.sum() * err.shape[-1])
+        else:
+            term = err.mean() if err.numel() else err.sum()  # sum of nothing is 0, not NaN
         total = total + w * term
         parts[name] = float(term.detach())
     return total, parts

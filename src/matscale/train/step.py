@@ -83,7 +83,14 @@ def train_step(
                 stress=t.stress_weight > 0 and conservative,
                 create_graph=conservative,
             )
-        value, parts = loss_fn(pred, g, weights=weights, kind=t.loss, delta=t.huber_delta)
+        value, parts = loss_fn(
+            pred,
+            g,
+            weights=weights,
+            kind=t.loss,
+            delta=t.huber_delta,
+            force_weighting=t.force_weighting,
+        )
         share = len(g.numbers) / total_atoms
         hooks.call("before_backward")
         scaled = value * (share * world)

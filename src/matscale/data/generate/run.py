@@ -142,8 +142,8 @@ def _check_manifest(folder: Path, manifest: dict[str, int]) -> None:
                 f"{k} {old.get(k)} (now {v})" for k, v in manifest.items() if old.get(k) != v
             )
             raise ValueError(
-                f"{folder} holds chunks made with another {what}; use another --out or "
-                "delete the folder"
+                f"{folder} holds chunks made with another {what}; generate elsewhere (--out, or "
+                "--data-dir for the demo) or delete the folder"
             )
     else:
         path.write_text(json.dumps(manifest))

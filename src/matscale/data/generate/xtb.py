@@ -6,7 +6,8 @@ Families:
 - ``md-<T>K``: snapshots of Langevin MD at 300, 800 and 1500 K;
 - ``dimer``: two rattled G2 molecules 2.5–5 Å apart (intermolecular interactions);
 - ``large``: zigzag chains of 5–9 carbons (alkanes, with some hydrogens replaced by F or OH),
-  17–29 atoms: larger than any G2 molecule (at most 14 atoms), rattled 0.02–0.06 Å.
+  17–33 atoms (24 on average): larger than any G2 molecule (at most 14 atoms), rattled
+  0.02–0.06 Å.
 
 The held-out protocol (``matscale.data.heldout``) keeps dimers, large molecules and the 1500 K
 snapshots out of training.
