@@ -57,6 +57,8 @@ class Recipe:
     energy_weight: float
     force_weight: float
     ema_decay: float | None
+    force_loss: str | None = None
+    """Error function of the forces alone (``TrainConfig.force_loss``; None: ``loss``)."""
     force_weighting: str = "uniform"
     """Per-atom weights of the force error (``TrainConfig.force_weighting``)."""
     warmup_steps: int = 50
@@ -318,6 +320,7 @@ def main() -> None:
         energy_weight=recipe.energy_weight,
         force_weight=recipe.force_weight,
         force_weighting=recipe.force_weighting,  # type: ignore[arg-type]
+        force_loss=recipe.force_loss,  # type: ignore[arg-type]
     )
     optimizer = make_optimizer(model, t)
     _, val_loader = loader(val_idx, train=False)

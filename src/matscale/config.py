@@ -91,6 +91,9 @@ class TrainConfig:
     """Exponential moving average of the weights used for evaluation and export; None: off."""
     loss: Literal["mae", "mse", "huber"] = "mae"
     """Error function of every target (the paper: MAE)."""
+    force_loss: Literal["mae", "mse", "huber"] | None = None
+    """Error function of the forces alone (None: ``loss``): ``mse`` with ``loss=mae`` weighs
+    large force errors (far from equilibrium) without giving energies an MSE."""
     huber_delta: float = 0.01
     """Huber's transition point, in the target's units (eV/atom, eV/Å, eV/Å³)."""
     energy_weight: float = 1.0

@@ -20,8 +20,12 @@ def test_file_and_dotted_overrides(tmp_path: Path) -> None:
             "train.lr=1e-3",
             "data.holdout_families=[surface, md-1500K]",
             "data.mixture={emt-metals: 2, xtb-molecules: 1}",
+            "train.force_loss=mse",
+            "model.pair_repulsion=false",
         ],
     )
+    assert cfg.train.force_loss == "mse" and cfg.train.loss == "mae"
+    assert not cfg.model.pair_repulsion and RunConfig().train.force_loss is None
     assert cfg.name == "a" and cfg.model.width == 32 and cfg.train.lr == 1e-3
     assert cfg.data.holdout_families == ("surface", "md-1500K")
     assert cfg.data.mixture == {"emt-metals": 2.0, "xtb-molecules": 1.0}
@@ -33,6 +37,7 @@ def test_file_and_dotted_overrides(tmp_path: Path) -> None:
         ("train.lr=fast", "train.lr: expected float"),
         ("train.nope=1", "train: unknown keys ['nope']"),
         ("model.activation=swish", "not one of"),
+        ("train.force_loss=l1", "not one of"),
         ("data.split=[0.9, 0.1]", "expected 3 values"),
         ("model.width=0", "positive"),
         ("lr", "not key=value"),

@@ -43,6 +43,14 @@ def test_force_magnitude_weighting_counts_large_forces_more() -> None:
     assert weighted == pytest.approx(float(0.2 * w[big[labelled]].sum() / w.sum()), rel=1e-5)
 
 
+def test_forces_may_have_their_own_error_function() -> None:
+    g = _batch()
+    pred = {"energy": g.energy + 0.1 * g.n_atoms, "forces": g.forces + 0.2}
+    _, parts = loss(pred, g, weights={"energy": 1.0, "forces": 1.0}, force_kind="mse")
+    assert parts["energy"] == pytest.approx(0.1, rel=1e-6)  # the MAE of energies
+    assert parts["forces"] == pytest.approx(0.04, rel=1e-5)  # the MSE of forces
+
+
 def test_error_kinds() -> None:
     r = torch.tensor([-2.0, 0.005, 1.0])
     assert error(r, "mae", 0.01).tolist() == pytest.approx([2.0, 0.005, 1.0])

@@ -49,8 +49,13 @@ def loss(
     kind: str = "mae",
     delta: float = 0.01,
     force_weighting: str = "uniform",
+    force_kind: str | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Weighted sum of the mean errors of each target over the labelled entries.
+
+    ``force_kind`` is the error function of the forces when it differs from ``kind`` (an MSE
+    on forces weighs the large errors of far-from-equilibrium atoms, an MAE on energies keeps
+    their accuracy).
 
     ``force_weighting="magnitude"`` weighs each atom's force error by 1 + |F| / mean |F| of
     the batch's labels (a weighted mean, so the term keeps its scale): the large-force tail,
@@ -65,7 +70,7 @@ def loss(
         w = weights.get(name, 0.0)
         if w == 0.0:
             continue
-        err = error(r[mask], kind, delta)
+        err = error(r[mask], (force_kind or kind) if name == "forces" else kind, delta)
         if name == "forces" and force_weighting == "magnitude" and err.numel():
             size = torch.linalg.vector_norm(g.forces[mask].float(), dim=-1)  # [M] eV/Å
             atom_w = 1.0 + size / size.mean().clamp_min(1e-6)

@@ -90,6 +90,7 @@ def train_step(
             kind=t.loss,
             delta=t.huber_delta,
             force_weighting=t.force_weighting,
+            force_kind=t.force_loss,
         )
         share = len(g.numbers) / total_atoms
         hooks.call("before_backward")
