@@ -158,11 +158,18 @@ class GraphSettings:
             )
 
     def sample(
-        self, s: Structure, head: int, *, index: int = -1, file: str | None = None
+        self,
+        s: Structure,
+        head: int,
+        *,
+        index: int = -1,
+        file: str | None = None,
+        check_contacts: bool = True,
     ) -> dict[str, np.ndarray]:
         """``s`` as the model's graph sample (numpy arrays; see :func:`collate`), read by head
         ``head``. Raises :class:`DataError` for elements the head never saw, non-finite
-        positions and degenerate periodic cells."""
+        positions and degenerate periodic cells; warns about contacts shorter than training's
+        (``check_contacts``: off for the training store itself, whose statistics set them)."""
         record = s.key or (index if index >= 0 else None)
         self.check_elements(s.numbers, head, file=file, record=record)
         check_geometry(s, file=file, record=record)
@@ -174,7 +181,7 @@ class GraphSettings:
             index=index,
             dtype=np.dtype(self.dtype).type,
         )
-        if self.shortest:
+        if check_contacts and self.shortest:
             self.check_contacts(s, sample["edge_index"], sample["shifts"], head)
         return sample
 

@@ -8,6 +8,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+#: Prefix of the metrics of one held-out family: ``holdout:surface/forces_mae_meV_per_A``.
+HOLDOUT_FAMILY = "holdout:"
+
 
 class RunLog:
     """Writes ``metrics.jsonl`` and TensorBoard events under ``run_dir`` (rank 0 only) and
@@ -135,9 +138,9 @@ class RunLog:
         if held:
             print("  held-out families: " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in held.items()))
         per_family = {
-            k.split("/")[0].removeprefix("holdout:"): v
+            k.split("/")[0].removeprefix(HOLDOUT_FAMILY): v
             for k, v in metrics.items()
-            if k.startswith("holdout:")
+            if k.startswith(HOLDOUT_FAMILY)
             and k.endswith("/forces_mae_meV_per_A")
             and k.count("/") == 1
         }

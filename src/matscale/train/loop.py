@@ -48,7 +48,7 @@ from matscale.train.data import (
     sampler_for,
 )
 from matscale.train.evaluate import evaluate
-from matscale.train.log import RunLog
+from matscale.train.log import HOLDOUT_FAMILY, RunLog
 from matscale.train.schedule import Plateau, cosine_progress, lr_at
 from matscale.train.step import ema_update, make_optimizer, train_step
 
@@ -238,10 +238,6 @@ def checkpoint(run: Run) -> None:
         run.par.engine.save_checkpoint(str(run_dir / "deepspeed"), tag=f"step-{step:08d}")
     if run.d.main:
         save_checkpoint(ck, run_dir, step, run.cfg.train.keep_checkpoints)
-
-
-#: Prefix of the metrics of one held-out family: ``holdout:surface/forces_mae_meV_per_A``.
-HOLDOUT_FAMILY = "holdout:"
 
 
 def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
