@@ -19,7 +19,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
-from matscale.data.structure import Structure
+from matscale.data.structure import MAX_Z, Structure
 from matscale.errors import DataError, ExtrapolationWarning
 
 #: How much closer than the shortest training distance a contact must be to be warned about
@@ -187,11 +187,12 @@ class GraphSettings:
 
     @cached_property
     def shortest_tables(self) -> tuple[np.ndarray, ...]:
-        """Per head, [119, 119] shortest training distance (Å) per element pair, symmetric,
-        0 for pairs never seen (no warning for them); built once (MD checks every step)."""
+        """Per head, [MAX_Z + 1, MAX_Z + 1] shortest training distance (Å) per element pair,
+        symmetric, 0 for pairs never seen (no warning for them); built once (MD checks every
+        step)."""
         tables = []
         for pairs in self.shortest:
-            table = np.zeros((119, 119))
+            table = np.zeros((MAX_Z + 1, MAX_Z + 1))
             for a, b, d in pairs:
                 table[a, b] = table[b, a] = d
             tables.append(table)
