@@ -9,6 +9,7 @@ import torch
 from matscale.calc import load_potential
 from matscale.config import load
 from matscale.train.checkpoint import list_checkpoints
+from matscale.train import loop
 from matscale.train.loop import train
 
 BASE = [
@@ -155,8 +156,12 @@ def test_a_run_folder_of_another_model_is_refused(tiny_store: Path, tmp_path: Pa
 
 
 def test_a_time_budget_anneals_the_cosine_and_a_resume_continues_it(
-    tiny_store: Path, tmp_path: Path
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # a fake clock that gains 0.1 s each time it is read (about once a step): the 3-second
+    # budget lasts about 30 steps on any machine, however slow
+    ticks = itertools.count()
+    monkeypatch.setattr(loop, "budget_clock", lambda: 0.1 * next(ticks))
     # far more steps than 3 seconds allow: the clock, not the step count, ends the decay
     extra = ("name=timed", "train.steps=100000", "train.max_minutes=0.05", "train.lr=1e-2")
     extra += ("train.schedule=cosine-time",)
