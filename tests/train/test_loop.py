@@ -8,8 +8,8 @@ import torch
 
 from matscale.calc import load_potential
 from matscale.config import load
-from matscale.train.checkpoint import list_checkpoints
 from matscale.train import loop
+from matscale.train.checkpoint import list_checkpoints
 from matscale.train.loop import train
 
 BASE = [

@@ -52,7 +52,6 @@ from matscale.train.log import HOLDOUT_FAMILY, RunLog
 from matscale.train.schedule import Plateau, cosine_progress, lr_at
 from matscale.train.step import ema_update, make_optimizer, train_step
 
-
 # The clock a run's time budget (``train.max_minutes``) reads, in seconds. Kept as one name so
 # a test can run the budget on a fake clock: a budget measured on the machine's real clock
 # makes a test's step count depend on how fast the machine is.
