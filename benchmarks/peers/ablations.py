@@ -47,6 +47,7 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
     "layer norm": ("matscale", ["norm=layer"], [], []),
     "plain first edge linear": ("matscale", ["factored=false"], [], []),
     "16 radial functions": ("matscale", ["n_radial=16"], [], []),
+    "16 radial functions, seed 1 (noise)": ("matscale", ["n_radial=16"], [], ["--seed", "1"]),
     "24 radial functions": ("matscale", ["n_radial=24"], [], []),
     "16 radial functions, 16 vector channels": (
         "matscale",
@@ -68,6 +69,12 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
         "matscale",
         ["n_radial=16"],
         ["force_loss=mse", "force_weight=10"],
+        [],
+    ),
+    "16 radial functions, MSE on forces only, forces x3": (
+        "matscale",
+        ["n_radial=16"],
+        ["force_loss=mse", "force_weight=3"],
         [],
     ),
     "16 radial functions, MSE loss, forces x10": (
