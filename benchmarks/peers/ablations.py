@@ -91,8 +91,8 @@ VARIANTS: dict[str, tuple[str, list[str], list[str], list[str]]] = {
 
 
 def table(rows: list[dict[str, Any]], source: str) -> str:
-    """One source's Markdown table: held-out force errors per family first, then validation,
-    with the ratio of each to the default's."""
+    """One source's Markdown table: steps and epochs seen, held-out force errors per family
+    first, then validation, with the ratio of each to the default's."""
     families = HELDOUT_FAMILIES.get(source, ())
     mine = [r for r in rows if r["source"] == source]
     base = next((r for r in mine if r["variant"] == "default"), None)
@@ -113,14 +113,14 @@ def table(rows: list[dict[str, Any]], source: str) -> str:
         return f"{f:.1f}{ratio}"  # fmt: skip
 
     lines = [
-        "| variant | parameters | steps | "
+        "| variant | parameters | steps | epochs | "
         + " | ".join(f"{f} F" for f in families)
         + " | val E (meV/atom) | val F (meV/Å) |",
-        "|---|---:|---:|" + "---:|" * (len(families) + 2),
+        "|---|---:|---:|---:|" + "---:|" * (len(families) + 2),
     ]
     for r in mine:
         lines.append(
-            f"| {r['variant']} | {r['parameters']:,} | {r['steps']:,} | "
+            f"| {r['variant']} | {r['parameters']:,} | {r['steps']:,} | {r['epochs']:.1f} | "
             + " | ".join(cell(r, f) for f in families)
             + f" | {r['val']['energy_mae_meV_per_atom']:.2f} | {cell(r, None)} |"
         )

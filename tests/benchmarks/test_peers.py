@@ -92,3 +92,18 @@ def test_grid_tables_pick_the_best_mace_per_budget_and_compare_every_family() ->
     assert not v["met"]  # a held-out family is behind
     text = grid.table(results, "emt-metals")
     assert "| 10 | mace-L0-32 (best MACE) |" in text and "| – |" in text  # md-1500K: no run
+
+
+def test_ablation_table_gives_epochs_and_ratios_to_the_default() -> None:
+    import ablations
+
+    def row(variant: str, distorted: float, val_f: float) -> dict:
+        return {
+            "variant": variant, "source": "emt-metals", "parameters": 1000, "steps": 2000,
+            "epochs": 1.5, "val": {"forces_mae_meV_per_A": val_f, "energy_mae_meV_per_atom": 2.0},
+            "holdout_by_family": {"distorted": {"forces_mae_meV_per_A": distorted}},
+        }  # fmt: skip
+
+    text = ablations.table([row("default", 400.0, 40.0), row("other", 100.0, 50.0)], "emt-metals")
+    assert "| default | 1,000 | 2,000 | 1.5 | – | – | 400.0 | – | 2.00 | 40.0 |" in text
+    assert "| other | 1,000 | 2,000 | 1.5 | – | – | 100.0 (0.25) | – | 2.00 | 50.0 (1.25) |" in text
