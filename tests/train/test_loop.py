@@ -162,9 +162,9 @@ def test_a_time_budget_anneals_the_cosine_and_a_resume_continues_it(
     # budget lasts about 30 steps on any machine, however slow
     ticks = itertools.count()
     monkeypatch.setattr(loop, "budget_clock", lambda: 0.1 * next(ticks))
-    # far more steps than 3 seconds allow: the clock, not the step count, ends the decay
+    # far more steps than 3 seconds allow: under the default schedule (cosine-time) the clock,
+    # not the step count, ends the decay
     extra = ("name=timed", "train.steps=100000", "train.max_minutes=0.05", "train.lr=1e-2")
-    extra += ("train.schedule=cosine-time",)
     cfg = _cfg(tiny_store, tmp_path, *extra, "train.eval_every=100000")
     train(cfg, progress=False)
     rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
