@@ -333,10 +333,13 @@ DEMO_RUN = [
     "data.val_max_structures=1000",
     "model.width=78",
     "model.depth=2",
+    "model.n_radial=16",
     "train.steps=3200",
     "train.max_minutes=4.0",
     "train.lr=0.005",
     "train.warmup_steps=50",
+    "train.force_loss=mse",
+    "train.force_weight=10",
     "train.eval_every=500",
     "train.checkpoint_every=500",
 ]
