@@ -107,3 +107,18 @@ def test_ablation_table_gives_epochs_and_ratios_to_the_default() -> None:
     text = ablations.table([row("default", 400.0, 40.0), row("other", 100.0, 50.0)], "emt-metals")
     assert "| default | 1,000 | 2,000 | 1.5 | – | – | 400.0 | – | 2.00 | 40.0 |" in text
     assert "| other | 1,000 | 2,000 | 1.5 | – | – | 100.0 (0.25) | – | 2.00 | 50.0 (1.25) |" in text
+
+
+def test_the_benchmark_trains_matscale_as_configs_demo_yaml_does() -> None:
+    """The README's comparison is of the default run: model and recipe come from its file."""
+    import train_peer
+
+    from matscale.config import load
+
+    demo = load(train_peer.DEMO_CONFIG)
+    for name in ("matscale", "matscale-direct"):
+        r = train_peer.recipe_for(name)
+        mine = (r.lr, r.loss, r.force_loss, r.energy_weight, r.force_weight, r.ema_decay)
+        t = demo.train
+        assert mine == (t.lr, t.loss, t.force_loss, t.energy_weight, t.force_weight, t.ema_decay)
+        assert r.max_atoms == demo.data.max_atoms and r.force_weighting == t.force_weighting
