@@ -93,9 +93,10 @@ def demo_recipe() -> Recipe:
     )
 
 
+_DEMO_RECIPE = demo_recipe()  # frozen: the two matscale models share it, read once
 RECIPES: dict[str, Recipe] = {
-    "matscale": demo_recipe(),
-    "matscale-direct": demo_recipe(),
+    "matscale": _DEMO_RECIPE,
+    "matscale-direct": _DEMO_RECIPE,
     # the paper: AdamW at 1e-3, MAE with weights 1:1, no EMA
     "paper-egnn": Recipe(lr=1e-3, loss="mae", energy_weight=1.0, force_weight=1.0, ema_decay=None),
     "paper-egnn-conservative": Recipe(
