@@ -10,8 +10,9 @@ from pathlib import Path
 
 from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.readers import DATA_SUFFIXES
-from matscale.errors import ConfigError, DataError
+from matscale.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
+from matscale.signals import EXIT_INTERRUPTED
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -28,6 +29,12 @@ def main(argv: list[str] | None = None) -> int:
     except (DataError, ConfigError) as exc:
         print(f"matscale: error: {exc}", file=sys.stderr)
         code = 2
+    except TrainingError as exc:  # a run that stopped and says why (non-finite weights, ...)
+        print(f"matscale: error: {exc}", file=sys.stderr)
+        code = 1
+    except RunInterrupted as exc:  # a signal: the checkpoint is written, rerun to resume
+        print(f"matscale: {exc}", file=sys.stderr)
+        code = EXIT_INTERRUPTED
     except BrokenPipeError:
         # the reader of our output left (`matscale data info STORE | head`): not an error;
         # point stdout at /dev/null so that the interpreter's final flush stays quiet

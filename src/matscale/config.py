@@ -20,6 +20,7 @@ import yaml
 
 from matscale.errors import ConfigError
 from matscale.models.egnn import EGNNConfig
+from matscale.validation import check_config
 
 __all__ = ["ConfigError", "DataConfig", "ParallelConfig", "RunConfig", "TrainConfig"]
 
@@ -119,6 +120,9 @@ class TrainConfig:
     """Checkpoints kept; older ones are deleted after a newer one is safely written."""
     seed: int = 0
     """Seed of model initialisation and sampling."""
+    max_bad_steps: int = 10
+    """A step whose loss or gradient is not finite is skipped (counted in the log and the
+    summary); this many in a row stop the run, naming the step and the batch's structures."""
 
 
 @dataclass(kw_only=True)
@@ -145,6 +149,10 @@ class ParallelConfig:
     edge_chunk: int = 0
     """Checkpoint each layer's edge terms in chunks of this many edges (0: off), alone or
     inside whole-layer checkpointing, for graphs whose edges dominate memory."""
+    timeout_s: float = 600.0
+    """Seconds a process waits in a collective for the others before the run fails: the
+    bound on how long a rank that died or hangs can hold up the rest (a failing rank also
+    tells the others at once; this is the backstop)."""
 
 
 @dataclass(kw_only=True)
@@ -247,8 +255,11 @@ def _coerce(hint: Any, value: Any, where: str) -> Any:
 
 def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # type: ignore[assignment]
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply dotted
-    ``key=value`` overrides."""
-    return load_tree(RunConfig, path, overrides)
+    ``key=value`` overrides; every value is checked against its range
+    (:func:`matscale.validation.check_config`)."""
+    cfg = load_tree(RunConfig, path, overrides)
+    check_config(cfg)
+    return cfg
 
 
 def load_tree(
@@ -285,7 +296,9 @@ def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> Ru
     """A copy of ``cfg`` with dotted overrides applied and checked."""
     data = to_dict(cfg)
     set_dotted(data, overrides)
-    return from_dict(RunConfig, data)
+    out = from_dict(RunConfig, data)
+    check_config(out)
+    return out
 
 
 def dump(cfg: RunConfig) -> str:

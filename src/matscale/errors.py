@@ -69,6 +69,32 @@ class ConfigError(ValueError):
     """A configuration file or override that does not fit the schema (names the key)."""
 
 
+class TrainingError(RuntimeError):
+    """A run that cannot go on and says why and what to do: weights or losses that stopped
+    being finite, a process of the run that failed. Nothing it would have written is kept."""
+
+
+class RunInterrupted(Exception):
+    """A run stopped on request (a signal) after writing the checkpoint it resumes from.
+
+    Parameters
+    ----------
+    signal_name:
+        The signal that asked for the stop (``"SIGTERM"``, ...).
+    step:
+        The step the checkpoint holds.
+    checkpoint:
+        Path of that checkpoint.
+    """
+
+    def __init__(self, signal_name: str, step: int, checkpoint: str) -> None:
+        self.signal_name, self.step, self.checkpoint = signal_name, step, checkpoint
+        super().__init__(
+            f"stopped by {signal_name} at step {step}; checkpoint {checkpoint} written: "
+            "run the same command to resume"
+        )
+
+
 class ExtrapolationWarning(UserWarning):
     """A structure outside what a model's training data covered (e.g. a contact shorter than
     any in training): the prediction is an extrapolation, to be trusted less."""

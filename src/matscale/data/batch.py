@@ -7,6 +7,7 @@ import it without ASE or vesin); it is re-exported here. How a structure becomes
 
 from __future__ import annotations
 
+import signal
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,6 +17,7 @@ from matscale.data.atomgraph import AtomGraph
 from matscale.data.graph import radius_graph
 from matscale.data.structure import Structure
 from matscale.errors import DataError
+from matscale.signals import STOP_SIGNALS
 
 if TYPE_CHECKING:
     from matscale.data.transform import GraphSettings
@@ -133,3 +135,9 @@ def make_loader(
 
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # workers build graphs with numpy; leave the cores to the model
+    # Ctrl-C reaches the whole process group and SLURM signals every process of a job step:
+    # the training process answers them (finish the step, checkpoint, stop) and shuts its
+    # workers down itself; a worker that died of the signal first would break that last step
+    # (a worker whose parent is gone exits by itself, DataLoader's watchdog)
+    for s in STOP_SIGNALS:
+        signal.signal(s, signal.SIG_IGN)

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from matscale.config import ConfigError, load
+from matscale.errors import RunInterrupted
 from matscale.scaling.results import RESULTS, append_row, read_rows, run_row
 from matscale.scaling.sweep import PlannedRun, SweepConfig, config_hash, plan, to_yaml
 from matscale.train.loop import train
@@ -57,6 +58,8 @@ def run_sweep(
         )
         try:
             final = train(r.config, progress=progress)
+        except RunInterrupted:  # a signal stops the sweep; the run resumes on the next call
+            raise
         except Exception:
             if not keep_going:
                 raise

@@ -100,8 +100,11 @@ class RunLog:
         }
         self.text(f"[{prefix} @ step {step}] " + ", ".join(f"{k} {v:.2f}" for k, v in main.items()))
 
-    def summary(self, metrics: dict[str, float], sources: list[str]) -> None:
-        """The closing table: MAE per source and target, validation and test."""
+    def summary(
+        self, metrics: dict[str, float], sources: list[str], *, skipped_steps: int = 0
+    ) -> None:
+        """The closing table: MAE per source and target, validation and test; and the steps
+        skipped for a non-finite loss or gradient, if any."""
         if not self.enabled:
             return
         if self.bar is not None:
@@ -119,6 +122,8 @@ class RunLog:
                 "the run had already finished; its model's mean absolute errors "
                 "(validation / test):"
             )
+        if skipped_steps:
+            print(f"{skipped_steps} step(s) skipped: non-finite loss or gradient (metrics.jsonl)")
         targets = [
             ("energy", "meV_per_atom", "energy meV/atom"),
             ("forces", "meV_per_A", "forces meV/Å"),

@@ -19,6 +19,7 @@ from matscale.config import ConfigError, RunConfig, dump, to_dict
 from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
 from matscale.data.transform import GraphSettings
+from matscale.errors import RunInterrupted, TrainingError
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics, upgrade_config
 from matscale.parallel.distributed import Dist, all_max, finish, hardware, init_distributed
 from matscale.parallel.plan import (
@@ -31,7 +32,9 @@ from matscale.parallel.plan import (
     parallelize,
     set_local_states,
 )
+from matscale.signals import StopRequest
 from matscale.train.checkpoint import (
+    checkpoint_path,
     export_model,
     list_checkpoints,
     load_checkpoint,
@@ -51,6 +54,7 @@ from matscale.train.evaluate import evaluate
 from matscale.train.log import HOLDOUT_FAMILY, RunLog
 from matscale.train.schedule import Plateau, cosine_progress, lr_at
 from matscale.train.step import ema_update, make_optimizer, train_step
+from matscale.validation import check_config, check_config_for_store
 
 # The clock a run's time budget (``train.max_minutes``) reads, in seconds. Kept as one name so
 # a test can run the budget on a fake clock: a budget measured on the machine's real clock
@@ -61,15 +65,10 @@ budget_clock = time.monotonic
 def model_config_for(cfg: RunConfig, store: Store) -> EGNNConfig:
     """The model config resolved against the store: one head per source, the mean neighbour
     count of the data, and a cutoff no larger than the store's."""
+    check_config_for_store(cfg, store)
     stats = store.stats
     atoms = sum(s["atoms"] for s in stats.values())
     k = sum(s["mean_neighbours"] * s["atoms"] for s in stats.values()) / max(atoms, 1)
-    if cfg.model.cutoff > store.cutoff + 1e-9:
-        # edge counts (for batching) and statistics were made at the store's cutoff
-        raise ValueError(
-            f"model.cutoff {cfg.model.cutoff} Å exceeds the store's cutoff "
-            f"{store.cutoff} Å; repack with --cutoff {cfg.model.cutoff}"
-        )
     scale = (cfg.model.cutoff / store.cutoff) ** 3  # neighbours grow with the sphere's volume
     return replace(cfg.model, heads=tuple(store.sources), avg_neighbours=max(1.0, k * scale))
 
@@ -100,6 +99,10 @@ class Run:
     """Wall-clock seconds spent training, over every resumed part of the run."""
     schedule_progress: float = 0.0
     """How far the learning-rate decay has gone, 0..1 (:func:`cosine_progress`)."""
+    skipped_steps: int = 0
+    """Steps skipped because their loss or gradient was not finite, over the whole run."""
+    bad_in_a_row: int = 0
+    """Skipped steps since the last good one."""
 
     @property
     def sharded(self) -> bool:
@@ -110,11 +113,33 @@ class Run:
 def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run ``cfg``; returns the final metrics. Rank 0 writes the run
     directory: config.yaml, metrics.jsonl, TensorBoard events, checkpoints/, model.pt."""
+    check_config(cfg)  # before any work (also done at load: configs built in Python)
     d = init_distributed(cfg.parallel.backend)
     try:
-        return _train(cfg, d, progress=progress)
+        with StopRequest() as stop:
+            return _train(cfg, d, progress=progress, stop=stop)
     finally:
         finish()
+
+
+def check_splits(splits: Splits, cfg: RunConfig, n_structures: int) -> None:
+    """Refuse splits that would train or evaluate on nothing: a part given a share of the
+    data that rounds to no structure (a tiny store), so that no run ends in a blank table."""
+    empty = [
+        f"{name} ({share:g} of {n_structures:,} structures)"
+        for name, share, idx in zip(
+            ("train", "validation", "test"),
+            cfg.data.split,
+            (splits.train, splits.val, splits.test),
+            strict=True,
+        )
+        if share > 0 and len(idx) == 0
+    ]
+    if empty:
+        raise ConfigError(
+            f"data.split={list(cfg.data.split)} leaves no structure in {', '.join(empty)} "
+            f"of {cfg.data.store}: add data, or give that part a larger share (0 for none)"
+        )
 
 
 def build_run(cfg: RunConfig, d: Dist) -> Run:
@@ -124,7 +149,9 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
         torch.set_num_threads(cfg.parallel.threads)
     torch.manual_seed(t.seed)
     store = Store(cfg.data.store)
+    check_config_for_store(cfg, store)
     splits = make_splits(store, cfg.data)
+    check_splits(splits, cfg, len(store))
     model_cfg = model_config_for(cfg, store)
     model = EGNN(model_cfg)
     set_statistics(model, store.stats)
@@ -190,6 +217,7 @@ def resume(run: Run) -> bool:
     run.metrics = ck.get("metrics", {})
     run.seconds = ck.get("train_seconds", 0.0)
     run.schedule_progress = ck.get("schedule_progress", 0.0)
+    run.skipped_steps = ck.get("skipped_steps", 0)
     set_rng_state(ck["rng"])
     return True
 
@@ -221,6 +249,7 @@ def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[
         "metrics": metrics,
         "train_seconds": run.seconds,
         "schedule_progress": run.schedule_progress,
+        "skipped_steps": run.skipped_steps,
         "train_structures": _structures_per_source(run),
         "hardware": hardware(run.d),
     }
@@ -234,6 +263,7 @@ def _structures_per_source(run: Run) -> dict[str, int]:
 
 def checkpoint(run: Run) -> None:
     """Write the checkpoint of the current step (on every process)."""
+    check_finite_weights(run)
     run_dir, step = run.cfg.run_dir, run.step
     ck = snapshot(run, run.metrics, gather=not run.sharded)
     if run.sharded:
@@ -263,9 +293,10 @@ def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
     )
 
 
-def fit(run: Run, log: RunLog) -> None:
+def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
     """Train from ``run``'s position to ``train.steps`` (or the time limit), validating and
-    checkpointing on schedule and at the end."""
+    checkpointing on schedule and at the end. A ``stop`` request (a signal) ends the step,
+    writes a checkpoint and raises :class:`RunInterrupted`."""
     t, d, par = run.cfg.train, run.d, run.par
     budget = 60 * t.max_minutes if t.max_minutes else math.inf  # seconds of this invocation
     started = budget_clock()
@@ -320,16 +351,27 @@ def fit(run: Run, log: RunLog) -> None:
                 autocast=par.autocast,
                 hooks=par.hooks,
             )
-            micro = []
-            if par.ema is not None:
-                ema_update(par.ema, run.model, t.ema_decay or 0.0)
             run.step += 1
+            if "skipped" in stats:
+                note_bad_step(run, stats["skipped"], micro)
+            else:
+                run.bad_in_a_row = 0
+                if par.ema is not None:
+                    ema_update(par.ema, run.model, t.ema_decay or 0.0)
+            micro = []
             log.step(run.step, stats, lr)
             # every process must stop at the same step and use the same learning rate,
             # whatever its own clock says: the slowest clock decides
             used = (budget_clock() - started) / budget  # share of the time budget
-            flags = all_max(torch.tensor([float(run.step >= t.steps or used > 1), used]))
+            asked = stop is not None and stop.requested  # a signal to any process stops all
+            flags = all_max(torch.tensor([float(run.step >= t.steps or used > 1), used, asked]))
             done = bool(flags[0])
+            if flags[2] and not done:
+                tick()
+                checkpoint(run)
+                name = (stop.signal_name if stop is not None else None) or "a signal to a peer"
+                path = checkpoint_path(run.cfg.run_dir, run.step)
+                raise RunInterrupted(name, run.step, str(path))
             if in_time:
                 time_fraction = start_progress + (1 - start_progress) * min(1.0, float(flags[1]))
             if run.step % t.eval_every == 0 or done:
@@ -346,7 +388,47 @@ def fit(run: Run, log: RunLog) -> None:
         run.epoch, run.batch_in_epoch = run.epoch + 1, 0
 
 
-def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
+def note_bad_step(run: Run, what: str, micro: list[Any]) -> None:
+    """Count a step skipped because its ``what`` (loss or gradient) was not finite; stop the
+    run once ``train.max_bad_steps`` come in a row, naming the step and the structures."""
+    run.skipped_steps += 1
+    run.bad_in_a_row += 1
+    if run.bad_in_a_row < run.cfg.train.max_bad_steps:
+        return
+    index = sorted(int(i) for g in micro for i in g.index.tolist())
+    shown = ", ".join(map(str, index[:20])) + (", ..." if len(index) > 20 else "")
+    good = list_checkpoints(run.cfg.run_dir)
+    raise TrainingError(
+        f"steps {run.step - run.bad_in_a_row + 1}-{run.step} of {run.cfg.run_dir} all had a "
+        f"non-finite {what} and were skipped (train.max_bad_steps={run.cfg.train.max_bad_steps}); "
+        f"the last one's structures (store {run.cfg.data.store}, indices {shown}). "
+        f"Lower train.lr or check those structures; "
+        + (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
+    )
+
+
+def check_finite_weights(run: Run) -> None:
+    """Raise :class:`TrainingError` if any weight (model or EMA) of any process is not finite:
+    nothing non-finite is ever written as a checkpoint or a model (a collective)."""
+    local = 0.0
+    for module in (run.model, run.par.ema):
+        for p in module.parameters() if module is not None else ():
+            x = getattr(p, "to_local", lambda p=p: p)()  # this process's shard under FSDP
+            if not bool(torch.isfinite(x.detach()).all()):
+                local = 1.0
+                break
+    if bool(all_max(torch.tensor(local))):
+        good = list_checkpoints(run.cfg.run_dir)
+        raise TrainingError(
+            f"the weights of {run.cfg.run_dir} are not finite at step {run.step}: nothing was "
+            "written. Lower train.lr (or set train.grad_clip); "
+            + (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
+        )
+
+
+def _train(
+    cfg: RunConfig, d: Dist, *, progress: bool, stop: StopRequest | None = None
+) -> dict[str, Any]:
     run = build_run(cfg, d)
     resumed = resume(run)
     t, run_dir = cfg.train, cfg.run_dir
@@ -368,7 +450,11 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
             f"on each of {d.world} process(es)"
         )
     if run.step < t.steps:
-        fit(run, log)
+        try:
+            fit(run, log, stop)
+        except RunInterrupted:
+            log.close()  # the caller says why, below the closed progress bar
+            raise
     elif not run.metrics:  # a finished run only re-evaluates and re-exports
         run.metrics = evaluate_split(run, run.splits.val)
     final = dict(run.metrics)
@@ -384,10 +470,11 @@ def _train(cfg: RunConfig, d: Dist, *, progress: bool) -> dict[str, Any]:
         if len(idx):
             metrics = evaluate_split(run, idx)
             final.update({f"{HOLDOUT_FAMILY}{family}/{k}": v for k, v in metrics.items()})
+    check_finite_weights(run)
     ck = snapshot(run, final)  # gathered on every process: the export is one plain file
     if d.main:
         export_model(ck, run_dir / "model.pt")
         log.metrics(run.step, final, prefix="final")
-        log.summary(final, run.store.sources)
+        log.summary(final, run.store.sources, skipped_steps=run.skipped_steps)
     log.close()
     return final

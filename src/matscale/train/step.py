@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
@@ -11,7 +12,7 @@ import torch.distributed as dist
 from matscale.config import TrainConfig
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.physics import predict
-from matscale.parallel.distributed import all_sum
+from matscale.parallel.distributed import all_max, all_sum
 from matscale.parallel.fsdp import StepHooks
 from matscale.train.loss import loss as loss_fn
 
@@ -92,6 +93,11 @@ def train_step(
             force_weighting=t.force_weighting,
             force_kind=t.force_loss,
         )
+        if not finite_everywhere(value):
+            # a backward through a non-finite loss would spread NaN into every weight: skip
+            # the step (the loop counts skipped steps and stops after too many in a row)
+            out["loss"] = float(value.detach())
+            return _skip(out, "loss", model, optimizer, hooks)
         share = len(g.numbers) / total_atoms
         hooks.call("before_backward")
         scaled = value * (share * world)
@@ -106,11 +112,38 @@ def train_step(
     if hooks.step is not None:  # the engine clips, steps and zeroes
         hooks.step()
         return out
-    if t.grad_clip is not None:
-        norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip)
-        out["grad_norm"] = float(getattr(norm, "full_tensor", lambda: norm)())  # DTensor
+    # the global norm (over every process's shards) also tells whether a finite loss gave a
+    # non-finite gradient; infinity as the bound measures without clipping
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), t.grad_clip or math.inf)
+    out["grad_norm"] = float(getattr(norm, "full_tensor", lambda: norm)())  # DTensor
+    if not math.isfinite(out["grad_norm"]):
+        return _skip(out, "gradient", model, optimizer, hooks)
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def finite_everywhere(value: torch.Tensor) -> bool:
+    """Whether ``value`` is finite on every process (a collective: every process decides
+    alike, so that all skip a step together)."""
+    bad = torch.tensor(0.0 if bool(torch.isfinite(value.detach()).all()) else 1.0)
+    return not bool(all_max(bad))
+
+
+def _skip(
+    out: dict[str, Any],
+    what: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    hooks: StepHooks,
+) -> dict[str, Any]:
+    """Drop the step's gradients and report it as skipped because ``what`` was not finite."""
+    if hooks.step is None:
+        optimizer.zero_grad(set_to_none=True)
+    else:  # DeepSpeed holds (partitions of) the gradients in its own optimizer
+        optimizer.zero_grad()
+    model.zero_grad(set_to_none=True)
+    out["skipped"] = what
     return out
 
 
