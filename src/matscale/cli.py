@@ -11,6 +11,7 @@ from pathlib import Path
 from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import ConfigError, DataError, RunInterrupted, TrainingError
+from matscale.parallel.distributed import launch_position
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
 from matscale.signals import EXIT_INTERRUPTED
 
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:  # a path that cannot be read or written: its name and why
         print(f"matscale: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         code = 2
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+    if launch_position().world > 1:
         # gloo can abort at interpreter exit after a correct run: leave with the real code
         sys.stdout.flush()
         sys.stderr.flush()

@@ -1,6 +1,7 @@
 """Sweep planning, resumable running, SLURM scripts, and a two-by-two sweep end to end."""
 
 import math
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -13,6 +14,7 @@ from matscale.scaling.report import write_report
 from matscale.scaling.results import RESULTS, read_rows
 from matscale.scaling.runner import run_sweep, slurm_script
 from matscale.scaling.sweep import load_sweep, plan
+from matscale.signals import EXIT_INTERRUPTED
 from matscale.train import loop
 from matscale.train.checkpoint import list_checkpoints
 from matscale.train.data import make_splits, sampler_for
@@ -94,8 +96,14 @@ def test_slurm_script_has_one_task_per_run(tiny_store: Path, tmp_path: Path) -> 
     )
     text = slurm_script(load_sweep(path, ["seeds=[0,1,2]"]), path, ["seeds=[0,1,2]"])
     assert "#SBATCH --array=0-11%2" in text and "#SBATCH --nodes=2" in text
-    assert "#SBATCH --partition=gpu" in text and "--nproc-per-node 4" in text
+    assert "#SBATCH --partition=gpu" in text and "#SBATCH --ntasks-per-node=4" in text
     assert f"-m matscale sweep run {path} 'seeds=[0,1,2]' --index \"$SLURM_ARRAY_TASK_ID\"" in text
+    # SIGUSR1 before the limit; the exit code of a checkpointed stop requeues the task
+    assert "#SBATCH --signal=USR1@300" in text and "--requeue" in text
+    assert f"if [ $code -eq {EXIT_INTERRUPTED} ]" in text and "scontrol requeue" in text
+    script = tmp_path / "job.sh"
+    script.write_text(text)
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0  # valid bash
     with pytest.raises(ConfigError, match="processes"):
         slurm_script(load_sweep(path, ["processes=1"]), path)
 

@@ -206,3 +206,27 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
     assert run.par.ema is not None
     for k, v in run.par.ema.state_dict().items():  # the shards, resharded onto one process
         torch.testing.assert_close(v, exported[k], rtol=0, atol=0)
+
+
+def test_the_launch_position_comes_from_torchrun_or_srun(monkeypatch: pytest.MonkeyPatch) -> None:
+    from matscale.parallel.distributed import launch_position
+
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    # a batch script in an allocation of 4 tasks that runs matscale directly: one process
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "0")
+    pos = launch_position()
+    assert (pos.rank, pos.world, pos.local_rank) == (0, 1, 0)
+    # srun's processes (the sweep runner's SLURM script)
+    monkeypatch.setenv("SLURM_PROCID", "3")
+    monkeypatch.setenv("SLURM_STEP_NUM_TASKS", "4")
+    monkeypatch.setenv("SLURM_LOCALID", "1")
+    pos = launch_position()
+    assert (pos.rank, pos.world, pos.local_rank, pos.main) == (3, 4, 1, False)
+    # torchrun inside srun: torchrun's numbering wins
+    monkeypatch.setenv("RANK", "5")
+    monkeypatch.setenv("WORLD_SIZE", "8")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    pos = launch_position()
+    assert (pos.rank, pos.world, pos.local_rank) == (5, 8, 1)

@@ -159,3 +159,64 @@ def test_a_second_signal_exits_at_once() -> None:
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert proc.stdout == "asked\n"
     assert proc.returncode == -signal.SIGTERM
+
+
+LAUNCH = """
+import errno, os, sys
+rank, fail, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                  MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
+import matscale.train.loop as loop
+if fail == "save" and rank == 0:  # rank 0's disk fills as it writes the first checkpoint
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "checkpoints/step-00000005.pt")
+    loop.save_checkpoint = full
+if fail == "step" and rank == 1:  # rank 1 fails in its third step
+    real, calls = loop.train_step, [0]
+    def step(*args, **kwargs):
+        calls[0] += 1
+        if calls[0] == 3:
+            raise RuntimeError("injected failure on rank 1")
+        return real(*args, **kwargs)
+    loop.train_step = step
+from matscale.cli import main
+sys.exit(main(sys.argv[4:]))
+"""
+
+
+@pytest.mark.parametrize(("fail", "failing"), [("save", 0), ("step", 1)])
+def test_a_failure_on_one_rank_ends_every_rank_with_the_first_error(
+    tiny_store: Path, tmp_path: Path, fail: str, failing: int
+) -> None:
+    # rank 0 failing in its checkpoint write left rank 0 in finish()'s barrier and rank 1 in
+    # the next all_reduce: > 200 s, the original error never printed
+    from tests.train.test_distributed import _free_port
+
+    launcher = tmp_path / "launch.py"
+    launcher.write_text(LAUNCH)
+    args = [
+        "train", "--no-progress", f"data.store={tiny_store}", f"out_dir={tmp_path}", *BASE,
+        "train.steps=1000", "train.checkpoint_every=5", "parallel.backend=ddp",
+        "parallel.timeout_s=120",
+    ]  # fmt: skip
+    port = str(_free_port())
+    procs = [
+        subprocess.Popen(
+            [sys.executable, str(launcher), str(rank), fail, port, *args],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for rank in (0, 1)
+    ]
+    errs = ["", ""]
+    errs[failing] = procs[failing].communicate(timeout=300)[1]
+    failed_at = time.monotonic()
+    errs[1 - failing] = procs[1 - failing].communicate(timeout=300)[1]
+    # the other rank learns of it at once, not after parallel.timeout_s
+    assert time.monotonic() - failed_at < 30, errs
+    assert all(p.returncode not in (0, EXIT_INTERRUPTED) for p in procs), errs
+    original = "No space left on device" if fail == "save" else "injected failure on rank 1"
+    assert original in errs[failing]
+    assert "another process of the run failed" in errs[1 - failing]
+    assert "Traceback" not in errs[1 - failing]

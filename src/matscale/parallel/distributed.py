@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -37,27 +38,52 @@ def _env_int(*names: str, default: int) -> int:
     return default
 
 
-def init_distributed(backend: str) -> Dist:
-    """Join the process group when ``backend`` is ``ddp``; a single process otherwise.
+def launch_position() -> Dist:
+    """Rank, world size and local rank this process was launched with, on the CPU: from
+    torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) or else from ``srun`` (``SLURM_PROCID``,
+    ``SLURM_STEP_NUM_TASKS``, ``SLURM_LOCALID``); one process otherwise. The one place that
+    reads them (training, the sweep runner and the CLI alike).
 
-    Rank and world size come from torchrun (``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``) or SLURM
-    (``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``; ``MASTER_ADDR``/``MASTER_PORT``
-    must then be set by the job script).
+    SLURM's variables count only under ``srun``: a batch script that runs ``matscale``
+    directly in an allocation of N tasks is one process, not rank 0 of N waiting for the rest.
+    """
+    if "RANK" in os.environ or "SLURM_STEP_NUM_TASKS" not in os.environ:
+        return Dist(
+            rank=_env_int("RANK", default=0),
+            world=_env_int("WORLD_SIZE", default=1),
+            local_rank=_env_int("LOCAL_RANK", default=0),
+        )
+    return Dist(
+        rank=_env_int("SLURM_PROCID", default=0),
+        world=_env_int("SLURM_STEP_NUM_TASKS", default=1),
+        local_rank=_env_int("SLURM_LOCALID", default=0),
+    )
+
+
+def init_distributed(backend: str, timeout_s: float = 600.0) -> Dist:
+    """Join the process group when ``backend`` is not ``none``; a single process otherwise.
+
+    Rank and world size come from :func:`launch_position` (torchrun or srun; under srun
+    ``MASTER_ADDR``/``MASTER_PORT`` must be set by the job script). A collective that waits
+    more than ``timeout_s`` seconds for the other processes fails instead of hanging.
     """
     use_cuda = torch.cuda.is_available()
     if backend == "none":
         return Dist(device=torch.device("cuda" if use_cuda else "cpu"))
-    rank = _env_int("RANK", "SLURM_PROCID", default=0)
-    world = _env_int("WORLD_SIZE", "SLURM_NTASKS", default=1)
-    local = _env_int("LOCAL_RANK", "SLURM_LOCALID", default=0)
+    pos = launch_position()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
     if use_cuda:
-        torch.cuda.set_device(local)
+        torch.cuda.set_device(pos.local_rank)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if use_cuda else "gloo", rank=rank, world_size=world)
-    device = torch.device(f"cuda:{local}") if use_cuda else torch.device("cpu")
-    return Dist(rank=rank, world=world, local_rank=local, device=device)
+        dist.init_process_group(
+            "nccl" if use_cuda else "gloo",
+            rank=pos.rank,
+            world_size=pos.world,
+            timeout=timedelta(seconds=timeout_s),
+        )
+    device = torch.device(f"cuda:{pos.local_rank}") if use_cuda else torch.device("cpu")
+    return Dist(rank=pos.rank, world=pos.world, local_rank=pos.local_rank, device=device)
 
 
 def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
@@ -88,11 +114,24 @@ def all_max(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-def finish() -> None:
-    """Leave the process group."""
-    if dist.is_initialized():
+def is_peer_failure(exc: BaseException) -> bool:
+    """Whether ``exc`` is a collective that failed because another process did (its
+    connection closed, or it stopped answering until the timeout)."""
+    text = str(exc)
+    return isinstance(exc, dist.DistError) or any(
+        s in text for s in ("gloo/transport", "Connection closed by peer", "Timed out waiting")
+    )
+
+
+def finish(*, failed: bool = False) -> None:
+    """Leave the process group: after a barrier when the run ended well; at once when this
+    process ``failed``, so that it exits (and its peers' collectives fail on the closed
+    connection) instead of waiting in a barrier the others never reach."""
+    if not dist.is_initialized():
+        return
+    if not failed:
         dist.barrier()
-        dist.destroy_process_group()
+    dist.destroy_process_group()
 
 
 def hardware(d: Dist) -> dict[str, object]:

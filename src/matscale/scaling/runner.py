@@ -7,7 +7,6 @@ that holds another config's run is an error, never silently continued.
 
 from __future__ import annotations
 
-import os
 import shlex
 import sys
 import traceback
@@ -16,8 +15,10 @@ from typing import Any
 
 from matscale.config import ConfigError, load
 from matscale.errors import RunInterrupted
+from matscale.parallel.distributed import launch_position
 from matscale.scaling.results import RESULTS, append_row, read_rows, run_row
 from matscale.scaling.sweep import PlannedRun, SweepConfig, config_hash, plan, to_yaml
+from matscale.signals import EXIT_INTERRUPTED
 from matscale.train.loop import train
 
 
@@ -39,8 +40,8 @@ def run_sweep(
                 f"sweep {sweep.name}: no run with index {unknown} (0–{len(runs) - 1})"
             )
         runs = [r for r in runs if r.index in only]
-    main = int(os.environ.get("RANK", "0")) == 0
-    world = int(os.environ.get("WORLD_SIZE", "1"))
+    pos = launch_position()  # torchrun or srun: each process runs the sweep, rank 0 writes
+    main, world = pos.main, pos.world
     path = sweep.sweep_dir / RESULTS
     if main:
         sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -85,8 +86,12 @@ def _check_run_dir(r: PlannedRun) -> None:
 
 def slurm_script(sweep: SweepConfig, config: Path, overrides: list[str] = ()) -> str:  # type: ignore[assignment]
     """A SLURM array script with one task per run of ``sweep`` (read from ``config`` with
-    ``overrides``). Each task runs ``matscale sweep run --index $SLURM_ARRAY_TASK_ID`` under
-    torchrun across its nodes; resubmitting the script finishes what is missing."""
+    ``overrides``). Each array task runs ``matscale sweep run --index $SLURM_ARRAY_TASK_ID``
+    as one ``srun`` process per GPU (matscale reads its rank from SLURM's variables).
+    ``grace_s`` seconds before the time limit SLURM sends SIGUSR1: every process finishes its
+    step, writes a checkpoint and exits with :data:`~matscale.signals.EXIT_INTERRUPTED`, on
+    which the script requeues its task; the requeued task resumes from that checkpoint.
+    Resubmitting the script finishes what is missing."""
     runs = plan(sweep)
     s = sweep.slurm
     processes = s.nodes * s.gpus_per_node
@@ -103,9 +108,11 @@ def slurm_script(sweep: SweepConfig, config: Path, overrides: list[str] = ()) ->
         f"#SBATCH --job-name=matscale-{sweep.name}",
         f"#SBATCH --array={array}",
         f"#SBATCH --nodes={s.nodes}",
-        "#SBATCH --ntasks-per-node=1",
+        f"#SBATCH --ntasks-per-node={s.gpus_per_node}",
         f"#SBATCH --gpus-per-node={s.gpus_per_node}",
         f"#SBATCH --time={s.time}",
+        f"#SBATCH --signal=USR1@{s.grace_s}",
+        "#SBATCH --requeue",
         f"#SBATCH --output={logs}/%A_%a.out",
     ]
     lines += [f"#SBATCH --partition={s.partition}"] * bool(s.partition)
@@ -113,13 +120,16 @@ def slurm_script(sweep: SweepConfig, config: Path, overrides: list[str] = ()) ->
     args = " ".join(shlex.quote(a) for a in [str(config), *overrides])
     lines += [
         "# written by `matscale sweep slurm`; runs already in the results table are skipped",
-        "set -euo pipefail",
+        "set -uo pipefail",
         f"mkdir -p {logs}",
         s.setup,
-        'head=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
-        f'srun torchrun --nnodes "$SLURM_NNODES" --nproc-per-node {s.gpus_per_node} \\',
-        '    --rdzv-id "$SLURM_JOB_ID-$SLURM_ARRAY_TASK_ID" --rdzv-backend c10d \\',
-        '    --rdzv-endpoint "$head:29500" \\',
-        f'    -m matscale sweep run {args} --index "$SLURM_ARRAY_TASK_ID"',
+        'MASTER_ADDR=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)',
+        "export MASTER_ADDR MASTER_PORT=$((29500 + SLURM_ARRAY_TASK_ID % 1000))",
+        f'srun python -m matscale sweep run {args} --index "$SLURM_ARRAY_TASK_ID"',
+        "code=$?",
+        f"if [ $code -eq {EXIT_INTERRUPTED} ]; then  # stopped before the time limit, checkpointed",
+        '    scontrol requeue "${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}"',
+        "fi",
+        "exit $code",
     ]
     return "\n".join(lines) + "\n"

@@ -60,10 +60,13 @@ class SlurmConfig:
     nodes: int = 1
     """Nodes per run."""
     gpus_per_node: int = 1
-    """Processes (one per GPU) per node; torchrun's ``--nproc-per-node``."""
+    """Processes (one per GPU, launched by ``srun``) per node."""
     time: str = "04:00:00"
-    """Wall-clock limit per run (a crashed or timed-out run resumes from its checkpoint when
-    its array task is resubmitted)."""
+    """Wall-clock limit per array task (a run stopped by it resumes from its checkpoint when
+    the task is requeued or the script resubmitted)."""
+    grace_s: int = 300
+    """Seconds before the time limit at which SLURM sends SIGUSR1: enough to finish a step
+    and write a checkpoint, after which the task requeues itself."""
     partition: str | None = None
     account: str | None = None
     concurrent: int | None = None

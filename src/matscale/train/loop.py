@@ -21,7 +21,14 @@ from matscale.data.store import Store
 from matscale.data.transform import GraphSettings
 from matscale.errors import RunInterrupted, TrainingError
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics, upgrade_config
-from matscale.parallel.distributed import Dist, all_max, finish, hardware, init_distributed
+from matscale.parallel.distributed import (
+    Dist,
+    all_max,
+    finish,
+    hardware,
+    init_distributed,
+    is_peer_failure,
+)
 from matscale.parallel.plan import (
     Parallel,
     load_model_state,
@@ -114,12 +121,24 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     """Train (or resume) the run ``cfg``; returns the final metrics. Rank 0 writes the run
     directory: config.yaml, metrics.jsonl, TensorBoard events, checkpoints/, model.pt."""
     check_config(cfg)  # before any work (also done at load: configs built in Python)
-    d = init_distributed(cfg.parallel.backend)
+    d = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
+    failed = True
     try:
         with StopRequest() as stop:
-            return _train(cfg, d, progress=progress, stop=stop)
+            final = _train(cfg, d, progress=progress, stop=stop)
+        failed = False
+        return final
+    except RuntimeError as exc:
+        if d.world > 1 and is_peer_failure(exc):  # the cause is another process's error
+            raise TrainingError(
+                f"rank {d.rank} of {d.world}: another process of the run failed or stopped "
+                f"answering (its own error, printed by it, says why; a hang fails after "
+                f"parallel.timeout_s={cfg.parallel.timeout_s:g} s): {str(exc).splitlines()[0]}"
+            ) from exc
+        raise
     finally:
-        finish()
+        # a failed process leaves at once: a barrier would wait for peers that never come
+        finish(failed=failed)
 
 
 def check_splits(splits: Splits, cfg: RunConfig, n_structures: int) -> None:
