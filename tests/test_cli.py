@@ -13,7 +13,7 @@ def test_demo_small_end_to_end(tmp_path: Path, capsys) -> None:
     assert "xtb-solids" in out
     store = tmp_path / "store-small"
     assert main(["data", "info", str(store), "--verify"]) == 0
-    assert "all shards match" in capsys.readouterr().out
+    assert "all shards and index arrays match" in capsys.readouterr().out
     # a second run reuses the data and the store
     assert main(["demo", "--small", "--data-dir", str(tmp_path)]) == 0
     assert "is up to date" in capsys.readouterr().out

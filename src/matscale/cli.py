@@ -160,7 +160,9 @@ def _parser() -> argparse.ArgumentParser:
 
     i = dverbs.add_parser("info", help="print a store's statistics")
     i.add_argument("store", type=Path)
-    i.add_argument("--verify", action="store_true", help="check every shard's checksum")
+    i.add_argument(
+        "--verify", action="store_true", help="check every shard's and index array's checksum"
+    )
     i.set_defaults(run=_info)
     add_scaling_verbs(verbs)
     add_calc_verbs(verbs)
@@ -236,27 +238,9 @@ def _parse_part(text: str) -> tuple[int, int]:
 
 def _pack(args: argparse.Namespace) -> int:
     from matscale.data.pack import PackConfig, collect_inputs, pack
-    from matscale.data.store import META
 
     part, n_parts = _parse_part(args.part)
     files, sources = collect_inputs(args.inputs)
-    out = args.out.resolve()
-    if any(out == f.resolve() or out in f.resolve().parents for f in files):
-        raise DataError(
-            "the store directory contains input files; choose another --out", file=str(args.out)
-        )
-    if (args.out / META).exists() and not args.overwrite:
-        raise DataError(
-            "a store already exists here (use --overwrite to replace it)", file=str(args.out)
-        )
-    if (
-        args.out.exists()
-        and any(args.out.iterdir())
-        and not ((args.out / META).exists() or (args.out / "parts").is_dir())
-    ):
-        raise DataError(
-            "directory is not empty and not a store; refusing to write into it", file=str(args.out)
-        )
     config = PackConfig(
         cutoff=args.cutoff,
         shard_mb=args.shard_mb,
@@ -270,7 +254,7 @@ def _pack(args: argparse.Namespace) -> int:
         reader_options=dict(_key_value(x, "--reader-option") for x in args.reader_option),
     )
     start = time.perf_counter()
-    pack(files, args.out, config, sources=sources)
+    pack(files, args.out, config, sources=sources, overwrite=args.overwrite)
     print(f"packed in {time.perf_counter() - start:.1f} s")
     if config.n_parts == 1:
         _print_info(args.out)
@@ -306,7 +290,7 @@ def _info(args: argparse.Namespace) -> int:
             print(f"CORRUPT {err}", file=sys.stderr)
         if errors:
             return 3
-        print("all shards match their checksums")
+        print("all shards and index arrays match their checksums")
     return _print_info(args.store)
 
 
@@ -326,7 +310,7 @@ def _demo(args: argparse.Namespace) -> int:
     if not (store / META).exists() or newest > (store / META).stat().st_mtime:
         print(f"[2/4] packing into {store}")
         config = PackConfig(require=("energy", "forces"), workers=args.workers)
-        pack(chunks, store, config, sources=sources)
+        pack(chunks, store, config, sources=sources, overwrite=True)  # derived from raw/
     else:
         print(f"[2/4] {store} is up to date")
     print("[3/4] statistics")

@@ -40,8 +40,25 @@ def test_ase_db(tmp_path: Path) -> None:
     with ase.db.connect(tmp_path / "x.db") as db:
         for s in want:
             db.write(s.to_atoms())
+    before = (tmp_path / "x.db").read_bytes()
     got = list(read_structures(tmp_path / "x.db", source="oc"))
     assert_same(got, want)
+    # reading modifies nothing and leaves nothing beside the file (no lock file)
+    assert (tmp_path / "x.db").read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.db"]
+
+
+@pytest.mark.parametrize(("content", "says"), [(b"", "empty"), (b"x" * 100, "not an SQLite")])
+def test_an_ase_db_that_is_empty_or_not_sqlite_is_named_and_left_alone(
+    tmp_path: Path, content: bytes, says: str
+) -> None:
+    # a zero-byte .db was rewritten by ASE on read (0 -> 69,632 bytes)
+    path = tmp_path / "empty.db"
+    path.write_bytes(content)
+    with pytest.raises(DataError, match=rf"empty\.db: .*{says}"):
+        list(read_structures(path, source="oc"))
+    assert path.read_bytes() == content
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty.db"]
 
 
 def test_aselmdb_fairchem_layout(tmp_path: Path) -> None:

@@ -203,7 +203,7 @@ def test_shortest_distance_per_element_pair_is_the_minimum_over_all_workers(
 def test_repacking_leaves_nothing_stale(tmp_path: Path, structures) -> None:
     files = write_files(tmp_path, structures, per_file=9)
     pack(files, tmp_path / "st", PackConfig(workers=2), progress=False)
-    meta = pack(files[:1], tmp_path / "st", PackConfig(workers=1), progress=False)
+    meta = pack(files[:1], tmp_path / "st", PackConfig(workers=1), progress=False, overwrite=True)
     assert meta["n_structures"] == 9 == len(Store(tmp_path / "st"))
 
 

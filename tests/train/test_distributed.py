@@ -194,7 +194,8 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
 
     from matscale.config import load
     from matscale.parallel.distributed import Dist
-    from matscale.train.loop import build_run, resume
+    from matscale.train.run import build_run
+    from matscale.train.state import resume
 
     cfg = load(None, [
         f"data.store={tiny_store}", f"out_dir={tmp_path}", "name=single", "parallel.threads=1",

@@ -167,10 +167,11 @@ rank, fail, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
 import matscale.train.loop as loop
+import matscale.train.state as state
 if fail == "save" and rank == 0:  # rank 0's disk fills as it writes the first checkpoint
     def full(*args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device", "checkpoints/step-00000005.pt")
-    loop.save_checkpoint = full
+    state.save_checkpoint = full
 if fail == "step" and rank == 1:  # rank 1 fails in its third step
     real, calls = loop.train_step, [0]
     def step(*args, **kwargs):
@@ -220,3 +221,112 @@ def test_a_failure_on_one_rank_ends_every_rank_with_the_first_error(
     assert original in errs[failing]
     assert "another process of the run failed" in errs[1 - failing]
     assert "Traceback" not in errs[1 - failing]
+
+
+def test_a_resume_with_other_splits_or_other_data_is_refused(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # another data.split (new validation and test overlapping old training data) or another
+    # store (heads matched to other sources by position) was accepted silently
+    import shutil
+
+    import ase.io
+
+    from matscale.config import ConfigError
+    from matscale.data.pack import PackConfig, pack
+    from tests.conftest import emt_structures, molecules
+
+    train(_cfg(tiny_store, tmp_path, "name=r", "train.steps=3"), progress=False)
+    for change, named in [
+        ("data.split=[0.8,0.1,0.1]", r"data\.split differ"),
+        ("data.split_seed=1", r"data\.split_seed differ"),
+        ("data.holdout_families=[strained]", r"data\.holdout_families differ"),
+    ]:
+        with pytest.raises(ConfigError, match=named):
+            train(_cfg(tiny_store, tmp_path, "name=r", "train.steps=5", change), progress=False)
+    other = tmp_path / "other"
+    other.mkdir()
+    ase.io.write(
+        other / "in.extxyz",
+        [s.to_atoms() for s in emt_structures(40, seed=9) + molecules(24, seed=9)],
+    )
+    pack([other / "in.extxyz"], other / "store", PackConfig(workers=1, cutoff=4.0), progress=False)
+    with pytest.raises(ConfigError, match=r"the content of data\.store"):
+        train(_cfg(other / "store", tmp_path, "name=r", "train.steps=5"), progress=False)
+    # the same store copied elsewhere is the same data: the run resumes
+    shutil.copytree(tiny_store, tmp_path / "copy")
+    train(_cfg(tmp_path / "copy", tmp_path, "name=r", "train.steps=5"), progress=False)
+    assert load_checkpoint(list_checkpoints(tmp_path / "r")[-1])["step"] == 5
+
+
+def test_a_closed_output_pipe_does_not_stop_training(tiny_store: Path, tmp_path: Path) -> None:
+    # `matscale train ... | head -2` died at step 100 with a BrokenPipeError, no checkpoint
+    args = [f"data.store={tiny_store}", f"out_dir={tmp_path}", "name=pipe", *BASE]
+    args += ["train.steps=25", "train.eval_every=2"]  # many lines after the reader leaves
+    proc = subprocess.run(
+        f"{sys.executable} -m matscale train {' '.join(args)} | head -c 1; exit ${{PIPESTATUS[0]}}",
+        shell=True,
+        capture_output=True,
+        text=True,
+        executable="/bin/bash",
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "BrokenPipe" not in proc.stderr
+    assert (tmp_path / "pipe" / "model.pt").exists()
+    assert load_checkpoint(list_checkpoints(tmp_path / "pipe")[-1])["step"] == 25
+
+
+def _small_files() -> None:
+    """In the child: files may not grow past 20 kB (a full disk, as the writer sees it)."""
+    import resource
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
+
+
+def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # a full disk said `RuntimeError: [enforce fail at inline_container.cc:672] unexpected
+    # pos ...` (nothing about space) and left a .tmp
+    args = [f"data.store={tiny_store}", f"out_dir={tmp_path}", "name=full", *BASE]
+    cmd = [sys.executable, "-m", "matscale", "train", "--no-progress", *args]
+    first = subprocess.run(
+        [*cmd, "train.steps=6", "train.checkpoint_every=3"], capture_output=True, text=True
+    )
+    assert first.returncode == 0, first.stderr
+    proc = subprocess.run(
+        [*cmd, "train.steps=12", "train.checkpoint_every=3"],
+        capture_output=True,
+        text=True,
+        preexec_fn=_small_files,
+    )
+    assert proc.returncode == 2
+    (line,) = [x for x in proc.stderr.splitlines() if "error" in x]
+    assert "step-00000009.pt: could not be written (" in line and "MiB free" in line
+    assert "Traceback" not in proc.stderr
+    folder = tmp_path / "full" / "checkpoints"
+    assert sorted(p.name for p in folder.iterdir()) == ["step-00000003.pt", "step-00000006.pt"]
+    # with room again, the same command resumes from the last good checkpoint
+    again = subprocess.run([*cmd, "train.steps=12"], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "resuming at step 6" in again.stdout
+
+
+def test_a_second_process_on_the_same_run_is_refused_and_a_killed_one_leaves_no_lock(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # two `train` runs with the same name both ran and interleaved metrics.jsonl
+    from matscale.config import ConfigError
+
+    proc = _start_training(
+        tiny_store, tmp_path, "twice", "train.steps=100000", "train.checkpoint_every=2"
+    )
+    _wait_for_steps(tmp_path / "twice", proc)
+    with pytest.raises(ConfigError, match=rf"being trained by another process \(pid {proc.pid} "):
+        train(_cfg(tiny_store, tmp_path, "name=twice", "train.steps=5"), progress=False)
+    proc.kill()  # SIGKILL: no handler runs, the lock must go with the process
+    proc.communicate()
+    resumed_from = load_checkpoint(list_checkpoints(tmp_path / "twice")[-1])["step"]
+    train(_cfg(tiny_store, tmp_path, "name=twice", f"train.steps={resumed_from + 1}"))
+    assert load_checkpoint(list_checkpoints(tmp_path / "twice")[-1])["step"] == resumed_from + 1

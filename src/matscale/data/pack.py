@@ -78,15 +78,85 @@ def pack(
     *,
     sources: dict[Path, str] | None = None,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict:
     """Pack ``files`` into the store at ``out``; return the merged metadata (or, when
     ``n_parts > 1``, this part's report, to be merged by ``merge_parts`` later).
 
     ``sources`` names the source of each file's records that carry none (default: the file's
-    stem; ``config.source`` overrides both). With one part, whatever an earlier packing left in
-    ``out/parts`` and ``out/shards`` is removed first; with several, every part records a digest
-    of the input list, and ``merge_parts`` refuses parts of different packing runs.
+    stem; ``config.source`` overrides both). With one part the store is built in a folder
+    beside ``out`` and takes its place only once complete, so a pack that fails leaves
+    whatever was at ``out`` as it was; an existing store is replaced only with ``overwrite``.
+    With several parts, each writes into ``out`` directly and records a digest of the input
+    list, and ``merge_parts`` refuses parts of different packing runs.
     """
+    check_destination(files, out, overwrite=overwrite, parts=config.n_parts > 1)
+    if config.n_parts > 1:
+        return _pack_into(files, out, config, sources=sources, progress=progress)
+    work = out.parent / f".{out.name}.packing"
+    shutil.rmtree(work, ignore_errors=True)  # what a pack that crashed left
+    try:
+        meta = _pack_into(files, work, config, sources=sources, progress=progress)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    _replace_folder(work, out)
+    return meta
+
+
+def check_destination(files: list[Path], out: Path, *, overwrite: bool, parts: bool) -> None:
+    """Refuse a store folder that would lose or mix a user's files: one that is a file, holds
+    input files, holds a store (without ``overwrite``), or holds anything but a store or
+    parts of one."""
+    if out.exists() and not out.is_dir():
+        raise DataError("is a file, not a folder: choose another --out", file=str(out))
+    resolved = out.resolve()
+    if any(resolved == f.resolve() or resolved in f.resolve().parents for f in files):
+        raise DataError(
+            "the store folder contains input files; choose another --out", file=str(out)
+        )
+    if (out / META).exists() and not overwrite:
+        raise DataError(
+            "a store already exists here (use --overwrite to replace it)", file=str(out)
+        )
+    if (
+        out.is_dir()
+        and any(out.iterdir())
+        and not ((out / META).exists() or (out / "parts").is_dir())
+    ):
+        raise DataError(
+            "folder is not empty and not a store; refusing to write into it", file=str(out)
+        )
+    if parts and (out / META).exists() and overwrite:
+        raise DataError(
+            "--overwrite replaces a store in one pass, not part by part: pack the parts into "
+            "a new folder (or remove the old store first)",
+            file=str(out),
+        )
+
+
+def _replace_folder(new: Path, old: Path) -> None:
+    """Put the finished folder ``new`` at ``old``'s place (two renames on one file system);
+    the folder it replaces is deleted only after."""
+    if not old.exists():
+        os.replace(new, old)
+        return
+    aside = old.parent / f".{old.name}.replaced"
+    shutil.rmtree(aside, ignore_errors=True)
+    os.replace(old, aside)
+    os.replace(new, old)
+    shutil.rmtree(aside, ignore_errors=True)
+
+
+def _pack_into(
+    files: list[Path],
+    out: Path,
+    config: PackConfig,
+    *,
+    sources: dict[Path, str] | None,
+    progress: bool,
+) -> dict:
+    """:func:`pack`'s work, written into ``out`` (a fresh folder, or one part's share)."""
     if not files:
         raise DataError("no input files given")
     for f in files:
@@ -95,11 +165,8 @@ def pack(
     # Parts and workers take contiguous runs of the sorted file list and name their shards by
     # the run's first file, so the store's order is the files' order whatever the parallelism.
     ordered = sorted(Path(f) for f in files)
-    digest = hashlib.sha256("\n".join(str(f.resolve()) for f in ordered).encode()).hexdigest()
-    if config.n_parts == 1:
-        for stale in ("parts", "shards", "index"):
-            shutil.rmtree(out / stale, ignore_errors=True)
-        (out / META).unlink(missing_ok=True)
+    # file names are bytes to the OS: one that is not UTF-8 must not break the digest
+    digest = hashlib.sha256(b"\n".join(os.fsencode(f.resolve()) for f in ordered)).hexdigest()
     (out / "shards").mkdir(parents=True, exist_ok=True)
     (out / "parts").mkdir(exist_ok=True)
     first, mine = _chunks(ordered, config.n_parts)[config.part]

@@ -86,6 +86,10 @@ def atoms_to_structure(
         raise DataError(f"bad label: {exc}", file=file, record=record) from exc
 
 
+#: The first 16 bytes of every SQLite 3 database file.
+SQLITE_MAGIC = b"SQLite format 3\x00"
+
+
 def read_ase_db(path: str | Path, *, source: str) -> Iterator[Structure]:
     """Read every row of an ASE database (``ase.db.connect``)."""
     import ase.db
@@ -93,8 +97,15 @@ def read_ase_db(path: str | Path, *, source: str) -> Iterator[Structure]:
     path = str(path)
     if not Path(path).exists():
         raise DataError("no such file", file=path)
+    # ase.db.connect writes: it makes the tables of an empty file (0 → 69,632 bytes) and a
+    # lock file beside it. Reading must never modify a user's input: check first, no lock.
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    if head != SQLITE_MAGIC:
+        what = "the file is empty" if not head else "not an SQLite database"
+        raise DataError(f"{what}: an ASE database (.db) was expected", file=path)
     try:
-        db = ase.db.connect(path)
+        db = ase.db.connect(path, type="db", create_indices=False, use_lock_file=False)
         rows = db.select()
         for row in rows:
             atoms = row.toatoms(add_additional_information=True)

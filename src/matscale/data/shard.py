@@ -124,7 +124,7 @@ class ShardBuilder:
     def add(self, s: Structure, n_edges: int) -> None:
         """Append one structure with its directed neighbour count at the store's cutoff."""
         n = s.n_atoms
-        key = s.key.encode("utf-8")
+        key = s.key.encode("utf-8", "surrogateescape")  # a file name may not be UTF-8
         rows = {
             "numbers": s.numbers,
             "positions": s.positions,
@@ -256,5 +256,5 @@ class Shard:
             stress=a["stress"][k].astype(np.float64) if flags & HAS_STRESS else None,
             source=source,
             family=family,
-            key=kb.tobytes().decode("utf-8"),
+            key=kb.tobytes().decode("utf-8", "surrogateescape"),
         )

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from matscale.data.shard import Shard
+from matscale.data.shard import Shard, crc32_file
 from matscale.data.stats import StatsAccumulator
 from matscale.data.structure import Structure
 from matscale.errors import CorruptShardError, DataError
@@ -121,6 +121,9 @@ def merge_parts(root: Path) -> dict[str, Any]:
         "shards": shards,
         "skipped": skipped,
         "stats": stats.summary(),
+        # the index arrays are checked like shards (`data info --verify`): an edited or
+        # damaged one would batch and label structures wrongly without failing to read
+        "index_crc32": {name: crc32_file(root / "index" / f"{name}.npy") for name in index},
     }
     write_json_atomic(root / META, meta)
     return meta
@@ -195,6 +198,21 @@ class Store:
         return int(self._starts[-1])
 
     @property
+    def content_id(self) -> str:
+        """A short hash of what the store holds (its shards' CRC-32s and counts, in order,
+        and its sources and families): equal for copies of the store wherever they lie,
+        different for a store packed from other data. Saved in checkpoints, so that a run
+        does not resume on other data (its splits would then mean other structures)."""
+        import hashlib
+
+        key = [
+            self.sources,
+            self.families,
+            [(e["n_structures"], e["crc32"]) for e in self._entries],
+        ]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+    @property
     def stats(self) -> dict[str, dict[str, Any]]:
         """Per-source statistics computed while packing (see matscale.data.stats)."""
         return self.meta["stats"]
@@ -214,7 +232,8 @@ class Store:
         )
 
     def check_all(self) -> list[CorruptShardError]:
-        """Check every shard's checksum and header; return the errors found (empty if none)."""
+        """Check every shard's checksum and header, and the index arrays' checksums; return
+        the errors found (empty if none)."""
         errors = []
         for k in range(len(self._entries)):
             path = self.path / "shards" / self._entries[k]["file"]
@@ -230,6 +249,16 @@ class Store:
                 )
             except CorruptShardError as exc:
                 errors.append(exc)
+        for name, crc in self.meta.get("index_crc32", {}).items():  # stores before 0.x: none
+            path = self.path / "index" / f"{name}.npy"
+            if not path.is_file() or crc32_file(path) != crc:
+                errors.append(
+                    CorruptShardError(
+                        "index array missing or changed since packing (CRC-32 differs): "
+                        f"rebuild it with `matscale data merge {self.path}`",
+                        file=str(path),
+                    )
+                )
         return errors
 
     def _shard(self, k: int) -> tuple[Shard, np.ndarray, np.ndarray]:

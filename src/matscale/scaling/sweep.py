@@ -34,7 +34,7 @@ from matscale.data.store import Store
 from matscale.models.egnn import EGNNConfig
 from matscale.models.size import non_embedding_parameters, parameter_count, width_for
 from matscale.train.data import make_splits, sampler_for
-from matscale.train.loop import model_config_for
+from matscale.train.run import model_config_for
 
 
 @dataclass(kw_only=True)

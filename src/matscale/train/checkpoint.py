@@ -15,10 +15,14 @@ statistics) and what a model card reports, with a Markdown card beside it.
 
 from __future__ import annotations
 
+import errno
 import os
 import random
 import re
 import shutil
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +33,56 @@ import matscale
 
 
 def save_atomic(obj: Any, path: Path) -> None:
-    """``torch.save`` through a temporary file and a rename."""
+    """``torch.save`` through a temporary file and a rename: a write that fails (a full
+    disk, a quota) leaves the file at ``path`` as it was and no temporary file, and raises
+    an ``OSError`` naming ``path``, the space left and what to do."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    with open(tmp, "rb+") as fh:
-        os.fsync(fh.fileno())
+    try:
+        torch.save(obj, tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+    except (OSError, RuntimeError) as exc:
+        tmp.unlink(missing_ok=True)
+        if isinstance(exc, RuntimeError) and "unexpected pos" not in str(exc):
+            raise  # not a failed write: torch's own error
+        # torch's writer reports a short write as "[enforce fail ...] unexpected pos"
+        free = shutil.disk_usage(path.parent).free / 2**20
+        raise OSError(
+            getattr(exc, "errno", None) or errno.ENOSPC,
+            f"could not be written ({getattr(exc, 'strerror', None) or 'short write'}; "
+            f"{free:,.0f} MiB free on its device): free space (or raise the quota), then run the "
+            "same command again (earlier checkpoints are intact)",
+            str(path),
+        ) from exc
     os.replace(tmp, path)
+
+
+@contextmanager
+def run_dir_lock(run_dir: Path) -> Iterator[None]:
+    """Hold ``run_dir/.lock`` for the duration: a second process training the same run
+    folder (the same ``name=`` twice) is refused instead of interleaving the first one's
+    metrics and checkpoints. The operating system releases the lock when the holder exits,
+    however it exits, so a killed run never leaves a stale lock."""
+    import fcntl
+
+    from matscale.errors import ConfigError
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with open(run_dir / ".lock", "a+") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fh.seek(0)
+            raise ConfigError(
+                f"{run_dir} is being trained by another process ({fh.read().strip() or 'pid ?'}): "
+                "wait for it to finish, stop it, or give this run another name="
+            ) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        fh.flush()
+        yield
 
 
 def rng_state() -> dict[str, Any]:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import resource
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ class RunLog:
         every: int = 1,
     ):
         self.enabled = enabled
+        self.stdout_gone = False
         self.every = max(1, every)
         self.t0 = time.perf_counter()
         self.atoms = 0
@@ -60,7 +63,20 @@ class RunLog:
     def text(self, line: str) -> None:
         """A line for the reader (above the progress bar)."""
         if self.enabled:
+            self._print(line)
+
+    def _print(self, line: str) -> None:
+        if self.stdout_gone:
+            return
+        try:
             (self.bar.write if self.bar else print)(line)
+            sys.stdout.flush()
+        except BrokenPipeError:
+            # the reader of our output left (`matscale train ... | head`): the run goes on
+            # (metrics.jsonl has everything); stdout points at /dev/null from now on, so
+            # that later lines and the interpreter's final flush stay quiet
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            self.stdout_gone = True
 
     def step(self, step: int, stats: dict[str, Any], lr: float) -> None:
         """Account for one optimizer step; log every so often."""
@@ -113,24 +129,26 @@ class RunLog:
         seconds = time.perf_counter() - self.t0
         if self.atoms:
             rate = self.atoms / max(seconds, 1e-9)
-            print(
+            self._print(
                 f"trained for {seconds / 60:.1f} min at {rate:,.0f} atoms/s; "
                 "mean absolute errors (validation / test):"
             )
         else:
-            print(
+            self._print(
                 "the run had already finished; its model's mean absolute errors "
                 "(validation / test):"
             )
         if skipped_steps:
-            print(f"{skipped_steps} step(s) skipped: non-finite loss or gradient (metrics.jsonl)")
+            self._print(
+                f"{skipped_steps} step(s) skipped: non-finite loss or gradient (metrics.jsonl)"
+            )
         targets = [
             ("energy", "meV_per_atom", "energy meV/atom"),
             ("forces", "meV_per_A", "forces meV/Å"),
             ("stress", "meV_per_A3", "stress meV/Å³"),
         ]
         shown = [t for t in targets if f"{t[0]}_mae_{t[1]}" in metrics]
-        print(f"  {'source':<16}" + "".join(f"{t[2]:>22}" for t in shown))
+        self._print(f"  {'source':<16}" + "".join(f"{t[2]:>22}" for t in shown))
         for source in [*sources, None]:
             prefix = f"{source}/" if source else ""
             cells = []
@@ -138,10 +156,12 @@ class RunLog:
                 val = metrics.get(f"{prefix}{name}_mae_{unit}")
                 test = metrics.get(f"test/{prefix}{name}_mae_{unit}")
                 cells.append(_pair(val, test))
-            print(f"  {source or 'all':<16}" + "".join(f"{c:>22}" for c in cells))
+            self._print(f"  {source or 'all':<16}" + "".join(f"{c:>22}" for c in cells))
         held = {k: v for k, v in metrics.items() if k.startswith("holdout/") and k.count("/") == 1}
         if held:
-            print("  held-out families: " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in held.items()))
+            self._print(
+                "  held-out families: " + ", ".join(f"{k[8:]} {v:.1f}" for k, v in held.items())
+            )
         per_family = {
             k.split("/")[0].removeprefix(HOLDOUT_FAMILY): v
             for k, v in metrics.items()
@@ -150,7 +170,7 @@ class RunLog:
             and k.count("/") == 1
         }
         if per_family:
-            print(
+            self._print(
                 "  held out, forces meV/Å per family: "
                 + ", ".join(f"{f} {v:.1f}" for f, v in per_family.items())
             )

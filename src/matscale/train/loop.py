@@ -1,120 +1,51 @@
-"""``matscale train``: one function that builds a run from its config and trains it.
+"""``matscale train``: one function that trains (or resumes) a run from its config.
 
-Order of construction (fixed): process group → store and splits → plain model with data
-statistics → precision policy → data-parallel wrapper → optimizer → resume → loop. The step
-itself is :func:`matscale.train.step.train_step`.
+:func:`train` joins the process group, builds the run (:mod:`matscale.train.run`), resumes it
+(:mod:`matscale.train.state`) and calls :func:`fit`, the loop; the step itself is
+:func:`matscale.train.step.train_step`.
 """
 
 from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass, field, replace
+from contextlib import nullcontext
 from typing import Any
 
-import numpy as np
 import torch
 
-from matscale.config import ConfigError, RunConfig, dump, to_dict
-from matscale.data.sampler import BatchSampler
-from matscale.data.store import Store
-from matscale.data.transform import GraphSettings
+from matscale.config import RunConfig, dump
 from matscale.errors import RunInterrupted, TrainingError
-from matscale.models.egnn import EGNN, EGNNConfig, set_statistics, upgrade_config
 from matscale.parallel.distributed import (
     Dist,
     all_max,
     finish,
-    hardware,
     init_distributed,
     is_peer_failure,
-)
-from matscale.parallel.plan import (
-    Parallel,
-    load_model_state,
-    load_optimizer_state,
-    local_states,
-    model_state,
-    optimizer_state,
-    parallelize,
-    set_local_states,
 )
 from matscale.signals import StopRequest
 from matscale.train.checkpoint import (
     checkpoint_path,
     export_model,
     list_checkpoints,
-    load_checkpoint,
-    load_sharded,
-    save_checkpoint,
-    save_sharded,
-    set_rng_state,
+    run_dir_lock,
 )
 from matscale.train.data import (
-    Splits,
-    graph_settings_for,
     loader_for,
-    make_splits,
     sampler_for,
 )
 from matscale.train.evaluate import evaluate
 from matscale.train.log import HOLDOUT_FAMILY, RunLog
-from matscale.train.schedule import Plateau, cosine_progress, lr_at
-from matscale.train.step import ema_update, make_optimizer, train_step
-from matscale.validation import check_config, check_config_for_store
+from matscale.train.run import Run, build_run
+from matscale.train.schedule import cosine_progress, lr_at
+from matscale.train.state import check_finite_weights, checkpoint, resume, snapshot
+from matscale.train.step import ema_update, train_step
+from matscale.validation import check_config
 
 # The clock a run's time budget (``train.max_minutes``) reads, in seconds. Kept as one name so
 # a test can run the budget on a fake clock: a budget measured on the machine's real clock
 # makes a test's step count depend on how fast the machine is.
 budget_clock = time.monotonic
-
-
-def model_config_for(cfg: RunConfig, store: Store) -> EGNNConfig:
-    """The model config resolved against the store: one head per source, the mean neighbour
-    count of the data, and a cutoff no larger than the store's."""
-    check_config_for_store(cfg, store)
-    stats = store.stats
-    atoms = sum(s["atoms"] for s in stats.values())
-    k = sum(s["mean_neighbours"] * s["atoms"] for s in stats.values()) / max(atoms, 1)
-    scale = (cfg.model.cutoff / store.cutoff) ** 3  # neighbours grow with the sphere's volume
-    return replace(cfg.model, heads=tuple(store.sources), avg_neighbours=max(1.0, k * scale))
-
-
-@dataclass
-class Run:
-    """Everything a training run holds on one process, built by :func:`build_run`."""
-
-    cfg: RunConfig
-    d: Dist
-    store: Store
-    splits: Splits
-    model_cfg: EGNNConfig
-    graph: GraphSettings
-    """How structures become the model's graphs (saved in the exported model)."""
-    model: EGNN
-    par: Parallel
-    optimizer: torch.optim.Optimizer
-    sampler: BatchSampler
-    plateau: Plateau
-    step: int = 0
-    epoch: int = 0
-    batch_in_epoch: int = 0
-    """Position in the data: batches of ``epoch`` already consumed."""
-    metrics: dict[str, Any] = field(default_factory=dict)
-    """The latest validation metrics."""
-    seconds: float = 0.0
-    """Wall-clock seconds spent training, over every resumed part of the run."""
-    schedule_progress: float = 0.0
-    """How far the learning-rate decay has gone, 0..1 (:func:`cosine_progress`)."""
-    skipped_steps: int = 0
-    """Steps skipped because their loss or gradient was not finite, over the whole run."""
-    bad_in_a_row: int = 0
-    """Skipped steps since the last good one."""
-
-    @property
-    def sharded(self) -> bool:
-        """Checkpoints hold per-process shards (FSDP) rather than gathered states."""
-        return self.cfg.parallel.backend == "fsdp"
 
 
 def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
@@ -124,7 +55,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     d = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
     failed = True
     try:
-        with StopRequest() as stop:
+        with StopRequest() as stop, run_dir_lock(cfg.run_dir) if d.main else nullcontext():
             final = _train(cfg, d, progress=progress, stop=stop)
         failed = False
         return final
@@ -139,159 +70,6 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     finally:
         # a failed process leaves at once: a barrier would wait for peers that never come
         finish(failed=failed)
-
-
-def check_splits(splits: Splits, cfg: RunConfig, n_structures: int) -> None:
-    """Refuse splits that would train or evaluate on nothing: a part given a share of the
-    data that rounds to no structure (a tiny store), so that no run ends in a blank table."""
-    empty = [
-        f"{name} ({share:g} of {n_structures:,} structures)"
-        for name, share, idx in zip(
-            ("train", "validation", "test"),
-            cfg.data.split,
-            (splits.train, splits.val, splits.test),
-            strict=True,
-        )
-        if share > 0 and len(idx) == 0
-    ]
-    if empty:
-        raise ConfigError(
-            f"data.split={list(cfg.data.split)} leaves no structure in {', '.join(empty)} "
-            f"of {cfg.data.store}: add data, or give that part a larger share (0 for none)"
-        )
-
-
-def build_run(cfg: RunConfig, d: Dist) -> Run:
-    """Store and splits → plain model with data statistics → parallel plan → optimizer."""
-    t = cfg.train
-    if cfg.parallel.threads:
-        torch.set_num_threads(cfg.parallel.threads)
-    torch.manual_seed(t.seed)
-    store = Store(cfg.data.store)
-    check_config_for_store(cfg, store)
-    splits = make_splits(store, cfg.data)
-    check_splits(splits, cfg, len(store))
-    model_cfg = model_config_for(cfg, store)
-    model = EGNN(model_cfg)
-    set_statistics(model, store.stats)
-    model.to(d.device)
-    par = parallelize(
-        model, cfg.parallel, d, train=t, conservative=model_cfg.force_head == "conservative"
-    )
-    sampler = sampler_for(
-        store, splits.train, cfg.data, train=True, seed=t.seed, rank=d.rank, world=d.world
-    )
-    if len(sampler) == 0:
-        raise ValueError(f"the training split ({len(splits.train)} structures) gives no batch")
-    return Run(
-        cfg=cfg,
-        d=d,
-        store=store,
-        splits=splits,
-        model_cfg=model_cfg,
-        graph=graph_settings_for(store, cfg.data, model_cfg),
-        model=model,
-        par=par,
-        optimizer=par.optimizer or make_optimizer(model, t),
-        sampler=sampler,
-        plateau=Plateau(patience=t.plateau_patience, floor=t.min_lr_ratio),
-    )
-
-
-def resume(run: Run) -> bool:
-    """Load the run directory's newest checkpoint into ``run`` (on every process); False if
-    there is none. Checkpoints load whatever backend or world size wrote them."""
-    found = list_checkpoints(run.cfg.run_dir)
-    if not found:
-        return False
-    ck = load_checkpoint(found[-1])
-    saved, now = upgrade_config(ck["config"]["model"]), to_dict(run.cfg)["model"]
-    changed = sorted(k for k in set(saved) | set(now) if saved.get(k) != now.get(k))
-    if changed:  # the weights would not fit, or would silently mean another model
-        fields = ", ".join(f"model.{k}" for k in changed)
-        raise ConfigError(
-            f"{run.cfg.run_dir} holds checkpoints of another model ({fields} differ); "
-            "give the run another name= or delete that folder"
-        )
-    par, model, optimizer = run.par, run.model, run.optimizer
-    if ck.get("sharded"):  # FSDP's shards, resharded to this run
-        own = par.engine is None
-        states = local_states(model, optimizer if own else None, par.ema)
-        load_sharded(states, found[-1].parent / ck["sharded"])
-        set_local_states(model, optimizer if own else None, par.ema, states)
-    else:
-        load_model_state(model, ck["model"])
-        if par.ema is not None and ck.get("ema") is not None:
-            load_model_state(par.ema, ck["ema"])
-        if par.engine is None:
-            load_optimizer_state(model, optimizer, ck["optimizer"])
-    if par.engine is not None:  # DeepSpeed restores its (sharded) optimizer itself
-        par.engine.load_checkpoint(
-            str(run.cfg.run_dir / "deepspeed"),
-            tag=ck["deepspeed_tag"],
-            load_lr_scheduler_states=False,
-        )
-    run.plateau = Plateau(**ck["plateau"])
-    run.step, run.epoch, run.batch_in_epoch = ck["step"], ck["epoch"], ck["batch_in_epoch"]
-    run.metrics = ck.get("metrics", {})
-    run.seconds = ck.get("train_seconds", 0.0)
-    run.schedule_progress = ck.get("schedule_progress", 0.0)
-    run.skipped_steps = ck.get("skipped_steps", 0)
-    set_rng_state(ck["rng"])
-    return True
-
-
-def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[str, Any]:
-    """The checkpoint of ``run`` as it stands. With ``gather``, full model, EMA and optimizer
-    states (a collective under FSDP and ZeRO-3: call on every process); without, only the
-    rest (the states then go to :func:`save_sharded`)."""
-    par = run.par
-    states: dict[str, Any] = {"model": None, "ema": None, "optimizer": None}
-    if gather:
-        with par.gathered():
-            states["model"] = model_state(run.model)
-        states["ema"] = model_state(par.ema) if par.ema is not None else None
-        if par.engine is None:
-            states["optimizer"] = optimizer_state(run.model, run.optimizer)
-    return {
-        **states,
-        "sharded": None,
-        "deepspeed_tag": f"step-{run.step:08d}" if par.engine is not None else None,
-        "plateau": asdict(run.plateau),
-        "step": run.step,
-        "epoch": run.epoch,
-        "batch_in_epoch": run.batch_in_epoch,
-        "config": to_dict(run.cfg),
-        "model_config": to_dict(run.model_cfg),
-        "graph": run.graph.to_dict(),
-        "stats": run.store.stats,
-        "metrics": metrics,
-        "train_seconds": run.seconds,
-        "schedule_progress": run.schedule_progress,
-        "skipped_steps": run.skipped_steps,
-        "train_structures": _structures_per_source(run),
-        "hardware": hardware(run.d),
-    }
-
-
-def _structures_per_source(run: Run) -> dict[str, int]:
-    """Training-split structures of each source (what each head learned from)."""
-    counts = np.bincount(run.store.source_ids[run.splits.train], minlength=len(run.store.sources))
-    return {name: int(c) for name, c in zip(run.store.sources, counts, strict=True)}
-
-
-def checkpoint(run: Run) -> None:
-    """Write the checkpoint of the current step (on every process)."""
-    check_finite_weights(run)
-    run_dir, step = run.cfg.run_dir, run.step
-    ck = snapshot(run, run.metrics, gather=not run.sharded)
-    if run.sharded:
-        states = local_states(run.model, run.optimizer, run.par.ema)
-        ck["sharded"] = save_sharded(states, run_dir, step).name
-    if run.par.engine is not None:  # DeepSpeed's own format for its optimizer shards
-        run.par.engine.save_checkpoint(str(run_dir / "deepspeed"), tag=f"step-{step:08d}")
-    if run.d.main:
-        save_checkpoint(ck, run_dir, step, run.cfg.train.keep_checkpoints)
 
 
 def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
@@ -424,25 +202,6 @@ def note_bad_step(run: Run, what: str, micro: list[Any]) -> None:
         f"Lower train.lr or check those structures; "
         + (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
     )
-
-
-def check_finite_weights(run: Run) -> None:
-    """Raise :class:`TrainingError` if any weight (model or EMA) of any process is not finite:
-    nothing non-finite is ever written as a checkpoint or a model (a collective)."""
-    local = 0.0
-    for module in (run.model, run.par.ema):
-        for p in module.parameters() if module is not None else ():
-            x = getattr(p, "to_local", lambda p=p: p)()  # this process's shard under FSDP
-            if not bool(torch.isfinite(x.detach()).all()):
-                local = 1.0
-                break
-    if bool(all_max(torch.tensor(local))):
-        good = list_checkpoints(run.cfg.run_dir)
-        raise TrainingError(
-            f"the weights of {run.cfg.run_dir} are not finite at step {run.step}: nothing was "
-            "written. Lower train.lr (or set train.grad_clip); "
-            + (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
-        )
 
 
 def _train(

@@ -1,0 +1,107 @@
+"""Packing never loses a user's files: failed packs, odd names, wrong destinations."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import ase.io
+import pytest
+
+from matscale.cli import main
+from matscale.data.pack import PackConfig, pack
+from matscale.data.store import Store
+from matscale.errors import DataError
+from tests.conftest import emt_structures
+
+
+def _write(path: Path, n: int = 6, seed: int = 0) -> Path:
+    ase.io.write(path, [s.to_atoms() for s in emt_structures(n, seed=seed)])
+    return path
+
+
+def test_a_failed_overwrite_leaves_the_old_store_as_it_was(tmp_path: Path) -> None:
+    # `data pack --overwrite` deleted the old store before the new one existed: a pack that
+    # then failed left no store at all
+    good = _write(tmp_path / "good.extxyz")
+    pack([good], tmp_path / "store", PackConfig(workers=1), progress=False)
+    before = Store(tmp_path / "store")
+    garbage = tmp_path / "garbage.extxyz"
+    garbage.write_bytes(b"\x00\x01 this is not a structure file\n" * 10)
+    with pytest.raises(DataError, match=r"garbage\.extxyz"):
+        pack([garbage], tmp_path / "store", PackConfig(workers=1), progress=False, overwrite=True)
+    after = Store(tmp_path / "store")
+    assert len(after) == len(before) and after.content_id == before.content_id
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["garbage.extxyz", "good.extxyz", "store"]
+    # a successful overwrite replaces it
+    more = _write(tmp_path / "more.extxyz", n=9, seed=1)
+    pack([more], tmp_path / "store", PackConfig(workers=1), progress=False, overwrite=True)
+    assert len(Store(tmp_path / "store")) == 9
+
+
+def test_an_existing_store_is_replaced_only_when_asked(tmp_path: Path) -> None:
+    good = _write(tmp_path / "good.extxyz")
+    pack([good], tmp_path / "store", PackConfig(workers=1), progress=False)
+    with pytest.raises(DataError, match="already exists"):
+        pack([good], tmp_path / "store", PackConfig(workers=1), progress=False)
+
+
+def test_a_destination_that_is_a_file_is_one_line(tmp_path: Path, capsys) -> None:
+    # `pack --out FILE` gave a NotADirectoryError traceback
+    good = _write(tmp_path / "good.extxyz")
+    (tmp_path / "afile").write_text("mine")
+    assert main(["data", "pack", str(good), "--out", str(tmp_path / "afile")]) == 2
+    err = capsys.readouterr().err
+    assert "afile" in err and "is a file" in err and "Traceback" not in err
+    assert (tmp_path / "afile").read_text() == "mine"
+
+
+def test_a_file_name_that_is_not_utf8_packs(tmp_path: Path) -> None:
+    # such a name crashed pack with a UnicodeEncodeError
+    name = os.fsdecode(b"caf\xe9-latin1.extxyz")  # Latin-1 bytes: not UTF-8
+    path = _write(tmp_path / name)
+    out = subprocess.run(
+        [sys.executable, "-m", "matscale", "data", "pack", str(path), "--out",
+         str(tmp_path / "store"), "--workers", "1"],
+        capture_output=True,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr.decode(errors="replace")
+    assert len(Store(tmp_path / "store")) == 6
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path: Path) -> None:
+    # `data info STORE | head` and `data pack ... | head` died with a BrokenPipeError
+    good = _write(tmp_path / "good.extxyz")
+    pack([good], tmp_path / "store", PackConfig(workers=1), progress=False)
+    for args in (
+        ["data", "info", str(tmp_path / "store")],
+        ["data", "pack", str(good), "--out", str(tmp_path / "store2"), "--workers", "1"],
+    ):
+        proc = subprocess.run(
+            f"{sys.executable} -m matscale {' '.join(args)} | head -c 1",
+            shell=True,
+            capture_output=True,
+            text=True,
+            executable="/bin/bash",
+        )
+        assert proc.returncode == 0
+        assert "Error" not in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+
+
+def test_an_edited_index_array_fails_verification(tmp_path: Path, capsys) -> None:
+    # an edited index/*.npy passed `info --verify`
+    import numpy as np
+
+    good = _write(tmp_path / "good.extxyz")
+    pack([good], tmp_path / "store", PackConfig(workers=1), progress=False)
+    assert main(["data", "info", "--verify", str(tmp_path / "store")]) == 0
+    path = tmp_path / "store" / "index" / "n_atoms.npy"
+    counts = np.load(path)
+    counts[0] += 1  # a well-formed array that batches wrongly
+    np.save(path, counts)
+    assert main(["data", "info", "--verify", str(tmp_path / "store")]) == 3
+    assert "n_atoms.npy: index array missing or changed" in capsys.readouterr().err
+    assert main(["data", "merge", str(tmp_path / "store")]) == 0  # what the error says to do
+    assert main(["data", "info", "--verify", str(tmp_path / "store")]) == 0
