@@ -60,3 +60,13 @@ def tiny_store(tmp_path_factory) -> Path:
     ase.io.write(path, [s.to_atoms() for s in emt_structures(40) + molecules(24)])
     pack([path], root / "store", PackConfig(workers=1, cutoff=4.0), progress=False)
     return root / "store"
+
+
+def small_files() -> None:
+    """A ``preexec_fn`` for a child process whose files may not grow past 20 kB: a full disk
+    as the writer sees it (the write fails with EFBIG instead of the signal killing it)."""
+    import resource
+    import signal
+
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))

@@ -11,6 +11,7 @@ import warnings
 from collections import Counter
 from pathlib import Path
 
+import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
@@ -20,6 +21,7 @@ from hypothesis import strategies as st
 from matscale.calc import MatscaleCalculator
 from matscale.data.batch import collate, graph_sample
 from matscale.data.graph import radius_graph
+from matscale.data.readers import read_structures
 from matscale.data.structure import Structure, check_structure
 from matscale.errors import DataError, ExtrapolationWarning
 
@@ -110,16 +112,23 @@ def structures(draw: st.DrawFn) -> Structure:
     return Structure(numbers=numbers, positions=positions, cell=cell, pbc=pbc, source="emt")
 
 
-def test_checks_graphs_and_batching_raise_only_documented_errors() -> None:
+def test_reading_checks_graphs_and_batching_raise_only_documented_errors(
+    tmp_path: Path,
+) -> None:
     outcomes: Counter[str] = Counter()
+    path = tmp_path / "fuzz.extxyz"
 
     @FUZZ
     @given(structures())
     def run(s: Structure) -> None:
-        try:
-            check_structure(s, file="fuzz.extxyz", record=0)
+        atoms = Atoms(numbers=s.numbers % 119, positions=s.positions, cell=s.cell, pbc=s.pbc)
+        atoms.info["source"] = s.source
+        ase.io.write(path, atoms)
+        try:  # the file as a user would hand it over
+            (s,) = read_structures(path)
+            check_structure(s, file=str(path), record=0)
         except DataError as exc:
-            assert "fuzz.extxyz" in str(exc)  # named, never a bare message
+            assert str(path) in str(exc)  # named, never a bare message
             outcomes["refused"] += 1
             return
         outcomes["passed"] += 1

@@ -14,7 +14,7 @@ from matscale.cli import main
 from matscale.data.pack import PackConfig, pack
 from matscale.data.store import Store
 from matscale.errors import DataError
-from tests.conftest import emt_structures
+from tests.conftest import emt_structures, small_files
 
 
 def _write(path: Path, n: int = 6, seed: int = 0) -> Path:
@@ -105,3 +105,19 @@ def test_an_edited_index_array_fails_verification(tmp_path: Path, capsys) -> Non
     assert "n_atoms.npy: index array missing or changed" in capsys.readouterr().err
     assert main(["data", "merge", str(tmp_path / "store")]) == 0  # what the error says to do
     assert main(["data", "info", "--verify", str(tmp_path / "store")]) == 0
+
+
+def test_a_pack_that_runs_out_of_space_is_one_line_and_leaves_nothing(tmp_path: Path) -> None:
+    # `data pack` on a full disk gave an `OSError: No space left on device` traceback
+    good = _write(tmp_path / "good.extxyz", n=40)
+    proc = subprocess.run(
+        [sys.executable, "-m", "matscale", "data", "pack", str(good), "--out",
+         str(tmp_path / "store"), "--workers", "1"],
+        capture_output=True,
+        text=True,
+        preexec_fn=small_files,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("matscale: error: ") and len(proc.stderr.splitlines()) == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["good.extxyz"]  # no half store

@@ -19,16 +19,11 @@ from matscale.signals import EXIT_INTERRUPTED
 from matscale.train import step as step_module
 from matscale.train.checkpoint import list_checkpoints, load_checkpoint
 from matscale.train.loop import train
+from tests.conftest import small_files
+from tests.train.test_loop import BASE as LOOP_BASE
 
-BASE = [
-    "model.width=16",
-    "model.depth=2",
-    "model.cutoff=4.0",
-    "data.max_atoms=96",
-    "train.warmup_steps=2",
-    "train.eval_every=10",
-    "parallel.threads=1",
-]
+# the loop tests' small model; one thread, as two processes may share the two cores
+BASE = [*LOOP_BASE, "parallel.threads=1"]
 
 
 def _cfg(store: Path, out: Path, *extra: str):
@@ -276,14 +271,6 @@ def test_a_closed_output_pipe_does_not_stop_training(tiny_store: Path, tmp_path:
     assert load_checkpoint(list_checkpoints(tmp_path / "pipe")[-1])["step"] == 25
 
 
-def _small_files() -> None:
-    """In the child: files may not grow past 20 kB (a full disk, as the writer sees it)."""
-    import resource
-
-    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the write fails instead of killing us
-    resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, resource.RLIM_INFINITY))
-
-
 def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
     tiny_store: Path, tmp_path: Path
 ) -> None:
@@ -299,7 +286,7 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
         [*cmd, "train.steps=12", "train.checkpoint_every=3"],
         capture_output=True,
         text=True,
-        preexec_fn=_small_files,
+        preexec_fn=small_files,
     )
     assert proc.returncode == 2
     (line,) = [x for x in proc.stderr.splitlines() if "error" in x]
@@ -330,3 +317,24 @@ def test_a_second_process_on_the_same_run_is_refused_and_a_killed_one_leaves_no_
     resumed_from = load_checkpoint(list_checkpoints(tmp_path / "twice")[-1])["step"]
     train(_cfg(tiny_store, tmp_path, "name=twice", f"train.steps={resumed_from + 1}"))
     assert load_checkpoint(list_checkpoints(tmp_path / "twice")[-1])["step"] == resumed_from + 1
+
+
+def test_kill_9_mid_run_then_the_same_command_gives_the_uninterrupted_weights(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    steps = ["train.steps=14", "train.checkpoint_every=3", "train.log_every=1"]
+    proc = _start_training(tiny_store, tmp_path, "killed", *steps)
+    deadline = time.monotonic() + 120
+    while not list_checkpoints(tmp_path / "killed") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    proc.kill()  # SIGKILL, wherever it is: mid-step, mid-write
+    proc.communicate()
+    assert proc.returncode == -signal.SIGKILL
+    again = _start_training(tiny_store, tmp_path, "killed", *steps)
+    assert again.wait(timeout=300) == 0
+    whole = _start_training(tiny_store, tmp_path, "whole", *steps)
+    assert whole.wait(timeout=300) == 0
+    a = read_model_file(tmp_path / "killed" / "model.pt")["state_dict"]
+    b = read_model_file(tmp_path / "whole" / "model.pt")["state_dict"]
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)  # bit for bit

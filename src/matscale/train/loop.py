@@ -27,7 +27,6 @@ from matscale.signals import StopRequest
 from matscale.train.checkpoint import (
     checkpoint_path,
     export_model,
-    list_checkpoints,
     run_dir_lock,
 )
 from matscale.train.data import (
@@ -38,7 +37,13 @@ from matscale.train.evaluate import evaluate
 from matscale.train.log import HOLDOUT_FAMILY, RunLog
 from matscale.train.run import Run, build_run
 from matscale.train.schedule import cosine_progress, lr_at
-from matscale.train.state import check_finite_weights, checkpoint, resume, snapshot
+from matscale.train.state import (
+    check_finite_weights,
+    checkpoint,
+    last_good_checkpoint,
+    resume,
+    snapshot,
+)
 from matscale.train.step import ema_update, train_step
 from matscale.validation import check_config
 
@@ -194,13 +199,11 @@ def note_bad_step(run: Run, what: str, micro: list[Any]) -> None:
         return
     index = sorted(int(i) for g in micro for i in g.index.tolist())
     shown = ", ".join(map(str, index[:20])) + (", ..." if len(index) > 20 else "")
-    good = list_checkpoints(run.cfg.run_dir)
     raise TrainingError(
         f"steps {run.step - run.bad_in_a_row + 1}-{run.step} of {run.cfg.run_dir} all had a "
         f"non-finite {what} and were skipped (train.max_bad_steps={run.cfg.train.max_bad_steps}); "
         f"the last one's structures (store {run.cfg.data.store}, indices {shown}). "
-        f"Lower train.lr or check those structures; "
-        + (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
+        f"Lower train.lr or check those structures; " + last_good_checkpoint(run)
     )
 
 

@@ -166,9 +166,13 @@ def check_finite_weights(run: Run) -> None:
                 local = 1.0
                 break
     if bool(all_max(torch.tensor(local))):
-        good = list_checkpoints(run.cfg.run_dir)
         raise TrainingError(
             f"the weights of {run.cfg.run_dir} are not finite at step {run.step}: nothing was "
-            "written. Lower train.lr (or set train.grad_clip); "
-            + (f"the last good checkpoint is {good[-1]}" if good else "no checkpoint was written")
+            "written. Lower train.lr (or set train.grad_clip); " + last_good_checkpoint(run)
         )
+
+
+def last_good_checkpoint(run: Run) -> str:
+    """Where a stopped run would resume from, in words (for error messages)."""
+    found = list_checkpoints(run.cfg.run_dir)
+    return f"the last good checkpoint is {found[-1]}" if found else "no checkpoint was written"
