@@ -60,7 +60,7 @@ def train(cfg: RunConfig, *, progress: bool = True) -> dict[str, Any]:
     d = init_distributed(cfg.parallel.backend, cfg.parallel.timeout_s)
     failed = True
     try:
-        with StopRequest() as stop, run_dir_lock(cfg.run_dir) if d.main else nullcontext():
+        with StopRequest() as stop:
             final = _train(cfg, d, progress=progress, stop=stop)
         failed = False
         return final
@@ -210,7 +210,16 @@ def note_bad_step(run: Run, what: str, micro: list[Any]) -> None:
 def _train(
     cfg: RunConfig, d: Dist, *, progress: bool, stop: StopRequest | None = None
 ) -> dict[str, Any]:
-    run = build_run(cfg, d)
+    run = build_run(cfg, d)  # settings checked against the store: nothing is written before
+    # one process per run folder: a second `train` of the same name would interleave the
+    # first one's metrics and checkpoints
+    with run_dir_lock(cfg.run_dir) if d.main else nullcontext():
+        return _resume_and_fit(run, progress=progress, stop=stop)
+
+
+def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> dict[str, Any]:
+    """Resume ``run`` from its newest checkpoint, train it to the end, score and export it."""
+    cfg, d = run.cfg, run.d
     resumed = resume(run)
     t, run_dir = cfg.train, cfg.run_dir
     log = RunLog(
@@ -222,7 +231,6 @@ def _train(
         every=t.log_every,
     )
     if d.main:
-        run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.yaml").write_text(dump(cfg))
         log.text(
             f"{'resuming at step ' + str(run.step) if resumed else 'starting'}: "
@@ -238,6 +246,19 @@ def _train(
             raise
     elif not run.metrics:  # a finished run only re-evaluates and re-exports
         run.metrics = evaluate_split(run, run.splits.val)
+    final = final_metrics(run)
+    check_finite_weights(run)
+    ck = snapshot(run, final)  # gathered on every process: the export is one plain file
+    if d.main:
+        export_model(ck, run_dir / "model.pt")
+        log.metrics(run.step, final, prefix="final")
+        log.summary(final, run.store.sources, skipped_steps=run.skipped_steps)
+    log.close()
+    return final
+
+
+def final_metrics(run: Run) -> dict[str, float]:
+    """The latest validation metrics, and the test, held-out and per-family ones."""
     final = dict(run.metrics)
     for name in ("test", "holdout"):
         idx = getattr(run.splits, name)
@@ -251,11 +272,4 @@ def _train(
         if len(idx):
             metrics = evaluate_split(run, idx)
             final.update({f"{HOLDOUT_FAMILY}{family}/{k}": v for k, v in metrics.items()})
-    check_finite_weights(run)
-    ck = snapshot(run, final)  # gathered on every process: the export is one plain file
-    if d.main:
-        export_model(ck, run_dir / "model.pt")
-        log.metrics(run.step, final, prefix="final")
-        log.summary(final, run.store.sources, skipped_steps=run.skipped_steps)
-    log.close()
     return final
