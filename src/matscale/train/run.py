@@ -110,10 +110,9 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
         torch.set_num_threads(cfg.parallel.threads)
     torch.manual_seed(t.seed)
     store = Store(cfg.data.store)
-    check_config_for_store(cfg, store)
+    model_cfg = model_config_for(cfg, store)  # checks the settings against the store first
     splits = make_splits(store, cfg.data)
     check_splits(splits, cfg, len(store))
-    model_cfg = model_config_for(cfg, store)
     model = EGNN(model_cfg)
     set_statistics(model, store.stats)
     model.to(d.device)
