@@ -6,7 +6,9 @@ import argparse
 import os
 import sys
 import time
+import traceback
 from pathlib import Path
+from typing import NoReturn
 
 from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.readers import DATA_SUFFIXES
@@ -24,32 +26,58 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 1
+    several = launch_position().world > 1
     try:
         code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
-    except (DataError, ConfigError) as exc:
+    except Exception as exc:
+        reported = _report(exc)
+        if several:
+            # Leave before `exc` is released: its frames hold the failed run's process group,
+            # whose teardown can wait forever on a peer that is gone (seen with gloo). An error
+            # we do not report as one line still gets its traceback.
+            if reported is None:
+                traceback.print_exc()
+            _leave(1 if reported is None else reported)
+        if reported is None:
+            raise
+        code = reported
+    if several:
+        _leave(code)  # gloo can abort at interpreter exit even after a correct run
+    return code
+
+
+def _report(exc: Exception) -> int | None:
+    """Print ``exc`` as the one line a user's mistake or a stopped run deserves and return the
+    exit code; ``None`` for anything else (a bug: its traceback is the useful report)."""
+    if isinstance(exc, (DataError, ConfigError)):
         print(f"matscale: error: {exc}", file=sys.stderr)
-        code = 2
-    except TrainingError as exc:  # a run that stopped and says why (non-finite weights, ...)
+        return 2
+    if isinstance(exc, TrainingError):  # a run that stopped and says why (non-finite weights)
         print(f"matscale: error: {exc}", file=sys.stderr)
-        code = 1
-    except RunInterrupted as exc:  # a signal: the checkpoint is written, rerun to resume
+        return 1
+    if isinstance(exc, RunInterrupted):  # a signal: the checkpoint is written, rerun to resume
         print(f"matscale: {exc}", file=sys.stderr)
-        code = EXIT_INTERRUPTED
-    except BrokenPipeError:
+        return EXIT_INTERRUPTED
+    if isinstance(exc, BrokenPipeError):
         # the reader of our output left (`matscale data info STORE | head`): not an error;
         # point stdout at /dev/null so that the interpreter's final flush stays quiet
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        code = 0
-    except OSError as exc:  # a path that cannot be read or written: its name and why
+        return 0
+    if isinstance(exc, OSError):  # a path that cannot be read or written: its name and why
         print(f"matscale: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
-        code = 2
-    if launch_position().world > 1:
-        # gloo can abort at interpreter exit after a correct run: leave with the real code
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
-    return code
+        return 2
+    return None
+
+
+def _leave(code: int) -> NoReturn:
+    """End a process of a multi-process run now, with ``code``, skipping interpreter teardown."""
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except OSError:  # a reader that left: nothing more to say to it
+            pass
+    os._exit(code)
 
 
 def _parser() -> argparse.ArgumentParser:

@@ -157,7 +157,8 @@ def test_a_second_signal_exits_at_once() -> None:
 
 
 LAUNCH = """
-import errno, os, sys
+import errno, faulthandler, os, sys
+faulthandler.dump_traceback_later(120, exit=False)  # a hang shows its stacks in the report
 rank, fail, port = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
                   MASTER_ADDR="127.0.0.1", MASTER_PORT=port)
@@ -206,9 +207,14 @@ def test_a_failure_on_one_rank_ends_every_rank_with_the_first_error(
         for rank in (0, 1)
     ]
     errs = ["", ""]
-    errs[failing] = procs[failing].communicate(timeout=300)[1]
-    failed_at = time.monotonic()
-    errs[1 - failing] = procs[1 - failing].communicate(timeout=300)[1]
+    try:
+        errs[failing] = procs[failing].communicate(timeout=300)[1]
+        failed_at = time.monotonic()
+        errs[1 - failing] = procs[1 - failing].communicate(timeout=300)[1]
+    except subprocess.TimeoutExpired:
+        for p in procs:
+            p.kill()
+        raise AssertionError([p.communicate()[1] for p in procs]) from None
     # the other rank learns of it at once, not after parallel.timeout_s
     assert time.monotonic() - failed_at < 30, errs
     assert all(p.returncode not in (0, EXIT_INTERRUPTED) for p in procs), errs
