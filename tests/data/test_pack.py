@@ -121,3 +121,45 @@ def test_a_pack_that_runs_out_of_space_is_one_line_and_leaves_nothing(tmp_path: 
     assert "Traceback" not in proc.stderr
     assert proc.stderr.startswith("matscale: error: ") and len(proc.stderr.splitlines()) == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["good.extxyz"]  # no half store
+
+
+def test_records_labelled_by_a_model_say_so_after_packing(tmp_path: Path, capsys) -> None:
+    # data labelled by a teacher says so in every record: the extxyz record, the store's
+    # metadata and statistics, every structure read back, and its content id
+    teacher = "SevenNet-0 (sevenn 0.13.0)"
+    taught = emt_structures(4, seed=2, source="taught")
+    for s in taught:
+        s.labelled_by = teacher
+    files = [_write(tmp_path / "emt.extxyz"), tmp_path / "taught.extxyz"]
+    ase.io.write(files[1], [s.to_atoms() for s in taught])
+    assert "labelled_by" in files[1].read_text()
+    meta = pack(files, tmp_path / "store", PackConfig(workers=2), progress=False)
+    assert meta["labelled_by"] == {"taught": teacher}  # the calculator-labelled source: absent
+    store = Store(tmp_path / "store")
+    assert {store[i].source: store[i].labelled_by for i in range(len(store))} == {
+        "emt": "",
+        "taught": teacher,
+    }
+    assert main(["data", "info", str(tmp_path / "store")]) == 0
+    assert f"taught: {teacher}" in capsys.readouterr().out
+    # the same structures without the label are other data
+    plain = tmp_path / "plain"
+    plain.mkdir()
+    _write(plain / "emt.extxyz")
+    for s in taught:
+        s.labelled_by = ""
+    ase.io.write(plain / "taught.extxyz", [s.to_atoms() for s in taught])
+    pack(sorted(plain.iterdir()), tmp_path / "plain-store", PackConfig(workers=1), progress=False)
+    assert Store(tmp_path / "plain-store").content_id != store.content_id
+
+
+def test_a_source_labelled_by_two_models_is_refused_naming_the_record(tmp_path: Path) -> None:
+    mixed = emt_structures(3, seed=4, source="mixed")
+    mixed[0].labelled_by = "SevenNet-0 (sevenn 0.13.0)"
+    mixed[2].labelled_by = "CHGNet 0.3.0 (chgnet 0.4.2)"
+    path = tmp_path / "mixed.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in mixed])
+    with pytest.raises(DataError, match=r"mixed\.extxyz.*record 1.*labelled_by") as err:
+        pack([path], tmp_path / "store", PackConfig(workers=1), progress=False)
+    assert "one level of theory" in str(err.value)
+    assert not (tmp_path / "store").exists()

@@ -26,6 +26,9 @@ def describe(store: Store) -> str:
             f"{st.get('energy_residual_rms_eV', float('nan')):>11.3f}{st['with_stress']:>8,}"
             f"  {elements}"
         )
+    if store.labelled_by:
+        lines += ["", "labelled by a model (a teacher), not by a reference calculation:"]
+        lines += [f"  {name}: {who}" for name, who in store.labelled_by.items()]
     lines += ["", "reference energies (eV/atom, least squares per source):"]
     for name, st in store.stats.items():
         refs = ", ".join(

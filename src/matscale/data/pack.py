@@ -294,6 +294,9 @@ class PartWriter:
         self.shards: list[dict[str, Any]] = []
         self.sources: set[str] = set()
         self.families: set[str] = set()
+        # source -> the model that labelled it ("" for the source's own calculator): a source
+        # is one level of theory, so all its records must agree
+        self.labelled_by: dict[str, str] = {}
         self._shard = ShardBuilder()
         self._skip_log = open(out / "parts" / f"{name}.skipped.jsonl", "w")
         self.report: dict[str, Any] = {}
@@ -303,6 +306,16 @@ class PartWriter:
     ) -> bool:
         """Check ``s`` and store it; return False (and count and log why) if it was skipped."""
         c = self.config
+        labeller = self.labelled_by.setdefault(s.source, s.labelled_by)
+        if labeller != s.labelled_by:
+            raise DataError(
+                f"source {s.source!r} mixes labels by {labeller or 'its own calculator'!r} and "
+                f"{s.labelled_by or 'its own calculator'!r}: a source is one level of theory "
+                "(name the other labels' source differently)",
+                file=file,
+                record=record,
+                field="labelled_by",
+            )
         try:
             check_structure(s, file=file, record=record, require=c.require, max_force=c.max_force)
         except DataError as exc:
@@ -357,6 +370,7 @@ class PartWriter:
             "shards": self.shards,
             "sources": sorted(self.sources),
             "families": sorted(self.families),
+            "labelled_by": dict(sorted(self.labelled_by.items())),
             "skipped": dict(self.skipped),
         }
         write_json_atomic(self.out / "parts" / f"{self.name}.json", self.report)

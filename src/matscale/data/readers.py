@@ -81,6 +81,7 @@ def atoms_to_structure(
             source=str(atoms.info.get("source", source)),
             family=str(atoms.info.get("family", "")),
             key=key,
+            labelled_by=str(atoms.info.get("labelled_by", "")),
         )
     except (TypeError, ValueError) as exc:
         raise DataError(f"bad label: {exc}", file=file, record=record) from exc

@@ -240,7 +240,7 @@ class Shard:
         self.families: list[str] = header["families"]
         self.n_structures: int = header["n_structures"]
 
-    def structure(self, k: int, *, source: str, family: str) -> Structure:
+    def structure(self, k: int, *, source: str, family: str, labelled_by: str = "") -> Structure:
         """The ``k``-th structure of this shard (float64 copies of the stored float32)."""
         a = self.arrays
         lo, hi = int(a["atom_start"][k]), int(a["atom_start"][k + 1])
@@ -257,4 +257,5 @@ class Shard:
             source=source,
             family=family,
             key=kb.tobytes().decode("utf-8", "surrogateescape"),
+            labelled_by=labelled_by,
         )

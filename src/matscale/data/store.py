@@ -4,7 +4,8 @@ processes through memory maps.
 Directory layout::
 
     STORE/
-      meta.json               sources, families, shard list with CRC-32s, statistics
+      meta.json               sources, families, the model that labelled each teacher-labelled
+                              source, shard list with CRC-32s, statistics
       shards/*.msshard        binary shards (see matscale.data.shard)
       parts/<part>.json       each packer's shard list and skip report (merged into meta.json)
       parts/<part>.stats.npz  each packer's exact statistics accumulators
@@ -70,6 +71,7 @@ def merge_parts(root: Path) -> dict[str, Any]:
     shards = [entry for p in parts for entry in p["shards"]]
     sources = sorted({name for p in parts for name in p["sources"]})
     families = sorted({name for p in parts for name in p["families"]})
+    labelled_by = _labellers(parts, part_files)
     stats = StatsAccumulator()
     skipped: dict[str, int] = {}
     for pf, p in zip(part_files, parts, strict=True):
@@ -118,6 +120,7 @@ def merge_parts(root: Path) -> dict[str, Any]:
         "bytes": sum(e["bytes"] for e in shards),
         "sources": sources,
         "families": families,
+        "labelled_by": labelled_by,
         "shards": shards,
         "skipped": skipped,
         "stats": stats.summary(),
@@ -127,6 +130,21 @@ def merge_parts(root: Path) -> dict[str, Any]:
     }
     write_json_atomic(root / META, meta)
     return meta
+
+
+def _labellers(parts: list[dict[str, Any]], files: list[Path]) -> dict[str, str]:
+    """The model that labelled each source that a model labelled (a teacher), from every
+    part; a source labelled differently by two parts is refused (one level of theory)."""
+    out: dict[str, str] = {}
+    for pf, p in zip(files, parts, strict=True):
+        for source, labeller in p.get("labelled_by", {}).items():
+            if out.setdefault(source, labeller) != labeller:
+                raise DataError(
+                    f"source {source!r} is labelled by {out[source] or 'its own calculator'!r} "
+                    f"in one part and by {labeller or 'its own calculator'!r} in this one",
+                    file=str(pf),
+                )
+    return {s: v for s, v in sorted(out.items()) if v}
 
 
 def _check_parts_complete(parts: list[dict[str, Any]], files: list[Path]) -> None:
@@ -179,6 +197,8 @@ class Store:
             )
         self.sources: list[str] = self.meta["sources"]
         self.families: list[str] = self.meta["families"]
+        #: source -> the model that labelled it, for the sources a model labelled (a teacher)
+        self.labelled_by: dict[str, str] = self.meta.get("labelled_by", {})
         self._source_index = {n: i for i, n in enumerate(self.sources)}
         self._family_index = {n: i for i, n in enumerate(self.families)}
         self.cutoff: float = self.meta["cutoff_A"]
@@ -205,11 +225,13 @@ class Store:
         does not resume on other data (its splits would then mean other structures)."""
         import hashlib
 
-        key = [
+        key: list[Any] = [
             self.sources,
             self.families,
             [(e["n_structures"], e["crc32"]) for e in self._entries],
         ]
+        if self.labelled_by:  # (absent before teachers: older stores keep their id)
+            key.append(self.labelled_by)
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
     @property
@@ -225,10 +247,12 @@ class Store:
         shard, src_map, fam_map = self._shard(k)
         local = i - int(self._starts[k])
         a = shard.arrays
+        source = self.sources[src_map[a["source"][local]]]
         return shard.structure(
             local,
-            source=self.sources[src_map[a["source"][local]]],
+            source=source,
             family=self.families[fam_map[a["family"][local]]],
+            labelled_by=self.labelled_by.get(source, ""),
         )
 
     def check_all(self) -> list[CorruptShardError]:

@@ -2,21 +2,24 @@
 
 Conventions (the same in every file of matscale):
 
-========== ============== ======= =====================================================
-field      shape          unit    meaning
-========== ============== ======= =====================================================
-numbers    [n_atoms]      —       atomic numbers Z (1..118)
-positions  [n_atoms, 3]   Å       Cartesian positions
-cell       [3, 3]         Å       lattice vectors as rows; zeros for a molecule
-pbc        [3]            —       periodic along each lattice vector
-energy     scalar         eV      total potential energy (not per atom)
-forces     [n_atoms, 3]   eV/Å    −∂E/∂positions
-stress     [6]            eV/Å³   Voigt order xx, yy, zz, yz, xz, xy; ASE's sign:
-                                  σ = (1/V) ∂E/∂ε, so pressure = −trace/3
-source     str            —       name of the data source (level of theory), e.g. ``emt-metals``
-family     str            —       kind of structure inside a source, e.g. ``bulk``, ``md-1200K``
-key        str            —       provenance, e.g. ``file.xyz#17``
-========== ============== ======= =====================================================
+=========== ============== ======= =====================================================
+field       shape          unit    meaning
+=========== ============== ======= =====================================================
+numbers     [n_atoms]      —       atomic numbers Z (1..118)
+positions   [n_atoms, 3]   Å       Cartesian positions
+cell        [3, 3]         Å       lattice vectors as rows; zeros for a molecule
+pbc         [3]            —       periodic along each lattice vector
+energy      scalar         eV      total potential energy (not per atom)
+forces      [n_atoms, 3]   eV/Å    −∂E/∂positions
+stress      [6]            eV/Å³   Voigt order xx, yy, zz, yz, xz, xy; ASE's sign:
+                                   σ = (1/V) ∂E/∂ε, so pressure = −trace/3
+source      str            —       name of the data source (level of theory), e.g. ``emt-metals``
+family      str            —       kind of structure inside a source, e.g. ``bulk``, ``md-1200K``
+key         str            —       provenance, e.g. ``file.xyz#17``
+labelled_by str            —       the model that made the labels when a model did (a
+                                   teacher), e.g. ``SevenNet-0 (sevenn 0.13.0)``; empty when
+                                   the source's own calculator did
+=========== ============== ======= =====================================================
 """
 
 from __future__ import annotations
@@ -49,6 +52,7 @@ class Structure:
     source: str = "default"
     family: str = ""
     key: str = ""
+    labelled_by: str = ""
 
     @property
     def n_atoms(self) -> int:
@@ -72,6 +76,8 @@ class Structure:
         atoms.info["source"] = self.source
         if self.family:
             atoms.info["family"] = self.family
+        if self.labelled_by:
+            atoms.info["labelled_by"] = self.labelled_by
         return atoms
 
 
