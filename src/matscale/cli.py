@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from matscale.calc.commands import add_verbs as add_calc_verbs
+from matscale.data.generate.run import PRESETS as GENERATE_PRESETS
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from matscale.parallel.distributed import launch_position
@@ -119,9 +120,17 @@ def _parser() -> argparse.ArgumentParser:
 
     data = verbs.add_parser("data", help="generate, pack, merge and inspect datasets")
     dverbs = data.add_subparsers(title="data verbs")
-    g = dverbs.add_parser("generate", help="label structures with EMT and GFN2-xTB")
+    g = dverbs.add_parser(
+        "generate", help="label structures with EMT, GFN2-xTB, GFN1-xTB or a teacher potential"
+    )
     g.add_argument("--out", type=Path, default=Path("data/raw"))
-    g.add_argument("--preset", choices=["default", "small"], default="default")
+    g.add_argument(
+        "--preset",
+        choices=sorted(GENERATE_PRESETS),
+        default="default",
+        help="default: the demo's three sources; small: a few hundred structures; "
+        "teacher: crystals across 84 elements labelled by SevenNet-0 (extra `teachers`)",
+    )
     g.add_argument(
         "--small",
         action="store_const",

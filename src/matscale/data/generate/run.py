@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from matscale.data.generate import emt, xtb, xtb_solids
+from matscale.data.generate import emt, teacher, xtb, xtb_solids
 from matscale.data.generate.threads import single_threaded_children
 from matscale.data.structure import Structure
 
@@ -33,6 +33,7 @@ GENERATORS: dict[str, Generator] = {
     emt.SOURCE: emt.generate,
     xtb.SOURCE: xtb.generate,
     xtb_solids.SOURCE: xtb_solids.generate,
+    **{t.source: teacher.generator(t) for t in teacher.TEACHERS},
 }
 
 #: Version of each generator: a folder's chunks all come from one version.
@@ -40,6 +41,7 @@ VERSIONS: dict[str, int] = {
     emt.SOURCE: emt.VERSION,
     xtb.SOURCE: xtb.VERSION,
     xtb_solids.SOURCE: xtb_solids.VERSION,
+    **{t.source: teacher.VERSION for t in teacher.TEACHERS},
 }
 
 #: Seconds per structure of each source on one core, to start the slowest chunks first.
@@ -47,13 +49,16 @@ COST: dict[str, float] = {
     emt.SOURCE: emt.SECONDS_PER_STRUCTURE,
     xtb.SOURCE: xtb.SECONDS_PER_STRUCTURE,
     xtb_solids.SOURCE: xtb_solids.SECONDS_PER_STRUCTURE,
+    **{t.source: teacher.SECONDS_PER_STRUCTURE for t in teacher.TEACHERS},
 }
 
 #: Structures per source for each preset. ``default`` takes ~5 minutes on 2 cores (GFN1-xTB
-#: on solids costs ~0.2 s per cell, 25x EMT, hence its small share).
+#: on solids costs ~0.2 s per cell, 25x EMT, hence its small share). ``teacher`` adds crystals
+#: across 84 elements labelled by SevenNet-0 (needs the ``teachers`` extra; ~0.5 s each).
 PRESETS: dict[str, dict[str, int]] = {
     "default": {emt.SOURCE: 36_000, xtb.SOURCE: 24_000, xtb_solids.SOURCE: 800},
     "small": {emt.SOURCE: 240, xtb.SOURCE: 160, xtb_solids.SOURCE: 24},
+    "teacher": {teacher.SEVENNET.source: 20_000},
 }
 
 
@@ -78,6 +83,13 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     unknown = set(config.sizes) - set(GENERATORS)
     if unknown:
         raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(GENERATORS)}")
+    for source, total in config.sizes.items():
+        package = teacher.missing_package(source) if total else None
+        if package:
+            raise ValueError(
+                f"source {source} is labelled by a teacher potential from the package {package}, "
+                "which is not installed: pip install -c constraints.txt -e '.[teachers]'"
+            )
     tasks = []
     for source, total in config.sizes.items():
         (out / source).mkdir(parents=True, exist_ok=True)
