@@ -232,7 +232,7 @@ def _wait(jobs: list[Any], counter: Any, progress: bool) -> None:
 
 def _chunks(files: list[Path], n: int) -> list[tuple[int, list[Path]]]:
     """Cut ``files`` into ``n`` contiguous runs of similar total bytes: (first index, run)."""
-    sizes = [max(f.stat().st_size, 1) for f in files]
+    sizes = [max(_bytes(f), 1) for f in files]
     total = sum(sizes)
     out: list[tuple[int, list[Path]]] = []
     start, acc = 0, 0
@@ -376,6 +376,18 @@ class PartWriter:
         write_json_atomic(self.out / "parts" / f"{self.name}.json", self.report)
 
 
+def is_folder_format(path: Path) -> bool:
+    """Whether ``path`` is one input although a folder (an ADIOS2 ``NAME.bp``)."""
+    return path.suffix.lower() == ".bp"
+
+
+def _bytes(path: Path) -> int:
+    """Size of an input: a file's, or the sum of a folder input's files."""
+    if path.is_dir():
+        return sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+    return path.stat().st_size
+
+
 #: Bookkeeping files that ``pack`` never reads as data, whatever their suffix.
 NOT_DATA = {"generate.json", "meta.json", "manifest.json"}
 
@@ -387,13 +399,14 @@ def collect_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
     files: list[Path] = []
     sources: dict[Path, str] = {}
     for path in inputs:
-        if path.is_dir():
+        if path.is_dir() and not is_folder_format(path):
             found = sorted(
                 f
                 for f in path.rglob("*")
                 if f.suffix.lower() in DATA_SUFFIXES
                 and f.name not in NOT_DATA
                 and "parts" not in f.relative_to(path).parts
+                and not any(is_folder_format(Path(p)) for p in f.relative_to(path).parts[:-1])
             )
             files += found
             sources.update({f: path.resolve().name for f in found})

@@ -9,6 +9,8 @@ format          files                            units converted
 ``aselmdb``     fairchem's ASE-LMDB (OC20/OC22)  none
 ``ani-h5``      ANI-1x-style HDF5                energy Hartree → eV, forces Hartree/Å → eV/Å
 ``mptrj``       MPtrj JSON                       stress kbar (VASP sign) → eV/Å³ (ASE sign)
+``adios``       HydraGNN's ADIOS2 datasets       none (eV, Å as HydraGNN stores them); see
+                (``NAME.bp`` folders)            :mod:`matscale.data.adios`
 =============== ================================ =============================================
 
 A reader never validates physics (the packer does, with :func:`check_structure`); it raises
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from matscale.data.adios import read_adios
 from matscale.data.jsonstream import iter_json_object
 from matscale.data.structure import Structure, stress_to_voigt
 from matscale.errors import DataError
@@ -367,6 +370,7 @@ READERS: dict[str, Reader] = {
     "aselmdb": read_aselmdb,
     "ani-h5": read_ani_h5,
     "mptrj": read_mptrj,
+    "adios": read_adios,
 }
 
 _EXTENSIONS = {
@@ -376,6 +380,7 @@ _EXTENSIONS = {
     ".h5": "ani-h5",
     ".hdf5": "ani-h5",
     ".json": "mptrj",
+    ".bp": "adios",  # an ADIOS2 BP folder: one input, though a directory
 }
 
 
