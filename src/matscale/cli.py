@@ -10,6 +10,7 @@ import traceback
 from pathlib import Path
 from typing import NoReturn
 
+from matscale.bench.commands import add_verbs as add_bench_verbs
 from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.generate.run import PRESETS as GENERATE_PRESETS
 from matscale.data.readers import DATA_SUFFIXES
@@ -203,6 +204,7 @@ def _parser() -> argparse.ArgumentParser:
     i.set_defaults(run=_info)
     add_scaling_verbs(verbs)
     add_calc_verbs(verbs)
+    add_bench_verbs(verbs)
     return p
 
 

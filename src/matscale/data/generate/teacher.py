@@ -49,11 +49,11 @@ SECONDS_PER_STRUCTURE = 0.6
 MAX_FORCE = 50.0
 
 #: Atomic numbers SevenNet-0 (MPtrj) knows: 1–83 and 89–94 (Ac–Pu).
-_TEACHER_Z = (*range(1, 84), *range(89, 95))
+TEACHER_Z = (*range(1, 84), *range(89, 95))
 _NOBLE = {"He", "Ne", "Ar", "Kr", "Xe"}
 #: Elements the structures are made of (84): the teachers' elements but the noble gases.
 ELEMENTS: tuple[str, ...] = tuple(
-    chemical_symbols[z] for z in _TEACHER_Z if chemical_symbols[z] not in _NOBLE
+    chemical_symbols[z] for z in TEACHER_Z if chemical_symbols[z] not in _NOBLE
 )
 #: Anions of the ionic binaries and ternaries.
 ANIONS = ("H", "B", "C", "N", "O", "F", "Si", "P", "S", "Cl", "As", "Se", "Br", "Te", "I")

@@ -1,0 +1,50 @@
+"""The ``matscale bench`` verb: parses its arguments and calls :mod:`matscale.bench.run`."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from matscale.bench.run import SUITES
+
+
+def add_verbs(verbs: Any) -> None:
+    """Register ``bench`` on the CLI's subparsers."""
+    b = verbs.add_parser(
+        "bench",
+        help="score models, teachers and GFN2-xTB against published references",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    b.add_argument(
+        "subjects",
+        nargs="+",
+        help="model files (model.pt), teachers (sevennet, chgnet) or gfn2-xtb, side by side",
+    )
+    b.add_argument("--head", default=None, help="the head of every matscale model")
+    b.add_argument(
+        "--suite",
+        nargs="+",
+        choices=SUITES,
+        default=list(SUITES),
+        help="dcdft: equations of state of 71 elemental crystals against WIEN2k; "
+        "s22: dimer interaction energies against CCSD(T)",
+    )
+    b.add_argument("--elements", nargs="+", default=None, help="dcdft elements (default: all)")
+    b.add_argument("--out", type=Path, default=Path("bench"), help="folder for JSON and plots")
+    b.set_defaults(run=_bench)
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from matscale.bench.run import bench, table
+    from matscale.bench.subjects import subject
+
+    subjects = [subject(spec, head=args.head) for spec in args.subjects]
+    results = bench(subjects, suites=tuple(args.suite), elements=args.elements, out=args.out)
+    print(table(results))
+    for name, r in results.items():
+        missing = [x for suite in r.values() for x in suite.get("not_covered", [])]
+        if missing:
+            print(f"{name}: not covered (elements it never saw): {', '.join(missing)}")
+    print(f"wrote {args.out / 'bench.json'}")
+    return 0

@@ -1,0 +1,62 @@
+"""What ``matscale bench`` scores: a matscale model, a teacher potential or GFN2-xTB, each as
+an ASE calculator with the elements it covers."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ase.data import atomic_numbers
+
+from matscale.errors import DataError
+
+#: Names of the reference calculators ``matscale bench`` runs beside a model.
+TEACHER_NAMES = ("sevennet", "chgnet")
+XTB_NAME = "gfn2-xtb"
+
+
+@dataclass
+class Subject:
+    """A calculator under test: its display name, the ASE calculator, and the atomic numbers
+    it covers (None: every element the suites use)."""
+
+    name: str
+    calc: Any
+    elements: frozenset[int] | None = None
+
+    def covers(self, symbols: list[str]) -> bool:
+        """Whether every element of ``symbols`` is one this calculator knows."""
+        return self.elements is None or {atomic_numbers[s] for s in symbols} <= self.elements
+
+
+def subject(spec: str, *, head: str | None = None) -> Subject:
+    """The calculator named by ``spec``: a model file (``data/runs/x/model.pt``), a shipped
+    model's name (``matscale.pretrained``), a teacher (``sevennet``, ``chgnet``) or
+    ``gfn2-xtb``; ``head`` picks a matscale model's head."""
+    key = spec.lower()
+    if key in TEACHER_NAMES:
+        from matscale.data.generate import teacher
+
+        t = {"sevennet": teacher.SEVENNET, "chgnet": teacher.CHGNET}[key]
+        if teacher.missing_package(t.source):
+            raise DataError(
+                f"{spec} needs the package {t.package}: pip install -c constraints.txt "
+                "-e '.[teachers]'"
+            )
+        return Subject(t.labelled_by(), teacher.calculator(t), frozenset(teacher.TEACHER_Z))
+    if key == XTB_NAME:
+        from tblite.ase import TBLite
+
+        return Subject("GFN2-xTB (tblite)", TBLite(method="GFN2-xTB", verbosity=0))
+    from matscale.calc.ase_calculator import MatscaleCalculator
+
+    if not Path(spec).exists():
+        raise DataError(
+            f"no model file {spec!r}; give a model.pt, or one of {', '.join(TEACHER_NAMES)}, "
+            f"{XTB_NAME}"
+        )
+    calc = MatscaleCalculator.from_file(spec, head=head)
+    graph = calc.potential.graph
+    covered = frozenset(graph.elements[graph.heads.index(calc.head)])
+    return Subject(f"{Path(spec).parent.name or spec} ({calc.head})", calc, covered)

@@ -1,0 +1,98 @@
+"""``matscale bench``: equations of state against WIEN2k, S22 against CCSD(T), side by side."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.calculators.emt import EMT
+from ase.eos import birchmurnaghan
+from ase.units import GPa
+
+from matscale.bench import eos, s22
+from matscale.bench.run import bench, table
+from matscale.bench.subjects import Subject, subject
+from matscale.cli import main
+from matscale.errors import DataError
+from tests.calc.conftest import train_tiny
+
+EMT_ELEMENTS = frozenset({13, 28, 29, 46, 47, 78, 79})  # Al Ni Cu Pd Ag Pt Au
+
+
+def test_the_fit_recovers_a_birch_murnaghan_curve() -> None:
+    volumes = eos.SCALES * 16.0
+    energies = birchmurnaghan(volumes, -3.2, 120 * GPa, 4.7, 16.3)
+    e0, b0, b1, v0 = eos.fit(volumes, energies)
+    assert (e0, b0 / GPa, b1, v0) == pytest.approx((-3.2, 120, 4.7, 16.3), rel=1e-4)
+
+
+def test_emt_copper_against_wien2k() -> None:
+    out = eos.run(Subject("EMT", EMT(), EMT_ELEMENTS), ["Cu", "Ag", "Si"])
+    assert out["not_covered"] == ["Si"] and set(out["elements"]) == {"Cu", "Ag"}
+    cu = out["elements"]["Cu"]
+    assert cu["wien2k"] == {"V0_A3_per_atom": 11.9511, "B0_GPa": 141.335, "B1": 4.86}
+    # EMT's fcc Cu: a = 3.59-3.61 Å (V0 11.6-11.8 Å³/atom), B0 ~ 134 GPa: a few % off PBE
+    assert -5 < cu["V0_error_percent"] < 0 and abs(cu["B0_error_percent"]) < 15
+    assert cu["delta_meV_per_atom"] > 0 and len(cu["energies_eV_per_atom"]) == 7
+    assert out["fitted"] == 2 and out["atoms_per_s"] > 0
+    # the medians are those of the rows
+    errors = [abs(out["elements"][e]["V0_error_percent"]) for e in ("Cu", "Ag")]
+    assert out["median_abs_V0_error_percent"] == pytest.approx(np.median(errors))
+
+
+def test_s22_interaction_energies_are_dimer_minus_monomers() -> None:
+    from ase.calculators.lj import LennardJones
+
+    out = s22.run(Subject("LJ", LennardJones(sigma=3.0, epsilon=0.01, rc=12.0)))
+    assert out["scored"] == 22 and not out["not_covered"]
+    water = out["dimers"]["Water_dimer"]
+    assert water["ccsdt_meV"] == pytest.approx(-217.7)
+    assert water["error_meV"] == pytest.approx(water["interaction_meV"] - water["ccsdt_meV"])
+    # elements a calculator does not cover are listed, not scored
+    none = s22.run(Subject("none", EMT(), EMT_ELEMENTS))
+    assert none["scored"] == 0 and len(none["not_covered"]) == 22
+
+
+def test_a_model_and_its_teacher_side_by_side(tiny_store: Path, tmp_path: Path, capsys) -> None:
+    model = train_tiny(tiny_store, tmp_path / "runs")
+    subjects = ["sevennet"] if _has("sevenn") else []
+    code = main(
+        ["bench", str(model), *subjects, "--head", "emt", "--suite", "dcdft", "s22",
+         "--elements", "Cu", "Pd", "Fe", "--out", str(tmp_path / "bench")]
+    )  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    results = json.loads((tmp_path / "bench" / "bench.json").read_text())
+    mine = results[next(n for n in results if "(emt)" in n)]
+    assert "Fe" in mine["dcdft"]["not_covered"] and len(mine["s22"]["not_covered"]) == 22
+    assert set(mine["dcdft"]["elements"]) == {"Cu", "Pd"}
+    assert (tmp_path / "bench" / "dcdft.png").stat().st_size > 10_000
+    assert "not covered" in text and "|dV0| %" in text
+    if subjects:  # the teacher covers iron and every S22 dimer
+        teacher = results[next(n for n in results if n.startswith("SevenNet-0"))]
+        assert set(teacher["dcdft"]["elements"]) == {"Cu", "Pd", "Fe"}
+        assert teacher["s22"]["scored"] == 22
+        assert abs(teacher["dcdft"]["elements"]["Cu"]["V0_error_percent"]) < 4
+    assert len(table(results).splitlines()) == 1 + len(results)
+
+
+def test_an_unknown_subject_is_one_clear_error() -> None:
+    with pytest.raises(DataError, match=r"no model file 'nope\.pt'.*sevennet, chgnet"):
+        subject("nope.pt")
+
+
+def _has(package: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(package) is not None
+
+
+def test_bench_writes_nothing_for_an_empty_selection(tmp_path: Path) -> None:
+    out = bench([Subject("EMT", EMT(), EMT_ELEMENTS)], suites=("dcdft",), elements=["Si"])
+    assert out["EMT"]["dcdft"]["fitted"] == 0
+    bench([Subject("EMT", EMT(), EMT_ELEMENTS)], suites=("dcdft",), elements=["Si"], out=tmp_path)
+    assert json.loads((tmp_path / "bench.json").read_text())["EMT"]["dcdft"]["not_covered"] == [
+        "Si"
+    ]
