@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase.build import bulk, molecule
 from ase.calculators.emt import EMT
 
@@ -16,6 +18,12 @@ from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
 warnings.filterwarnings("ignore", category=DeprecationWarning, module="ase")
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `./scripts/test` runs two workers on two cores: a second intra-op thread per worker
+    # only spins against the other worker (SevenNet on the S22 dimers: 11 s on one thread,
+    # 220 s on two beside a busy worker)
+    torch.set_num_threads(1)
 
 
 def emt_structures(n: int, seed: int = 0, source: str = "emt") -> list[Structure]:
