@@ -70,6 +70,22 @@ class MatscaleCalculator(Calculator):
         (``"float64"`` for finite differences and phonons; None: the model's own)."""
         return cls(load_potential(path, device=device, dtype=dtype), head=head, **kwargs)
 
+    @classmethod
+    def pretrained(
+        cls,
+        name: str,
+        head: str | None = None,
+        device: str | torch.device = "cpu",
+        dtype: GeometryDtype | None = None,
+        **kwargs: Any,
+    ) -> MatscaleCalculator:
+        """The calculator of the shipped model ``name`` (:func:`matscale.pretrained.available`
+        lists them), offline; ``head`` None uses the model's default head."""
+        from matscale import pretrained
+
+        potential = pretrained.load(name, device=device, dtype=dtype)
+        return cls(potential, head=head or pretrained.default_head(potential), **kwargs)
+
     def calculate(
         self,
         atoms: Atoms | None = None,

@@ -29,11 +29,19 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
     run = blob.get("run_config", {})
     n_params = sum(int(t.numel()) for k, t in blob["state_dict"].items() if _is_parameter(k))
     heads = list(graph["heads"])
+    shipped = blob.get("shipped_as")
+    load_text = (
+        f"`MatscaleCalculator.pretrained({shipped!r})` (head `{blob.get('default_head')}` unless "
+        f"`head=` picks another) or `matscale.pretrained.load({shipped!r})`, offline"
+        if shipped
+        else f"`MatscaleCalculator.from_file({name!r}, head=...)` or "
+        f"`matscale eval/md/relax {name}`"
+    )
     lines = [
         f"# matscale model card: `{name}`",
         "",
         f"Format `{blob['format']}`, written by matscale {blob.get('version', '?')}. Load it with "
-        f"`MatscaleCalculator.from_file({name!r}, head=...)` or `matscale eval/md/relax {name}`.",
+        f"{load_text}.",
         "",
         "## Model",
         "",

@@ -1,0 +1,65 @@
+"""Shipped models: listed, loaded and used offline with their default head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase.build import bulk
+
+from matscale import pretrained
+from matscale.calc.ase_calculator import MatscaleCalculator
+from matscale.errors import DataError
+from tests.calc.conftest import train_tiny
+
+
+@pytest.fixture()
+def models(monkeypatch, tmp_path: Path) -> Path:
+    """An empty package folder of shipped models, for these tests only."""
+    folder = tmp_path / "models"
+    monkeypatch.setattr(pretrained, "MODELS", folder)
+    return folder
+
+
+def test_a_shipped_model_is_listed_loaded_and_calculates(
+    models: Path, tiny_store: Path, tmp_path: Path
+) -> None:
+    model = train_tiny(tiny_store, tmp_path / "runs")
+    assert pretrained.available() == []
+    out = pretrained.ship(model, "tiny-test", default_head="emt")
+    assert out == models / "tiny-test.pt" and pretrained.available() == ["tiny-test"]
+    assert "MatscaleCalculator.pretrained('tiny-test')" in pretrained.card("tiny-test")
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.calc = MatscaleCalculator.pretrained("tiny-test")  # the default head, no head=
+    assert atoms.calc.head == "emt"
+    direct = atoms.copy()
+    direct.calc = MatscaleCalculator.from_file(model, head="emt")
+    assert atoms.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-6)
+    np.testing.assert_allclose(atoms.get_forces(), direct.get_forces(), atol=1e-6)
+    assert MatscaleCalculator.pretrained("tiny-test", head="mol").head == "mol"
+    assert pretrained.load("tiny-test").info["default_head"] == "emt"
+
+
+def test_unknown_names_heads_and_oversized_files_are_refused(
+    models: Path, tiny_store: Path, tmp_path: Path, monkeypatch
+) -> None:
+    with pytest.raises(DataError, match=r"no shipped model 'nope'; shipped: none"):
+        MatscaleCalculator.pretrained("nope")
+    model = train_tiny(tiny_store, tmp_path / "runs")
+    with pytest.raises(DataError, match=r"default_head 'metals' is not one of .*'emt', 'mol'"):
+        pretrained.ship(model, "x", default_head="metals")
+    monkeypatch.setattr(pretrained, "MAX_BYTES", 1000)
+    with pytest.raises(DataError, match="MiB a shipped model may take"):
+        pretrained.ship(model, "x", default_head="emt")
+    assert pretrained.available() == []
+
+
+def test_every_shipped_model_loads_offline() -> None:
+    # what ships in the package (none until the foundation model is trained): each one loads
+    # and computes with its default head
+    for name in pretrained.available():
+        calc = MatscaleCalculator.pretrained(name)
+        assert (pretrained.MODELS / f"{name}.md").is_file()
+        assert (pretrained.MODELS / f"{name}.pt").stat().st_size <= pretrained.MAX_BYTES
+        assert calc.head in calc.potential.graph.heads
