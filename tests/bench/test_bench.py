@@ -96,3 +96,41 @@ def test_bench_writes_nothing_for_an_empty_selection(tmp_path: Path) -> None:
     assert json.loads((tmp_path / "bench.json").read_text())["EMT"]["dcdft"]["not_covered"] == [
         "Si"
     ]
+
+
+class _Fails(EMT):
+    """EMT that fails on gold, as a teacher may fail on a structure it cannot read."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+        if "Au" in atoms.get_chemical_symbols():
+            raise RuntimeError("cannot read this structure\nsecond line")
+        super().calculate(atoms, properties, system_changes or ["positions"])
+
+
+def test_a_calculator_failure_is_recorded_and_the_others_go_on(tmp_path: Path) -> None:
+    out = bench(
+        [Subject("fails", _Fails(), EMT_ELEMENTS)],
+        suites=("dcdft",),
+        elements=["Au", "Cu"],
+        out=tmp_path,
+    )["fails"]["dcdft"]
+    assert out["elements"]["Au"] == {"failed": "RuntimeError: cannot read this structure"}
+    assert out["fitted"] == 1 and "V0_error_percent" in out["elements"]["Cu"]
+    assert (tmp_path / "dcdft.png").is_file()
+
+
+def test_molecules_go_into_a_box_for_a_calculator_that_needs_a_cell() -> None:
+    seen = []
+
+    class Records(EMT):
+        def calculate(self, atoms=None, properties=("energy",), system_changes=()):
+            seen.append((atoms.cell.lengths().min(), atoms.pbc.any()))
+            self.results = {"energy": 0.0}
+
+    from ase.build import molecule
+
+    water = molecule("H2O")
+    Subject("boxed", Records(), needs_cell=True).energy(water)
+    Subject("free", Records()).energy(water)
+    assert seen[0][0] >= 2 * 10.0 and not seen[0][1] and seen[1][0] == 0
+    assert not water.cell.any()  # the caller's atoms are untouched

@@ -55,14 +55,17 @@ def run(subject: Subject, elements: list[str] | None = None) -> dict[str, Any]:
         base = crystal.get_volume() / n
         volumes = SCALES * ref["wien2k_volume"]
         energies = []
-        for v in volumes:
-            atoms = crystal.copy()
-            atoms.set_cell(crystal.cell[:] * (v / base) ** (1 / 3), scale_atoms=True)
-            atoms.calc = subject.calc
-            started = time.perf_counter()
-            energies.append(atoms.get_potential_energy() / n)
-            seconds += time.perf_counter() - started
-            atoms_done += n
+        try:
+            for v in volumes:
+                atoms = crystal.copy()
+                atoms.set_cell(crystal.cell[:] * (v / base) ** (1 / 3), scale_atoms=True)
+                started = time.perf_counter()
+                energies.append(subject.energy(atoms) / n)
+                seconds += time.perf_counter() - started
+                atoms_done += n
+        except Exception as exc:  # the calculator's own failure: recorded, the others go on
+            rows[symbol] = {"failed": f"{type(exc).__name__}: {str(exc).splitlines()[0]}"}
+            continue
         energies_a = np.array(energies)
         row: dict[str, Any] = {
             "atoms_in_cell": n,
@@ -105,7 +108,7 @@ def summary(rows: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Medians over the fitted elements: |ΔV0| %, |ΔB0| %, Δ meV/atom, and how many."""
     fitted = [r for r in rows.values() if "V0_error_percent" in r]
     if not fitted:
-        return {"fitted": 0}
+        return {"fitted": 0, "failed_fits": len(rows)}
 
     def column(key: str) -> np.ndarray:
         return np.array([r[key] for r in fitted])

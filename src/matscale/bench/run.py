@@ -89,7 +89,7 @@ def plot_eos(results: dict[str, Any], path: Path) -> None:
         ref = None
         for k, (name, r) in enumerate(results.items()):
             row = r.get("dcdft", {}).get("elements", {}).get(symbol)
-            if row is None:
+            if row is None or "failed" in row:
                 continue
             ref = row["wien2k"]
             v = np.array(row["volumes_A3_per_atom"])

@@ -14,6 +14,9 @@ from matscale.errors import DataError
 #: Names of the reference calculators ``matscale bench`` runs beside a model.
 TEACHER_NAMES = ("sevennet", "chgnet")
 XTB_NAME = "gfn2-xtb"
+#: Vacuum (Å) around a molecule for a calculator that needs a cell: beyond any teacher's
+#: cutoff (5-6 Å), so the images do not interact.
+VACUUM = 10.0
 
 
 @dataclass
@@ -24,6 +27,18 @@ class Subject:
     name: str
     calc: Any
     elements: frozenset[int] | None = None
+    needs_cell: bool = False
+    """Whether the calculator reads every structure as a crystal (CHGNet, through pymatgen):
+    molecules then go into a box of vacuum."""
+
+    def energy(self, atoms: Any) -> float:
+        """The energy (eV) of ``atoms`` (not modified); a molecule goes into a box of
+        :data:`VACUUM` Å of vacuum on every side for a calculator that needs a cell."""
+        atoms = atoms.copy()
+        if self.needs_cell and not atoms.pbc.any():
+            atoms.center(vacuum=VACUUM)
+        atoms.calc = self.calc
+        return float(atoms.get_potential_energy())
 
     def covers(self, symbols: list[str]) -> bool:
         """Whether every element of ``symbols`` is one this calculator knows."""
@@ -44,7 +59,12 @@ def subject(spec: str, *, head: str | None = None) -> Subject:
                 f"{spec} needs the package {t.package}: pip install -c constraints.txt "
                 "-e '.[teachers]'"
             )
-        return Subject(t.labelled_by(), teacher.calculator(t), frozenset(teacher.TEACHER_Z))
+        return Subject(
+            t.labelled_by(),
+            teacher.calculator(t),
+            frozenset(teacher.TEACHER_Z),
+            needs_cell=t is teacher.CHGNET,
+        )
     if key == XTB_NAME:
         from tblite.ase import TBLite
 
