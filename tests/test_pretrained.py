@@ -39,6 +39,9 @@ def test_a_shipped_model_is_listed_loaded_and_calculates(
     np.testing.assert_allclose(atoms.get_forces(), direct.get_forces(), atol=1e-6)
     assert MatscaleCalculator.pretrained("tiny-test", head="mol").head == "mol"
     assert pretrained.load("tiny-test").info["default_head"] == "emt"
+    from matscale.bench.subjects import subject
+
+    assert subject("tiny-test").name == "tiny-test (emt)"  # `matscale bench NAME` too
 
 
 def test_unknown_names_heads_and_oversized_files_are_refused(

@@ -69,14 +69,23 @@ def subject(spec: str, *, head: str | None = None) -> Subject:
         from tblite.ase import TBLite
 
         return Subject("GFN2-xTB (tblite)", TBLite(method="GFN2-xTB", verbosity=0))
+    from matscale import pretrained
     from matscale.calc.ase_calculator import MatscaleCalculator
 
+    if spec in pretrained.available():
+        calc = MatscaleCalculator.pretrained(spec, head=head)
+        return Subject(f"{spec} ({calc.head})", calc, _covered(calc))
     if not Path(spec).exists():
+        shipped = "".join(f", {n}" for n in pretrained.available())
         raise DataError(
             f"no model file {spec!r}; give a model.pt, or one of {', '.join(TEACHER_NAMES)}, "
-            f"{XTB_NAME}"
+            f"{XTB_NAME}{shipped}"
         )
     calc = MatscaleCalculator.from_file(spec, head=head)
+    return Subject(f"{Path(spec).parent.name or spec} ({calc.head})", calc, _covered(calc))
+
+
+def _covered(calc: Any) -> frozenset[int]:
+    """The atomic numbers a matscale calculator's head saw in training."""
     graph = calc.potential.graph
-    covered = frozenset(graph.elements[graph.heads.index(calc.head)])
-    return Subject(f"{Path(spec).parent.name or spec} ({calc.head})", calc, covered)
+    return frozenset(graph.elements[graph.heads.index(calc.head)])
