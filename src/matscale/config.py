@@ -123,6 +123,13 @@ class TrainConfig:
     max_bad_steps: int = 10
     """A step whose loss or gradient is not finite is skipped (counted in the log and the
     summary); this many in a row stop the run, naming the step and the batch's structures."""
+    init_from: str | None = None
+    """Fine-tuning: a trained model (a model file or a shipped model's name) to start from.
+    Its architecture is used (``model.*`` is not) and its heads kept; each source of the
+    store tunes the head of its name or gets a new one (:mod:`matscale.train.finetune`)."""
+    freeze: Literal["none", "backbone"] = "none"
+    """Fine-tuning: ``backbone`` trains the readout heads only (the embedding and interaction
+    layers stay as trained), which needs few structures; ``none`` trains everything."""
 
 
 @dataclass(kw_only=True)

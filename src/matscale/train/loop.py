@@ -87,7 +87,7 @@ def evaluate_split(run: Run, indices: Any) -> dict[str, float]:
     return evaluate(
         par.ema if par.ema is not None else run.model,
         loader_for(run.store, s, run.cfg.data, run.graph),
-        run.store.sources,
+        list(run.graph.heads),  # batches carry head indices (a fine-tuned model: more heads)
         d.device,
         stress=run.cfg.train.stress_weight > 0,
         autocast=par.autocast,

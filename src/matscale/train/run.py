@@ -30,6 +30,7 @@ from matscale.train.data import (
     make_splits,
     sampler_for,
 )
+from matscale.train.finetune import finetune_start, freeze_backbone
 from matscale.train.schedule import Plateau
 from matscale.train.step import make_optimizer
 from matscale.validation import check_config_for_store
@@ -110,11 +111,18 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
         torch.set_num_threads(cfg.parallel.threads)
     torch.manual_seed(t.seed)
     store = Store(cfg.data.store)
-    model_cfg = model_config_for(cfg, store)  # checks the settings against the store first
+    if t.init_from:  # fine-tuning: the trained model's architecture, weights and heads
+        model_cfg, model, graph = finetune_start(cfg, store)
+        check_config_for_store(replace(cfg, model=model_cfg), store)
+    else:
+        model_cfg = model_config_for(cfg, store)  # checks the settings against the store
+        model = EGNN(model_cfg)
+        set_statistics(model, store.stats)
+        graph = graph_settings_for(store, cfg.data, model_cfg)
     splits = make_splits(store, cfg.data)
     check_splits(splits, cfg, len(store))
-    model = EGNN(model_cfg)
-    set_statistics(model, store.stats)
+    if t.freeze == "backbone":
+        freeze_backbone(model)
     model.to(d.device)
     par = parallelize(
         model, cfg.parallel, d, train=t, conservative=model_cfg.force_head == "conservative"
@@ -130,7 +138,7 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
         store=store,
         splits=splits,
         model_cfg=model_cfg,
-        graph=graph_settings_for(store, cfg.data, model_cfg),
+        graph=graph,
         model=model,
         par=par,
         optimizer=par.optimizer or make_optimizer(model, t),

@@ -23,6 +23,8 @@ def make_optimizer(model: torch.nn.Module, t: TrainConfig) -> torch.optim.Optimi
     decay: list[torch.nn.Parameter] = []
     no_decay: list[torch.nn.Parameter] = []
     for name, p in model.named_parameters():
+        if not p.requires_grad:  # frozen (a fine-tuned backbone): nothing to update
+            continue
         (decay if p.ndim >= 2 and "embedding" not in name else no_decay).append(p)
     groups = [
         {"params": decay, "weight_decay": t.weight_decay},

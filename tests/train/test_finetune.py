@@ -1,0 +1,100 @@
+"""Fine-tuning: a trained model's weights and heads carried into a run on new data."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import ase.io
+import numpy as np
+import pytest
+import torch
+from ase.build import bulk
+
+from matscale.calc.ase_calculator import MatscaleCalculator
+from matscale.calc.model_file import load_potential
+from matscale.config import ConfigError, load
+from matscale.data.pack import PackConfig, pack
+from matscale.train.loop import train
+from tests.calc.conftest import train_tiny
+from tests.conftest import emt_structures
+
+SHORT = ["train.steps=4", "train.eval_every=4", "train.checkpoint_every=4", "data.max_atoms=64"]
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_store: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return train_tiny(tiny_store, tmp_path_factory.mktemp("pre"))
+
+
+def _store(tmp_path: Path, source: str, seed: int = 5) -> Path:
+    path = tmp_path / f"{source}.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in emt_structures(24, seed=seed, source=source)])
+    pack([path], tmp_path / f"store-{source}", PackConfig(workers=1, cutoff=4.0), progress=False)
+    return tmp_path / f"store-{source}"
+
+
+def _finetune(store: Path, out: Path, trained: Path, *extra: str) -> Path:
+    cfg = load(
+        None,
+        [f"data.store={store}", f"out_dir={out}", "name=ft", f"train.init_from={trained}",
+         "train.lr=1e-3", "train.warmup_steps=1", *SHORT, *extra],
+    )  # fmt: skip
+    train(cfg, progress=False)
+    return cfg.run_dir / "model.pt"
+
+
+def _energy(model: Path, head: str) -> float:
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=1)
+    atoms.calc = MatscaleCalculator.from_file(model, head=head)
+    return float(atoms.get_potential_energy())
+
+
+def test_a_new_source_gets_a_new_head_and_the_old_heads_stay(trained: Path, tmp_path: Path) -> None:
+    tuned = _finetune(_store(tmp_path, "emt-new"), tmp_path, trained, "train.freeze=backbone")
+    before, after = load_potential(trained), load_potential(tuned)
+    assert after.graph.heads == ("emt", "mol", "emt-new")
+    assert after.model.config.width == before.model.config.width  # the trained architecture
+    # a frozen backbone and heads that saw no data: the old levels of theory answer as before
+    for name, p in before.model.state_dict().items():  # backbone, old heads, their buffers
+        assert torch.equal(p, after.model.state_dict()[name][: len(p)]), name
+    assert _energy(tuned, "emt") == pytest.approx(_energy(trained, "emt"), abs=1e-6)
+    # the new head started from a trained one and learned from the new data
+    new = after.model.state_dict()
+    assert not torch.equal(new["readout.heads.2.0.weight"], new["readout.heads.0.0.weight"])
+    assert set(after.graph.elements[2]) == {29, 46, 79} or after.graph.elements[2]  # its data's
+    assert np.isfinite(_energy(tuned, "emt-new"))
+
+
+def test_an_existing_source_tunes_its_head_and_the_whole_model(
+    trained: Path, tmp_path: Path
+) -> None:
+    tuned = _finetune(_store(tmp_path, "emt", seed=9), tmp_path, trained)
+    before, after = load_potential(trained), load_potential(tuned)
+    assert after.graph.heads == ("emt", "mol")
+    b, a = before.model.state_dict(), after.model.state_dict()
+    assert not torch.equal(b["embedding.weight"], a["embedding.weight"])  # not frozen
+    assert not torch.equal(b["readout.heads.0.0.weight"], a["readout.heads.0.0.weight"])
+    # the same level of theory keeps its reference energies
+    assert torch.equal(b["reference_energy"], a["reference_energy"])
+
+
+def test_an_unknown_starting_model_is_one_clear_error(tiny_store: Path, tmp_path: Path) -> None:
+    cfg = load(None, [f"data.store={tiny_store}", f"out_dir={tmp_path}", "train.init_from=nope.pt"])
+    with pytest.raises(ConfigError, match=r"init_from='nope\.pt' is neither a model file"):
+        train(cfg, progress=False)
+
+
+def test_the_finetune_verb(trained: Path, tmp_path: Path, capsys) -> None:
+    from matscale.cli import main
+
+    store = _store(tmp_path, "emt-cli")
+    code = main(
+        ["finetune", str(trained), str(store), f"out_dir={tmp_path}", "name=cli", *SHORT,
+         "--freeze-backbone", "--no-progress"]
+    )  # fmt: skip
+    assert code == 0
+    cfg = load(tmp_path / "cli" / "config.yaml", [])
+    assert cfg.train.init_from == str(trained) and cfg.train.freeze == "backbone"
+    assert cfg.train.lr == 1e-3
+    assert load_potential(tmp_path / "cli" / "model.pt").graph.heads == ("emt", "mol", "emt-cli")
