@@ -134,3 +134,29 @@ def test_molecules_go_into_a_box_for_a_calculator_that_needs_a_cell() -> None:
     Subject("free", Records()).energy(water)
     assert seen[0][0] >= 2 * 10.0 and not seen[0][1] and seen[1][0] == 0
     assert not water.cell.any()  # the caller's atoms are untouched
+
+
+def test_md_suite_drift_and_contacts_of_an_alloy() -> None:
+    from matscale.bench import md
+
+    out = md.run(Subject("EMT", EMT(), EMT_ELEMENTS), steps=40, log_every=5)
+    assert set(out["systems"]) == {"CuAu (L1_0)", "NiAl (B2)"}  # the oxides are not EMT's
+    assert "MgO (rocksalt)" in out["not_covered"]
+    row = out["systems"]["CuAu (L1_0)"]
+    assert row["atoms"] == 32 and row["ps"] == pytest.approx(0.04)
+    assert abs(row["drift_meV_per_atom_per_ps"]) < 50 and row["max_excursion_meV_per_atom"] < 5
+    assert 2.0 < row["shortest_contact_A"] < 2.65  # fcc nearest neighbours 2.65 Å, vibrating
+    assert 100 < row["mean_temperature_K"] < 700
+
+
+def test_md_systems_are_the_stated_crystals() -> None:
+    from collections import Counter
+
+    from matscale.bench import md
+
+    found = {k: dict(Counter(a.get_chemical_symbols())) for k, a in md.systems().items()}
+    assert found["MgO (rocksalt)"] == {"Mg": 32, "O": 32}
+    assert found["SrTiO3 (perovskite)"] == {"Sr": 8, "Ti": 8, "O": 24}
+    assert found["ZnO (wurtzite)"] == {"Zn": 16, "O": 16}
+    assert found["NiAl (B2)"] == {"Ni": 8, "Al": 8}
+    assert found["CuAu (L1_0)"] == {"Cu": 16, "Au": 16}

@@ -28,8 +28,9 @@ def add_verbs(verbs: Any) -> None:
         choices=SUITES,
         default=list(SUITES),
         help="dcdft: equations of state of 71 elemental crystals against WIEN2k; "
-        "s22: dimer interaction energies against CCSD(T)",
+        "s22: dimer interaction energies against CCSD(T); md: NVE drift of oxides and alloys",
     )
+    b.add_argument("--md-steps", type=int, default=10_000, help="NVE steps of 1 fs per md system")
     b.add_argument("--elements", nargs="+", default=None, help="dcdft elements (default: all)")
     b.add_argument("--out", type=Path, default=Path("bench"), help="folder for JSON and plots")
     b.set_defaults(run=_bench)
@@ -40,7 +41,13 @@ def _bench(args: argparse.Namespace) -> int:
     from matscale.bench.subjects import subject
 
     subjects = [subject(spec, head=args.head) for spec in args.subjects]
-    results = bench(subjects, suites=tuple(args.suite), elements=args.elements, out=args.out)
+    results = bench(
+        subjects,
+        suites=tuple(args.suite),
+        elements=args.elements,
+        out=args.out,
+        md_steps=args.md_steps,
+    )
     print(table(results))
     for name, r in results.items():
         missing = [x for suite in r.values() for x in suite.get("not_covered", [])]

@@ -9,10 +9,10 @@ from typing import Any
 
 import numpy as np
 
-from matscale.bench import eos, s22
+from matscale.bench import eos, md, s22
 from matscale.bench.subjects import Subject
 
-SUITES = ("dcdft", "s22")
+SUITES = ("dcdft", "s22", "md")
 
 
 def bench(
@@ -21,6 +21,7 @@ def bench(
     suites: tuple[str, ...] = SUITES,
     elements: list[str] | None = None,
     out: Path | None = None,
+    md_steps: int = 10_000,
 ) -> dict[str, Any]:
     """Every suite on every subject: ``{subject name: {suite: results}}``, saved as
     ``out/bench.json`` (and ``out/dcdft.png``, one panel per element) when ``out`` is given."""
@@ -31,6 +32,8 @@ def bench(
             results[s.name]["dcdft"] = eos.run(s, elements)
         if "s22" in suites:
             results[s.name]["s22"] = s22.run(s)
+        if "md" in suites:
+            results[s.name]["md"] = md.run(s, steps=md_steps)
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(results, indent=1))
@@ -43,16 +46,24 @@ def table(results: dict[str, Any]) -> str:
     """The subjects side by side: medians of the Delta test, S22 errors, speed."""
     lines = [
         f"{'subject':<34}{'dcdft n':>8}{'|dV0| %':>9}{'|dB0| %':>9}{'Δ meV':>8}"
-        f"{'atoms/s':>9}{'s22 n':>7}{'MAE meV':>9}{'atoms/s':>9}"
+        f"{'atoms/s':>9}{'s22 n':>7}{'MAE meV':>9}{'atoms/s':>9}{'md n':>6}"
+        f"{'|drift|':>9}{'atoms/s':>9}"
     ]
     for name, r in results.items():
-        d, s = r.get("dcdft", {}), r.get("s22", {})
+        d, s, m = r.get("dcdft", {}), r.get("s22", {}), r.get("md", {})
+        drifts = [
+            abs(x["drift_meV_per_atom_per_ps"])
+            for x in m.get("systems", {}).values()
+            if "drift_meV_per_atom_per_ps" in x
+        ]
         lines.append(
             f"{name[:33]:<34}{d.get('fitted', 0):>8}"
             f"{_f(d.get('median_abs_V0_error_percent')):>9}"
             f"{_f(d.get('median_abs_B0_error_percent')):>9}"
             f"{_f(d.get('median_delta_meV_per_atom')):>8}{_f(d.get('atoms_per_s'), 0):>9}"
             f"{s.get('scored', 0):>7}{_f(s.get('mae_meV')):>9}{_f(s.get('atoms_per_s'), 0):>9}"
+            f"{len(drifts):>6}{_f(max(drifts) if drifts else None, 3):>9}"
+            f"{_f(m.get('atoms_per_s'), 0):>9}"
         )
     return "\n".join(lines)
 

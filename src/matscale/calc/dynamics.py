@@ -11,6 +11,7 @@ ASE's ``FrechetCellFilter``, of positions and cell together.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -144,10 +145,12 @@ def run_md(
     log: Path | None = None,
     trajectory: Path | None = None,
     progress: bool = True,
+    observers: Sequence[tuple[Callable[[], None], int]] = (),
 ) -> list[dict[str, float]]:
     """Run ``cfg`` on ``atoms`` (calculator set); returns the log rows (every
     ``cfg.log_every`` steps and the first), written to ``log`` as they come (whitespace-
-    separated columns, :data:`LOG_COLUMNS`) and frames to ``trajectory`` (.traj, .extxyz, ...)."""
+    separated columns, :data:`LOG_COLUMNS`) and frames to ``trajectory`` (.traj, .extxyz, ...).
+    Each of ``observers`` (a function, an interval in steps) is called as ASE's observers are."""
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     from matscale.progress import progress_bar
@@ -182,6 +185,8 @@ def run_md(
 
     try:
         dyn.attach(record, interval=cfg.log_every)  # ASE calls it at step 0 too
+        for function, interval in observers:
+            dyn.attach(function, interval=interval)
         dyn.run(cfg.steps)
     finally:
         bar.close()
