@@ -136,6 +136,11 @@ def check_config(cfg: RunConfig) -> None:
         raise ConfigError("; ".join(found))
 
 
+#: Largest force RMS (eV/Å) a source's statistics may show: far beyond any real data (the
+#: packer's default filter drops components above 100 eV/Å), and the model's scales follow it.
+MAX_FORCE_RMS = 1e3
+
+
 def check_config_for_store(cfg: RunConfig, store: Store) -> None:
     """Raise :class:`ConfigError` if ``cfg`` asks what ``store`` cannot give: a cutoff larger
     than it was packed for, sources or families it does not hold, too few structures."""
@@ -160,5 +165,14 @@ def check_config_for_store(cfg: RunConfig, store: Store) -> None:
         found.append(
             f"data.mixture names {unknown}, not sources of the store (it has {store.sources})"
         )
+    for source, st in store.stats.items():
+        rms = st.get("force_rms_eV_per_A", 0.0)
+        if not rms <= MAX_FORCE_RMS:  # NaN included
+            found.append(
+                f"{where}: the force RMS of source {source!r} is {rms:.3g} eV/Å, beyond any "
+                f"physical data ({MAX_FORCE_RMS:,.0f}); it sets the model's energy and force "
+                "scales, so every step would overflow. A structure with absurd forces was "
+                "packed (with --max-force 0?): pack again with --max-force (default 100 eV/Å)"
+            )
     if found:
         raise ConfigError("; ".join(found))

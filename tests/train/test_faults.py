@@ -14,7 +14,7 @@ import torch
 
 from matscale.calc.model_file import read_model_file
 from matscale.config import load
-from matscale.errors import TrainingError
+from matscale.errors import ConfigError, TrainingError
 from matscale.signals import EXIT_INTERRUPTED
 from matscale.train import step as step_module
 from matscale.train.checkpoint import list_checkpoints, load_checkpoint
@@ -54,6 +54,34 @@ def test_a_diverging_run_stops_naming_the_steps_and_writes_nothing_non_finite(
         ck = load_checkpoint(path)
         assert _all_finite(ck["model"]) and _all_finite(ck["ema"]) and _all_finite(ck["optimizer"])
     assert not (cfg.run_dir / "model.pt").exists()
+
+
+def test_mse_on_a_huge_force_packed_without_a_limit_writes_nothing_non_finite(
+    tmp_path: Path,
+) -> None:
+    # the issue's second case: the MSE loss and one huge force packed with --max-force 0 made
+    # NaN weights that were written silently
+    import ase.io
+
+    from matscale.data.pack import PackConfig, pack
+    from tests.conftest import emt_structures
+
+    structures = emt_structures(16, seed=3)
+    structures[5].forces = structures[5].forces * 1e30  # squared: beyond float32's range
+    path = tmp_path / "huge.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in structures])
+    pack([path], tmp_path / "store", PackConfig(workers=1, cutoff=4.0, max_force=None),
+         progress=False)  # fmt: skip
+    cfg = _cfg(
+        tmp_path / "store", tmp_path, "name=huge", "train.loss=mse", "data.split=[1.0,0.0,0.0]",
+        "train.steps=12", "data.max_atoms=48",
+    )  # fmt: skip
+    # its force RMS (1e29 eV/Å) would set the model's scales and overflow every step: refused
+    # before any model is built, naming the store, the source and the fix
+    found = r"store.*force RMS of source 'emt' is 1.*e\+29.*--max-force"
+    with pytest.raises(ConfigError, match=found):
+        train(cfg, progress=False)
+    assert not (cfg.run_dir / "checkpoints").exists() and not (cfg.run_dir / "model.pt").exists()
 
 
 def test_a_non_finite_loss_skips_its_step_and_the_run_goes_on(
