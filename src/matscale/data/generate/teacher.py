@@ -44,7 +44,7 @@ from matscale.data.structure import Structure
 #: Bumped whenever the same seed would give other structures (see ``emt.VERSION``).
 VERSION = 1
 #: Seconds per structure on one core (measured here with SevenNet-0), for scheduling.
-SECONDS_PER_STRUCTURE = 0.6
+SECONDS_PER_STRUCTURE = 0.8
 #: Largest force component a label may have (eV/Å): beyond it the structure is skipped.
 MAX_FORCE = 50.0
 
