@@ -139,7 +139,7 @@ def main() -> None:
     args = p.parse_args()
     from matscale import pretrained
 
-    model = str(pretrained.path(args.model)) if args.model in pretrained.available() else args.model
+    model = str(pretrained.model_file(args.model))
     data = make_data(max(args.sizes) + TEST_SIZE, seed=0)
     test = data[-TEST_SIZE:]
     rows: list[dict[str, Any]] = []

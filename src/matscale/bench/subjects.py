@@ -72,17 +72,15 @@ def subject(spec: str, *, head: str | None = None) -> Subject:
     from matscale import pretrained
     from matscale.calc.ase_calculator import MatscaleCalculator
 
-    if spec in pretrained.available():
+    if spec in pretrained.available() and not Path(spec).is_file():
         calc = MatscaleCalculator.pretrained(spec, head=head)
         return Subject(f"{spec} ({calc.head})", calc, _covered(calc))
-    if not Path(spec).exists():
-        shipped = "".join(f", {n}" for n in pretrained.available())
-        raise DataError(
-            f"no model file {spec!r}; give a model.pt, or one of {', '.join(TEACHER_NAMES)}, "
-            f"{XTB_NAME}{shipped}"
-        )
-    calc = MatscaleCalculator.from_file(spec, head=head)
-    return Subject(f"{Path(spec).parent.name or spec} ({calc.head})", calc, _covered(calc))
+    try:
+        file = pretrained.model_file(spec)
+    except DataError as exc:
+        raise DataError(f"{exc}; or a teacher: {', '.join(TEACHER_NAMES)}, {XTB_NAME}") from None
+    calc = MatscaleCalculator.from_file(file, head=head)
+    return Subject(f"{file.parent.name or spec} ({calc.head})", calc, _covered(calc))
 
 
 def _covered(calc: Any) -> frozenset[int]:

@@ -43,6 +43,17 @@ def path(name: str) -> Path:
     return file
 
 
+def model_file(spec: str | Path) -> Path:
+    """The model file ``spec`` names: a path to a model file, or a shipped model's name;
+    :class:`DataError` listing the shipped models when it is neither."""
+    if Path(spec).is_file():
+        return Path(spec)
+    if str(spec) in available():
+        return path(str(spec))
+    shipped = ", ".join(available()) or "none"
+    raise DataError(f"{str(spec)!r} is neither a model file nor a shipped model ({shipped})")
+
+
 def load(
     name: str, *, device: torch.device | str = "cpu", dtype: GeometryDtype | None = None
 ) -> Potential:

@@ -28,20 +28,13 @@ HEAD_BUFFERS = ("reference_energy", "energy_scale", "force_scale")
 
 def trained_potential(cfg: RunConfig) -> Potential:
     """The trained model ``train.init_from`` names: a model file, or a shipped model."""
-    from pathlib import Path
-
     from matscale import pretrained
+    from matscale.errors import DataError
 
-    name = str(cfg.train.init_from)
-    if not Path(name).exists() and name in pretrained.available():
-        return pretrained.load(name)
-    if not Path(name).exists():
-        shipped = ", ".join(pretrained.available()) or "none"
-        raise ConfigError(
-            f"train.init_from={name!r} is neither a model file nor a shipped model "
-            f"(shipped: {shipped})"
-        )
-    return load_potential(name)
+    try:
+        return load_potential(pretrained.model_file(str(cfg.train.init_from)))
+    except DataError as exc:
+        raise ConfigError(f"train.init_from: {exc}") from None
 
 
 def finetune_start(cfg: RunConfig, store: Store) -> tuple[EGNNConfig, EGNN, GraphSettings]:
