@@ -82,12 +82,13 @@ def plot_eos(results: dict[str, Any], path: Path) -> None:
         import matplotlib.pyplot as plt
     except ImportError:  # plots are optional (extra `plot`): the JSON has every number
         return
+    from ase.data import atomic_numbers
     from ase.eos import birchmurnaghan
     from ase.units import GPa
 
     symbols = sorted(
         {e for r in results.values() for e in r.get("dcdft", {}).get("elements", {})},
-        key=lambda e: list(_order()).index(e),
+        key=lambda e: atomic_numbers[e],  # periodic-table order
     )
     if not symbols:
         return
@@ -125,9 +126,3 @@ def plot_eos(results: dict[str, Any], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
-
-
-def _order() -> tuple[str, ...]:
-    from ase.data import chemical_symbols
-
-    return tuple(chemical_symbols)
