@@ -4,7 +4,6 @@ an ASE calculator with the elements it covers."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from ase.data import atomic_numbers
@@ -71,16 +70,16 @@ def subject(spec: str, *, head: str | None = None) -> Subject:
         return Subject("GFN2-xTB (tblite)", TBLite(method="GFN2-xTB", verbosity=0))
     from matscale import pretrained
     from matscale.calc.ase_calculator import MatscaleCalculator
+    from matscale.calc.model_file import load_potential
 
-    if spec in pretrained.available() and not Path(spec).is_file():
-        calc = MatscaleCalculator.pretrained(spec, head=head)
-        return Subject(f"{spec} ({calc.head})", calc, _covered(calc))
     try:
         file = pretrained.model_file(spec)
     except DataError as exc:
         raise DataError(f"{exc}; or a teacher: {', '.join(TEACHER_NAMES)}, {XTB_NAME}") from None
-    calc = MatscaleCalculator.from_file(file, head=head)
-    return Subject(f"{file.parent.name or spec} ({calc.head})", calc, _covered(calc))
+    potential = load_potential(file)
+    calc = MatscaleCalculator(potential, head=head or pretrained.default_head(potential))
+    shipped = file.parent == pretrained.MODELS
+    return Subject(f"{spec if shipped else file.parent.name} ({calc.head})", calc, _covered(calc))
 
 
 def _covered(calc: Any) -> frozenset[int]:

@@ -41,12 +41,7 @@ def finetune_start(cfg: RunConfig, store: Store) -> tuple[EGNNConfig, EGNN, Grap
     """The model config, model (trained weights in, new heads initialised, statistics set) and
     inference transform of a fine-tuning run of ``cfg`` on ``store``."""
     pre = trained_potential(cfg)
-    old = pre.model.config
-    if old.cutoff > store.cutoff + 1e-9:
-        raise ConfigError(
-            f"the trained model's cutoff {old.cutoff:g} Å exceeds {cfg.data.store}'s "
-            f"{store.cutoff:g} Å (pack it again with --cutoff {old.cutoff:g})"
-        )
+    old = pre.model.config  # its cutoff against the store's: check_config_for_store, after
     added = tuple(s for s in store.sources if s not in old.heads)
     model_cfg = replace(old, heads=old.heads + added)
     model = EGNN(model_cfg)
