@@ -1,5 +1,6 @@
 """Sweep planning, resumable running, SLURM scripts, and a two-by-two sweep end to end."""
 
+import json
 import math
 import subprocess
 from pathlib import Path
@@ -8,12 +9,12 @@ import pytest
 import yaml
 
 from matscale.cli import main
-from matscale.config import ConfigError
+from matscale.config import ConfigError, RunConfig, with_overrides
 from matscale.data.store import Store
 from matscale.scaling.report import write_report
 from matscale.scaling.results import RESULTS, read_rows
 from matscale.scaling.runner import run_sweep, slurm_script
-from matscale.scaling.sweep import load_sweep, plan
+from matscale.scaling.sweep import _changed, config_hash, load_sweep, plan
 from matscale.signals import EXIT_INTERRUPTED
 from matscale.train import loop
 from matscale.train.checkpoint import list_checkpoints
@@ -32,6 +33,20 @@ def _write(tmp_path: Path, store: Path, **fields) -> Path:
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(data))
     return path
+
+
+def test_config_hash_sees_only_changed_keys() -> None:
+    """A key at its default does not enter the hash, so a key added to the config later
+    (at a default that changes nothing) leaves every finished run of a sweep finished."""
+    base = RunConfig()
+    assert config_hash(with_overrides(base, ["train.lr=1e-3"])) != config_hash(base)
+    same = with_overrides(base, [f"train.lr={base.train.lr}", "name=other", "out_dir=x"])
+    assert config_hash(same) == config_hash(base)
+    # a config that grew a key (d) and a section (e), both at their defaults:
+    old, old_defaults = {"a": 1, "b": {"c": 2}}, {"a": 0, "b": {"c": 0}}
+    grown = {"a": 1, "b": {"c": 2, "d": 3}, "e": {"f": 4}}
+    grown_defaults = {"a": 0, "b": {"c": 0, "d": 3}, "e": {"f": 4}}
+    assert _changed(grown, grown_defaults) == _changed(old, old_defaults) == {"a": 1, "b": {"c": 2}}
 
 
 def test_plan_resolves_sizes_budgets_and_hashes(tiny_store: Path, tmp_path: Path) -> None:
@@ -142,6 +157,14 @@ def test_two_by_two_sweep_runs_resumes_and_reports(
     log = read_rows(victim.run_dir / "metrics.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert run_sweep(sweep)["done"] == []  # all done: nothing trains
+    # rows written before a config key existed (and with another hash) still mark their
+    # runs finished: the hash is recomputed from each row's saved config
+    results = sweep.sweep_dir / RESULTS
+    stale = [{**r, "config_hash": "stale"} for r in read_rows(results)]
+    for r in stale:
+        del r["config"]["train"]["freeze"]
+    results.write_text("".join(json.dumps(r) + "\n" for r in stale))
+    assert run_sweep(sweep)["done"] == [] and len(read_rows(results)) == 4
 
     r = rows[0]
     assert r["steps"] == 6 and r["atoms_seen"] > 0 and r["edges_seen"] > r["atoms_seen"]

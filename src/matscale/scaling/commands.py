@@ -84,12 +84,12 @@ def _guard(fn: Any) -> Any:
 
 @_guard
 def _plan(args: argparse.Namespace) -> int:
-    from matscale.scaling.results import RESULTS, read_rows
+    from matscale.scaling.results import RESULTS, finished_hashes
     from matscale.scaling.sweep import describe_plan, plan
 
     sweep = _load(args)
     runs = plan(sweep)
-    done = {r["config_hash"] for r in read_rows(sweep.sweep_dir / RESULTS)}
+    done = finished_hashes(sweep.sweep_dir / RESULTS)
     print(describe_plan(runs, done))
     print(f"{len(runs)} runs, {sum(r.config_hash in done for r in runs)} done; results: "
           f"{sweep.sweep_dir / RESULTS}")  # fmt: skip

@@ -12,16 +12,30 @@ import json
 from pathlib import Path
 from typing import Any
 
-from matscale.config import to_dict
+from matscale.config import ConfigError, RunConfig, from_dict, to_dict
 from matscale.errors import DataError
 from matscale.models.size import training_flops
-from matscale.scaling.sweep import PlannedRun
+from matscale.scaling.sweep import PlannedRun, config_hash
 
 RESULTS = "results.jsonl"
 
 #: The error columns a fit can use: ``final``/``best`` metric keys of a row.
 ENERGY = "energy_mae_meV_per_atom"
 FORCES = "forces_mae_meV_per_A"
+
+
+def finished_hashes(path: Path) -> set[str]:
+    """The config hashes of the runs listed in results file ``path``, each recomputed from
+    the row's saved config with today's defaults and hash, so rows written before a config
+    key was added (or before the hash changed) still mark their run finished. A row whose
+    config no longer reads (a key was removed) keeps the hash it was written with."""
+    out = set()
+    for row in read_rows(path):
+        try:
+            out.add(config_hash(from_dict(RunConfig, row["config"])))
+        except (KeyError, ConfigError):
+            out.add(row["config_hash"])
+    return out
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:

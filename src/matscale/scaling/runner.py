@@ -16,7 +16,7 @@ from typing import Any
 from matscale.config import ConfigError, load
 from matscale.errors import RunInterrupted
 from matscale.parallel.distributed import launch_position
-from matscale.scaling.results import RESULTS, append_row, read_rows, run_row
+from matscale.scaling.results import RESULTS, append_row, finished_hashes, run_row
 from matscale.scaling.sweep import PlannedRun, SweepConfig, config_hash, plan, to_yaml
 from matscale.signals import EXIT_INTERRUPTED
 from matscale.train.loop import train
@@ -48,7 +48,7 @@ def run_sweep(
         (sweep.sweep_dir / "sweep.yaml").write_text(to_yaml(sweep))
     outcome: dict[str, list[str]] = {"done": [], "skipped": [], "failed": []}
     for r in runs:
-        finished = {row["config_hash"] for row in read_rows(path)}
+        finished = finished_hashes(path)
         name = r.config.name
         if r.config_hash in finished:
             outcome["skipped"].append(name)

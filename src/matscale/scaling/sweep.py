@@ -164,10 +164,31 @@ def check_sweep(sweep: SweepConfig, where: str = "sweep") -> None:
 
 
 def config_hash(cfg: RunConfig) -> str:
-    """A short hash of everything that defines a run's result (not its name or directory)."""
-    data = to_dict(cfg)
-    data.pop("name"), data.pop("out_dir")
+    """A short hash of everything that defines a run's result (not its name or directory).
+
+    Only the keys that differ from :class:`RunConfig`'s defaults enter it: a key added to
+    the config later, at a default that changes nothing, must not make every finished run
+    of a sweep look new (they would be evaluated again and listed twice)."""
+    data = _changed(to_dict(cfg), to_dict(RunConfig()))
+    data.pop("name", None), data.pop("out_dir", None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _changed(data: dict[str, Any], defaults: dict[str, Any]) -> dict[str, Any]:
+    """The part of the nested dict ``data`` whose values differ from ``defaults``."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        default = defaults.get(key, _MISSING)
+        if isinstance(value, dict) and isinstance(default, dict):
+            sub = _changed(value, default)
+            if sub:
+                out[key] = sub
+        elif value != default:
+            out[key] = value
+    return out
+
+
+_MISSING = object()
 
 
 def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
