@@ -5,7 +5,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from matscale.data.generate import emt, xtb, xtb_solids
+from matscale.data.generate import emt, xtb, xtb_main_group, xtb_solids
 from matscale.data.generate.run import GenerateConfig, chunk_rng, generate
 from matscale.data.readers import read_structures
 from matscale.data.structure import check_structure
@@ -69,6 +69,64 @@ def test_xtb_large_molecules_are_larger_than_g2_and_chemically_sound() -> None:
     assert max(np.abs(s.forces).max() for s in large) < 5.0  # near equilibrium, eV/Å
 
 
+def test_xtb_main_group_covers_si_p_s_cl_br_and_large_chains_are_held_out_by_size() -> None:
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    skipped: Counter[str] = Counter()
+    out = xtb_main_group.generate(60, chunk_rng(0, xtb_main_group.SOURCE, 0), skipped)
+    assert len(out) + skipped["scf"] == 60 and len(out) >= 55
+    elements = set()
+    for s in out:
+        check_structure(s, require=("energy", "forces"))
+        assert set(s.numbers) <= xtb_main_group.ELEMENTS and not s.pbc.any()
+        assert s.source == xtb_main_group.SOURCE
+        elements |= set(s.numbers)
+    assert xtb_main_group.MAIN_GROUP <= elements  # Si, P, S, Cl and Br all appear
+    families = Counter(s.family for s in out)
+    assert {"rattled", "conformer", "dimer", "large"} <= set(families)
+    # held out by size: the smallest large chain exceeds the largest possible training molecule
+    rng = np.random.default_rng(3)
+    low, high = xtb_main_group.CONFORMER_CARBONS[1], xtb_main_group.LARGE_CARBONS[0]
+    groups = {g: 1.0 / 2 for g in ("OH", "SH")}  # as many extra hydrogens as possible
+    largest_conformer = max(len(xtb.chain(rng, low, groups, conformer=True)) for _ in range(20))
+    smallest_large = len(xtb.chain(rng, high, {}, conformer=True))
+    assert smallest_large > largest_conformer and smallest_large > max(
+        len(s.numbers) for s in out if s.family in ("rattled", "conformer")
+    )
+    # conformers keep every valence (C 4, O and S 2, H and halogens 1) and turn torsions
+    valence = {"C": 4, "O": 2, "S": 2, "H": 1, "F": 1, "Cl": 1, "Br": 1}
+    turned = 0
+    for _ in range(20):
+        atoms = xtb.chain(rng, 6, xtb_main_group.CHAIN_GROUPS, conformer=True)
+        i = neighbor_list("i", atoms, natural_cutoffs(atoms, mult=1.1))
+        counts = np.bincount(i, minlength=len(atoms))
+        assert [valence[x] for x in atoms.get_chemical_symbols()] == counts.tolist()
+        c = atoms.positions[:6]  # the backbone: all-trans lies in one plane
+        centred = c - c.mean(0)
+        turned += np.linalg.svd(centred, compute_uv=False)[2] > 0.1
+    assert turned >= 10
+
+
+def test_substituted_centres_and_bromine_analogues_are_bonded_as_drawn() -> None:
+    from ase.build import molecule
+    from ase.neighborlist import natural_cutoffs, neighbor_list
+
+    rng = np.random.default_rng(0)
+    for _ in range(50):
+        atoms = xtb_main_group.substituted(rng)
+        centre = atoms.get_chemical_symbols()[0]
+        i = neighbor_list("i", atoms, natural_cutoffs(atoms, mult=1.1))
+        assert np.bincount(i, minlength=len(atoms))[0] == xtb_main_group.CENTRES[centre]
+        d = atoms.get_all_distances()[~np.eye(len(atoms), dtype=bool)]
+        assert d.min() > 0.9
+    bromo = xtb_main_group.brominated(molecule("CH3Cl"))
+    assert bromo.get_chemical_formula() == "CH3Br"
+    assert bromo.get_distance(0, 1) == pytest.approx(molecule("CH3Cl").get_distance(0, 1) + 0.18)
+    central = xtb_main_group.brominated(molecule("ClF3"))  # the fluorines move, not the centre
+    assert central.get_chemical_formula() == "BrF3"
+    assert np.allclose(central.positions[0], molecule("ClF3").positions[0])
+
+
 def test_changed_generator_is_not_mixed_into_old_chunks(tmp_path: Path) -> None:
     sizes = {emt.SOURCE: 4}
     generate(tmp_path, GenerateConfig(sizes=sizes, workers=1), progress=False)
@@ -98,7 +156,7 @@ def test_failed_scf_is_skipped_and_counted(monkeypatch) -> None:
         def calculate(self, *args, **kwargs):
             raise RuntimeError("SCF did not converge")
 
-    monkeypatch.setattr(xtb, "_calculator", Failing)
+    monkeypatch.setattr(xtb, "calculator", Failing)
     skipped: Counter[str] = Counter()
     assert xtb.generate(5, np.random.default_rng(0), skipped) == []
     assert skipped == {"scf": 5}

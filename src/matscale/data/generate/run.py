@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from matscale.data.generate import emt, teacher, xtb, xtb_solids
+from matscale.data.generate import emt, teacher, xtb, xtb_main_group, xtb_solids
 from matscale.data.generate.threads import single_threaded_children
 from matscale.data.structure import Structure
 
@@ -32,6 +32,7 @@ Generator = Callable[[int, np.random.Generator, Counter[str]], list[Structure]]
 GENERATORS: dict[str, Generator] = {
     emt.SOURCE: emt.generate,
     xtb.SOURCE: xtb.generate,
+    xtb_main_group.SOURCE: xtb_main_group.generate,
     xtb_solids.SOURCE: xtb_solids.generate,
     **{t.source: teacher.generator(t) for t in teacher.TEACHERS},
 }
@@ -40,6 +41,7 @@ GENERATORS: dict[str, Generator] = {
 VERSIONS: dict[str, int] = {
     emt.SOURCE: emt.VERSION,
     xtb.SOURCE: xtb.VERSION,
+    xtb_main_group.SOURCE: xtb_main_group.VERSION,
     xtb_solids.SOURCE: xtb_solids.VERSION,
     **{t.source: teacher.VERSION for t in teacher.TEACHERS},
 }
@@ -48,6 +50,7 @@ VERSIONS: dict[str, int] = {
 COST: dict[str, float] = {
     emt.SOURCE: emt.SECONDS_PER_STRUCTURE,
     xtb.SOURCE: xtb.SECONDS_PER_STRUCTURE,
+    xtb_main_group.SOURCE: xtb_main_group.SECONDS_PER_STRUCTURE,
     xtb_solids.SOURCE: xtb_solids.SECONDS_PER_STRUCTURE,
     **{t.source: teacher.SECONDS_PER_STRUCTURE for t in teacher.TEACHERS},
 }
@@ -55,11 +58,20 @@ COST: dict[str, float] = {
 #: Structures per source for each preset. ``default`` takes ~5 minutes on 2 cores (GFN1-xTB
 #: on solids costs ~0.2 s per cell, 25x EMT, hence its small share). ``teacher`` adds crystals
 #: across 84 elements labelled by SevenNet-0 (needs the ``teachers`` extra; ~0.8 s each on one
-#: core, 21 atoms on average: 20,000 take ~2.3 h on 2 cores).
+#: core, 21 atoms on average: 20,000 take ~2.3 h on 2 cores). ``foundation`` is the pretraining
+#: data of the shipped model: ``default`` (its chunks are reused when generated into the same
+#: folder), the teacher's crystals and GFN2-xTB molecules with Si, P, S, Cl and Br.
 PRESETS: dict[str, dict[str, int]] = {
     "default": {emt.SOURCE: 36_000, xtb.SOURCE: 24_000, xtb_solids.SOURCE: 800},
     "small": {emt.SOURCE: 240, xtb.SOURCE: 160, xtb_solids.SOURCE: 24},
     "teacher": {teacher.SEVENNET.source: 20_000},
+    "foundation": {
+        emt.SOURCE: 36_000,
+        xtb.SOURCE: 24_000,
+        xtb_solids.SOURCE: 800,
+        xtb_main_group.SOURCE: 12_000,
+        teacher.SEVENNET.source: 20_000,
+    },
 }
 
 
