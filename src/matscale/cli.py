@@ -133,6 +133,19 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="train the readout heads only (train.freeze=backbone)",
     )
+    ft.add_argument(
+        "--replay",
+        type=Path,
+        metavar="STORE",
+        help="also train on this store of pretraining data (sources the model has heads for), "
+        "so the old heads are not forgotten",
+    )
+    ft.add_argument(
+        "--replay-share",
+        type=float,
+        default=0.25,
+        help="share of each epoch drawn from the replay store (default 0.25)",
+    )
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(run=_finetune)
 
@@ -272,6 +285,10 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.freeze_backbone:
         overrides.append("train.freeze=backbone")
     cfg = load(None, [*overrides, *args.overrides])
+    if args.replay is not None:
+        from matscale.train.finetune import with_replay
+
+        cfg = with_replay(cfg, args.replay, args.replay_share)
     train(cfg, progress=not args.no_progress)
     return 0
 

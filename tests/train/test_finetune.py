@@ -98,3 +98,58 @@ def test_the_finetune_verb(trained: Path, tmp_path: Path, capsys) -> None:
     assert cfg.train.init_from == str(trained) and cfg.train.freeze == "backbone"
     assert cfg.train.lr == 1e-3
     assert load_potential(tmp_path / "cli" / "model.pt").graph.heads == ("emt", "mol", "emt-cli")
+
+
+def test_replay_trains_on_the_pretraining_data_at_its_share(
+    trained: Path, tiny_store: Path, tmp_path: Path
+) -> None:
+    from matscale.cli import main
+    from matscale.data.store import Store
+    from matscale.train.data import make_splits, sampler_for
+    from matscale.train.finetune import REPLAY_STORE
+
+    store = _store(tmp_path, "emt-replay")
+    args = ["finetune", str(trained), str(store), f"out_dir={tmp_path}", "name=rp", *SHORT,
+            "--replay", str(tiny_store), "--replay-share", "0.4", "--no-progress"]  # fmt: skip
+    assert main(args) == 0
+    cfg = load(tmp_path / "rp" / "config.yaml", [])
+    assert cfg.data.store == str(tmp_path / "rp" / REPLAY_STORE)
+    assert cfg.data.mixture == pytest.approx({"emt-replay": 0.6, "emt": 0.2, "mol": 0.2})
+    combined = Store(cfg.data.store)
+    assert len(combined) == len(Store(store)) + len(Store(tiny_store))
+    # an epoch of the training sampler draws each source at its share
+    sampler = sampler_for(
+        combined,
+        make_splits(combined, cfg.data).train,
+        cfg.data,
+        train=True,
+        seed=0,
+        rank=0,
+        world=1,
+    )
+    drawn = np.concatenate(list(sampler))
+    share = {s: np.mean(combined.source_ids[drawn] == k) for k, s in enumerate(combined.sources)}
+    assert share["emt-replay"] == pytest.approx(0.6, abs=0.1)
+    assert share["emt"] + share["mol"] == pytest.approx(0.4, abs=0.1)
+    # the old heads are evaluated beside the new one
+    log = (tmp_path / "rp" / "metrics.jsonl").read_text()
+    assert "emt-replay/forces_mae_meV_per_A" in log and "mol/forces_mae_meV_per_A" in log
+    # the same command again resumes the finished run with the same combined store
+    assert main(args) == 0
+
+
+def test_replay_refuses_what_it_cannot_do(trained: Path, tiny_store: Path, tmp_path: Path) -> None:
+    from matscale.train.finetune import with_replay
+
+    new = _store(tmp_path, "emt-new2")
+    base = [f"data.store={new}", f"out_dir={tmp_path}", f"train.init_from={trained}"]
+    cfg = load(None, base)
+    with pytest.raises(ConfigError, match="between 0 and 1"):
+        with_replay(cfg, tiny_store, 1.0)
+    with pytest.raises(ConfigError, match=r"sources \['emt-new2'\] are not heads of"):
+        with_replay(cfg, new, 0.2)  # the model never had a head for this data
+    same = load(None, [*base[1:], f"data.store={_store(tmp_path, 'emt', seed=2)}"])
+    with pytest.raises(ConfigError, match=r"sources \['emt'\] are in both"):
+        with_replay(same, tiny_store, 0.2)
+    with pytest.raises(ConfigError, match=r"data\.mixture is set by the replay share"):
+        with_replay(load(None, [*base, "data.mixture={emt-new2: 1.0}"]), tiny_store, 0.2)

@@ -9,11 +9,17 @@ reference energies (the same level of theory); any other source gets a new head 
 starts from the trained model's default head and whose reference energies and scales come
 from the new store's statistics. The elements each head accepts are the union of what it saw
 before and what the new data holds.
+
+Replay (:func:`with_replay`) trains on pretraining data alongside the new data, so that the
+old heads and the backbone they share do not drift: the two stores are combined
+(:func:`~matscale.data.combine.combine_stores`, no copy) and the sampler draws a fixed share of
+every epoch from the pretraining sources (``data.mixture``).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from matscale.calc.model_file import Potential, load_potential
 from matscale.config import RunConfig
@@ -97,3 +103,59 @@ def freeze_backbone(model: EGNN) -> int:
     for name, p in model.named_parameters():
         p.requires_grad_(name.startswith("readout."))
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+#: The name of the combined store a replaying run makes in its run directory.
+REPLAY_STORE = "replay-store"
+
+
+def with_replay(cfg: RunConfig, replay: str | Path, share: float) -> RunConfig:
+    """``cfg`` (a fine-tuning run on ``cfg.data.store``) training on the union of its store and
+    the pretraining store ``replay``, a share ``share`` of each epoch drawn from ``replay``'s
+    sources (split evenly among them) and the rest from the new data's (likewise).
+
+    The union is built once in the run directory and reused when the run resumes. Refused:
+    a share outside (0, 1), a ``data.mixture`` set by hand, a replay source the trained model
+    has no head for (there is nothing of it to keep), a source in both stores (its share
+    could not be set)."""
+    from matscale.data.combine import combine_stores
+    from matscale.data.store import META
+    from matscale.parallel.distributed import launch_position
+
+    if not 0 < share < 1:
+        raise ConfigError(f"the replay share must lie between 0 and 1 (exclusive), got {share}")
+    if cfg.data.mixture is not None:
+        raise ConfigError("data.mixture is set by the replay share; do not set both")
+    new, old = Store(cfg.data.store), Store(replay)
+    heads = trained_potential(cfg).model.config.heads
+    foreign = sorted(set(old.sources) - set(heads))
+    if foreign:
+        raise ConfigError(
+            f"replay store {replay}: sources {foreign} are not heads of {cfg.train.init_from} "
+            f"(its heads: {list(heads)}); replay the data the model was trained on"
+        )
+    both = sorted(set(old.sources) & set(new.sources))
+    if both:
+        raise ConfigError(
+            f"sources {both} are in both {cfg.data.store} and the replay store {replay}: the "
+            "replay share cannot be set per store; pack the new data under another source name"
+        )
+    combined = cfg.run_dir / REPLAY_STORE
+    if launch_position().main:  # one process combines; the others wait for it
+        combine_stores([cfg.data.store, replay], combined)
+    else:
+        _wait_for(combined / META)
+    mixture = {s: (1 - share) / len(new.sources) for s in new.sources}
+    mixture |= {s: share / len(old.sources) for s in old.sources}
+    return replace(cfg, data=replace(cfg.data, store=str(combined), mixture=mixture))
+
+
+def _wait_for(path: Path, timeout_s: float = 600.0) -> None:
+    """Wait until ``path`` exists (written by the main process of the run)."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if time.monotonic() > deadline:
+            raise ConfigError(f"{path} did not appear within {timeout_s:.0f} s (main process)")
+        time.sleep(0.5)

@@ -1,0 +1,93 @@
+"""One store read as the union of others, without copying data: ``combine_stores``.
+
+Fine-tuning with replay trains on the new data and on the pretraining data at once; the
+sampler and the splits work on one store, so the inputs' shards are hard-linked (copied where
+the file system cannot link) into a new store, their parts renumbered as parts of one packing
+run, and the index and statistics rebuilt by :func:`~matscale.data.store.merge_parts`. A source
+present in two inputs must have been labelled the same way (``labelled_by``) in both, as when
+packing; stores packed at different cutoffs are refused.
+
+The combined store records its inputs (``combined_from`` in ``parts/``): calling again with the
+same inputs returns it as it is (a resumed fine-tuning run), other inputs are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from pathlib import Path
+
+from matscale.data.store import META, Store, merge_parts, write_json_atomic
+from matscale.errors import DataError
+
+RECORD = "combined_from.json"
+
+
+def combine_stores(stores: Sequence[str | Path], out: str | Path) -> Store:
+    """A store at ``out`` holding every structure of ``stores`` (in that order)."""
+    out = Path(out)
+    inputs = [_identity(Path(s)) for s in stores]
+    record = out / "parts" / RECORD
+    if (out / META).exists():
+        if record.exists() and json.loads(record.read_text()) == inputs:
+            return Store(out)
+        raise DataError(
+            "exists and is not the combination of these stores (delete it to combine again)",
+            file=str(out),
+        )
+    cutoffs = {i["cutoff_A"] for i in inputs}
+    if len(cutoffs) > 1:
+        raise DataError(
+            f"cannot combine stores packed at different cutoffs {sorted(cutoffs)} Å: "
+            + ", ".join(f"{i['path']} ({i['cutoff_A']} Å)" for i in inputs)
+        )
+    tmp = out.with_name(out.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a combination cut short: nothing in it is kept
+    (tmp / "shards").mkdir(parents=True)
+    (tmp / "parts").mkdir()
+    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+    parts = [(k, p) for k, store in enumerate(inputs) for p in _parts(Path(store["path"]))]
+    for n, (k, part_file) in enumerate(parts):
+        part = json.loads(part_file.read_text())
+        for entry in part["shards"]:
+            name = f"s{k}-{entry['file']}"
+            _link(Path(inputs[k]["path"]) / "shards" / entry["file"], tmp / "shards" / name)
+            entry["file"] = name
+        part.update(part=n, n_parts=len(parts), inputs_digest=digest)
+        stem = f"s{k}-{part_file.stem}"
+        (tmp / "parts" / f"{stem}.json").write_text(json.dumps(part))
+        shutil.copyfile(part_file.with_suffix(".stats.npz"), tmp / "parts" / f"{stem}.stats.npz")
+    merge_parts(tmp)
+    write_json_atomic(tmp / "parts" / RECORD, inputs)
+    os.replace(tmp, out)
+    return Store(out)
+
+
+def _identity(path: Path) -> dict[str, object]:
+    """What names a store's content: its path, size, cutoff and shard checksums."""
+    if not (path / META).is_file():
+        raise DataError("is not a packed store (no meta.json)", file=str(path))
+    meta = json.loads((path / META).read_text())
+    return {
+        "path": str(path.resolve()),
+        "n_structures": meta["n_structures"],
+        "cutoff_A": meta["cutoff_A"],
+        "shards_crc32": [s["crc32"] for s in meta["shards"]],
+    }
+
+
+def _parts(store: Path) -> list[Path]:
+    """The part files of ``store`` (its packers' shard lists), in name order."""
+    return sorted(p for p in (store / "parts").glob("*.json") if p.name != RECORD)
+
+
+def _link(source: Path, target: Path) -> None:
+    """Hard-link ``source`` to ``target``; copy where the file system cannot link."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
