@@ -138,6 +138,35 @@ def test_changed_generator_is_not_mixed_into_old_chunks(tmp_path: Path) -> None:
         generate(tmp_path, GenerateConfig(sizes=sizes, workers=1), progress=False)
 
 
+def test_a_source_grows_by_chunks_and_its_cut_last_chunk_is_made_again(tmp_path: Path) -> None:
+    def run(n: int) -> None:
+        generate(
+            tmp_path, GenerateConfig(sizes={emt.SOURCE: n}, chunk=4, workers=1), progress=False
+        )
+
+    run(6)  # chunks of 4 and 2
+    first = (tmp_path / emt.SOURCE / "chunk-00000.extxyz").read_text()
+    run(10)  # chunk 0 kept, chunk 1 made again in full, chunk 2 new
+    folder = tmp_path / emt.SOURCE
+    assert (folder / "chunk-00000.extxyz").read_text() == first
+    assert [len(read_structures_list(folder / f"chunk-0000{k}.extxyz")) for k in range(3)] == [
+        4,
+        4,
+        2,
+    ]
+    fresh = tmp_path / "fresh"
+    generate(fresh, GenerateConfig(sizes={emt.SOURCE: 10}, chunk=4, workers=1), progress=False)
+    for k in range(3):  # the same files as generating 10 at once
+        name = f"chunk-0000{k}.extxyz"
+        assert (folder / name).read_text() == (fresh / emt.SOURCE / name).read_text()
+    with pytest.raises(ValueError, match="more than the 8 asked for"):
+        run(8)
+
+
+def read_structures_list(path: Path) -> list:
+    return list(read_structures(path))
+
+
 def test_xtb_solids_are_periodic_with_stress() -> None:
     skipped: Counter[str] = Counter()
     out = xtb_solids.generate(3, chunk_rng(0, xtb_solids.SOURCE, 0), skipped)

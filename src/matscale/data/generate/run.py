@@ -156,22 +156,32 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
 
 def _check_manifest(folder: Path, manifest: dict[str, int]) -> None:
     """Record what a source folder holds; refuse to mix chunks of another generator version,
-    seed, chunk size or total into it (resuming keys on chunk files, which would otherwise be
-    silently reused)."""
+    seed or chunk size into it (resuming keys on chunk files, which would otherwise be
+    silently reused). A larger total extends the folder: chunk ``k`` does not depend on the
+    total, except the old last chunk when it was cut short, which is made again in full."""
     path = folder / "manifest.json"
     if path.exists():
         old = json.loads(path.read_text())
-        if old != manifest:
-            old.setdefault("generator", 1)  # folders made before versions were recorded
+        old.setdefault("generator", 1)  # folders made before versions were recorded
+        fixed = {k: v for k, v in manifest.items() if k != "structures"}
+        if any(old.get(k) != v for k, v in fixed.items()):
             what = ", ".join(
-                f"{k} {old.get(k)} (now {v})" for k, v in manifest.items() if old.get(k) != v
+                f"{k} {old.get(k)} (now {v})" for k, v in fixed.items() if old.get(k) != v
             )
             raise ValueError(
                 f"{folder} holds chunks made with another {what}; generate elsewhere (--out, or "
                 "--data-dir for the demo) or delete the folder"
             )
-    else:
-        path.write_text(json.dumps(manifest))
+        before, now = old["structures"], manifest["structures"]
+        if now < before:
+            raise ValueError(
+                f"{folder} holds {before:,} structures, more than the {now:,} asked for: "
+                "generate elsewhere or delete the folder (its chunks would all be read)"
+            )
+        if now > before and before % manifest["chunk"]:
+            # the old last chunk was cut to the old total: remake it in full
+            (folder / f"chunk-{before // manifest['chunk']:05d}.extxyz").unlink(missing_ok=True)
+    path.write_text(json.dumps(manifest))
 
 
 #: Longest a chunk should take on one core (s): keeps progress visible and the load balanced.
