@@ -165,7 +165,8 @@ def _parser() -> argparse.ArgumentParser:
         choices=sorted(GENERATE_PRESETS),
         default="default",
         help="default: the demo's three sources; small: a few hundred structures; "
-        "teacher: crystals across 84 elements labelled by SevenNet-0 (extra `teachers`)",
+        "teacher: crystals across 84 elements labelled by SevenNet-0 (extra `teachers`); "
+        "foundation: default + teacher + GFN2-xTB molecules with Si, P, S, Cl, Br",
     )
     g.add_argument(
         "--small",
@@ -179,7 +180,8 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="SOURCE=N",
-        help="structures for one source, overriding the preset (repeatable)",
+        help="structures for one source, overriding the preset (repeatable; 0 leaves that "
+        "source alone)",
     )
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--workers", type=int, default=0, help="processes (0: every core)")

@@ -161,6 +161,8 @@ def test_a_source_grows_by_chunks_and_its_cut_last_chunk_is_made_again(tmp_path:
         assert (folder / name).read_text() == (fresh / emt.SOURCE / name).read_text()
     with pytest.raises(ValueError, match="more than the 8 asked for"):
         run(8)
+    run(0)  # 0 leaves the source alone: nothing refused, nothing removed
+    assert len(list(folder.glob("chunk-*.extxyz"))) == 3
 
 
 def read_structures_list(path: Path) -> list:

@@ -105,6 +105,8 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
             )
     tasks = []
     for source, total in config.sizes.items():
+        if total == 0:  # `--size SOURCE=0` leaves that source (and its folder) alone
+            continue
         (out / source).mkdir(parents=True, exist_ok=True)
         size = chunk_size(source, config.chunk)
         manifest = {
