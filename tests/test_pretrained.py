@@ -44,6 +44,31 @@ def test_a_shipped_model_is_listed_loaded_and_calculates(
     assert subject("tiny-test").name == "tiny-test (emt)"  # `matscale bench NAME` too
 
 
+def test_the_cli_takes_a_shipped_name_and_its_default_head(
+    models: Path, tiny_store: Path, tmp_path: Path, capsys
+) -> None:
+    import ase.io
+
+    from matscale.cli import main
+
+    pretrained.ship(train_tiny(tiny_store, tmp_path / "runs"), "tiny-cli", default_head="emt")
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+    atoms.rattle(0.05, seed=2)
+    ase.io.write(tmp_path / "cu.xyz", atoms)
+    out = tmp_path / "relaxed.xyz"
+    assert (
+        main(["relax", "tiny-cli", str(tmp_path / "cu.xyz"), "--out", str(out), "--steps", "3"])
+        == 0
+    )
+    relaxed = ase.io.read(out)
+    # the default head: with a model of two heads and no --head, nothing else would choose
+    direct = relaxed.copy()
+    direct.calc = MatscaleCalculator.from_file(models / "tiny-cli.pt", head="emt")
+    assert relaxed.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-5)
+    assert main(["relax", "no-such-model", str(tmp_path / "cu.xyz")]) != 0
+    assert "neither a model file nor a shipped model" in capsys.readouterr().err
+
+
 def test_unknown_names_heads_and_oversized_files_are_refused(
     models: Path, tiny_store: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -50,6 +50,8 @@ class MatscaleCalculator(Calculator):
     def __init__(self, potential: Potential, head: str | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.potential = potential
+        if head is None:  # a shipped model names the head it is used with unless told
+            head = potential.info.get("default_head")
         self.head = potential.graph.heads[potential.graph.head_index(head)]
         self._head_index = potential.graph.heads.index(self.head)
         # what ASE records of a calculator (todict(), trajectories): the model and the head
@@ -83,8 +85,7 @@ class MatscaleCalculator(Calculator):
         lists them), offline; ``head`` None uses the model's default head."""
         from matscale import pretrained
 
-        potential = pretrained.load(name, device=device, dtype=dtype)
-        return cls(potential, head=head or pretrained.default_head(potential), **kwargs)
+        return cls(pretrained.load(name, device=device, dtype=dtype), head=head, **kwargs)
 
     def calculate(
         self,

@@ -72,8 +72,13 @@ def add_verbs(verbs: Any) -> None:
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", type=Path, help="model file (model.pt)")
-    p.add_argument("--head", default=None, help="level of theory (head name)")
+    p.add_argument("model", help="model file (model.pt) or a shipped model's name")
+    p.add_argument(
+        "--head",
+        default=None,
+        help="level of theory (head name); default: the model's default head (shipped models) "
+        "or its only one",
+    )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
@@ -122,8 +127,9 @@ def _calculator(args: argparse.Namespace, *, needs_stress: str = "") -> Any:
     """The calculator of ``args.model``; ``needs_stress`` names what needs stress (an error
     for a direct-force model)."""
     from matscale.calc.ase_calculator import MatscaleCalculator
+    from matscale.pretrained import model_file
 
-    calc = MatscaleCalculator.from_file(args.model, head=args.head, device=args.device)
+    calc = MatscaleCalculator.from_file(model_file(args.model), head=args.head, device=args.device)
     if needs_stress:
         calc.potential.require_stress(needs_stress)
     return calc
@@ -135,8 +141,9 @@ def _eval(args: argparse.Namespace) -> int:
     from matscale.calc.evaluation import evaluate_files, format_table
     from matscale.calc.model_file import load_potential
     from matscale.data.store import META
+    from matscale.pretrained import model_file
 
-    potential = load_potential(args.model, device=args.device)
+    potential = load_potential(model_file(args.model), device=args.device)
     if any((p / META).is_file() for p in args.data):
         print(
             "note: a store holds every split, training included; for errors on structures the "

@@ -54,10 +54,11 @@ def as_structure(item: Atoms | Structure, *, index: int = 0) -> Structure:
 
 def head_for(potential: Potential, s: Structure, head: str | None) -> int:
     """Head index for ``s``: ``head`` if given; else the structure's own source when it
-    names a head; else the only head (an error listing the heads if there are several)."""
+    names a head; else the model's default head (shipped models) or its only head (an error
+    listing the heads if there are several)."""
     if head is None and s.source in potential.graph.heads:
         return potential.graph.heads.index(s.source)
-    return potential.graph.head_index(head)
+    return potential.graph.head_index(head or potential.info.get("default_head"))
 
 
 def predict_graph(

@@ -51,6 +51,8 @@ def model_file(spec: str | Path) -> Path:
     if str(spec) in available():
         return path(str(spec))
     shipped = ", ".join(available()) or "none"
+    if Path(spec).suffix or len(Path(spec).parts) > 1:  # meant as a file
+        raise DataError(f"no such model file (shipped models: {shipped})", file=str(spec))
     raise DataError(f"{str(spec)!r} is neither a model file nor a shipped model ({shipped})")
 
 
