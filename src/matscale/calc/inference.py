@@ -62,7 +62,12 @@ def head_for(potential: Potential, s: Structure, head: str | None) -> int:
 
 
 def predict_graph(
-    potential: Potential, graph: AtomGraph, *, forces: bool = True, stress: bool = False
+    potential: Potential,
+    graph: AtomGraph,
+    *,
+    forces: bool = True,
+    stress: bool = False,
+    owned: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """The network on one batch: ``energy`` [B] eV, ``node_energy`` [N] eV, and ``forces``
     [N, 3] eV/Å and ``stress`` [B, 6] eV/Å³ when asked (stress: conservative models only).
@@ -72,7 +77,7 @@ def predict_graph(
         k: getattr(graph, k).to(dtype) for k in ("positions", "cell", "shifts", "forces", "stress")
     }
     graph = replace(graph, **floats).to(potential.device)
-    out = physics_predict(potential.model, graph, forces=forces, stress=stress)
+    out = physics_predict(potential.model, graph, forces=forces, stress=stress, owned=owned)
     return {k: v.detach() for k, v in out.items()}
 
 

@@ -24,18 +24,30 @@ def predict(
     forces: bool = True,
     stress: bool = False,
     create_graph: bool = False,
+    owned: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     """Energy [B] eV, and forces [N, 3] eV/Å and stress [B, 6] eV/Å³ (Voigt xx yy zz yz xz xy)
     when asked, as −∂E/∂x and (1/V) ∂E/∂ε. A model that returns ``forces`` itself (a direct
     head) keeps them, and cannot give stress.
+
+    ``owned`` [N] bool differentiates only those atoms' energies (domain decomposition: a
+    ghost's own energy belongs to another process; see :mod:`matscale.calc.domain`).
     """
     # autograd is how forces are made: on even under no_grad (evaluation, calculators)
     with torch.enable_grad():
-        return _predict(model, graph, forces=forces, stress=stress, create_graph=create_graph)
+        return _predict(
+            model, graph, forces=forces, stress=stress, create_graph=create_graph, owned=owned
+        )
 
 
 def _predict(
-    model: EnergyModel, graph: AtomGraph, *, forces: bool, stress: bool, create_graph: bool
+    model: EnergyModel,
+    graph: AtomGraph,
+    *,
+    forces: bool,
+    stress: bool,
+    create_graph: bool,
+    owned: torch.Tensor | None = None,
 ) -> dict[str, torch.Tensor]:
     want_grad = (forces or stress) and not _has_direct_forces(model)
     if not want_grad:
@@ -54,9 +66,8 @@ def _predict(
     else:
         positions_in = positions
     out = model(replace(graph, positions=positions_in, cell=cell))
-    grads = torch.autograd.grad(
-        out["energy_net"].sum(), inputs, create_graph=create_graph, allow_unused=True
-    )
+    target = out["energy_net"].sum() if owned is None else out["node_energy"][owned].sum()
+    grads = torch.autograd.grad(target, inputs, create_graph=create_graph, allow_unused=True)
     result = dict(out)
     result["forces"] = -_or_zeros(grads[0], positions)
     if stress:

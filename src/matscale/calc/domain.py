@@ -1,0 +1,201 @@
+"""One structure spread over processes: spatial domain decomposition for inference.
+
+Each process of a ``torch.distributed`` group (gloo on CPUs, NCCL on GPUs) owns one slab of
+the structure along one axis and builds the graph of its slab plus *ghost* atoms: every atom
+(or periodic image) within ``depth × cutoff`` of the slab along that axis, the model's
+receptive field. The slab's atoms see exactly the neighbourhood they see in the whole
+structure, so their atomic energies are exact. Then, with ``E_r`` the sum of the owned atoms'
+energies of process ``r``:
+
+- energy ``E = Σ_r E_r`` (an all-reduce of one number);
+- forces ``F = −Σ_r ∂E_r/∂x``: the gradient on a ghost belongs to the atom it is an image of,
+  so each process adds its gradients into a global [N, 3] array and the arrays are summed;
+- stress ``σ = (1/V) Σ_r ∂E_r/∂ε``: ghosts are explicit positions that the strain moves like
+  any other, and the cell is the global one, so the virials add up.
+
+What each process holds in memory is its slab's graph and activations, the part that grows
+with atoms × neighbours × width; positions, numbers and the result arrays ([N, 3]) are kept
+whole on every process (a few dozen bytes per atom), which is what lets ASE run the same MD
+script on every rank (the LAMMPS-like "replicated atoms, distributed work"). Results equal
+the single-process model to float32 round-off (tests/calc/test_domain.py, 2 processes,
+periodic and not).
+
+The slab axis is the cell vector with the largest perpendicular width (periodic along it) or
+the Cartesian axis with the largest extent (not periodic); slabs are equal in width, not in
+atoms. Along that axis each local structure is not periodic (its images are explicit ghosts);
+the other two axes keep the structure's periodicity.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from matscale.calc.inference import as_structure, predict_graph
+from matscale.calc.model_file import Potential
+from matscale.data.batch import collate
+from matscale.data.structure import Structure
+
+#: Added to ``depth × cutoff`` (Å): a ghost exactly at the receptive field's edge must be in.
+HALO_MARGIN = 1e-3
+
+
+@dataclass(frozen=True)
+class Domain:
+    """The part of a structure one process computes.
+
+    ``structure`` is the local structure (owned atoms first, then ghosts; not periodic along
+    ``axis``); ``index`` [n_local] maps each local atom to the atom of the whole structure it
+    is (an image of); ``owned`` [n_local] marks the atoms whose energies this process adds."""
+
+    structure: Structure
+    index: np.ndarray
+    owned: np.ndarray
+    axis: int
+
+    @property
+    def n_owned(self) -> int:
+        return int(self.owned.sum())
+
+    @property
+    def n_ghosts(self) -> int:
+        return int((~self.owned).sum())
+
+
+def halo(potential: Potential) -> float:
+    """The receptive field of ``potential``'s model (Å): ``depth × cutoff``."""
+    cfg = potential.model.config
+    return cfg.depth * cfg.cutoff + HALO_MARGIN
+
+
+def decompose(s: Structure, rank: int, world: int, halo_A: float) -> Domain:
+    """Process ``rank``'s domain of ``s`` cut into ``world`` slabs, with ghosts within
+    ``halo_A`` Å of its slab."""
+    if not 0 <= rank < world:
+        raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    cell, pbc = np.asarray(s.cell, float), np.asarray(s.pbc, bool)
+    positions = np.asarray(s.positions, float)
+    if pbc.any():
+        inverse_t = np.linalg.inv(cell)  # rows: reciprocal vectors / 2π
+        widths = 1.0 / np.linalg.norm(inverse_t.T, axis=1)  # slab widths |V| / |a_j × a_k|
+        widths = np.where(pbc, widths, 0.0)
+        axis = int(np.argmax(widths))
+        frac = positions @ inverse_t
+        wrap = np.floor(frac[:, axis])
+        coord = frac[:, axis] - wrap  # wrapped into [0, 1), the positions with it
+        positions = positions - wrap[:, None] * cell[axis][None, :]
+        lo, hi, reach = rank / world, (rank + 1) / world, halo_A / widths[axis]
+        images = int(np.ceil(reach)) + 1
+    else:
+        extent = positions.max(0) - positions.min(0)
+        axis = int(np.argmax(extent))
+        start, width = positions[:, axis].min(), max(extent[axis], 1e-9)
+        coord = (positions[:, axis] - start) / width
+        lo, hi, reach = rank / world, (rank + 1) / world, halo_A / width
+        images = 0
+        coord = np.minimum(coord, np.nextafter(1.0, 0.0))  # the last atom into the last slab
+    owned = (coord >= lo) & (coord < hi)
+    local = [np.flatnonzero(owned)]
+    shifts = [np.zeros(owned.sum(), dtype=int)]
+    for n in range(-images, images + 1):
+        shifted = coord + n
+        ghost = (shifted >= lo - reach) & (shifted < hi + reach)
+        if n == 0:
+            ghost &= ~owned
+        local.append(np.flatnonzero(ghost))
+        shifts.append(np.full(ghost.sum(), n))
+    index = np.concatenate(local)
+    shift = np.concatenate(shifts)
+    pos = positions[index] + shift[:, None] * cell[axis][None, :]
+    local_pbc = pbc.copy()
+    local_pbc[axis] = False
+    structure = Structure(
+        numbers=np.asarray(s.numbers)[index],
+        positions=pos,
+        cell=cell,
+        pbc=local_pbc,
+        source=s.source,
+        key=s.key,
+    )
+    mask = np.zeros(len(index), dtype=bool)
+    mask[: len(local[0])] = True
+    return Domain(structure=structure, index=index, owned=mask, axis=axis)
+
+
+def predict_domain(
+    potential: Potential,
+    item: object,
+    *,
+    head: str | None = None,
+    stress: bool = False,
+    group: dist.ProcessGroup | None = None,
+) -> dict[str, np.ndarray | float]:
+    """Energy (eV), atomic energies [N] (eV), forces [N, 3] (eV/Å) and, with ``stress``,
+    stress [6] (eV/Å³, Voigt) of one structure (``ase.Atoms`` or :class:`Structure`),
+    computed by every process of ``group`` (the default group if None) on its own domain.
+    Every process must call it with the same structure; each gets the whole result."""
+    s = as_structure(item)  # type: ignore[arg-type]
+    rank, world = dist.get_rank(group), dist.get_world_size(group)
+    flat = domain_terms(potential, s, rank, world, head=head, stress=stress)
+    dist.all_reduce(flat, group=group)  # one message: forces, energies, stress
+    return unpack(flat, len(s.numbers), stress=stress)
+
+
+def domain_terms(
+    potential: Potential,
+    s: Structure,
+    rank: int,
+    world: int,
+    *,
+    head: str | None = None,
+    stress: bool = False,
+) -> torch.Tensor:
+    """Process ``rank``'s share of the results, flat (float64): forces [N·3] (eV/Å, from its
+    owned energies, on every atom its domain holds an image of), atomic energies [N] (eV, its
+    owned atoms), then stress [6] (eV/Å³) if asked. Summed over ranks they are the results of
+    the whole structure (:func:`unpack` reads them)."""
+    if not potential.conservative:
+        raise ValueError("domain decomposition needs a conservative model (forces = −∂E/∂x)")
+    domain = decompose(s, rank, world, halo(potential))
+    head_index = potential.graph.head_index(head or potential.info.get("default_head"))
+    graph = collate([potential.graph.sample(domain.structure, head_index)])
+    # the stress of the local graph is the strain derivative of the owned energies: the
+    # physics code reports it for cells periodic in x, y and z, which the whole structure is
+    graph = _with_pbc(graph, np.asarray(s.pbc, bool))
+    owned = torch.from_numpy(domain.owned).to(potential.device)
+    out = predict_graph(potential, graph, forces=True, stress=stress, owned=owned)
+    n = len(s.numbers)
+    device = out["forces"].device
+    index = torch.from_numpy(domain.index).to(device)
+    forces = torch.zeros(n, 3, dtype=torch.float64, device=device)
+    forces.index_add_(0, index, out["forces"].double())
+    energies = torch.zeros(n, dtype=torch.float64, device=device)
+    energies.index_add_(0, index[owned], out["node_energy"].double()[owned])
+    parts = [forces.reshape(-1), energies]
+    if stress:
+        parts.append(out["stress"][0].double())
+    return torch.cat(parts)
+
+
+def unpack(flat: torch.Tensor, n: int, *, stress: bool) -> dict[str, np.ndarray | float]:
+    """The results dict of the summed :func:`domain_terms` of a structure of ``n`` atoms."""
+    values = flat.cpu().numpy()
+    result: dict[str, np.ndarray | float] = {
+        "forces": values[: 3 * n].reshape(n, 3),
+        "energies": values[3 * n : 4 * n],
+    }
+    result["energy"] = float(values[3 * n : 4 * n].sum())
+    if stress:
+        result["stress"] = values[4 * n :]
+    return result
+
+
+def _with_pbc(graph: object, pbc: np.ndarray) -> object:
+    """``graph`` reporting ``pbc`` (the whole structure's) instead of the local one."""
+    from dataclasses import replace
+
+    flags = torch.as_tensor(pbc, dtype=torch.bool).reshape(1, 3)
+    return replace(graph, pbc=flags.to(graph.pbc.device))  # type: ignore[arg-type]
