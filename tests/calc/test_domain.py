@@ -133,3 +133,38 @@ def test_two_processes_give_the_whole_structure_through_gloo(tiny_model: Path) -
     assert {(r, n) for r, n, _ in results} == {
         (r, n) for r in (0, 1) for n in ("periodic", "cluster")
     }
+
+
+def test_md_over_two_processes_follows_the_single_process_trajectory(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import subprocess
+    import sys
+
+    import ase.io
+
+    ase.io.write(tmp_path / "alloy.xyz", _structures()["periodic"])
+    common = [str(tiny_model), str(tmp_path / "alloy.xyz"), "--head", "emt", "--ensemble", "nve",
+              "--steps", "10", "--log-every", "5", "--no-progress"]  # fmt: skip
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # torchrun would take --log for its own --log-dir: each run writes md.log and md.traj in
+    # its own folder instead
+    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={port}", "-m", "matscale", "md", *common, "--domains"]  # fmt: skip
+    one = [sys.executable, "-m", "matscale", "md", *common]
+    for name, cmd in (("two", two), ("one", one)):
+        (tmp_path / name).mkdir()
+        result = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=300, env=env, cwd=tmp_path / name
+        )
+        assert result.returncode == 0, result.stderr[-3000:]
+        if name == "two":  # rank 0 alone prints and writes
+            assert result.stdout.count("total energy drift") == 1
+    rows = [np.loadtxt(tmp_path / n / "md.log") for n in ("two", "one")]
+    assert rows[0].shape == rows[1].shape == (3, rows[0].shape[1])
+    np.testing.assert_allclose(rows[0], rows[1], atol=1e-4, rtol=1e-6)
+    final = [ase.io.read(tmp_path / n / "md.traj", index=-1) for n in ("two", "one")]
+    np.testing.assert_allclose(final[0].positions, final[1].positions, atol=1e-6)

@@ -35,8 +35,12 @@ class MatscaleCalculator(Calculator):
     Parameters
     ----------
     potential: the model and its transform (:func:`matscale.calc.load_potential`).
-    head: level of theory by head name; None: the model's only head (an error listing the
-        heads if it has several).
+    head: level of theory by head name; None: the model's default head (shipped models), or
+        its only head (an error listing the heads if it has several).
+    domains: spread every calculation over the processes of the default ``torch.distributed``
+        group by spatial domains (:mod:`matscale.calc.domain`): each process builds the graph
+        of its slab only, every process gets the whole result. Every process must run the same
+        script on the same atoms (launched by torchrun or srun); conservative models only.
     """
 
     implemented_properties: list[str] = [  # noqa: RUF012 (ASE's protocol: a class-level list)
@@ -47,9 +51,22 @@ class MatscaleCalculator(Calculator):
         "stress",
     ]
 
-    def __init__(self, potential: Potential, head: str | None = None, **kwargs: Any) -> None:
+    def __init__(
+        self, potential: Potential, head: str | None = None, domains: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.potential = potential
+        self.domains = domains
+        if domains:
+            import torch.distributed as dist
+
+            if not dist.is_initialized():
+                raise RuntimeError(
+                    "domains=True needs a torch.distributed process group: launch with "
+                    "torchrun (or srun) and call torch.distributed.init_process_group first"
+                )
+            if not potential.conservative:
+                raise ValueError("domains=True needs a conservative model (forces = −∂E/∂x)")
         if head is None:  # a shipped model names the head it is used with unless told
             head = potential.info.get("default_head")
         self.head = potential.graph.heads[potential.graph.head_index(head)]
@@ -109,6 +126,14 @@ class MatscaleCalculator(Calculator):
                 )
         # forces come with every call: MD and relaxations ask for them right after the energy
         stress = periodic and self.potential.conservative
+        if self.domains:
+            from matscale.calc.domain import predict_domain
+
+            self.results = dict(
+                predict_domain(self.potential, structure, head=self.head, stress=stress)
+            )
+            self.results["free_energy"] = self.results["energy"]
+            return
         graph = collate([self.potential.graph.sample(structure, self._head_index)])
         out = predict_graph(self.potential, graph, forces=True, stress=stress)
         energy = float(out["energy"][0])

@@ -52,6 +52,12 @@ def add_verbs(verbs: Any) -> None:
     md.add_argument("--seed", type=int, default=0, help="of velocities and Langevin noise")
     md.add_argument("--traj", type=Path, default=Path("md.traj"), help="trajectory file")
     md.add_argument("--log", type=Path, default=Path("md.log"), help="energy/T/P log")
+    md.add_argument(
+        "--domains",
+        action="store_true",
+        help="spread each force call over the processes of a torchrun/srun launch by spatial "
+        "domains (one large system); rank 0 writes the log and trajectory",
+    )
     md.set_defaults(run=_md)
 
     rx = verbs.add_parser(
@@ -129,7 +135,12 @@ def _calculator(args: argparse.Namespace, *, needs_stress: str = "") -> Any:
     from matscale.calc.ase_calculator import MatscaleCalculator
     from matscale.pretrained import model_file
 
-    calc = MatscaleCalculator.from_file(model_file(args.model), head=args.head, device=args.device)
+    calc = MatscaleCalculator.from_file(
+        model_file(args.model),
+        head=args.head,
+        device=args.device,
+        domains=getattr(args, "domains", False),
+    )
     if needs_stress:
         calc.potential.require_stress(needs_stress)
     return calc
@@ -168,7 +179,11 @@ def _md(args: argparse.Namespace) -> int:
     import sys
 
     from matscale.calc.dynamics import MDConfig, energy_drift, run_md
+    from matscale.parallel.distributed import Dist, finish, init_distributed
 
+    # under --domains every process runs this same MD; the forces (all-reduced) and so the
+    # trajectories are identical on all of them, and rank 0 writes
+    d = init_distributed("gloo") if args.domains else Dist()
     atoms = _read_structure(args.structure, args.index)
     atoms.calc = _calculator(args, needs_stress="NPT" if args.ensemble == "npt" else "")
     if not atoms.calc.potential.conservative:
@@ -188,7 +203,16 @@ def _md(args: argparse.Namespace) -> int:
         log_every=args.log_every,
         seed=args.seed,
     )
-    rows = run_md(atoms, cfg, log=args.log, trajectory=args.traj, progress=not args.no_progress)
+    rows = run_md(
+        atoms,
+        cfg,
+        log=args.log if d.main else None,
+        trajectory=args.traj if d.main else None,
+        progress=not args.no_progress and d.main,
+    )
+    finish()
+    if not d.main:
+        return 0
     last = rows[-1]
     temps = [r["temperature_K"] for r in rows[len(rows) // 2 :]]
     print(
