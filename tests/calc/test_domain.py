@@ -83,7 +83,7 @@ def test_every_atom_is_owned_once_and_ghosts_reach_the_receptive_field(tiny_mode
 
 
 @pytest.mark.parametrize("name", ["periodic", "sheared", "slab", "cluster"])
-@pytest.mark.parametrize("world", [2, 3])
+@pytest.mark.parametrize("world", [1, 2, 3])
 def test_the_ranks_shares_sum_to_the_whole_structure(
     tiny_model: Path, name: str, world: int
 ) -> None:

@@ -48,8 +48,9 @@ class Domain:
     """The part of a structure one process computes.
 
     ``structure`` is the local structure (owned atoms first, then ghosts; not periodic along
-    ``axis``); ``index`` [n_local] maps each local atom to the atom of the whole structure it
-    is (an image of); ``owned`` [n_local] marks the atoms whose energies this process adds."""
+    ``axis``; -1 for one process: the structure as it is); ``index`` [n_local] maps each
+    local atom to the atom of the whole structure it is (an image of); ``owned`` [n_local]
+    marks the atoms whose energies this process adds."""
 
     structure: Structure
     index: np.ndarray
@@ -76,6 +77,9 @@ def decompose(s: Structure, rank: int, world: int, halo_A: float) -> Domain:
     ``halo_A`` Å of its slab."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in 0..{world - 1}")
+    n = len(s.numbers)
+    if world == 1:  # the whole structure, periodic as it is: no ghosts needed
+        return Domain(structure=s, index=np.arange(n), owned=np.ones(n, dtype=bool), axis=-1)
     cell, pbc = np.asarray(s.cell, float), np.asarray(s.pbc, bool)
     positions = np.asarray(s.positions, float)
     if pbc.any():
