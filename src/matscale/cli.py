@@ -15,6 +15,7 @@ from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.generate.run import PRESETS as GENERATE_PRESETS
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import ConfigError, DataError, RunInterrupted, TrainingError
+from matscale.parallel.commands import add_verbs as add_plan_verbs
 from matscale.parallel.distributed import launch_position
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
 from matscale.signals import EXIT_INTERRUPTED
@@ -242,6 +243,7 @@ def _parser() -> argparse.ArgumentParser:
     add_scaling_verbs(verbs)
     add_calc_verbs(verbs)
     add_bench_verbs(verbs)
+    add_plan_verbs(verbs)
     return p
 
 

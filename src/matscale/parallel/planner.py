@@ -1,0 +1,370 @@
+"""Memory per device and time per step of a training run on given hardware, before running it:
+``matscale plan CONFIG --hardware NAME --devices N``.
+
+Memory per device, in bytes (P parameters, W devices):
+
+- **model state**: weights 4P (fp32 masters; under DeepSpeed bf16 the weights are bf16, 2P, and
+  the fp32 masters and gradients live in the optimizer state), gradients 4P (2P), AdamW 8P
+  (DeepSpeed bf16: 16P: masters, fp32 gradients and the two moments), the EMA of the weights 4P
+  (``train.ema_decay``), DDP's gradient buckets 4P. Sharded over W: DeepSpeed stage 1 the
+  optimizer state, stage 2 also the gradients, stage 3 also the weights; FSDP2 everything,
+  EMA included, plus the gathered weights of the largest layer (twice: the next one is
+  prefetched). ``parallel.cpu_offload`` moves the optimizer state (FSDP2: its shard of all
+  state) to host memory, reported apart.
+- **activations**: the bytes autograd keeps between the forward (and, for conservative forces,
+  the force pass) and the backward, ``a·N + b·E`` for a batch of N atoms and E edges, with
+  ``a`` and ``b`` linear in the width: measured, not assumed, by running the same architecture
+  (depth, radial basis, heads, checkpointing, edge chunks) at widths 8 and 16 on two small
+  crystals of different edge densities, counting the storages autograd saves
+  (:func:`saved_bytes`). Plus one layer's worth again for the gradients in flight during the
+  backward (and for the layer being recomputed under checkpointing).
+- **the batch** (positions, edges, labels: ~100 bytes per atom and per edge) and the runtime
+  (the framework's own resident memory: the hardware's ``runtime_GiB``).
+
+Time per step: the matmul FLOPs of ``models/size.py`` (training: 6x the forward for
+conservative forces, 3x for direct, one forward more under checkpointing) at a stated share
+of the device's peak (``--utilisation``), plus communication at the link bandwidth without
+overlap: gradients all-reduced (2(W−1)/W of their bytes) under DDP and DeepSpeed stages 1–2;
+weights gathered in the forward, the force pass and the backward and gradients
+reduce-scattered (4(W−1)/W) under FSDP2 and stage 3.
+
+What it cannot know, it says: the number of edges per atom comes from the store when it
+exists (else ``--edges-per-atom``), the utilisation is the user's; fragmentation and the
+caching allocator's slack are not modelled (see ``benchmarks/planner_check.py`` for how close
+it comes to measured runs and to the paper's logged run).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+import torch
+
+from matscale.config import RunConfig
+from matscale.models.egnn import EGNN, EGNNConfig
+from matscale.models.size import TRAINING_MULTIPLIER, forward_flops, parameter_count
+
+GiB = 2**30
+
+
+@dataclass(frozen=True)
+class Hardware:
+    """One device of a cluster, and its share of the links and host."""
+
+    name: str
+    memory_GiB: float
+    """Device memory (the CPU: RAM per process)."""
+    tflops_fp32: float
+    """Dense fp32 matmul peak (TFLOP/s)."""
+    tflops_bf16: float
+    """Dense bf16 matmul peak (TFLOP/s)."""
+    link_GBps: float
+    """Bandwidth a collective reaches per device (GB/s): NVLink within a node, the network
+    across nodes, whichever bounds the collective."""
+    runtime_GiB: float = 0.5
+    """Memory the framework holds before the model (CUDA context, or the Python process)."""
+
+
+#: Devices ``--hardware`` knows by name (vendor peaks; the CPU row is this machine, measured
+#: by benchmarks/train_throughput.py: 381 GFLOP/s fp32 on 2 cores).
+HARDWARE: dict[str, Hardware] = {
+    h.name: h
+    for h in (
+        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.35),
+        Hardware("a100-40gb", 40, 19.5, 312, 25.0),
+        Hardware("a100-80gb", 80, 19.5, 312, 25.0),
+        Hardware("h100-80gb", 80, 67, 989, 50.0),
+        Hardware("h200", 141, 67, 989, 50.0),
+        # one graphics compute die of an MI250X (Frontier), the paper's sizing runs
+        Hardware("mi250x-gcd", 64, 47.9, 191.5, 25.0),
+    )
+}
+
+
+@dataclass(frozen=True)
+class ModelCosts:
+    """What the planner needs of an architecture: parameters, the largest layer's
+    parameters, forward FLOPs per atom and edge, the training multiplier, and activation bytes
+    kept per atom and per edge (with one layer's share for the transient)."""
+
+    parameters: int
+    largest_layer: int
+    flops_per_atom: float
+    flops_per_edge: float
+    training_multiplier: int
+    saved_per_atom: float
+    saved_per_edge: float
+    layer_per_atom: float
+    layer_per_edge: float
+
+
+@dataclass
+class Plan:
+    """The planner's answer for one device (bytes, seconds)."""
+
+    devices: int
+    atoms: float
+    edges: float
+    memory: dict[str, float]
+    host: dict[str, float]
+    flops: float
+    seconds: dict[str, float]
+    assumptions: list[str] = field(default_factory=list)
+
+    @property
+    def total_bytes(self) -> float:
+        return sum(self.memory.values())
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "devices": self.devices,
+            "atoms_per_device": self.atoms,
+            "edges_per_device": self.edges,
+            "memory_bytes": self.memory,
+            "memory_total_GiB": self.total_bytes / GiB,
+            "host_bytes": self.host,
+            "flops_per_step": self.flops,
+            "seconds": self.seconds,
+            "assumptions": self.assumptions,
+        }
+
+
+def saved_bytes(model: torch.nn.Module, graph: Any, *, conservative: bool) -> int:
+    """Bytes of the storages autograd keeps for the backward of one training step of
+    ``model`` on ``graph`` (forward, and the force pass with ``create_graph`` for conservative
+    forces), parameters excluded, each storage once."""
+    from matscale.models.physics import predict
+
+    params = {p.untyped_storage().data_ptr() for p in model.parameters()}
+    seen: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in params:
+            seen[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        out = predict(model, graph, forces=True, create_graph=conservative)
+        loss = out["energy_net"].sum() + out["forces"].pow(2).sum()
+    del loss, out
+    return sum(seen.values())
+
+
+def _calibration_graphs(cutoff: float) -> list[Any]:
+    """Two small fcc crystals of different densities (about 2.3x the edges per atom)."""
+    from ase.build import bulk
+
+    from matscale.calc.inference import as_structure
+    from matscale.data.batch import collate, graph_sample
+
+    graphs = []
+    for a, reps in ((3.6, (2, 2, 2)), (4.8, (2, 2, 3))):
+        atoms = bulk("Cu", "fcc", a=a, cubic=True).repeat(reps)
+        atoms.rattle(0.05, seed=0)
+        graphs.append(collate([graph_sample(as_structure(atoms), cutoff)]))
+    return graphs
+
+
+def saved_coefficients(
+    make: Callable[[int], torch.nn.Module], *, cutoff: float, conservative: bool, width: int
+) -> tuple[float, float]:
+    """Saved bytes per atom and per edge of a training step of the model ``make(width)``
+    builds: measured at widths 8 and 16 on two crystals and extrapolated linearly in the
+    width (every saved tensor is [atoms or edges, width or a constant])."""
+    graphs = _calibration_graphs(cutoff)
+    design, target = [], []
+    for w in (8, 16):
+        torch.manual_seed(0)
+        model = make(w)
+        for g in graphs:
+            n, e = len(g.numbers), int(g.edge_index.shape[1])
+            design.append([n * w, n, e * w, e])
+            target.append(saved_bytes(model, g, conservative=conservative))
+    # bytes = N (a1 H + a0) + E (b1 H + b0): four unknowns, four measurements
+    solution = np.linalg.lstsq(np.array(design, float), np.array(target, float), rcond=None)[0]
+    a1, a0, b1, b0 = (float(x) for x in solution)
+    return a1 * width + a0, b1 * width + b0
+
+
+def activation_coefficients(
+    cfg: EGNNConfig, *, checkpointing: bool, edge_chunk: int
+) -> tuple[float, float, float, float]:
+    """Saved bytes per atom and per edge of a training step of ``cfg`` with these
+    checkpointing settings, and one layer's bytes per atom and per edge without them
+    (:func:`saved_coefficients`)."""
+    from matscale.parallel.checkpointing import apply_ac
+
+    conservative = cfg.force_head == "conservative"
+
+    def make(width: int, checkpoint: bool, chunk: int) -> torch.nn.Module:
+        model = EGNN(replace(cfg, width=width))
+        if checkpoint or chunk:
+            # a chunk below the calibration crystals' edge counts, as the run's is below its
+            apply_ac(model, edge_chunk=min(chunk, 64) if chunk else 0, whole_layers=checkpoint)
+        return model
+
+    def solve(checkpoint: bool, chunk: int) -> tuple[float, float]:
+        return saved_coefficients(
+            lambda w: make(w, checkpoint, chunk),
+            cutoff=cfg.cutoff,
+            conservative=conservative,
+            width=cfg.width,
+        )
+
+    per_atom, per_edge = solve(checkpointing, edge_chunk)
+    full_atom, full_edge = solve(False, 0)
+    return per_atom, per_edge, full_atom / cfg.depth, full_edge / cfg.depth
+
+
+def model_costs(cfg: EGNNConfig, *, checkpointing: bool = False, edge_chunk: int = 0) -> ModelCosts:
+    """:class:`ModelCosts` of matscale's EGNN ``cfg``."""
+    flops = forward_flops(cfg)
+    saved_atom, saved_edge, layer_atom, layer_edge = activation_coefficients(
+        cfg, checkpointing=checkpointing, edge_chunk=edge_chunk
+    )
+    layer_params = _largest_layer(cfg)
+    return ModelCosts(
+        parameters=parameter_count(cfg),
+        largest_layer=layer_params,
+        flops_per_atom=flops.per_atom,
+        flops_per_edge=flops.per_edge,
+        training_multiplier=TRAINING_MULTIPLIER[cfg.force_head] + (1 if checkpointing else 0),
+        saved_per_atom=saved_atom,
+        saved_per_edge=saved_edge,
+        layer_per_atom=layer_atom,
+        layer_per_edge=layer_edge,
+    )
+
+
+def _largest_layer(cfg: EGNNConfig) -> int:
+    from matscale.models.size import build_on_meta
+
+    model = build_on_meta(cfg)
+    sizes = [sum(p.numel() for p in layer.parameters()) for layer in model.layers]
+    return max([*sizes, model.embedding.weight.numel()])
+
+
+def plan(
+    cfg: RunConfig,
+    hardware: Hardware,
+    devices: int,
+    costs: ModelCosts,
+    *,
+    edges_per_atom: float,
+    utilisation: float,
+) -> Plan:
+    """Memory per device and time per step of ``cfg`` on ``devices`` of ``hardware``, each
+    step ``data.max_atoms`` atoms per device (the sampler's bound: batches come close to it)."""
+    par, t = cfg.parallel, cfg.train
+    p = costs.parameters
+    w = max(devices, 1)
+    bf16_ds = par.backend == "deepspeed" and par.precision == "bf16"
+    weights, grads = (2.0 * p, 2.0 * p) if bf16_ds else (4.0 * p, 4.0 * p)
+    optimizer = (16.0 if bf16_ds else 8.0) * p
+    ema = 4.0 * p if t.ema_decay else 0.0
+    buckets = 4.0 * p if par.backend == "ddp" and w > 1 else 0.0
+    gathered = 0.0
+    notes = []
+    if par.backend == "deepspeed":
+        stage = par.zero_stage
+        optimizer /= w
+        grads /= w if stage >= 2 else 1
+        weights /= w if stage >= 3 else 1
+    elif par.backend == "fsdp":
+        weights, grads, optimizer, ema = weights / w, grads / w, optimizer / w, ema / w
+        dtype_bytes = 2.0 if par.precision == "bf16" else 4.0
+        gathered = 2 * dtype_bytes * costs.largest_layer
+        notes.append("FSDP2: the largest layer's weights gathered twice (prefetch)")
+    host: dict[str, float] = {}
+    if par.cpu_offload:
+        if par.backend == "fsdp":
+            host = {"weights": weights, "gradients": grads, "optimizer": optimizer}
+            weights = grads = optimizer = 0.0
+        else:
+            host = {"optimizer": optimizer}
+            optimizer = 0.0
+    atoms = float(cfg.data.max_atoms)
+    edges = atoms * edges_per_atom
+    activations = costs.saved_per_atom * atoms + costs.saved_per_edge * edges
+    transient = costs.layer_per_atom * atoms + costs.layer_per_edge * edges
+    memory = {
+        "weights": weights,
+        "gradients": grads,
+        "optimizer": optimizer,
+        "ema": ema,
+        "ddp_buckets": buckets,
+        "gathered_layer": gathered,
+        "activations": activations,
+        "backward_transient": transient,
+        "batch": 100.0 * (atoms + edges),
+        "runtime": hardware.runtime_GiB * GiB,
+    }
+    flops = costs.training_multiplier * (
+        costs.flops_per_atom * atoms + costs.flops_per_edge * edges
+    )
+    peak = hardware.tflops_bf16 if par.precision == "bf16" else hardware.tflops_fp32
+    compute_s = flops / (peak * 1e12 * utilisation)
+    grad_bytes = 2.0 * p if par.precision == "bf16" else 4.0 * p
+    if w == 1:
+        volume = 0.0
+    elif par.backend == "fsdp" or (par.backend == "deepspeed" and par.zero_stage == 3):
+        volume = 4 * (w - 1) / w * grad_bytes
+    else:
+        volume = 2 * (w - 1) / w * grad_bytes
+    comm_s = volume / (hardware.link_GBps * 1e9)
+    notes += [
+        f"{atoms:,.0f} atoms and {edges:,.0f} edges per device per step "
+        f"({edges_per_atom:.1f} edges per atom)",
+        f"compute at {utilisation:.0%} of the {peak:g} TFLOP/s {par.precision} peak; "
+        "communication not overlapped with compute",
+    ]
+    return Plan(
+        devices=w,
+        atoms=atoms,
+        edges=edges,
+        memory=memory,
+        host=host,
+        flops=flops,
+        seconds={"compute": compute_s, "communication": comm_s, "step": compute_s + comm_s},
+        assumptions=notes,
+    )
+
+
+def edges_per_atom_of(store_path: str) -> float | None:
+    """Mean directed edges per atom of a packed store at its cutoff (None if not a store)."""
+    from matscale.data.store import Store
+    from matscale.errors import DataError
+
+    try:
+        store = Store(store_path)
+    except (DataError, OSError):
+        return None
+    atoms = float(np.sum(store.n_atoms, dtype=np.float64))
+    return float(np.sum(store.n_edges, dtype=np.float64)) / atoms if atoms else None
+
+
+def format_plan(plan_: Plan, hardware: Hardware) -> str:
+    """The plan as a table of GiB and seconds, with its assumptions."""
+    lines = [f"per device ({hardware.name}, {plan_.devices} devices):"]
+    for key, value in plan_.memory.items():
+        if value:
+            lines.append(f"  {key:<20}{value / GiB:>10.2f} GiB")
+    total = plan_.total_bytes / GiB
+    fits = "fits" if total <= hardware.memory_GiB else "DOES NOT FIT"
+    lines.append(f"  {'total':<20}{total:>10.2f} GiB of {hardware.memory_GiB:g} ({fits})")
+    for key, value in plan_.host.items():
+        lines.append(f"  host: {key:<14}{value / GiB:>10.2f} GiB")
+    s = plan_.seconds
+    lines.append(
+        f"step: {plan_.flops / 1e12:,.2f} TFLOP per device, {s['compute']:.3g} s compute + "
+        f"{s['communication']:.3g} s communication = {s['step']:.3g} s"
+    )
+    lines += [f"assumes: {a}" for a in plan_.assumptions]
+    if not math.isfinite(total):
+        lines.append("warning: a term is not finite")
+    return "\n".join(lines)

@@ -1,0 +1,94 @@
+"""The planner: model state per backend and sharding, activations measured at small widths
+and extrapolated, the CLI."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+
+from matscale.config import load
+from matscale.models.egnn import EGNN, EGNNConfig
+from matscale.models.size import parameter_count
+from matscale.parallel.planner import (
+    HARDWARE,
+    GiB,
+    _calibration_graphs,
+    activation_coefficients,
+    model_costs,
+    plan,
+    saved_bytes,
+)
+
+MODEL = EGNNConfig(width=48, depth=2, heads=("a",), cutoff=4.0)
+
+
+@pytest.fixture(scope="module")
+def costs():
+    return model_costs(MODEL)
+
+
+def _plan(costs, *overrides: str, devices: int = 4):
+    cfg = load(None, ["model.width=48", "model.depth=2", "data.max_atoms=512", *overrides])
+    return plan(cfg, HARDWARE["a100-80gb"], devices, costs, edges_per_atom=30, utilisation=0.2)
+
+
+def test_model_state_per_backend_and_sharding(costs) -> None:
+    p = parameter_count(MODEL)
+    assert costs.parameters == p
+    single = _plan(costs, "parallel.backend=none", devices=1)
+    m = single.memory
+    assert (m["weights"], m["gradients"], m["optimizer"], m["ema"]) == (4 * p, 4 * p, 8 * p, 4 * p)
+    assert single.seconds["communication"] == 0
+    ddp = _plan(costs, "parallel.backend=ddp")
+    assert ddp.memory["ddp_buckets"] == 4 * p and ddp.seconds["communication"] > 0
+    for stage, sharded in ((1, ("optimizer",)), (2, ("optimizer", "gradients")),
+                           (3, ("optimizer", "gradients", "weights"))):  # fmt: skip
+        ds = _plan(costs, "parallel.backend=deepspeed", f"parallel.zero_stage={stage}",
+                   "train.ema_decay=null").memory  # fmt: skip
+        for key in ("weights", "gradients", "optimizer"):
+            assert ds[key] == pytest.approx(m[key] / (4 if key in sharded else 1))
+    fsdp = _plan(costs, "parallel.backend=fsdp")
+    for key in ("weights", "gradients", "optimizer", "ema"):
+        assert fsdp.memory[key] == pytest.approx(m[key] / 4)
+    assert fsdp.memory["gathered_layer"] > 0
+    assert fsdp.seconds["communication"] == pytest.approx(2 * ddp.seconds["communication"])
+    offload = _plan(costs, "parallel.backend=fsdp", "parallel.cpu_offload=true")
+    assert (
+        offload.memory["optimizer"] == 0 and offload.host["optimizer"] == fsdp.memory["optimizer"]
+    )
+    bf16 = _plan(
+        costs, "parallel.backend=deepspeed", "parallel.precision=bf16", "train.ema_decay=null"
+    )
+    assert bf16.memory["weights"] == 2 * p and bf16.memory["optimizer"] == pytest.approx(16 * p / 4)
+    # activations and time grow with the batch; checkpointing adds a forward of FLOPs
+    big = _plan(costs, "data.max_atoms=1024")
+    assert big.memory["activations"] == pytest.approx(2 * _plan(costs).memory["activations"])
+    assert big.flops == pytest.approx(2 * _plan(costs).flops)
+
+
+def test_activations_extrapolate_exactly_in_width() -> None:
+    """Measured at widths 8 and 16, predicted at 48: every saved tensor is linear in width."""
+    per_atom, per_edge, _, _ = activation_coefficients(MODEL, checkpointing=False, edge_chunk=0)
+    model = EGNN(MODEL)
+    for g in _calibration_graphs(MODEL.cutoff):
+        measured = saved_bytes(model, g, conservative=True)
+        predicted = per_atom * len(g.numbers) + per_edge * g.edge_index.shape[1]
+        assert predicted == pytest.approx(measured, rel=0.01)
+    direct = replace(MODEL, force_head="direct")
+    _, d_edge, _, _ = activation_coefficients(direct, checkpointing=False, edge_chunk=0)
+    assert d_edge < 0.6 * per_edge  # no force pass kept for a second backward
+
+
+def test_the_plan_verb(capsys) -> None:
+    from matscale.cli import main
+
+    args = ["plan", "model.width=64", "model.depth=2", "data.store=nowhere",
+            "parallel.backend=fsdp", "--hardware", "h100-80gb", "--devices", "8"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "per device (h100-80gb, 8 devices)" in out and "fits" in out
+    assert "edges per atom 40 (no store: assumed)" in out
+    assert main([*args, "--utilisation", "2"]) == 2
+    assert "--utilisation must lie in (0, 1]" in capsys.readouterr().err
+    assert GiB == 2**30
