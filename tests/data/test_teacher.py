@@ -105,6 +105,45 @@ def test_the_teacher_finds_the_equilibrium_volume_of_copper() -> None:
     assert _nearest(cell) == pytest.approx(2.57, rel=0.02)
 
 
+class _Curve:
+    """A stand-in teacher whose energy depends on the lattice scale s = (V / V_guess)^(1/3)
+    only: ``energy(s)``."""
+
+    def __init__(self, guess_volume: float, energy) -> None:
+        self.v0, self.energy = guess_volume, energy
+
+    def get_potential_energy(self, atoms) -> float:
+        return float(self.energy((atoms.get_volume() / self.v0) ** (1 / 3)))
+
+
+def _relax_with(energy) -> tuple[float, bool]:
+    from unittest.mock import patch
+
+    guess = teacher.elemental("Cu", "fcc", 2.6)
+    curve = _Curve(guess.get_volume(), energy)
+    with patch.object(teacher, "_energy", lambda atoms, calc: curve.get_potential_energy(atoms)):
+        cell = teacher.relaxed(guess, curve)
+    scale = (cell.get_volume() / guess.get_volume()) ** (1 / 3)
+    return scale, bool(cell.info["no_minimum"])
+
+
+def test_the_scan_follows_a_minimum_beyond_its_window_and_refuses_a_collapse() -> None:
+    assert _relax_with(lambda s: (s - 1.02) ** 2) == (pytest.approx(1.02, abs=0.01), False)
+    # a guess 35 % too tight (covalent radii of metals): the scan moves outwards to it
+    assert _relax_with(lambda s: (s - 1.35) ** 2) == (pytest.approx(1.35, abs=0.015), False)
+    # tighter binding than the guess (low-coordination prototypes), within the floor
+    assert _relax_with(lambda s: (s - 0.7) ** 2) == (pytest.approx(0.7, abs=0.015), False)
+    # energy falling without end as the cell shrinks (a teacher's hole): stopped at the floor
+    scale, no_minimum = _relax_with(lambda s: s)
+    assert no_minimum and scale == pytest.approx(teacher.SCALE_FLOOR)
+    cell = teacher.elemental("Cu", "fcc", 2.6)
+    cell.info["no_minimum"] = True
+    assert teacher._refused(cell) == teacher.NO_MINIMUM
+    dense = teacher.elemental("H", "fcc", 0.62)  # H at its covalent bond length: 1.6 atoms/Å³
+    dense.info["no_minimum"] = False
+    assert teacher._refused(dense) == teacher.TOO_DENSE
+
+
 def test_generate_and_pack_a_teacher_source(tmp_path: Path) -> None:
     pytest.importorskip("sevenn")
     from matscale.data.pack import PackConfig, collect_inputs, pack

@@ -69,14 +69,14 @@ def test_model_state_per_backend_and_sharding(costs) -> None:
 
 def test_activations_extrapolate_exactly_in_width() -> None:
     """Measured at widths 8 and 16, predicted at 48: every saved tensor is linear in width."""
-    per_atom, per_edge, _, _ = activation_coefficients(MODEL, checkpointing=False, edge_chunk=0)
+    per_atom, per_edge, _, _ = activation_coefficients(MODEL, checkpointing=False)
     model = EGNN(MODEL)
     for g in _calibration_graphs(MODEL.cutoff):
         measured = saved_bytes(model, g, conservative=True)
         predicted = per_atom * len(g.numbers) + per_edge * g.edge_index.shape[1]
         assert predicted == pytest.approx(measured, rel=0.01)
     direct = replace(MODEL, force_head="direct")
-    _, d_edge, _, _ = activation_coefficients(direct, checkpointing=False, edge_chunk=0)
+    _, d_edge, _, _ = activation_coefficients(direct, checkpointing=False)
     assert d_edge < 0.6 * per_edge  # no force pass kept for a second backward
 
 

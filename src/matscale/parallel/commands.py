@@ -60,11 +60,7 @@ def _plan(args: argparse.Namespace) -> int:
     note = "" if args.edges_per_atom or ratio else " (no store: assumed)"
     ratio = ratio or 40.0
     model = cfg.model if cfg.model.heads else _with_heads(cfg)
-    costs = model_costs(
-        model,
-        checkpointing=cfg.parallel.activation_checkpointing,
-        edge_chunk=cfg.parallel.edge_chunk,
-    )
+    costs = model_costs(model, checkpointing=cfg.parallel.activation_checkpointing)
     hardware = HARDWARE[args.hardware]
     result = plan(
         cfg, hardware, args.devices, costs, edges_per_atom=ratio, utilisation=args.utilisation

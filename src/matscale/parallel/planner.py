@@ -14,10 +14,14 @@ Memory per device, in bytes (P parameters, W devices):
 - **activations**: the bytes autograd keeps between the forward (and, for conservative forces,
   the force pass) and the backward, ``a·N + b·E`` for a batch of N atoms and E edges, with
   ``a`` and ``b`` linear in the width: measured, not assumed, by running the same architecture
-  (depth, radial basis, heads, checkpointing, edge chunks) at widths 8 and 16 on two small
+  (depth, radial basis, heads, per-layer checkpointing) at widths 8 and 16 on two small
   crystals of different edge densities, counting the storages autograd saves
   (:func:`saved_bytes`). Plus one layer's worth again for the gradients in flight during the
-  backward (and for the layer being recomputed under checkpointing).
+  backward (and for the layer being recomputed under checkpointing). Against the measured
+  steps of docs/training.md (width 256, 1,024 atoms, 43k edges): 3,170 MiB planned for 3,211
+  measured without checkpointing, 2,908 for 2,874 per layer. Edge chunks are not modelled
+  (counting saved storages does not see what chunked recomputation frees): the planner gives
+  the figure without them, an upper bound, and says so.
 - **the batch** (positions, edges, labels: ~100 bytes per atom and per edge) and the runtime
   (the framework's own resident memory: the hardware's ``runtime_GiB``).
 
@@ -29,9 +33,10 @@ weights gathered in the forward, the force pass and the backward and gradients
 reduce-scattered (4(W−1)/W) under FSDP2 and stage 3.
 
 What it cannot know, it says: the number of edges per atom comes from the store when it
-exists (else ``--edges-per-atom``), the utilisation is the user's; fragmentation and the
-caching allocator's slack are not modelled (see ``benchmarks/planner_check.py`` for how close
-it comes to measured runs and to the paper's logged run).
+exists (its densest source: the batches that set the peak; else ``--edges-per-atom``), the
+utilisation is the user's; fragmentation and the caching allocator's slack are not modelled
+(``benchmarks/planner_check.py`` shows how close it comes to measured runs and to the paper's
+logged run).
 """
 
 from __future__ import annotations
@@ -69,12 +74,13 @@ class Hardware:
     """Memory the framework holds before the model (CUDA context, or the Python process)."""
 
 
-#: Devices ``--hardware`` knows by name (vendor peaks; the CPU row is this machine, measured
-#: by benchmarks/train_throughput.py: 381 GFLOP/s fp32 on 2 cores).
+#: Devices ``--hardware`` knows by name (vendor peaks; the CPU row is this machine, measured:
+#: 381 GFLOP/s fp32 on 2 cores by benchmarks/train_throughput.py, 0.27 GiB resident after
+#: importing matscale's training stack).
 HARDWARE: dict[str, Hardware] = {
     h.name: h
     for h in (
-        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.35),
+        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.27),
         Hardware("a100-40gb", 40, 19.5, 312, 25.0),
         Hardware("a100-80gb", 80, 19.5, 312, 25.0),
         Hardware("h100-80gb", 80, 67, 989, 50.0),
@@ -136,23 +142,27 @@ class Plan:
 def saved_bytes(model: torch.nn.Module, graph: Any, *, conservative: bool) -> int:
     """Bytes of the storages autograd keeps for the backward of one training step of
     ``model`` on ``graph`` (forward, and the force pass with ``create_graph`` for conservative
-    forces), parameters excluded, each storage once."""
+    forces), parameters excluded, each storage once: those still alive when the backward
+    would start (a checkpointed region's recomputed activations are saved and freed again)."""
+    import weakref
+
     from matscale.models.physics import predict
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
-    seen: dict[int, int] = {}
+    saved: list[tuple[weakref.ref, int, int]] = []
 
     def pack(t: torch.Tensor) -> torch.Tensor:
         storage = t.untyped_storage()
         if storage.data_ptr() not in params:
-            seen[storage.data_ptr()] = storage.nbytes()
+            saved.append((weakref.ref(t), storage.data_ptr(), storage.nbytes()))
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         out = predict(model, graph, forces=True, create_graph=conservative)
         loss = out["energy_net"].sum() + out["forces"].pow(2).sum()
+    alive = {ptr: nbytes for ref, ptr, nbytes in saved if ref() is not None}
     del loss, out
-    return sum(seen.values())
+    return sum(alive.values())
 
 
 def _calibration_graphs(cutoff: float) -> list[Any]:
@@ -192,40 +202,35 @@ def saved_coefficients(
 
 
 def activation_coefficients(
-    cfg: EGNNConfig, *, checkpointing: bool, edge_chunk: int
+    cfg: EGNNConfig, *, checkpointing: bool
 ) -> tuple[float, float, float, float]:
-    """Saved bytes per atom and per edge of a training step of ``cfg`` with these
-    checkpointing settings, and one layer's bytes per atom and per edge without them
+    """Saved bytes per atom and per edge of a training step of ``cfg`` with or without
+    per-layer checkpointing, and one layer's bytes per atom and per edge without it
     (:func:`saved_coefficients`)."""
     from matscale.parallel.checkpointing import apply_ac
 
     conservative = cfg.force_head == "conservative"
 
-    def make(width: int, checkpoint: bool, chunk: int) -> torch.nn.Module:
-        model = EGNN(replace(cfg, width=width))
-        if checkpoint or chunk:
-            # a chunk below the calibration crystals' edge counts, as the run's is below its
-            apply_ac(model, edge_chunk=min(chunk, 64) if chunk else 0, whole_layers=checkpoint)
-        return model
+    def solve(checkpoint: bool) -> tuple[float, float]:
+        def make(width: int) -> torch.nn.Module:
+            model = EGNN(replace(cfg, width=width))
+            return apply_ac(model, whole_layers=True) if checkpoint else model
 
-    def solve(checkpoint: bool, chunk: int) -> tuple[float, float]:
         return saved_coefficients(
-            lambda w: make(w, checkpoint, chunk),
-            cutoff=cfg.cutoff,
-            conservative=conservative,
-            width=cfg.width,
+            make, cutoff=cfg.cutoff, conservative=conservative, width=cfg.width
         )
 
-    per_atom, per_edge = solve(checkpointing, edge_chunk)
-    full_atom, full_edge = solve(False, 0)
+    per_atom, per_edge = solve(checkpointing)
+    full_atom, full_edge = solve(False) if checkpointing else (per_atom, per_edge)
     return per_atom, per_edge, full_atom / cfg.depth, full_edge / cfg.depth
 
 
-def model_costs(cfg: EGNNConfig, *, checkpointing: bool = False, edge_chunk: int = 0) -> ModelCosts:
-    """:class:`ModelCosts` of matscale's EGNN ``cfg``."""
+def model_costs(cfg: EGNNConfig, *, checkpointing: bool = False) -> ModelCosts:
+    """:class:`ModelCosts` of matscale's EGNN ``cfg`` (edge chunks are not modelled: see
+    :func:`plan`)."""
     flops = forward_flops(cfg)
     saved_atom, saved_edge, layer_atom, layer_edge = activation_coefficients(
-        cfg, checkpointing=checkpointing, edge_chunk=edge_chunk
+        cfg, checkpointing=checkpointing
     )
     layer_params = _largest_layer(cfg)
     return ModelCosts(
@@ -317,6 +322,11 @@ def plan(
     else:
         volume = 2 * (w - 1) / w * grad_bytes
     comm_s = volume / (hardware.link_GBps * 1e9)
+    if par.edge_chunk:
+        notes.append(
+            "edge chunks are not modelled: activations are those without them, an upper bound "
+            "(measured: 0.49-0.53x of that peak at width 256, docs/training.md)"
+        )
     notes += [
         f"{atoms:,.0f} atoms and {edges:,.0f} edges per device per step "
         f"({edges_per_atom:.1f} edges per atom)",
@@ -336,7 +346,9 @@ def plan(
 
 
 def edges_per_atom_of(store_path: str) -> float | None:
-    """Mean directed edges per atom of a packed store at its cutoff (None if not a store)."""
+    """Directed edges per atom of a packed store at its cutoff, as the memory peak sees them:
+    the mean of its densest source (a batch drawn from it alone is the step that sets the
+    peak), or None if ``store_path`` is not a store."""
     from matscale.data.store import Store
     from matscale.errors import DataError
 
@@ -344,8 +356,15 @@ def edges_per_atom_of(store_path: str) -> float | None:
         store = Store(store_path)
     except (DataError, OSError):
         return None
-    atoms = float(np.sum(store.n_atoms, dtype=np.float64))
-    return float(np.sum(store.n_edges, dtype=np.float64)) / atoms if atoms else None
+    atoms = np.asarray(store.n_atoms, dtype=np.float64)
+    edges = np.asarray(store.n_edges, dtype=np.float64)
+    sources = np.asarray(store.source_ids)
+    ratios = [
+        edges[sources == k].sum() / atoms[sources == k].sum()
+        for k in range(len(store.sources))
+        if atoms[sources == k].sum() > 0
+    ]
+    return max(ratios) if ratios else None
 
 
 def format_plan(plan_: Plan, hardware: Hardware) -> str:

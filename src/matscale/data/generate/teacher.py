@@ -12,8 +12,8 @@ trained on, less the noble gases):
   zincblende, wurtzite and fluorite (a cation with an anion of :data:`ANIONS`) and CsCl (two
   metals); ternary cubic perovskite ABX3 and spinel AB2X4;
 - lattice: a first guess from covalent radii (nearest neighbours at r_A + r_B), then the
-  volume the teacher finds lowest in a two-stage scan (±16 %, then ±3 %) of the primitive
-  cell;
+  volume the teacher finds lowest in a scan of the primitive cell (:func:`relaxed`);
+  prototypes without a minimum in the scan, or denser than :data:`MAX_DENSITY`, are refused;
 - families: ``bulk`` (±3 % normal and ±2 % shear strain, rattled 0.02–0.10 Å), ``strained``
   (±10 % normal, ±5 % shear, rattled up to 0.15 Å), ``vacancy`` (one atom removed),
   ``surface`` (the cell opened by 10 Å of vacuum along one axis; no stress label) and
@@ -42,7 +42,8 @@ from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
 #: Bumped whenever the same seed would give other structures (see ``emt.VERSION``).
-VERSION = 1
+#: 2: prototypes too dense or without an energy minimum are refused.
+VERSION = 2
 #: Seconds per structure on one core (measured here with SevenNet-0), for scheduling.
 SECONDS_PER_STRUCTURE = 0.8
 #: Largest force component a label may have (eV/Å): beyond it the structure is skipped.
@@ -156,11 +157,15 @@ def make(
     families = list(FAMILY_WEIGHTS)
     out: list[Structure] = []
 
-    def room() -> int:
-        return n - len(out) - sum(skipped.values())
+    def room() -> int:  # prototypes refused are not structures: they do not count
+        return n - len(out) - sum(v for k, v in skipped.items() if k not in PROTOTYPE_SKIPS)
 
     while room() > 0:
         cell = relaxed(prototype(rng), calc)  # 10 teacher calls, shared by the cell's structures
+        refused = _refused(cell)
+        if refused:
+            skipped[refused] += 1
+            continue
         for _ in range(STRUCTURES_PER_CELL):
             if room() <= 0:
                 break
@@ -247,13 +252,71 @@ def spinel(a: str, b: str, x: str) -> Atoms:
 
 def relaxed(cell: Atoms, calc: Any) -> Atoms:
     """``cell`` scaled isotropically to the lowest energy the teacher finds: a coarse scan of
-    the lattice by ±16 %, then a fine one by ±3 % around its best (10 calls)."""
-    best = 1.0
-    for span in (0.16, 0.03):
-        scales = best * (1 + np.linspace(-span, span, 5))
-        energies = [_energy(_scaled(cell, s), calc) for s in scales]
-        best = float(scales[int(np.nanargmin(energies))]) if np.isfinite(energies).any() else 1.0
-    return _scaled(cell, best)
+    the lattice by ±16 %, moved on while its lowest point is at an end (at most
+    :data:`SCAN_MOVES` times: outwards by 16 % steps, inwards by 8 % steps down to
+    :data:`SCALE_FLOOR` of the radius guess), then a fine scan by ±3 % around the best
+    (10–22 calls). A cell whose curve does not turn is marked ``info["no_minimum"]``."""
+    best, turned, direction = 1.0, False, 0
+    scales = 1 + np.linspace(-0.16, 0.16, 5)
+    for _ in range(SCAN_MOVES + 1):
+        energies = np.array([_energy(_scaled(cell, s), calc) for s in scales])
+        if not np.isfinite(energies).any():
+            break
+        k = int(np.nanargmin(energies))
+        best = float(scales[k])
+        if direction < 0 and best <= SCALE_FLOOR + 1e-9:
+            break  # still falling at the floor: a collapse
+        # a moved window starts at the previous best, whose other side was higher: lowest
+        # there, or inside any window, the curve turns
+        if 0 < k < len(scales) - 1 or (direction and k == 0):
+            turned = True
+            break
+        if not direction:
+            direction = -1 if k == 0 else 1
+        if direction < 0:
+            # lowest at the compressed end: low-coordination prototypes (diamond, simple
+            # cubic) bind tighter than the radius guess, but teachers also have holes at short
+            # distances (energies that fall without end as atoms merge): scan down to
+            # SCALE_FLOOR of the guess, no further
+            scales = np.maximum(best * (1 - 0.08 * np.arange(5)), SCALE_FLOOR)
+        else:  # lowest at the expanded end: scan on beyond it (the guess was too tight)
+            scales = best * (1 + 0.16 * np.arange(5))
+    if turned:
+        fine = best * (1 + np.linspace(-0.03, 0.03, 5))
+        energies = np.array([_energy(_scaled(cell, s), calc) for s in fine])
+        if np.isfinite(energies).any():
+            best = float(fine[int(np.nanargmin(energies))])
+    out = _scaled(cell, best)
+    out.info["no_minimum"] = not turned
+    return out
+
+
+#: How often the coarse scan moves on when its lowest point is at an end, and the smallest
+#: scale of the radius guess it goes down to.
+SCAN_MOVES = 3
+SCALE_FLOOR = 0.6
+
+
+#: Densest cell a prototype may have (atoms/Å³): diamond has 0.18, no solid at ambient
+#: pressure beats 0.25. Elements that form molecular solids (H, N, O, halogens) put into a
+#: close-packed lattice at their covalent bond length land far above it, where a teacher's
+#: numbers mean nothing and a 5 Å neighbour list holds hundreds of atoms (one such cell
+#: stalled generation for minutes per structure).
+MAX_DENSITY = 0.25
+#: Why a prototype is refused before any of its structures is made (not counted as skipped
+#: structures: another prototype is drawn).
+TOO_DENSE = "prototype denser than 0.25 atoms/Å³"
+NO_MINIMUM = "prototype without an energy minimum in its scan"
+PROTOTYPE_SKIPS = (TOO_DENSE, NO_MINIMUM)
+
+
+def _refused(cell: Atoms) -> str:
+    """Why the relaxed prototype ``cell`` is not used, or ""."""
+    if len(cell) / cell.get_volume() > MAX_DENSITY:
+        return TOO_DENSE
+    if cell.info.get("no_minimum"):
+        return NO_MINIMUM
+    return ""
 
 
 def _scaled(cell: Atoms, s: float) -> Atoms:
