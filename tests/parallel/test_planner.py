@@ -92,3 +92,51 @@ def test_the_plan_verb(capsys) -> None:
     assert main([*args, "--utilisation", "2"]) == 2
     assert "--utilisation must lie in (0, 1]" in capsys.readouterr().err
     assert GiB == 2**30
+
+
+def _measured_peak(store, out, name: str, processes: int, overrides: list[str]) -> float:
+    """Peak RSS (MiB) of rank 0 of a short ``matscale train`` in fresh processes."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    args = ["-m", "matscale", "train", f"data.store={store}", f"out_dir={out}", f"name={name}",
+            "train.steps=3", "train.eval_every=100", "train.checkpoint_every=100",
+            "data.val_max_structures=4", *overrides, "--no-progress"]  # fmt: skip
+    if processes > 1:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
+               f"--master_port={port}", *args]  # fmt: skip
+    else:
+        cmd = [sys.executable, *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
+    return max(float(r["peak_rss_mib"]) for r in rows if "peak_rss_mib" in r)
+
+
+@pytest.mark.parametrize(
+    ("processes", "overrides"),
+    [
+        (1, ["model.width=192", "model.depth=2", "data.max_atoms=256"]),
+        (2, ["model.width=256", "model.depth=2", "data.max_atoms=192", "parallel.backend=fsdp"]),
+    ],
+)
+def test_planned_memory_of_measured_runs_within_15_percent(
+    tiny_store, tmp_path, processes: int, overrides: list[str]
+) -> None:
+    from matscale.parallel.commands import _with_heads
+    from matscale.parallel.planner import edges_per_atom_of
+
+    common = [f"data.store={tiny_store}", "model.cutoff=4.0", *overrides]
+    peak = _measured_peak(tiny_store, tmp_path, "run", processes, common[:1] + common[1:])
+    cfg = load(None, common)
+    costs = model_costs(_with_heads(cfg))
+    planned = plan(cfg, HARDWARE["cpu-2core"], processes, costs,
+                   edges_per_atom=edges_per_atom_of(str(tiny_store)), utilisation=0.1)  # fmt: skip
+    assert planned.total_bytes / 2**20 == pytest.approx(peak, rel=0.15)

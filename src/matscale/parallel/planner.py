@@ -75,12 +75,12 @@ class Hardware:
 
 
 #: Devices ``--hardware`` knows by name (vendor peaks; the CPU row is this machine, measured:
-#: 381 GFLOP/s fp32 on 2 cores by benchmarks/train_throughput.py, 0.27 GiB resident after
-#: importing matscale's training stack).
+#: 381 GFLOP/s fp32 on 2 cores by benchmarks/train_throughput.py; 0.36 GiB: the peak RSS of
+#: a training run of a width-8 model, whose state and activations are negligible).
 HARDWARE: dict[str, Hardware] = {
     h.name: h
     for h in (
-        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.27),
+        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.36),
         Hardware("a100-40gb", 40, 19.5, 312, 25.0),
         Hardware("a100-80gb", 80, 19.5, 312, 25.0),
         Hardware("h100-80gb", 80, 67, 989, 50.0),
