@@ -5,8 +5,8 @@ graphs: ~22.5 GB peak per GCD, ~55 s per iteration).
     .venv/bin/python benchmarks/planner_check.py --store data/store-default
 
 Measured runs: ``matscale train`` for a few steps (one process, and FSDP2 over two), peak
-resident memory per process (VmHWM, every process) against the planner's total for the same
-config and the store's edges per atom. The paper's run: its layer layout
+resident memory of rank 0 (the median of ``--repeats`` runs) against the planner's total for
+the same config and the store's edges per atom. The paper's run: its layer layout
 (``benchmarks/peers/paper_egnn.py``, direct forces) at width 3000 and depth 30, its costs
 measured the planner's way (saved bytes at widths 8 and 16, FLOPs counted by
 ``torch.utils.flop_counter`` at widths 8, 16 and 32 and fitted), with the batch the paper's
@@ -170,6 +170,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", default="data/store-default")
     p.add_argument("--skip-runs", action="store_true", help="only the paper's run")
+    p.add_argument("--repeats", type=int, default=3, help="runs of each measured config")
     args = p.parse_args()
     ratio = edges_per_atom_of(args.store)
     measured = []
@@ -178,7 +179,13 @@ def main() -> None:
             raise SystemExit(f"{args.store} is not a store: pack the default data first")
         with tempfile.TemporaryDirectory() as tmp:
             for name, processes, overrides in RUNS:
-                peak = measure_run(name, processes, overrides, args.store, Path(tmp))
+                # the same run's peak moves by up to ~10 % between repeats (the allocator's
+                # history): the median of a few is the figure
+                peaks = [
+                    measure_run(f"{name}-{k}", processes, overrides, args.store, Path(tmp))
+                    for k in range(args.repeats)
+                ]
+                peak = float(np.median(peaks))
                 cfg = load(None, [f"data.store={args.store}", *overrides, "train.ema_decay=0.99"])
                 from matscale.parallel.commands import _with_heads
 
@@ -190,13 +197,14 @@ def main() -> None:
                     "processes": processes,
                     "overrides": overrides,
                     "measured_peak_MiB": peak,
+                    "measured_peaks_MiB": peaks,
                     "planned_MiB": planned.total_bytes / 2**20,
                     "planned_breakdown_MiB": {k: v / 2**20 for k, v in planned.memory.items()},
                 }
                 row["error"] = row["planned_MiB"] / peak - 1
                 measured.append(row)
-                print(f"{name}: measured {peak:,.0f} MiB, planned {row['planned_MiB']:,.0f} MiB "
-                      f"({row['error']:+.0%})")  # fmt: skip
+                print(f"{name}: measured {peak:,.0f} MiB (median of {peaks}), planned "
+                      f"{row['planned_MiB']:,.0f} MiB ({row['error']:+.0%})")  # fmt: skip
     costs = paper_costs()
     paper = paper_plans(costs)
     print(f"paper's layout, width {PAPER['width']}, depth {PAPER['depth']}: "
