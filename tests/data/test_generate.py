@@ -213,3 +213,46 @@ def test_run_is_reproducible_across_workers_and_resumes(tmp_path: Path) -> None:
 def test_unknown_source() -> None:
     with pytest.raises(ValueError, match="unknown sources"):
         generate(Path("/nonexistent"), GenerateConfig(sizes={"dft": 3}), progress=False)
+
+
+def test_a_generation_worker_ends_with_its_parent(tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # a parent that starts a worker the way the generator does, then is killed
+    script = tmp_path / "parent.py"
+    script.write_text(
+        "import multiprocessing as mp, time\n"
+        "from matscale.data.generate.run import _quiet_worker\n"
+        "def work(path):\n"
+        "    import os\n"
+        "    open(path, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(600)\n"
+        "if __name__ == '__main__':\n"
+        "    ctx = mp.get_context('spawn')\n"
+        "    from concurrent.futures import ProcessPoolExecutor\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_quiet_worker)\n"
+        f"    pool.submit(work, {str(tmp_path / 'pid')!r})\n"
+        "    time.sleep(600)\n"
+    )
+    parent = subprocess.Popen([sys.executable, str(script)])
+    pid_file = tmp_path / "pid"
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.1)
+    worker = int(pid_file.read_text())
+    parent.send_signal(signal.SIGKILL)  # no clean-up at all: only the kernel can tell
+    parent.wait()
+    for _ in range(100):
+        try:
+            os.kill(worker, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        os.kill(worker, signal.SIGKILL)
+        raise AssertionError("the worker outlived its parent")

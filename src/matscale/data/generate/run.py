@@ -199,6 +199,25 @@ def _quiet_worker() -> None:
     import warnings
 
     warnings.simplefilter("ignore")  # ASE's deprecation notes, once per worker, say nothing new
+    end_with_parent()
+
+
+def end_with_parent() -> None:
+    """Ask Linux to send this process SIGTERM when its parent dies: a worker must not outlive
+    a stopped ``matscale data generate`` (an orphaned one labelled on for an hour, taking a
+    core from everything else). Nothing happens on other systems."""
+    import ctypes
+    import signal
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    except OSError:
+        return
+    pr_set_pdeathsig = 1
+    libc.prctl(pr_set_pdeathsig, signal.SIGTERM)
 
 
 def chunk_rng(seed: int, source: str, k: int) -> np.random.Generator:
