@@ -136,12 +136,24 @@ def test_the_scan_follows_a_minimum_beyond_its_window_and_refuses_a_collapse() -
     # energy falling without end as the cell shrinks (a teacher's hole): stopped at the floor
     scale, no_minimum = _relax_with(lambda s: s)
     assert no_minimum and scale == pytest.approx(teacher.SCALE_FLOOR)
+    # a plateau (constant energy; atoms beyond the teacher's reach) and a curve falling
+    # outwards without end are no minimum either
+    assert _relax_with(lambda s: 0.0)[1]
+    assert _relax_with(lambda s: -s) == (pytest.approx(teacher.SCALE_CEILING), True)
+    assert _relax_with(lambda s: max(0.0, 1.4 - s))[1]  # repulsive, then flat from 1.4
     cell = teacher.elemental("Cu", "fcc", 2.6)
     cell.info["no_minimum"] = True
     assert teacher._refused(cell) == teacher.NO_MINIMUM
     dense = teacher.elemental("H", "fcc", 0.62)  # H at its covalent bond length: 1.6 atoms/Å³
     dense.info["no_minimum"] = False
     assert teacher._refused(dense) == teacher.TOO_DENSE
+
+
+def test_a_teacher_that_never_binds_stops_generation_with_one_error(monkeypatch) -> None:
+    monkeypatch.setattr(teacher, "calculator", lambda t: None)
+    monkeypatch.setattr(teacher, "_energy", lambda atoms, calc: float("nan"))  # a broken install
+    with pytest.raises(RuntimeError, match=r"100 prototypes in a row refused.*SevenNet-0"):
+        teacher.make(teacher.SEVENNET, 5, np.random.default_rng(0), Counter())
 
 
 def test_generate_and_pack_a_teacher_source(tmp_path: Path) -> None:

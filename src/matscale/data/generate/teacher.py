@@ -42,8 +42,9 @@ from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
 #: Bumped whenever the same seed would give other structures (see ``emt.VERSION``).
-#: 2: prototypes too dense or without an energy minimum are refused.
-VERSION = 2
+#: 2: prototypes too dense or without an energy minimum are refused; 3: plateaus and cells
+#: beyond 1.6x the guess are no minimum.
+VERSION = 3
 #: Seconds per structure on one core (measured here with SevenNet-0), for scheduling.
 SECONDS_PER_STRUCTURE = 0.8
 #: Largest force component a label may have (eV/Å): beyond it the structure is skipped.
@@ -160,12 +161,20 @@ def make(
     def room() -> int:  # prototypes refused are not structures: they do not count
         return n - len(out) - sum(v for k, v in skipped.items() if k not in PROTOTYPE_SKIPS)
 
+    refused_in_a_row = 0
     while room() > 0:
         cell = relaxed(prototype(rng), calc)  # 10 teacher calls, shared by the cell's structures
         refused = _refused(cell)
         if refused:
             skipped[refused] += 1
+            refused_in_a_row += 1
+            if refused_in_a_row >= MAX_REFUSED_IN_A_ROW:  # a broken teacher, not bad luck
+                raise RuntimeError(
+                    f"{teacher.source}: {refused_in_a_row} prototypes in a row refused "
+                    f"({dict(skipped)}): is {teacher.name} ({teacher.package}) working?"
+                )
             continue
+        refused_in_a_row = 0
         for _ in range(STRUCTURES_PER_CELL):
             if room() <= 0:
                 break
@@ -253,9 +262,10 @@ def spinel(a: str, b: str, x: str) -> Atoms:
 def relaxed(cell: Atoms, calc: Any) -> Atoms:
     """``cell`` scaled isotropically to the lowest energy the teacher finds: a coarse scan of
     the lattice by ±16 %, moved on while its lowest point is at an end (at most
-    :data:`SCAN_MOVES` times: outwards by 16 % steps, inwards by 8 % steps down to
-    :data:`SCALE_FLOOR` of the radius guess), then a fine scan by ±3 % around the best
-    (10–22 calls). A cell whose curve does not turn is marked ``info["no_minimum"]``."""
+    :data:`SCAN_MOVES` times: outwards by 16 % steps up to :data:`SCALE_CEILING`, inwards by
+    8 % steps down to :data:`SCALE_FLOOR` of the radius guess), then a fine scan by ±3 %
+    around the best (10–22 calls). A cell whose curve does not turn, or turns on a plateau
+    (:data:`PLATEAU_EV`), is marked ``info["no_minimum"]``."""
     best, turned, direction = 1.0, False, 0
     scales = 1 + np.linspace(-0.16, 0.16, 5)
     for _ in range(SCAN_MOVES + 1):
@@ -266,10 +276,16 @@ def relaxed(cell: Atoms, calc: Any) -> Atoms:
         best = float(scales[k])
         if direction < 0 and best <= SCALE_FLOOR + 1e-9:
             break  # still falling at the floor: a collapse
+        if direction > 0 and best >= SCALE_CEILING - 1e-9:
+            break  # still falling at the ceiling: unbound
         # a moved window starts at the previous best, whose other side was higher: lowest
-        # there, or inside any window, the curve turns
-        if 0 < k < len(scales) - 1 or (direction and k == 0):
+        # there, or inside any window, the curve turns, if it is lower than its neighbours
+        # (a plateau, e.g. atoms beyond the teacher's cutoff, is no minimum)
+        inside = 0 < k < len(scales) - 1 or (direction and k == 0)
+        if inside and _strictly_lowest(energies, k, len(cell)):
             turned = True
+            break
+        if inside:
             break
         if not direction:
             direction = -1 if k == 0 else 1
@@ -280,7 +296,7 @@ def relaxed(cell: Atoms, calc: Any) -> Atoms:
             # SCALE_FLOOR of the guess, no further
             scales = np.maximum(best * (1 - 0.08 * np.arange(5)), SCALE_FLOOR)
         else:  # lowest at the expanded end: scan on beyond it (the guess was too tight)
-            scales = best * (1 + 0.16 * np.arange(5))
+            scales = np.minimum(best * (1 + 0.16 * np.arange(5)), SCALE_CEILING)
     if turned:
         fine = best * (1 + np.linspace(-0.03, 0.03, 5))
         energies = np.array([_energy(_scaled(cell, s), calc) for s in fine])
@@ -291,10 +307,23 @@ def relaxed(cell: Atoms, calc: Any) -> Atoms:
     return out
 
 
-#: How often the coarse scan moves on when its lowest point is at an end, and the smallest
-#: scale of the radius guess it goes down to.
+#: How often the coarse scan moves on when its lowest point is at an end, and the smallest and
+#: largest scales of the radius guess it goes to (covalent radii underestimate the spacing of
+#: alkali metals by at most ~10 %; 1.6x is an unbound cell).
 SCAN_MOVES = 3
 SCALE_FLOOR = 0.6
+SCALE_CEILING = 1.6
+#: How much lower than both neighbours (eV/atom) a scan's lowest point must be to be a minimum.
+PLATEAU_EV = 1e-4
+#: Prototypes refused one after another before generation stops as broken.
+MAX_REFUSED_IN_A_ROW = 100
+
+
+def _strictly_lowest(energies: np.ndarray, k: int, atoms: int) -> bool:
+    """Whether ``energies[k]`` (eV) is below its scanned neighbours by :data:`PLATEAU_EV` per
+    atom (a neighbour outside the window was higher by construction)."""
+    around = [energies[j] for j in (k - 1, k + 1) if 0 <= j < len(energies)]
+    return all(np.isfinite(e) and e - energies[k] > PLATEAU_EV * atoms for e in around)
 
 
 #: Densest cell a prototype may have (atoms/Å³): diamond has 0.18, no solid at ambient
