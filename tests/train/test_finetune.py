@@ -114,9 +114,22 @@ def test_replay_trains_on_the_pretraining_data_at_its_share(
     assert main(args) == 0
     cfg = load(tmp_path / "rp" / "config.yaml", [])
     assert cfg.data.store == str(tmp_path / "rp" / REPLAY_STORE)
-    assert cfg.data.mixture == pytest.approx({"emt-replay": 0.6, "emt": 0.2, "mol": 0.2})
+    # the replayed sources by their sizes (the tiny model's run set no mixture): 40 and 24
+    assert cfg.data.mixture == pytest.approx({"emt-replay": 0.6, "emt": 0.25, "mol": 0.15})
     combined = Store(cfg.data.store)
-    assert len(combined) == len(Store(store)) + len(Store(tiny_store))
+    n_new = len(Store(store))
+    assert len(combined) == n_new + len(Store(tiny_store))
+    # the new data is split as it would be alone; the replayed store as its model was trained:
+    # none of the pretraining validation or test structures is trained on
+    splits = make_splits(combined, cfg.data)
+    alone = make_splits(Store(store), load(None, [f"data.store={store}"]).data)
+    assert np.array_equal(splits.train[splits.train < n_new], alone.train)
+    assert np.array_equal(splits.val[splits.val < n_new], alone.val)
+    pre_cfg = load(trained.parent / "config.yaml", [])
+    pre = make_splits(Store(tiny_store), pre_cfg.data)
+    replayed_train = splits.train[splits.train >= n_new] - n_new
+    assert np.array_equal(replayed_train, pre.train)
+    assert not set(replayed_train) & (set(pre.val) | set(pre.test))
     # an epoch of the training sampler draws each source at its share
     sampler = sampler_for(
         combined,

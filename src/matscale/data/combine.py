@@ -8,7 +8,10 @@ present in two inputs must have been labelled the same way (``labelled_by``) in 
 packing; stores packed at different cutoffs are refused.
 
 The combined store records its inputs (``combined_from`` in ``parts/``): calling again with the
-same inputs returns it as it is (a resumed fine-tuning run), other inputs are refused.
+same inputs returns it as it is (a resumed fine-tuning run), other inputs are refused. It also
+records, per input, the split it keeps (:func:`combined_parts`): a replayed pretraining store
+keeps the split its model was trained with, so that its validation and test structures are
+never trained on (``matscale.train.data.make_splits`` reads it).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from matscale.data.store import META, Store, merge_parts, write_json_atomic
 from matscale.errors import DataError
@@ -26,13 +30,23 @@ from matscale.errors import DataError
 RECORD = "combined_from.json"
 
 
-def combine_stores(stores: Sequence[str | Path], out: str | Path) -> Store:
-    """A store at ``out`` holding every structure of ``stores`` (in that order)."""
+def combine_stores(
+    stores: Sequence[str | Path],
+    out: str | Path,
+    splits: Sequence[dict[str, Any] | None] | None = None,
+) -> Store:
+    """A store at ``out`` holding every structure of ``stores`` (in that order). ``splits``
+    gives, per input, the split settings it keeps (``split``, ``split_seed``,
+    ``holdout_families``: a pretraining run's), or None for the run's own."""
     out = Path(out)
     inputs = [_identity(Path(s)) for s in stores]
+    splits = list(splits) if splits is not None else [None] * len(inputs)
+    if len(splits) != len(inputs):
+        raise ValueError(f"{len(inputs)} stores but {len(splits)} split settings")
+    content = {"inputs": inputs, "splits": splits}
     record = out / "parts" / RECORD
     if (out / META).exists():
-        if record.exists() and json.loads(record.read_text()) == inputs:
+        if record.exists() and json.loads(record.read_text()) == content:
             return Store(out)
         raise DataError(
             "exists and is not the combination of these stores (delete it to combine again)",
@@ -62,9 +76,22 @@ def combine_stores(stores: Sequence[str | Path], out: str | Path) -> Store:
         (tmp / "parts" / f"{stem}.json").write_text(json.dumps(part))
         shutil.copyfile(part_file.with_suffix(".stats.npz"), tmp / "parts" / f"{stem}.stats.npz")
     merge_parts(tmp)
-    write_json_atomic(tmp / "parts" / RECORD, inputs)
+    write_json_atomic(tmp / "parts" / RECORD, content)
     os.replace(tmp, out)
     return Store(out)
+
+
+def combined_parts(store: str | Path) -> list[tuple[int, dict[str, Any] | None]] | None:
+    """For a combined store, each input's structures (in order) and the split settings it
+    keeps (None: the run's own); None for any other store."""
+    record = Path(store) / "parts" / RECORD
+    if not record.is_file():
+        return None
+    content = json.loads(record.read_text())
+    return [
+        (int(i["n_structures"]), split)
+        for i, split in zip(content["inputs"], content["splits"], strict=True)
+    ]
 
 
 def _identity(path: Path) -> dict[str, object]:

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 from torch.utils.data import DataLoader
 
 from matscale.config import DataConfig
 from matscale.data.batch import GraphDataset, make_loader
+from matscale.data.combine import combined_parts
 from matscale.data.sampler import BatchSampler, SamplerConfig
 from matscale.data.split import family_holdout, nested_fraction, split_indices
 from matscale.data.store import Store
@@ -25,14 +27,46 @@ class Splits:
     test: np.ndarray
     holdout: np.ndarray
 
+    FIELDS = ("train", "val", "test", "holdout")
+
 
 def make_splits(store: Store, cfg: DataConfig) -> Splits:
     """Random train/val/test split (fixed by ``split_seed``), the nested training fraction,
-    and the held-out families removed from all three and kept apart."""
-    train, val, test = split_indices(len(store), cfg.split, seed=cfg.split_seed)
+    and the held-out families removed from all three and kept apart.
+
+    A combined store (fine-tuning with replay, :mod:`matscale.data.combine`) is split input by
+    input: the run's own data by ``cfg``, a replayed store by the settings it was trained
+    with, so that none of its validation, test or held-out structures is trained on."""
+    parts = combined_parts(store.path)
+    if parts is None:
+        return _split_block(store, cfg, 0, len(store), strict=True)
+    blocks, start = [], 0
+    for n, settings in parts:
+        own = settings is None
+        block_cfg = cfg if own else replace(cfg, fraction=1.0, **_split_settings(settings))
+        blocks.append(_split_block(store, block_cfg, start, n, strict=own))
+        start += n
+    return Splits(*(np.concatenate([getattr(b, f) for b in blocks]) for f in Splits.FIELDS))
+
+
+def _split_settings(settings: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "split": tuple(settings["split"]),
+        "split_seed": int(settings["split_seed"]),
+        "holdout_families": tuple(settings.get("holdout_families", ())),
+    }
+
+
+def _split_block(store: Store, cfg: DataConfig, start: int, n: int, *, strict: bool) -> Splits:
+    """:func:`make_splits` of the ``n`` structures from ``start`` on (global indices);
+    ``strict``: a held-out family the store lacks is an error (a replayed store's settings
+    may name families of the pretraining run's other sources)."""
+    train, val, test = split_indices(n, cfg.split, seed=cfg.split_seed)
     holdout = np.zeros(0, dtype=np.int64)
     if cfg.holdout_families:
-        _, holdout = family_holdout(store.family_ids, store.families, list(cfg.holdout_families))
+        families = [f for f in cfg.holdout_families if strict or f in store.families]
+        ids = store.family_ids[start : start + n]
+        _, holdout = family_holdout(ids, store.families, families)
         train, val, test = (np.setdiff1d(x, holdout) for x in (train, val, test))
     if cfg.fraction < 1.0:
         train = nested_fraction(train, cfg.fraction, seed=cfg.split_seed)
@@ -43,7 +77,9 @@ def make_splits(store: Store, cfg: DataConfig) -> Splits:
             return x
         return np.sort(rng.choice(x, cfg.val_max_structures, replace=False))
 
-    return Splits(train=train, val=cap(val), test=cap(test), holdout=cap(holdout))
+    return Splits(
+        *(x + start for x in (train, cap(val), cap(test), cap(holdout)))  # type: ignore[arg-type]
+    )
 
 
 def sampler_for(

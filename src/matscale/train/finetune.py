@@ -21,8 +21,10 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
+
 from matscale.calc.model_file import Potential, load_potential
-from matscale.config import RunConfig
+from matscale.config import DataConfig, RunConfig
 from matscale.data.store import Store
 from matscale.data.transform import GraphSettings
 from matscale.errors import ConfigError
@@ -112,12 +114,17 @@ REPLAY_STORE = "replay-store"
 def with_replay(cfg: RunConfig, replay: str | Path, share: float) -> RunConfig:
     """``cfg`` (a fine-tuning run on ``cfg.data.store``) training on the union of its store and
     the pretraining store ``replay``, a share ``share`` of each epoch drawn from ``replay``'s
-    sources (split evenly among them) and the rest from the new data's (likewise).
+    sources and the rest from the new data's (the new sources evenly; the replayed ones as the
+    pretraining run weighed them, its ``data.mixture``, or else by their sizes, so that a small
+    source is not repeated dozens of times).
 
-    The union is built once in the run directory and reused when the run resumes. Refused:
-    a share outside (0, 1), a ``data.mixture`` set by hand, a replay source the trained model
-    has no head for (there is nothing of it to keep), a source in both stores (its share
-    could not be set)."""
+    The replayed store keeps the split its model was trained with (``split``, ``split_seed``,
+    ``holdout_families`` of the model file's run config): its validation, test and held-out
+    structures stay out of training, so the old heads' errors measure forgetting on data they
+    never saw; the new data is split by ``cfg`` as it would be alone. The union is built once
+    in the run directory and reused when the run resumes. Refused: a share outside (0, 1), a
+    ``data.mixture`` set by hand, a replay source the trained model has no head for (there is
+    nothing of it to keep), a source in both stores (its share could not be set)."""
     from matscale.data.combine import combine_stores
     from matscale.data.store import META
     from matscale.parallel.distributed import launch_position
@@ -127,7 +134,8 @@ def with_replay(cfg: RunConfig, replay: str | Path, share: float) -> RunConfig:
     if cfg.data.mixture is not None:
         raise ConfigError("data.mixture is set by the replay share; do not set both")
     new, old = Store(cfg.data.store), Store(replay)
-    heads = trained_potential(cfg).model.config.heads
+    pre = trained_potential(cfg)
+    heads = pre.model.config.heads
     foreign = sorted(set(old.sources) - set(heads))
     if foreign:
         raise ConfigError(
@@ -140,13 +148,24 @@ def with_replay(cfg: RunConfig, replay: str | Path, share: float) -> RunConfig:
             f"sources {both} are in both {cfg.data.store} and the replay store {replay}: the "
             "replay share cannot be set per store; pack the new data under another source name"
         )
+    pre_data = pre.info.get("run_config", {}).get("data", {})
+    defaults = DataConfig()
+    pre_split = {
+        "split": list(pre_data.get("split", defaults.split)),
+        "split_seed": int(pre_data.get("split_seed", defaults.split_seed)),
+        "holdout_families": list(pre_data.get("holdout_families", ())),
+    }
     combined = cfg.run_dir / REPLAY_STORE
     if launch_position().main:  # one process combines; the others wait for it
-        combine_stores([cfg.data.store, replay], combined)
+        combine_stores([cfg.data.store, replay], combined, splits=[None, pre_split])
     else:
         _wait_for(combined / META)
+    weights = pre_data.get("mixture") or {s: float(np.sum(old.source_ids == k))
+                                          for k, s in enumerate(old.sources)}  # fmt: skip
+    replayed = {s: float(weights.get(s, 0.0)) for s in old.sources}
+    total = sum(replayed.values()) or 1.0
     mixture = {s: (1 - share) / len(new.sources) for s in new.sources}
-    mixture |= {s: share / len(old.sources) for s in old.sources}
+    mixture |= {s: share * w / total for s, w in replayed.items()}
     return replace(cfg, data=replace(cfg.data, store=str(combined), mixture=mixture))
 
 
