@@ -66,20 +66,61 @@ def _assert_same(got: dict, want: dict) -> None:
         np.testing.assert_allclose(got["stress"], want["stress"], atol=2e-7)
 
 
-def test_every_atom_is_owned_once_and_ghosts_reach_the_receptive_field(tiny_model: Path) -> None:
-    potential = load_potential(tiny_model)
-    s = as_structure(_structures()["periodic"])
-    reach = halo(potential)
-    owners = np.zeros(len(s.numbers), dtype=int)
+@pytest.mark.parametrize("name", ["periodic", "sheared", "slab", "cluster", "vacuum"])
+def test_every_atom_is_owned_once_and_every_neighbour_within_the_halo_is_there(
+    tiny_model: Path, name: str
+) -> None:
+    from ase.geometry import complete_cell
+    from ase.neighborlist import neighbor_list
+
+    atoms = _structures()[name] if name != "vacuum" else _vacuum_slab()
+    s = as_structure(atoms)
+    reach = halo(load_potential(tiny_model))
+    i_all, j_all, d_all = neighbor_list("ijD", atoms, reach - 0.01)
+    owners = np.zeros(len(atoms), dtype=int)
     for rank in range(3):
         d = decompose(s, rank, 3, reach)
         owners[d.index[d.owned]] += 1
-        assert d.n_ghosts > 0 and not d.structure.pbc[d.axis] and d.structure.pbc.sum() == 2
-        # every atom (image) within the halo of an owned atom is in the domain
         local = d.structure.positions
-        owned, ghosts = local[d.owned], local[~d.owned]
-        assert np.linalg.norm(owned[:, None] - ghosts[None], axis=-1).min() < reach
+        cell = complete_cell(d.structure.cell)
+        for k in np.flatnonzero(d.owned):  # each owned atom's whole neighbourhood
+            i = d.index[k]
+            for j, vec in zip(j_all[i_all == i], d_all[i_all == i], strict=True):
+                # an image of j at the neighbour's place: exactly, or up to a lattice vector
+                # along the directions the local structure is still periodic in
+                frac = np.linalg.solve(cell.T, (local[k] + vec - local[d.index == j]).T).T
+                whole = np.abs(frac - np.rint(frac)) < 1e-6
+                fits = np.where(d.structure.pbc, whole, np.abs(frac) < 1e-6).all(axis=1)
+                assert fits.any(), (name, rank, i, j)
+        assert 1 <= d.n_owned <= len(atoms) // 3 + 1  # equal atom counts
     assert (owners == 1).all()
+
+
+def _vacuum_slab() -> Atoms:
+    """A slab periodic in all three directions with 20 Å of vacuum along z."""
+    slab = _alloy((3, 3, 2), 5)
+    slab.center(vacuum=10.0, axis=2)
+    return slab
+
+
+def test_a_periodic_slab_is_not_cut_along_its_vacuum_and_odd_inputs_work(
+    tiny_model: Path,
+) -> None:
+    potential = load_potential(tiny_model)
+    slab = _vacuum_slab()
+    assert decompose(as_structure(slab), 0, 2, halo(potential)).axis != 2
+    # more processes than atoms: the extra ones own nothing and add nothing
+    pair = Atoms("Cu2", positions=[[0, 0, 0], [2.5, 0, 0]])
+    flats = [domain_terms(potential, as_structure(pair), r, 4, head="emt") for r in range(4)]
+    assert sum(float(f.abs().sum()) == 0 for f in flats) == 2
+    _assert_same(unpack(sum(flats), 2, stress=False), _whole(tiny_model, pair))
+    # a 2D-periodic cell whose third vector is zero (ASE allows it)
+    flat = _alloy((3, 3, 1), 6)
+    flat.cell[2] = 0.0
+    flat.pbc = (True, True, False)
+    got = unpack(sum(domain_terms(potential, as_structure(flat), r, 2, head="emt")
+                     for r in range(2)), len(flat), stress=False)  # fmt: skip
+    _assert_same(got, _whole(tiny_model, flat))
 
 
 @pytest.mark.parametrize("name", ["periodic", "sheared", "slab", "cluster"])

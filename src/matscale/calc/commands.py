@@ -176,14 +176,26 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _md(args: argparse.Namespace) -> int:
-    import sys
-
-    from matscale.calc.dynamics import MDConfig, energy_drift, run_md
     from matscale.parallel.distributed import Dist, finish, init_distributed
 
     # under --domains every process runs this same MD; the forces (all-reduced) and so the
     # trajectories are identical on all of them, and rank 0 writes
     d = init_distributed("gloo") if args.domains else Dist()
+    if args.domains:  # each process on its own device: NCCL with one GPU per process, or gloo
+        args.device = str(d.device)
+    try:
+        return _run_md(args, d)
+    except BaseException:
+        finish(failed=True)  # leave at once: the peers' collectives fail instead of waiting
+        raise
+
+
+def _run_md(args: argparse.Namespace, d: Any) -> int:
+    import sys
+
+    from matscale.calc.dynamics import MDConfig, energy_drift, run_md
+    from matscale.parallel.distributed import finish
+
     atoms = _read_structure(args.structure, args.index)
     atoms.calc = _calculator(args, needs_stress="NPT" if args.ensemble == "npt" else "")
     if not atoms.calc.potential.conservative:

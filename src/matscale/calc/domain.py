@@ -20,21 +20,23 @@ script on every rank (the LAMMPS-like "replicated atoms, distributed work"). Res
 the single-process model to float32 round-off (tests/calc/test_domain.py, 2 processes,
 periodic and not).
 
-The slab axis is the cell vector with the largest perpendicular width (periodic along it) or
-the Cartesian axis with the largest extent (not periodic); slabs are equal in width, not in
-atoms. Along that axis each local structure is not periodic (its images are explicit ghosts);
-the other two axes keep the structure's periodicity.
+The slab axis is the periodic cell vector along which the atoms span the most (the cell's
+perpendicular width less its largest empty gap: a slab with vacuum along a periodic axis is
+not cut through its vacuum), or without periodicity the Cartesian axis of largest extent;
+the cuts give every process the same number of atoms (one more at most). Along that axis each
+local structure is not periodic (its images are explicit ghosts); the other two axes keep the
+structure's periodicity.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
 import torch.distributed as dist
 
-from matscale.calc.inference import as_structure, predict_graph
+from matscale.calc.inference import as_structure, head_for, predict_graph
 from matscale.calc.model_file import Potential
 from matscale.data.batch import collate
 from matscale.data.structure import Structure
@@ -73,8 +75,9 @@ def halo(potential: Potential) -> float:
 
 
 def decompose(s: Structure, rank: int, world: int, halo_A: float) -> Domain:
-    """Process ``rank``'s domain of ``s`` cut into ``world`` slabs, with ghosts within
-    ``halo_A`` Å of its slab."""
+    """Process ``rank``'s domain of ``s`` cut into ``world`` slabs of equal atom counts, with
+    ghosts within ``halo_A`` Å of its slab. A rank with no atom (more ranks than atoms) gets
+    an empty domain."""
     if not 0 <= rank < world:
         raise ValueError(f"rank {rank} is not in 0..{world - 1}")
     n = len(s.numbers)
@@ -82,38 +85,32 @@ def decompose(s: Structure, rank: int, world: int, halo_A: float) -> Domain:
         return Domain(structure=s, index=np.arange(n), owned=np.ones(n, dtype=bool), axis=-1)
     cell, pbc = np.asarray(s.cell, float), np.asarray(s.pbc, bool)
     positions = np.asarray(s.positions, float)
-    if pbc.any():
-        inverse_t = np.linalg.inv(cell)  # rows: reciprocal vectors / 2π
-        widths = 1.0 / np.linalg.norm(inverse_t.T, axis=1)  # slab widths |V| / |a_j × a_k|
-        widths = np.where(pbc, widths, 0.0)
-        axis = int(np.argmax(widths))
-        frac = positions @ inverse_t
-        wrap = np.floor(frac[:, axis])
-        coord = frac[:, axis] - wrap  # wrapped into [0, 1), the positions with it
-        positions = positions - wrap[:, None] * cell[axis][None, :]
-        lo, hi, reach = rank / world, (rank + 1) / world, halo_A / widths[axis]
-        images = int(np.ceil(reach)) + 1
-    else:
-        extent = positions.max(0) - positions.min(0)
-        axis = int(np.argmax(extent))
-        start, width = positions[:, axis].min(), max(extent[axis], 1e-9)
-        coord = (positions[:, axis] - start) / width
-        lo, hi, reach = rank / world, (rank + 1) / world, halo_A / width
-        images = 0
-        coord = np.minimum(coord, np.nextafter(1.0, 0.0))  # the last atom into the last slab
-    owned = (coord >= lo) & (coord < hi)
-    local = [np.flatnonzero(owned)]
-    shifts = [np.zeros(owned.sum(), dtype=int)]
-    for n in range(-images, images + 1):
-        shifted = coord + n
-        ghost = (shifted >= lo - reach) & (shifted < hi + reach)
-        if n == 0:
-            ghost &= ~owned
+    axis, coord, width, step, moved = _slab_axis(positions, cell, pbc)
+    periodic = bool(pbc[axis])
+    positions = positions + moved[:, None] * step[None, :]  # each atom at its coordinate
+    order = np.argsort(coord, kind="stable")
+    first, last = rank * n // world, (rank + 1) * n // world
+    mine = np.zeros(n, dtype=bool)
+    mine[order[first:last]] = True
+    if not mine.any():
+        return Domain(
+            structure=replace(s, numbers=s.numbers[:0], positions=positions[:0]),
+            index=np.zeros(0, dtype=np.int64),
+            owned=np.zeros(0, dtype=bool),
+            axis=axis,
+        )
+    lo, hi, reach = coord[mine].min(), coord[mine].max(), halo_A / width
+    images = int(np.ceil(reach)) + 1 if periodic else 0
+    local, shifts = [np.flatnonzero(mine)], [np.zeros(int(mine.sum()), dtype=int)]
+    for k in range(-images, images + 1):
+        shifted = coord + k
+        ghost = (shifted >= lo - reach) & (shifted <= hi + reach)
+        if k == 0:
+            ghost &= ~mine
         local.append(np.flatnonzero(ghost))
-        shifts.append(np.full(ghost.sum(), n))
+        shifts.append(np.full(int(ghost.sum()), k))
     index = np.concatenate(local)
-    shift = np.concatenate(shifts)
-    pos = positions[index] + shift[:, None] * cell[axis][None, :]
+    pos = positions[index] + np.concatenate(shifts)[:, None] * step[None, :]
     local_pbc = pbc.copy()
     local_pbc[axis] = False
     structure = Structure(
@@ -124,9 +121,57 @@ def decompose(s: Structure, rank: int, world: int, halo_A: float) -> Domain:
         source=s.source,
         key=s.key,
     )
-    mask = np.zeros(len(index), dtype=bool)
-    mask[: len(local[0])] = True
-    return Domain(structure=structure, index=index, owned=mask, axis=axis)
+    owned = np.zeros(len(index), dtype=bool)
+    owned[: len(local[0])] = True
+    return Domain(structure=structure, index=index, owned=owned, axis=axis)
+
+
+def _fractional(positions: np.ndarray, cell: np.ndarray, axis: int) -> np.ndarray:
+    """Fractional coordinate [N] along cell vector ``axis`` (zero vectors of non-periodic
+    directions completed by orthogonal unit vectors, as ASE does)."""
+    from ase.geometry import complete_cell
+
+    return np.linalg.solve(complete_cell(cell).T, positions.T).T[:, axis]
+
+
+def _slab_axis(
+    positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray
+) -> tuple[int, np.ndarray, float, np.ndarray, np.ndarray]:
+    """The axis to cut along, each atom's coordinate along it, the length (Å) one unit of that
+    coordinate spans, the cell vector an image is shifted by (zero if not periodic), and by
+    how many of those vectors each atom moves to sit at its coordinate (wrapping).
+
+    Periodic axes come first, and among them the one whose atoms span the most: the
+    perpendicular width of the cell less its largest empty gap (a slab with vacuum along a
+    periodic axis is not cut along its vacuum). Coordinates are fractional, rotated so that
+    the largest gap straddles the cell boundary. Without a periodic axis: the Cartesian axis
+    of largest extent."""
+    if pbc.any():
+        from ase.geometry import complete_cell
+
+        full = complete_cell(cell)
+        widths = np.abs(np.linalg.det(full)) / np.linalg.norm(
+            np.cross(full[[1, 2, 0]], full[[2, 0, 1]]), axis=1
+        )  # perpendicular width of the cell along each vector
+        best: tuple[float, int, np.ndarray, np.ndarray] | None = None
+        for a in np.flatnonzero(pbc):
+            f = _fractional(positions, cell, int(a))
+            u = f - np.floor(f)
+            ordered = np.sort(u)
+            gaps = np.diff(np.concatenate([ordered, ordered[:1] + 1.0]))
+            g = int(np.argmax(gaps))
+            start = ordered[(g + 1) % len(ordered)]  # the first atom after the largest gap
+            span = widths[a] * (1.0 - gaps[g])
+            coord = (u - start) % 1.0
+            if best is None or span > best[0] + 1e-9:
+                best = (span, int(a), coord, np.rint(coord + start - f))
+        assert best is not None
+        _, axis, coord, moved = best
+        return axis, coord, float(widths[axis]), cell[axis].copy(), moved
+    extent = positions.max(0) - positions.min(0)
+    axis = int(np.argmax(extent))
+    coord = positions[:, axis] - positions[:, axis].min()
+    return axis, coord, 1.0, np.zeros(3), np.zeros(len(positions))
 
 
 def predict_domain(
@@ -164,14 +209,17 @@ def domain_terms(
     if not potential.conservative:
         raise ValueError("domain decomposition needs a conservative model (forces = −∂E/∂x)")
     domain = decompose(s, rank, world, halo(potential))
-    head_index = potential.graph.head_index(head or potential.info.get("default_head"))
+    n = len(s.numbers)
+    size = 4 * n + (6 if stress else 0)
+    if not domain.n_owned:  # more processes than atoms: this one adds nothing
+        return torch.zeros(size, dtype=torch.float64, device=potential.device)
+    head_index = head_for(potential, s, head)
     graph = collate([potential.graph.sample(domain.structure, head_index)])
     # the stress of the local graph is the strain derivative of the owned energies: the
     # physics code reports it for cells periodic in x, y and z, which the whole structure is
     graph = _with_pbc(graph, np.asarray(s.pbc, bool))
     owned = torch.from_numpy(domain.owned).to(potential.device)
     out = predict_graph(potential, graph, forces=True, stress=stress, owned=owned)
-    n = len(s.numbers)
     device = out["forces"].device
     index = torch.from_numpy(domain.index).to(device)
     forces = torch.zeros(n, 3, dtype=torch.float64, device=device)
