@@ -150,6 +150,8 @@ def main() -> None:
     if args.worker:
         worker(args)
         return
+    if 1 not in args.processes:
+        p.error("--processes must include 1: speed-ups are against one process")
     strong, weak, reference = [], [], []
     for n in args.atoms:
         for threads in sorted({1, max(args.processes)}):

@@ -91,6 +91,12 @@ def test_the_plan_verb(capsys) -> None:
     assert "edges per atom 40 (no store: assumed)" in out
     assert main([*args, "--utilisation", "2"]) == 2
     assert "--utilisation must lie in (0, 1]" in capsys.readouterr().err
+    assert main([*args, "--edges-per-atom", "0"]) == 2
+    assert "--edges-per-atom must be positive" in capsys.readouterr().err
+    assert main(["plan", "model.width=64", "data.store=nowhere", "--devices", "4"]) == 2
+    assert "parallel.backend=none: one process trains alone" in capsys.readouterr().err
+    bf16 = ["plan", "model.width=64", "data.store=nowhere", "parallel.precision=bf16"]
+    assert main(bf16) == 0 and "upper bound under bf16" in capsys.readouterr().out
     assert GiB == 2**30
 
 

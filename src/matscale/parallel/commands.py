@@ -56,7 +56,14 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError(f"--devices must be at least 1, got {args.devices}")
     if not 0 < args.utilisation <= 1:
         raise ConfigError(f"--utilisation must lie in (0, 1], got {args.utilisation}")
-    ratio = args.edges_per_atom or edges_per_atom_of(cfg.data.store)
+    if args.edges_per_atom is not None and not args.edges_per_atom > 0:
+        raise ConfigError(f"--edges-per-atom must be positive, got {args.edges_per_atom}")
+    if args.devices > 1 and cfg.parallel.backend == "none":
+        raise ConfigError(
+            f"--devices {args.devices} with parallel.backend=none: one process trains alone; "
+            "set parallel.backend=ddp, fsdp or deepspeed"
+        )
+    ratio = args.edges_per_atom or edges_per_atom_of(cfg.data.store, cfg.model.cutoff)
     note = "" if args.edges_per_atom or ratio else " (no store: assumed)"
     ratio = ratio or 40.0
     model = cfg.model if cfg.model.heads else _with_heads(cfg)

@@ -322,6 +322,11 @@ def plan(
     else:
         volume = 2 * (w - 1) / w * grad_bytes
     comm_s = volume / (hardware.link_GBps * 1e9)
+    if par.precision == "bf16":
+        notes.append(
+            "activations as measured in float32: an upper bound under bf16 autocast (the "
+            "geometry and force terms stay float32)"
+        )
     if par.edge_chunk:
         notes.append(
             "edge chunks are not modelled: activations are those without them, an upper bound "
@@ -345,10 +350,11 @@ def plan(
     )
 
 
-def edges_per_atom_of(store_path: str) -> float | None:
-    """Directed edges per atom of a packed store at its cutoff, as the memory peak sees them:
-    the mean of its densest source (a batch drawn from it alone is the step that sets the
-    peak), or None if ``store_path`` is not a store."""
+def edges_per_atom_of(store_path: str, cutoff: float | None = None) -> float | None:
+    """Directed edges per atom of a packed store, as the memory peak sees them: the mean of
+    its densest source (a batch drawn from it alone is the step that sets the peak), or None
+    if ``store_path`` is not a store. Counted at the store's cutoff, and scaled by the cube of
+    ``cutoff`` / the store's when the model's is shorter (neighbours grow with the volume)."""
     from matscale.data.store import Store
     from matscale.errors import DataError
 
@@ -364,7 +370,10 @@ def edges_per_atom_of(store_path: str) -> float | None:
         for k in range(len(store.sources))
         if atoms[sources == k].sum() > 0
     ]
-    return max(ratios) if ratios else None
+    if not ratios:
+        return None
+    scale = min(1.0, (cutoff / store.cutoff) ** 3) if cutoff else 1.0
+    return max(ratios) * scale
 
 
 def format_plan(plan_: Plan, hardware: Hardware) -> str:

@@ -136,10 +136,12 @@ def chain(
     """A zigzag chain of ``n`` carbons in ideal tetrahedral geometry, each hydrogen replaced
     with the probabilities of ``substituents`` (group names of :data:`GROUPS`), randomly
     oriented. ``conformer`` turns each backbone bond by a random torsion of
-    :data:`TORSIONS` and keeps every pair of atoms not bonded to each other apart (see
-    :func:`_apart`): a group that would not fit stays a hydrogen, a hydroxyl or thiol hydrogen
-    takes the other side, a torsion that would not fit is not made. Without it the chain is
-    the one ``xtb-molecules`` has always made (the same seed gives the same molecule)."""
+    :data:`TORSIONS` and keeps atoms apart (see :func:`_apart`): a group placed too close to
+    any atom but its own carbon stays a hydrogen (a hydroxyl or thiol hydrogen first tries the
+    other side), and a torsion that would bring atoms of carbons two or more apart too close
+    is not made (vicinal pairs are left to the staggered torsions: gauche at closest).
+    Without it the chain is the one ``xtb-molecules`` has always made (the same seed gives
+    the same molecule)."""
     half = TETRAHEDRAL / 2
     # backbone in the xy plane, with one virtual carbon beyond each end (where the terminal
     # carbons' in-plane hydrogen points)
@@ -165,9 +167,8 @@ def chain(
             group = list(substituents)[hit] if hit < len(substituents) else "H"
             new = _group(group, c, u, z)
             if conformer:
-                fitting = [
-                    g for g in (new, _group(group, c, u, -z)) if _fits(g, symbols, positions)
-                ]
+                options = (new, _group(group, c, u, -z))
+                fitting = [g for g in options if _fits(g, i - 1, symbols, positions)]
                 new = fitting[0] if fitting else _group("H", c, u, z)
             for symbol, position in new:
                 symbols.append(symbol)
@@ -205,11 +206,12 @@ def _apart(a: str, b: str, distance: float) -> bool:
     return distance >= max(CLASH, CONTACT * radii)
 
 
-def _fits(new: list[tuple[str, np.ndarray]], symbols: list[str], positions: list) -> bool:
-    """Whether the atoms of a group (its first bonded to the carbon placed last among
-    ``positions``' carbons) keep clear of every atom placed so far but their own carbon."""
+def _fits(
+    new: list[tuple[str, np.ndarray]], carbon: int, symbols: list[str], positions: list
+) -> bool:
+    """Whether the atoms of a group bonded to atom ``carbon`` keep clear (:func:`_apart`) of
+    every atom placed so far but that carbon."""
     placed = np.array(positions)
-    carbon = np.argmin(np.linalg.norm(placed - new[0][1], axis=1))
     for symbol, position in new:
         d = np.linalg.norm(placed - position, axis=1)
         for j in np.flatnonzero(d < 4.0):
