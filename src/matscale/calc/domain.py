@@ -214,9 +214,7 @@ def domain_terms(
     if not domain.n_owned:  # more processes than atoms: this one adds nothing
         return torch.zeros(size, dtype=torch.float64, device=potential.device)
     head_index = head_for(potential, s, head)
-    # every domain holds the same short contacts (the owner's and the ghosts'): rank 0 warns
-    sample = potential.graph.sample(domain.structure, head_index, check_contacts=rank == 0)
-    graph = collate([sample])
+    graph = collate([potential.graph.sample(domain.structure, head_index)])
     # the stress of the local graph is the strain derivative of the owned energies: the
     # physics code reports it for cells periodic in x, y and z, which the whole structure is
     graph = _with_pbc(graph, np.asarray(s.pbc, bool))
