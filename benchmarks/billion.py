@@ -1,0 +1,124 @@
+"""A billion-parameter EGNN taking real training steps on this 24 GiB, 2-core machine.
+
+    .venv/bin/python benchmarks/billion.py --store data/store-default     # the machine alone
+
+Two runs of ``matscale train`` through torchrun on 2 processes of one thread each, on the
+default data, a few steps each, the model at the paper's width for 1B parameters (7,700,
+depth 3; 1.10B parameters with the store's three heads):
+
+- **FSDP2, conservative forces**: weights, gradients and AdamW state sharded over the two
+  processes (ZeRO-3), interaction layers gathered in bf16 under autocast (geometry and forces
+  float32), per-layer activation checkpointing, no EMA (a second copy of a billion weights);
+- **DeepSpeed ZeRO-3, direct forces** (ZeRO-3 and the double backward of conservative forces
+  do not mix: docs/training.md), the same sharding.
+
+Batches are tiny (``--max-atoms``, default 8): on two CPU cores a step of a billion
+parameters takes minutes, most of it the optimizer and the gathers, and the point is that it
+fits and trains. Recorded per run: the peak RSS of each process (VmHWM, from the run's log),
+seconds per step, the loss of each step, the planner's per-process memory beside it, and
+``free -m``'s view of the machine before. Host memory and device memory are the same RAM
+here, so CPU offload would move nothing; it is not used.
+
+Writes ``benchmarks/results/billion.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import write_json
+
+#: (name, overrides) of the two runs.
+RUNS = [
+    ("fsdp-conservative", ["parallel.backend=fsdp", "parallel.precision=bf16",
+                           "parallel.activation_checkpointing=true"]),
+    ("deepspeed-zero3-direct", ["parallel.backend=deepspeed", "parallel.zero_stage=3",
+                                "model.force_head=direct"]),
+]  # fmt: skip
+
+
+def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    common = [f"data.store={args.store}", f"out_dir={out}", f"name={name}",
+              f"model.width={args.width}", "model.depth=3", f"data.max_atoms={args.max_atoms}",
+              f"train.steps={args.steps}", "train.eval_every=100000",
+              "train.checkpoint_every=100000", "train.ema_decay=null", "train.warmup_steps=1",
+              "train.lr=1e-4", "train.log_every=1", "data.val_max_structures=2",
+              "parallel.threads=1",
+              *overrides]  # fmt: skip
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={port}", "-m", "matscale", "train", *common,
+           "--no-progress"]  # fmt: skip
+    started = time.perf_counter()
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
+    seconds = time.perf_counter() - started
+    row: dict = {"run": name, "overrides": overrides, "wall_s": seconds,
+                 "returncode": result.returncode}  # fmt: skip
+    log = out / name / "metrics.jsonl"
+    if result.returncode or not log.exists():
+        row["error"] = result.stderr[-3000:]
+        return row
+    rows = [json.loads(line) for line in log.read_text().splitlines()]
+    train = [r for r in rows if r.get("kind") == "train"]
+    # the log's seconds run from the first step on: per step, their differences
+    row.update(
+        steps=len(train),
+        losses=[r.get("loss") for r in train],
+        # the log's seconds run from the first step on: per step, their differences
+        seconds_per_step=[float(x) for x in np.diff([0.0] + [r["seconds"] for r in train])],
+        peak_rss_mib=max(float(r["peak_rss_mib"]) for r in rows if "peak_rss_mib" in r),
+    )
+    from matscale.config import load
+    from matscale.parallel.commands import _with_heads
+    from matscale.parallel.planner import HARDWARE, edges_per_atom_of, model_costs, plan
+
+    cfg = load(None, common)
+    costs = model_costs(_with_heads(cfg), checkpointing=cfg.parallel.activation_checkpointing)
+    ratio = edges_per_atom_of(args.store) or 40.0
+    planned = plan(cfg, HARDWARE["cpu-2core"], 2, costs, edges_per_atom=ratio, utilisation=0.1)
+    row["parameters"] = costs.parameters
+    row["planned_per_process_MiB"] = (planned.total_bytes + sum(planned.host.values())) / 2**20
+    return row
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--store", default="data/store-default")
+    p.add_argument("--width", type=int, default=7700)
+    p.add_argument("--max-atoms", type=int, default=8)
+    p.add_argument("--steps", type=int, default=3)
+    p.add_argument("--timeout", type=float, default=3000)
+    args = p.parse_args()
+    free = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, overrides in RUNS:
+            row = run(name, overrides, args, Path(tmp))
+            rows.append(row)
+            if "error" in row:
+                print(f"{name}: failed (exit {row['returncode']})\n{row['error'][-800:]}")
+            else:
+                print(f"{name}: {row['parameters']:,} parameters, {row['steps']} steps, "
+                      f"s/step {row['seconds_per_step']}, losses {row['losses']}, peak RSS "
+                      f"{row['peak_rss_mib']:,.0f} MiB per process (planned "
+                      f"{row['planned_per_process_MiB']:,.0f})")  # fmt: skip
+    write_json("billion", {"store": args.store, "width": args.width, "free_before": free,
+                           "runs": rows})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
