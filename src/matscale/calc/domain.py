@@ -38,6 +38,7 @@ import torch.distributed as dist
 
 from matscale.calc.inference import as_structure, head_for, predict_graph
 from matscale.calc.model_file import Potential
+from matscale.data.atomgraph import AtomGraph
 from matscale.data.batch import collate
 from matscale.data.structure import Structure
 
@@ -245,9 +246,7 @@ def unpack(flat: torch.Tensor, n: int, *, stress: bool) -> dict[str, np.ndarray 
     return result
 
 
-def _with_pbc(graph: object, pbc: np.ndarray) -> object:
+def _with_pbc(graph: AtomGraph, pbc: np.ndarray) -> AtomGraph:
     """``graph`` reporting ``pbc`` (the whole structure's) instead of the local one."""
-    from dataclasses import replace
-
     flags = torch.as_tensor(pbc, dtype=torch.bool).reshape(1, 3)
-    return replace(graph, pbc=flags.to(graph.pbc.device))  # type: ignore[arg-type]
+    return replace(graph, pbc=flags.to(graph.pbc.device))

@@ -94,7 +94,7 @@ def combined_parts(store: str | Path) -> list[tuple[int, dict[str, Any] | None]]
     ]
 
 
-def _identity(path: Path) -> dict[str, object]:
+def _identity(path: Path) -> dict[str, Any]:
     """What names a store's content: its path, size, cutoff and shard checksums."""
     if not (path / META).is_file():
         raise DataError("is not a packed store (no meta.json)", file=str(path))

@@ -42,9 +42,10 @@ def make_splits(store: Store, cfg: DataConfig) -> Splits:
         return _split_block(store, cfg, 0, len(store), strict=True)
     blocks, start = [], 0
     for n, settings in parts:
-        own = settings is None
-        block_cfg = cfg if own else replace(cfg, fraction=1.0, **_split_settings(settings))
-        blocks.append(_split_block(store, block_cfg, start, n, strict=own))
+        block_cfg = cfg
+        if settings is not None:
+            block_cfg = replace(cfg, fraction=1.0, **_split_settings(settings))
+        blocks.append(_split_block(store, block_cfg, start, n, strict=settings is None))
         start += n
     return Splits(*(np.concatenate([getattr(b, f) for b in blocks]) for f in Splits.FIELDS))
 
@@ -77,9 +78,7 @@ def _split_block(store: Store, cfg: DataConfig, start: int, n: int, *, strict: b
             return x
         return np.sort(rng.choice(x, cfg.val_max_structures, replace=False))
 
-    return Splits(
-        *(x + start for x in (train, cap(val), cap(test), cap(holdout)))  # type: ignore[arg-type]
-    )
+    return Splits(train + start, cap(val) + start, cap(test) + start, cap(holdout) + start)
 
 
 def sampler_for(
