@@ -46,7 +46,7 @@ from matscale.data.structure import Structure
 #: beyond 1.6x the guess are no minimum.
 VERSION = 3
 #: Seconds per structure on one core (measured here with SevenNet-0), for scheduling.
-SECONDS_PER_STRUCTURE = 0.8
+SECONDS_PER_STRUCTURE = 1.4
 #: Largest force component a label may have (eV/Å): beyond it the structure is skipped.
 MAX_FORCE = 50.0
 
