@@ -100,30 +100,19 @@ def test_the_plan_verb(capsys) -> None:
     assert GiB == 2**30
 
 
-def _measured_peak(store, out, name: str, processes: int, overrides: list[str]) -> float:
-    """Peak RSS (MiB) of rank 0 of a short ``matscale train`` in fresh processes."""
-    import json
-    import os
-    import socket
-    import subprocess
+def _planner_check():
+    """benchmarks/planner_check.py as a module: its measured runs are the ones checked here."""
+    import importlib.util
     import sys
+    from pathlib import Path
 
-    args = ["-m", "matscale", "train", f"data.store={store}", f"out_dir={out}", f"name={name}",
-            "train.steps=3", "train.eval_every=100", "train.checkpoint_every=100",
-            "data.val_max_structures=4", *overrides, "--no-progress"]  # fmt: skip
-    if processes > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               f"--master_port={port}", *args]  # fmt: skip
-    else:
-        cmd = [sys.executable, *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    rows = [json.loads(line) for line in (out / name / "metrics.jsonl").read_text().splitlines()]
-    return max(float(r["peak_rss_mib"]) for r in rows if "peak_rss_mib" in r)
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "planner_check.py"
+    sys.path.insert(0, str(script.parent))
+    spec = importlib.util.spec_from_file_location("benchmark_planner_check", script)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 @pytest.mark.parametrize(
@@ -139,9 +128,9 @@ def test_planned_memory_of_measured_runs_within_15_percent(
     from matscale.parallel.commands import _with_heads
     from matscale.parallel.planner import edges_per_atom_of
 
-    common = [f"data.store={tiny_store}", "model.cutoff=4.0", *overrides]
-    peak = _measured_peak(tiny_store, tmp_path, "run", processes, common[:1] + common[1:])
-    cfg = load(None, common)
+    common = ["model.cutoff=4.0", *overrides]
+    peak = _planner_check().measure_run("run", processes, common, str(tiny_store), tmp_path)
+    cfg = load(None, [f"data.store={tiny_store}", "train.ema_decay=0.99", *common])
     costs = model_costs(_with_heads(cfg))
     planned = plan(cfg, HARDWARE["cpu-2core"], processes, costs,
                    edges_per_atom=edges_per_atom_of(str(tiny_store)), utilisation=0.1)  # fmt: skip
