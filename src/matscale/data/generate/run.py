@@ -58,9 +58,10 @@ COST: dict[str, float] = {
 #: Structures per source for each preset. ``default`` takes ~5 minutes on 2 cores (GFN1-xTB
 #: on solids costs ~0.2 s per cell, 25x EMT, hence its small share). ``teacher`` adds crystals
 #: across 84 elements labelled by SevenNet-0 (needs the ``teachers`` extra; ~1.4 s each on one
-#: core with the volume scans of version 3, 21 atoms on average: 20,000 take ~4 h on 2 cores). ``foundation`` is the pretraining
-#: data of the shipped model: ``default`` (its chunks are reused when generated into the same
-#: folder), the teacher's crystals and GFN2-xTB molecules with Si, P, S, Cl and Br.
+#: core with the volume scans of version 3, 21 atoms on average: 20,000 take ~4 h on 2
+#: cores). ``foundation`` is the pretraining data of the shipped model: ``default`` (its
+#: chunks are reused when generated into the same folder), the teacher's crystals and GFN2-xTB
+#: molecules with Si, P, S, Cl and Br.
 PRESETS: dict[str, dict[str, int]] = {
     "default": {emt.SOURCE: 36_000, xtb.SOURCE: 24_000, xtb_solids.SOURCE: 800},
     "small": {emt.SOURCE: 240, xtb.SOURCE: 160, xtb_solids.SOURCE: 24},
