@@ -1,17 +1,13 @@
 """The fine-tuning curve's pieces on a tiny model: its data, each arm, its scores."""
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks import load_benchmark
 from tests.calc.conftest import train_tiny
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "finetune_curve.py"
-_spec = importlib.util.spec_from_file_location("benchmark_finetune_curve", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-curve = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(curve)
+curve = load_benchmark("finetune_curve")
 
 
 def test_every_arm_trains_and_is_scored_on_the_new_system(tiny_store: Path, tmp_path: Path) -> None:

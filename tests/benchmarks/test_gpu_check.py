@@ -1,18 +1,13 @@
 """The GPU check runs end to end on the CPU (the same code path) and finds the largest width
 by doubling and bisection."""
 
-import importlib.util
 import sys
-from pathlib import Path
 
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "gpu_check.py"
-sys.path.insert(0, str(SCRIPT.parent))
-_spec = importlib.util.spec_from_file_location("benchmark_gpu_check", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-check = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(check)
+from tests.benchmarks import load_benchmark
+
+check = load_benchmark("gpu_check")
 
 
 def test_it_runs_on_the_cpu_and_finds_the_largest_width(monkeypatch) -> None:

@@ -1,7 +1,6 @@
 """The inference benchmark's core, in-process on a tiny trained model: rows of two small
 sizes (no subprocesses, no MACE), the structures it builds, and the JSON it would write."""
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -9,13 +8,10 @@ import numpy as np
 import pytest
 
 from matscale.calc.model_file import Potential, load_potential
+from tests.benchmarks import load_benchmark
 from tests.calc.conftest import train_tiny
 
-SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "inference.py"
-_spec = importlib.util.spec_from_file_location("benchmark_inference", SCRIPT)
-assert _spec is not None and _spec.loader is not None
-bench = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(bench)
+bench = load_benchmark("inference")
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ from matscale.parallel.planner import (
     plan,
     saved_bytes,
 )
+from tests.benchmarks import load_benchmark
 
 MODEL = EGNNConfig(width=48, depth=2, heads=("a",), cutoff=4.0)
 
@@ -100,21 +101,6 @@ def test_the_plan_verb(capsys) -> None:
     assert GiB == 2**30
 
 
-def _planner_check():
-    """benchmarks/planner_check.py as a module: its measured runs are the ones checked here."""
-    import importlib.util
-    import sys
-    from pathlib import Path
-
-    script = Path(__file__).resolve().parents[2] / "benchmarks" / "planner_check.py"
-    sys.path.insert(0, str(script.parent))
-    spec = importlib.util.spec_from_file_location("benchmark_planner_check", script)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize(
     ("processes", "overrides"),
     [
@@ -129,7 +115,9 @@ def test_planned_memory_of_measured_runs_within_15_percent(
     from matscale.parallel.planner import edges_per_atom_of
 
     common = ["model.cutoff=4.0", *overrides]
-    peak = _planner_check().measure_run("run", processes, common, str(tiny_store), tmp_path)
+    peak = load_benchmark("planner_check").measure_run(
+        "run", processes, common, str(tiny_store), tmp_path
+    )
     cfg = load(None, [f"data.store={tiny_store}", "train.ema_decay=0.99", *common])
     costs = model_costs(_with_heads(cfg))
     planned = plan(cfg, HARDWARE["cpu-2core"], processes, costs,
