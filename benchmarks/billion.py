@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +38,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json
 
+from matscale.parallel.launch import local_command
+
 #: (name, overrides) of the two runs.
 RUNS = [
     ("fsdp-conservative", ["parallel.backend=fsdp", "parallel.precision=bf16",
@@ -49,9 +50,6 @@ RUNS = [
 
 
 def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     common = [f"data.store={args.store}", f"out_dir={out}", f"name={name}",
               f"model.width={args.width}", "model.depth=3", f"data.max_atoms={args.max_atoms}",
               f"train.steps={args.steps}", "train.eval_every=100000",
@@ -59,9 +57,7 @@ def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) ->
               "train.lr=1e-4", "train.log_every=1", "data.val_max_structures=2",
               "parallel.threads=1",
               *overrides]  # fmt: skip
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={port}", "-m", "matscale", "train", *common,
-           "--no-progress"]  # fmt: skip
+    cmd = local_command(["-m", "matscale", "train", *common, "--no-progress"], processes=2)
     started = time.perf_counter()
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)

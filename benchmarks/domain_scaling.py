@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,6 +31,8 @@ from typing import Any
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json
 from inference import alloy, peak_mib, pick_elements, reset_peak
+
+from matscale.parallel.launch import local_command
 
 
 def worker(args: argparse.Namespace) -> None:
@@ -110,13 +111,9 @@ def measure(
                   "--out", str(out)]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": str(threads)}
         if domains:
-            with socket.socket() as sock:
-                sock.bind(("127.0.0.1", 0))
-                port = sock.getsockname()[1]
-            cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-                   f"--master_port={port}", *common, "--domains"]  # fmt: skip
+            cmd = local_command([*common, "--domains"], processes=processes)
         else:
-            cmd = [sys.executable, *common]
+            cmd = local_command(common)
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
         if result.returncode:
             raise SystemExit(result.stderr[-3000:])

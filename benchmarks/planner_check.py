@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from common import write_json
 
 from matscale.config import load
+from matscale.parallel.launch import local_command
 from matscale.parallel.planner import (
     HARDWARE,
     ModelCosts,
@@ -76,14 +76,7 @@ def measure_run(name: str, processes: int, overrides: list[str], store: str, out
               "data.val_max_structures=16", "train.ema_decay=0.99", *overrides,
               "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    if processes > 1:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={processes}",
-               f"--master_port={port}", *common]  # fmt: skip
-    else:
-        cmd = [sys.executable, *common]
+    cmd = local_command(common, processes=processes)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if result.returncode:
         raise SystemExit(result.stderr[-3000:])

@@ -5,7 +5,6 @@ rank's share and on two processes communicating through gloo."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +18,7 @@ from matscale.calc.ase_calculator import MatscaleCalculator
 from matscale.calc.domain import decompose, domain_terms, halo, unpack
 from matscale.calc.inference import as_structure
 from matscale.calc.model_file import load_potential
+from matscale.parallel.launch import free_port, local_command
 
 
 def _alloy(repeat: tuple[int, int, int], seed: int) -> Atoms:
@@ -156,9 +156,7 @@ def _rank(rank: int, world: int, port: int, model: str, queue: mp.Queue) -> None
 
 
 def test_two_processes_give_the_whole_structure_through_gloo(tiny_model: Path) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     procs = [ctx.Process(target=_rank, args=(r, 2, port, str(tiny_model), queue)) for r in range(2)]
@@ -180,22 +178,17 @@ def test_md_over_two_processes_follows_the_single_process_trajectory(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     import subprocess
-    import sys
 
     import ase.io
 
     ase.io.write(tmp_path / "alloy.xyz", _structures()["periodic"])
     common = [str(tiny_model), str(tmp_path / "alloy.xyz"), "--head", "emt", "--ensemble", "nve",
               "--steps", "10", "--log-every", "5", "--no-progress"]  # fmt: skip
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     # torchrun would take --log for its own --log-dir: each run writes md.log and md.traj in
     # its own folder instead
-    two = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={port}", "-m", "matscale", "md", *common, "--domains"]  # fmt: skip
-    one = [sys.executable, "-m", "matscale", "md", *common]
+    two = local_command(["-m", "matscale", "md", *common, "--domains"], processes=2)
+    one = local_command(["-m", "matscale", "md", *common])
     for name, cmd in (("two", two), ("one", one)):
         (tmp_path / name).mkdir()
         result = subprocess.run(

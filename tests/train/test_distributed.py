@@ -2,7 +2,6 @@
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -15,17 +14,12 @@ from matscale.config import TrainConfig
 from matscale.data.batch import collate, graph_sample
 from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.parallel.distributed import finish, init_distributed, wrap_ddp
+from matscale.parallel.launch import free_port, local_command
 from matscale.train.step import make_optimizer, train_step
 from tests.conftest import emt_structures, molecules
 from tests.train.test_loop import _train_losses
 
 STEPS = 3
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _batches():
@@ -105,7 +99,7 @@ def test_ddp_matches_one_process_with_accumulation(tmp_path: Path) -> None:
     for force_head in ("conservative", "direct"):
         out = tmp_path / f"{force_head}.pt"
         mp.start_processes(
-            _worker, args=(_free_port(), str(out), force_head), nprocs=2, start_method="spawn"
+            _worker, args=(free_port(), str(out), force_head), nprocs=2, start_method="spawn"
         )
         ddp, single = torch.load(out), _single(force_head)
         changed = False
@@ -118,13 +112,12 @@ def test_ddp_matches_one_process_with_accumulation(tmp_path: Path) -> None:
 def torchrun_train(store: Path, out: Path, name: str, *overrides: str) -> str:
     """Run ``matscale train`` on 2 processes of 1 thread through torchrun, with a tiny model;
     return its standard output (fail the test with its standard error)."""
-    cmd = [
-        sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-        f"--master_port={_free_port()}", "-m", "matscale", "train",
-        f"data.store={store}", f"out_dir={out}", f"name={name}", "parallel.threads=1",
-        "model.width=16", "model.depth=2", "model.cutoff=4.0", "data.max_atoms=64",
-        "train.eval_every=4", "train.checkpoint_every=4", *overrides, "--no-progress",
-    ]  # fmt: skip
+    cmd = local_command([
+        "-m", "matscale", "train", f"data.store={store}", f"out_dir={out}", f"name={name}",
+        "parallel.threads=1", "model.width=16", "model.depth=2", "model.cutoff=4.0",
+        "data.max_atoms=64", "train.eval_every=4", "train.checkpoint_every=4", *overrides,
+        "--no-progress",
+    ], processes=2)  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
     assert result.returncode == 0, result.stderr[-3000:]
