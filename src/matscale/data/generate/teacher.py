@@ -182,7 +182,7 @@ def make(
                 break
             family = families[int(rng.choice(len(families), p=list(FAMILY_WEIGHTS.values())))]
             for atoms in _family(family, cell, calc, rng, room()):
-                reason = _label(atoms, calc, stress=family != "surface")
+                reason = label(atoms, calc, stress=family != "surface")
                 if reason:
                     skipped[reason] += 1
                     continue
@@ -418,7 +418,7 @@ def _md(atoms: Atoms, calc: Any, rng: np.random.Generator, room: int) -> list[At
     return out
 
 
-def _label(atoms: Atoms, calc: Any, *, stress: bool) -> str:
+def label(atoms: Atoms, calc: Any, *, stress: bool) -> str:
     """Label ``atoms`` in place with ``calc``'s results; return why it is unusable, or ""."""
     from ase.calculators.singlepoint import SinglePointCalculator
 

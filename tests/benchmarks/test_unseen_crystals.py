@@ -1,0 +1,52 @@
+"""The unseen crystal families: real structures (bond lengths, coordination, stoichiometry),
+none of them a prototype the teacher generator makes."""
+
+from collections import Counter
+
+import numpy as np
+from ase.neighborlist import neighbor_list
+
+from tests.benchmarks import load_benchmark
+
+unseen = load_benchmark("unseen_crystals")
+
+#: prototype -> (reduced formula, the first element's coordination by the last: neighbours
+#: within 1.2x the shortest such distance)
+EXPECTED = {
+    "rutile-TiO2": ({"Ti": 1, "O": 2}, 6), "rutile-SnO2": ({"Sn": 1, "O": 2}, 6),
+    "corundum-Al2O3": ({"Al": 2, "O": 3}, 6), "quartz-SiO2": ({"Si": 1, "O": 2}, 4),
+    "pyrite-FeS2": ({"Fe": 1, "S": 2}, 6), "2H-MoS2": ({"Mo": 1, "S": 2}, 6),
+    "NiAs": ({"Ni": 1, "As": 1}, 6), "antifluorite-Li2O": ({"Li": 2, "O": 1}, 4),
+    "MgB2": ({"Mg": 1, "B": 2}, 12), "A15-Cr3Si": ({"Cr": 3, "Si": 1}, 4),
+    "heusler-Cu2MnAl": ({"Cu": 2, "Mn": 1, "Al": 1}, 4), "graphite": ({"C": 1}, 3),
+}  # fmt: skip
+
+
+def test_every_prototype_is_the_real_crystal() -> None:
+    near = {a.info["prototype"]: a for a in unseen.structures() if a.info["family"] == "near"}
+    assert set(near) == set(EXPECTED) == set(unseen.PROTOTYPES)
+    for name, atoms in near.items():
+        formula, coordination = EXPECTED[name]
+        counts = Counter(atoms.get_chemical_symbols())
+        unit = min(counts.values()) / min(formula.values())
+        assert {k: v / unit for k, v in counts.items()} == formula, name
+        assert len(atoms) >= unseen.MIN_ATOMS
+        i, j, d = neighbor_list("ijd", atoms, 3.5)
+        assert d.min() > 1.25, name  # rattled by 0.03 Å: no broken positions
+        symbols = np.array(atoms.get_chemical_symbols())
+        a, b = next(iter(formula)), list(formula)[-1]
+        pair = (symbols[i] == a) & (symbols[j] == b)
+        bonds = Counter(i[pair & (d < 1.2 * d[pair].min())])
+        first = np.flatnonzero(symbols == a)
+        assert np.median([bonds[k] for k in first]) == coordination, name
+
+
+def test_the_conditions_scale_the_volume() -> None:
+    made = unseen.structures()
+    assert len(made) == len(unseen.PROTOTYPES) * len(unseen.CONDITIONS)
+    by = {(a.info["prototype"], a.info["family"]): a for a in made}
+    for name in unseen.PROTOTYPES:
+        v = by[(name, "near")].get_volume()
+        assert np.isclose(by[(name, "compressed")].get_volume() / v, 0.9)
+        assert np.isclose(by[(name, "expanded")].get_volume() / v, 1.08)
+        assert all(by[(name, c)].info["source"] == "teacher-sevennet" for c in unseen.CONDITIONS)
