@@ -36,7 +36,7 @@ from ase import Atoms
 from ase.spacegroup import crystal
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import RESULTS, machine, write_json
+from common import RESULTS, write_json
 
 #: name -> (symbols of the Wyckoff sites, their positions, space group, cell a b c α β γ in
 #: Å and degrees): experimental structures (ICSD / Wyckoff's tables), none of them a prototype
@@ -168,8 +168,8 @@ def main() -> None:
         print(f"{m[:27]:<28}" + "".join(f"{v:>12.1f}" for v in cells))
     print("force MAE (meV/Å) against SevenNet-0's labels")
     write_json(
-        RESULTS / "unseen_crystals.json",
-        {"machine": machine(), "file": str(args.file), "structures": len(atoms),
+        "unseen_crystals",
+        {"file": str(args.file), "structures": len(atoms),
          "prototypes": list(PROTOTYPES), "conditions": CONDITIONS, "models": rows},
     )  # fmt: skip
 
