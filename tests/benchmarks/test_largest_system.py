@@ -1,0 +1,31 @@
+"""The largest-system benchmark's pieces: a model file at another width, and the cap arithmetic."""
+
+from pathlib import Path
+
+from ase.build import bulk
+
+from matscale.calc.ase_calculator import MatscaleCalculator
+from matscale.calc.model_file import load_potential
+from tests.benchmarks import load_benchmark
+from tests.calc.conftest import train_tiny
+
+largest = load_benchmark("largest_system")
+
+
+def test_a_model_file_at_another_width_loads_and_computes(tiny_store: Path, tmp_path: Path) -> None:
+    model = train_tiny(tiny_store, tmp_path / "runs")
+    wide = largest.at_width(model, 24, tmp_path / "w24.pt")
+    potential = load_potential(wide)
+    assert potential.model.config.width == 24
+    assert potential.graph == load_potential(model).graph  # heads, elements, cutoff kept
+    assert largest.parameters(wide) > largest.parameters(model)
+    atoms = bulk("Cu", cubic=True)
+    atoms.calc = MatscaleCalculator.from_file(wide, head=potential.heads[0])
+    assert atoms.get_forces().shape == (4, 3)
+
+
+def test_the_cap_gives_the_atoms_where_the_line_reaches_it() -> None:
+    fit = {"mib_per_1k_atoms": 50.0, "intercept_mib": 300.0}
+    assert largest.largest(fit, 800.0) == 10_000
+    assert largest.largest(fit, 200.0) == 0  # the fixed cost alone is over the cap
+    assert largest.largest({"mib_per_1k_atoms": 0.0, "intercept_mib": 1.0}, 800.0) == 0
