@@ -34,6 +34,7 @@ from matscale.data.store import Store
 from matscale.data.transform import GraphSettings
 from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.physics import predict
+from matscale.parallel.launch import local_command
 
 CONFIGS = [
     ("none", False, "fp32"),
@@ -104,29 +105,9 @@ def run(
         "train.log_every=1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1" if backend != "none" else "2"}
-    if backend == "none":
-        cmd = [
-            sys.executable,
-            "-m",
-            "matscale",
-            "train",
-            *overrides,
-            "parallel.threads=2",
-            "--no-progress",
-        ]
-    else:
-        cmd = [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            "-m",
-            "matscale",
-            "train",
-            *overrides,
-            "parallel.threads=1",
-            "--no-progress",
-        ]
+    threads = "parallel.threads=2" if backend == "none" else "parallel.threads=1"
+    program = ["-m", "matscale", "train", *overrides, threads, "--no-progress"]
+    cmd = local_command(program, processes=1 if backend == "none" else 2)
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=3600)
     if result.returncode != 0:
         raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")

@@ -1,5 +1,5 @@
-"""Local launch commands: one process is plain Python, several go through torchrun on a free
-port (the multi-process tests in tests/train and tests/calc run through these)."""
+"""Local launch commands: one process is plain Python, several go through standalone torchrun
+(the multi-process tests in tests/train and tests/calc run through these)."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from matscale.parallel.launch import local_command
+from matscale.parallel.launch import free_port, local_command
 
 
 def test_one_process_is_plain_python() -> None:
@@ -22,13 +22,16 @@ def test_one_process_is_plain_python() -> None:
     ]
 
 
-def test_several_processes_go_through_torchrun_on_a_port_that_can_be_bound() -> None:
+def test_several_processes_go_through_standalone_torchrun() -> None:
     cmd = local_command(["script.py", "--x"], processes=3)
-    assert cmd[:4] == [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=3"]
-    assert cmd[5:] == ["script.py", "--x"]
-    port = int(cmd[4].removeprefix("--master_port="))
+    assert cmd[:3] == [sys.executable, "-m", "torch.distributed.run"]
+    assert "--standalone" in cmd and "--nproc_per_node=3" in cmd
+    assert cmd[-2:] == ["script.py", "--x"]
+
+
+def test_a_free_port_can_be_bound() -> None:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", port))  # free: a rendezvous can take it
+        sock.bind(("127.0.0.1", free_port()))
 
 
 def test_no_processes_is_refused() -> None:
@@ -44,3 +47,16 @@ def test_two_torchrun_processes_see_their_ranks(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-2000:]
     assert sorted(out.stdout.splitlines()) == ["0 2", "1 2"]
+
+
+def test_two_standalone_runs_side_by_side_do_not_collide(tmp_path: Path) -> None:
+    script = tmp_path / "sleepy.py"
+    script.write_text(
+        "import time\nimport torch.distributed as dist\n"
+        "dist.init_process_group('gloo')\ntime.sleep(2)\ndist.barrier()\n"
+    )
+    runs = [subprocess.Popen(local_command([str(script)], processes=2), stderr=subprocess.PIPE,
+                             text=True) for _ in range(2)]  # fmt: skip
+    for run in runs:
+        _, err = run.communicate(timeout=120)
+        assert run.returncode == 0, err[-2000:]
