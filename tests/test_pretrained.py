@@ -68,6 +68,15 @@ def test_the_cli_takes_a_shipped_name_and_its_default_head(
     assert main(["relax", "no-such-model", str(tmp_path / "cu.xyz")]) != 0
     assert "neither a model file nor a shipped model" in capsys.readouterr().err
 
+    # `matscale models` lists it with its default head; with its name, prints its card
+    assert main(["models"]) == 0
+    row = next(line for line in capsys.readouterr().out.splitlines() if "tiny-cli" in line)
+    assert "emt, mol" in row and row.split()[3] == "emt"
+    assert main(["models", "tiny-cli"]) == 0
+    assert "MatscaleCalculator.pretrained('tiny-cli')" in capsys.readouterr().out
+    assert main(["models", "nope"]) == 2
+    assert "no shipped model 'nope'; shipped: tiny-cli" in capsys.readouterr().err
+
 
 def test_unknown_names_heads_and_oversized_files_are_refused(
     models: Path, tiny_store: Path, tmp_path: Path, monkeypatch

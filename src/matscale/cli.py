@@ -17,6 +17,7 @@ from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import ConfigError, DataError, RunInterrupted, TrainingError
 from matscale.parallel.commands import add_verbs as add_plan_verbs
 from matscale.parallel.distributed import launch_position
+from matscale.pretrained.commands import add_verbs as add_model_verbs
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
 from matscale.signals import EXIT_INTERRUPTED
 
@@ -243,6 +244,7 @@ def _parser() -> argparse.ArgumentParser:
     add_scaling_verbs(verbs)
     add_calc_verbs(verbs)
     add_bench_verbs(verbs)
+    add_model_verbs(verbs)
     add_plan_verbs(verbs)
     return p
 

@@ -4,6 +4,7 @@
     pretrained.available()                  # names of the shipped models
     potential = pretrained.load(NAME)       # a Potential, as load_potential gives
     print(pretrained.card(NAME))            # its model card: data, size, errors, limits
+    # on the command line: `matscale models` lists them, `matscale models NAME` prints a card
     calc = MatscaleCalculator.pretrained(NAME)              # its default head
     calc = MatscaleCalculator.pretrained(NAME, head="xtb-molecules")
 
@@ -15,6 +16,7 @@ model there.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -73,6 +75,19 @@ def default_head(potential: Potential) -> str:
     return str(head)
 
 
+def describe(name: str) -> dict[str, Any]:
+    """What ``matscale models`` lists of the shipped model ``name``: file size (MiB),
+    parameters, heads and default head."""
+    file = path(name)
+    blob = read_model_file(file)
+    return {
+        "mib": file.stat().st_size / 2**20,
+        "parameters": sum(int(t.numel()) for t in blob["state_dict"].values()),
+        "heads": list(blob["graph"]["heads"]),
+        "default_head": str(blob.get("default_head", "")),
+    }
+
+
 def card(name: str) -> str:
     """The model card of the shipped model ``name`` (markdown)."""
     return path(name).with_suffix(".md").read_text()
@@ -106,4 +121,6 @@ def ship(model_file: str | Path, name: str, *, default_head: str) -> Path:
     return out
 
 
-__all__ = ["MAX_BYTES", "MODELS", "available", "card", "default_head", "load", "path", "ship"]
+__all__ = [
+    "MAX_BYTES", "MODELS", "available", "card", "default_head", "describe", "load", "path", "ship",
+]  # fmt: skip
