@@ -227,7 +227,9 @@ def test_the_model_file_records_the_transform(tiny_model: Path) -> None:
         load_potential(tiny_model, dtype="float16")  # type: ignore[arg-type]
     assert g.elements == ((29, 46, 79), (1, 6, 7, 8))
     card = tiny_model.with_suffix(".md").read_text()
-    for text in ("| emt | Cu Pd Au |", "| mol | H C N O |", "cutoff | 4 Å", "## Errors"):
+    calculator = "its source's calculator"
+    for text in (f"| emt | {calculator} | Cu Pd Au |", f"| mol | {calculator} | H C N O |",
+                 "cutoff | 4 Å", "## Errors"):  # fmt: skip
         assert text in card
 
 
@@ -238,13 +240,15 @@ def test_export_of_a_checkpoint_written_before_transforms_were_saved(
     from matscale.train.checkpoint import list_checkpoints, load_checkpoint
 
     ck = load_checkpoint(list_checkpoints(tiny_model.parent)[-1])
-    old = {k: v for k, v in ck.items() if k not in ("graph", "train_structures", "hardware")}
+    dropped = ("graph", "train_structures", "hardware", "labelled_by")
+    old = {k: v for k, v in ck.items() if k not in dropped}
     (tmp_path / "checkpoints").mkdir()
     torch.save(old, tmp_path / "checkpoints" / "step-00000006.pt")
     assert main(["export", str(tmp_path)]) == 0
     exported = load_potential(tmp_path / "model.pt")
     assert exported.graph == load_potential(tiny_model).graph
-    assert "| emt | Cu Pd Au | — |" in (tmp_path / "model.md").read_text()  # count unknown
+    # count unknown; the labellers read from the run's store (the same content)
+    assert "| emt | its source's calculator | Cu Pd Au | — |" in (tmp_path / "model.md").read_text()
 
 
 def test_contacts_shorter_than_any_in_training_are_warned_about(

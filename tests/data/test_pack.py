@@ -142,6 +142,15 @@ def test_records_labelled_by_a_model_say_so_after_packing(tmp_path: Path, capsys
     }
     assert main(["data", "info", str(tmp_path / "store")]) == 0
     assert f"taught: {teacher}" in capsys.readouterr().out
+    # ... and so does a model trained on them: its file and its card, head by head
+    from matscale.calc.model_file import read_model_file
+    from tests.calc.conftest import train_tiny
+
+    model = train_tiny(tmp_path / "store", tmp_path / "runs", "data.split=[0.6,0.2,0.2]")
+    assert read_model_file(model)["labelled_by"] == {"taught": teacher}
+    card = model.with_suffix(".md").read_text()
+    assert f"| taught | {teacher}, a model (teacher) |" in card
+    assert "| emt | its source's calculator |" in card
     # the same structures without the label are other data
     plain = tmp_path / "plain"
     plain.mkdir()

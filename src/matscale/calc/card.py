@@ -62,16 +62,19 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
         "A structure is read by one head; pick it by name. Elements outside a head's list are "
         "refused, not guessed.",
         "",
-        "| head | elements | training structures | structures in store | mean atoms | "
-        "force RMS (eV/Å) |",
-        "|---|---|---:|---:|---:|---:|",
+        "| head | labelled by | elements | training structures | structures in store | "
+        "mean atoms | force RMS (eV/Å) |",
+        "|---|---|---|---:|---:|---:|---:|",
     ]
+    labellers = blob.get("labelled_by", {})
     train_counts = blob.get("train_structures", {})
     for h, elements in zip(heads, graph["elements"], strict=True):
         st = stats.get(h, {})
         symbols = " ".join(chemical_symbols[int(z)] for z in elements) or "—"
+        who = f"{labellers[h]}, a model (teacher)" if h in labellers else "its source's calculator"
         lines.append(
-            f"| {h} | {symbols} | {_count(train_counts.get(h))} | {_count(st.get('structures'))} "
+            f"| {h} | {who} | {symbols} | {_count(train_counts.get(h))} "
+            f"| {_count(st.get('structures'))} "
             f"| {st.get('mean_atoms', 0):.1f} | {st.get('force_rms_eV_per_A', 0):.3f} |"
         )
     holdout = list(run.get("data", {}).get("holdout_families", []))

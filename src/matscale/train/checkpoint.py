@@ -174,6 +174,18 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return torch.load(path, map_location="cpu", weights_only=False)
 
 
+def _labellers_of_store(checkpoint: dict[str, Any]) -> dict[str, str]:
+    """Source → teacher of a checkpoint from before they were saved: read from its store when
+    that store is still there with the same content; else none known."""
+    from matscale.data.store import META, Store
+
+    store = Path(checkpoint.get("config", {}).get("data", {}).get("store", ""))
+    if not (store / META).is_file():
+        return {}
+    found = Store(store)
+    return found.labelled_by if found.content_id == checkpoint.get("store_content") else {}
+
+
 def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
     """Write the model file for ``checkpoint`` (EMA weights if any, else the weights; see
     :mod:`matscale.calc.model_file`) and its model card beside it (``.md``)."""
@@ -182,7 +194,9 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
     from matscale.data.transform import GraphSettings
     from matscale.models.egnn import upgrade_config
 
-    keep = ("stats", "step", "train_seconds", "train_structures", "hardware")
+    keep = ("stats", "labelled_by", "step", "train_seconds", "train_structures", "hardware")
+    if "labelled_by" not in checkpoint:
+        checkpoint = {**checkpoint, "labelled_by": _labellers_of_store(checkpoint)}
     if "graph" in checkpoint:
         graph = GraphSettings.from_dict(checkpoint["graph"])
     else:  # a checkpoint from before transforms were saved

@@ -125,6 +125,7 @@ def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[
         "model_config": to_dict(run.model_cfg),
         "graph": run.graph.to_dict(),
         "stats": run.store.stats,
+        "labelled_by": run.store.labelled_by,
         "store_content": run.store.content_id,
         "metrics": metrics,
         "train_seconds": run.seconds,
