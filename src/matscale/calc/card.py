@@ -27,7 +27,7 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
     graph = blob["graph"]
     stats = blob.get("stats", {})
     run = blob.get("run_config", {})
-    n_params = sum(int(t.numel()) for k, t in blob["state_dict"].items() if _is_parameter(k))
+    n_params = sum(int(t.numel()) for k, t in blob["state_dict"].items() if is_parameter(k))
     heads = list(graph["heads"])
     shipped = blob.get("shipped_as")
     load_text = (
@@ -101,8 +101,9 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
     return "\n".join(lines) + "\n"
 
 
-def _is_parameter(key: str) -> bool:
-    # buffers of the statistics are not learned parameters
+def is_parameter(key: str) -> bool:
+    """Whether a model file's state-dict ``key`` is a learned parameter (not a buffer of
+    the data statistics)."""
     return key.split(".")[-1] not in ("reference_energy", "energy_scale", "force_scale")
 
 

@@ -78,11 +78,13 @@ def default_head(potential: Potential) -> str:
 def describe(name: str) -> dict[str, Any]:
     """What ``matscale models`` lists of the shipped model ``name``: file size (MiB),
     parameters, heads and default head."""
+    from matscale.calc.card import is_parameter
+
     file = path(name)
     blob = read_model_file(file)
     return {
         "mib": file.stat().st_size / 2**20,
-        "parameters": sum(int(t.numel()) for t in blob["state_dict"].values()),
+        "parameters": sum(int(t.numel()) for k, t in blob["state_dict"].items() if is_parameter(k)),
         "heads": list(blob["graph"]["heads"]),
         "default_head": str(blob.get("default_head", "")),
     }

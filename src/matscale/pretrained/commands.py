@@ -28,9 +28,10 @@ def _models(args: argparse.Namespace) -> int:
     if not names:
         print("no models are shipped with this installation")
         return 0
-    print(f"{'name':<28}{'MiB':>6}{'parameters':>12}  default head  heads")
-    for name in names:
-        info = pretrained.describe(name)
+    rows = {name: pretrained.describe(name) for name in names}
+    wide = max(len("default head"), *(len(r["default_head"]) for r in rows.values()))
+    print(f"{'name':<28}{'MiB':>6}{'parameters':>12}  {'default head':<{wide}}  heads")
+    for name, info in rows.items():
         print(f"{name:<28}{info['mib']:>6.1f}{info['parameters']:>12,}  "
-              f"{info['default_head']:<12}  {', '.join(info['heads'])}")  # fmt: skip
+              f"{info['default_head']:<{wide}}  {', '.join(info['heads'])}")  # fmt: skip
     return 0
