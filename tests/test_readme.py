@@ -46,3 +46,14 @@ def test_use_a_model_section_runs_as_written(tmp_path: Path) -> None:
     out = sh(f"{sys.executable} use.py").stdout
     energies = out.strip().splitlines()[-1]
     assert energies.startswith("[") and energies.count(",") == 2
+
+
+def test_the_foundation_model_section_runs_as_written(tmp_path: Path) -> None:
+    # offline, from any folder: the shipped model lives inside the package
+    (python,) = blocks(section("The foundation model: `matscale-foundation-v1`"), "python")
+    (tmp_path / "foundation.py").write_text(python)
+    proc = subprocess.run(
+        [sys.executable, "foundation.py"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "nan" not in proc.stdout.lower() and proc.stdout.count("[") >= 4  # stress, 3 forces
