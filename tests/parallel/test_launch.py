@@ -40,13 +40,18 @@ def test_no_processes_is_refused() -> None:
 
 
 def test_two_torchrun_processes_see_their_ranks(tmp_path: Path) -> None:
-    script = tmp_path / "ranks.py"
-    script.write_text("import os\nprint(os.environ['RANK'], os.environ['WORLD_SIZE'])\n")
+    script = tmp_path / "who.py"
+    # a file per process: two processes printing to one pipe interleave their lines
+    script.write_text(
+        "import os, pathlib\n"
+        "rank, world = os.environ['RANK'], os.environ['WORLD_SIZE']\n"
+        f"pathlib.Path({str(tmp_path)!r}, 'seen-' + rank).write_text(rank + ' ' + world)\n"
+    )
     out = subprocess.run(
         local_command([str(script)], processes=2), capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 0, out.stderr[-2000:]
-    assert sorted(out.stdout.splitlines()) == ["0 2", "1 2"]
+    assert sorted(p.read_text() for p in tmp_path.glob("seen-*")) == ["0 2", "1 2"]
 
 
 def test_two_standalone_runs_side_by_side_do_not_collide(tmp_path: Path) -> None:

@@ -9,11 +9,11 @@ import torch.multiprocessing as mp
 
 from matscale.config import ParallelConfig, TrainConfig
 from matscale.parallel.deepspeed import apply_deepspeed, deepspeed_config
+from matscale.parallel.launch import free_port
 from matscale.train.step import train_step
 from tests.train.test_distributed import (
     STEPS,
     _batches,
-    _free_port,
     _model,
     _single,
     as_rank,
@@ -56,7 +56,7 @@ def _worker(rank: int, port: int, out: str, force_head: str, stage: int) -> None
 def test_zero_matches_one_process(tmp_path: Path, force_head: str, stage: int) -> None:
     out = tmp_path / "ds.pt"
     mp.start_processes(
-        _worker, args=(_free_port(), str(out), force_head, stage), nprocs=2, start_method="spawn"
+        _worker, args=(free_port(), str(out), force_head, stage), nprocs=2, start_method="spawn"
     )
     sharded, single = torch.load(out), _single(force_head)
     for k in single:

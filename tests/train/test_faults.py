@@ -215,7 +215,7 @@ def test_a_failure_on_one_rank_ends_every_rank_with_the_first_error(
 ) -> None:
     # rank 0 failing in its checkpoint write left rank 0 in finish()'s barrier and rank 1 in
     # the next all_reduce: > 200 s, the original error never printed
-    from tests.train.test_distributed import _free_port
+    from matscale.parallel.launch import free_port
 
     launcher = tmp_path / "launch.py"
     launcher.write_text(LAUNCH)
@@ -224,7 +224,7 @@ def test_a_failure_on_one_rank_ends_every_rank_with_the_first_error(
         "train.steps=1000", "train.checkpoint_every=5", "parallel.backend=ddp",
         "parallel.timeout_s=120",
     ]  # fmt: skip
-    port = str(_free_port())
+    port = str(free_port())
     procs = [
         subprocess.Popen(
             [sys.executable, str(launcher), str(rank), fail, port, *args],

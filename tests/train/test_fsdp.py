@@ -11,11 +11,11 @@ import torch.multiprocessing as mp
 from matscale.config import TrainConfig
 from matscale.parallel.distributed import init_distributed
 from matscale.parallel.fsdp import apply_fsdp, fsdp_step_hooks
+from matscale.parallel.launch import free_port
 from matscale.train.step import make_optimizer, train_step
 from tests.train.test_distributed import (
     STEPS,
     _batches,
-    _free_port,
     _model,
     _single,
     as_rank,
@@ -58,7 +58,7 @@ def _worker(rank: int, port: int, out: str, force_head: str, bf16: bool) -> None
 def test_fsdp_matches_one_process(tmp_path: Path, force_head: str, bf16: bool) -> None:
     out = tmp_path / "fsdp.pt"
     mp.start_processes(
-        _worker, args=(_free_port(), str(out), force_head, bf16), nprocs=2, start_method="spawn"
+        _worker, args=(free_port(), str(out), force_head, bf16), nprocs=2, start_method="spawn"
     )
     sharded, single = torch.load(out), _single(force_head, bf16)
     for k in single:
