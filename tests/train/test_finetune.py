@@ -64,6 +64,10 @@ def test_a_new_source_gets_a_new_head_and_the_old_heads_stay(trained: Path, tmp_
     assert not torch.equal(new["readout.heads.2.0.weight"], new["readout.heads.0.0.weight"])
     assert set(after.graph.elements[2]) == {29, 46, 79} or after.graph.elements[2]  # its data's
     assert np.isfinite(_energy(tuned, "emt-new"))
+    # its card names the model it started from (its own steps and time are this run's only)
+    assert f"| started from | `{trained}` |" in tuned.with_suffix(".md").read_text().replace(
+        " (steps and time above are this run's only)", ""
+    )
 
 
 def test_an_existing_source_tunes_its_head_and_the_whole_model(

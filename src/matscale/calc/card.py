@@ -178,6 +178,9 @@ def _training_section(blob: dict[str, Any], run: dict[str, Any]) -> list[str]:
     data = run.get("data", {})
     out = ["## Training", "", "| | |", "|---|---|"]
     out.append(f"| steps | {blob.get('step', '?')} (planned {train.get('steps', '?')}) |")
+    if train.get("init_from"):  # fine-tuned or continued: its start's own training is not here
+        out.append(f"| started from | `{train['init_from']}` (steps and time above are this "
+                   "run's only) |")  # fmt: skip
     if seconds is not None:
         out.append(f"| wall time | {seconds / 60:.1f} min |")
     if hw:
@@ -189,7 +192,9 @@ def _training_section(blob: dict[str, Any], run: dict[str, Any]) -> list[str]:
         out.append(f"| hardware | {where}; torch {hw.get('torch', '?')} |")
     out.append(
         f"| optimiser | AdamW, lr {train.get('lr', '?')}, {train.get('schedule', '?')} schedule, "
-        f"{train.get('loss', '?')} loss, EMA {train.get('ema_decay')} |"
+        f"{train.get('loss', '?')} loss (forces: {train.get('force_loss') or train.get('loss')}), "
+        f"weights energy {train.get('energy_weight')} / forces {train.get('force_weight')} / "
+        f"stress {train.get('stress_weight')}, EMA {train.get('ema_decay')} |"
     )
     out.append(
         f"| data | store `{data.get('store', '?')}`, split {data.get('split', '?')}, "

@@ -22,7 +22,7 @@ def _models(args: argparse.Namespace) -> int:
     from matscale import pretrained
 
     if args.name is not None:
-        print(pretrained.card(pretrained.path(args.name).stem), end="")
+        print(pretrained.card(args.name), end="")
         return 0
     names = pretrained.available()
     if not names:
