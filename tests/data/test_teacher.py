@@ -180,6 +180,33 @@ def test_generate_and_pack_a_teacher_source(tmp_path: Path) -> None:
     )
 
 
+def test_every_prototype_brings_its_equation_of_state() -> None:
+    pytest.importorskip("sevenn")
+    made = teacher.make(teacher.SEVENNET, 12, np.random.default_rng(5), Counter())
+    eos = [s for s in made if s.family == "eos"]
+    # the first prototype's five volumes come first, before its other structures
+    assert [s.family for s in made[: len(teacher.EOS_VOLUMES)]] == ["eos"] * 5
+    first = eos[: len(teacher.EOS_VOLUMES)]
+    volumes = np.array([abs(np.linalg.det(s.cell)) for s in first])
+    np.testing.assert_allclose(volumes / volumes[2], teacher.EOS_VOLUMES, rtol=1e-5)
+    assert len({s.numbers.tobytes() for s in first}) == 1
+    for s in eos:
+        assert s.stress is not None and s.labelled_by.startswith("SevenNet-0")
+    # compressed cells push outwards: the pressure −(σxx + σyy + σzz)/3 (eV/Å³, Voigt) falls
+    # as the volume grows
+    pressure = [-float(np.sum(s.stress[:3])) / 3 for s in first]
+    assert pressure[0] > pressure[-1]
+
+
+def test_eos_cells_are_the_relaxed_cell_scaled_and_unrattled() -> None:
+    cell = teacher.elemental("Cu", "fcc", 2.55)
+    cell.info["no_minimum"] = False
+    for v, atoms in zip(teacher.EOS_VOLUMES, teacher.eos(cell), strict=True):
+        assert atoms.get_volume() == pytest.approx(v * cell.get_volume(), rel=1e-9)
+        np.testing.assert_allclose(atoms.get_scaled_positions(), cell.get_scaled_positions())
+        assert atoms.info == {"family": "eos"}
+
+
 def test_chgnet_is_the_second_teacher() -> None:
     pytest.importorskip("chgnet")
     made = teacher.make(teacher.CHGNET, 2, np.random.default_rng(1), Counter())

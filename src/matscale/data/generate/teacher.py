@@ -5,8 +5,8 @@ No DFT dataset can be downloaded here; a teacher can label as many structures as
 study needs, with PBE-like physics across ~89 elements. Every record names its teacher and
 version (``Structure.labelled_by``), and so does the store (``data info``).
 
-Structures (8–32 atoms, periodic), over :data:`ELEMENTS` (84 elements: those SevenNet-0 was
-trained on, less the noble gases):
+Structures (8–32 atoms, periodic; the ``eos`` family's primitive cells 1–14), over
+:data:`ELEMENTS` (84 elements: those SevenNet-0 was trained on, less the noble gases):
 
 - prototypes: elemental fcc, bcc, hcp, diamond and simple cubic; binary rocksalt,
   zincblende, wurtzite and fluorite (a cation with an anion of :data:`ANIONS`) and CsCl (two
@@ -16,8 +16,11 @@ trained on, less the noble gases):
   prototypes without a minimum in the scan, or denser than :data:`MAX_DENSITY`, are refused;
 - families: ``bulk`` (±3 % normal and ±2 % shear strain, rattled 0.02–0.10 Å), ``strained``
   (±10 % normal, ±5 % shear, rattled up to 0.15 Å), ``vacancy`` (one atom removed),
-  ``surface`` (the cell opened by 10 Å of vacuum along one axis; no stress label) and
-  ``md-<T>K`` (snapshots of teacher-driven Langevin MD at 300–2000 K).
+  ``surface`` (the cell opened by 10 Å of vacuum along one axis; no stress label),
+  ``md-<T>K`` (snapshots of teacher-driven Langevin MD at 300–2000 K) and ``eos`` (the relaxed
+  primitive cell itself at the volumes :data:`EOS_VOLUMES`, unrattled: an equation of state,
+  whose energies and stresses fix equilibrium volumes and bulk moduli, the numbers users ask
+  of a universal potential first).
 
 Labels: energy (eV), forces (eV/Å) and, except for surfaces, stress (eV/Å³). A structure whose
 labels are not finite, or whose largest force exceeds :data:`MAX_FORCE`, is skipped.
@@ -43,8 +46,8 @@ from matscale.data.structure import Structure
 
 #: Bumped whenever the same seed would give other structures (see ``emt.VERSION``).
 #: 2: prototypes too dense or without an energy minimum are refused; 3: plateaus and cells
-#: beyond 1.6x the guess are no minimum.
-VERSION = 3
+#: beyond 1.6x the guess are no minimum; 4: every prototype adds its ``eos`` family.
+VERSION = 4
 #: Seconds per structure on one core, for scheduling; it also sets the chunk size (30 s of
 #: work: 37 structures), which a folder's manifest records, so it stays at version 1's
 #: measured 0.8 s although version 3's scans take ~1.4 s.
@@ -72,8 +75,13 @@ TEMPERATURES_K = (300, 800, 1200, 2000)
 FAMILY_WEIGHTS = {"bulk": 0.35, "strained": 0.15, "vacancy": 0.1, "surface": 0.1, "md": 0.3}
 #: Share of each kind of prototype: every element appears in the elemental share.
 KIND_WEIGHTS = {"elemental": 0.4, "binary": 0.4, "ternary": 0.2}
-#: Structures made from one relaxed prototype (its volume scan is the costly part).
+#: Structures made from one relaxed prototype (its volume scan is the costly part), besides
+#: its equation of state.
 STRUCTURES_PER_CELL = 4
+#: Volumes of a prototype's ``eos`` family, as fractions of its relaxed volume: ±8 %, a little
+#: wider than the ±6 % over which equations of state are usually fitted (the relaxed volume is
+#: only as good as the scan's 1.5 % steps in the lattice constant, ~4.5 % in volume).
+EOS_VOLUMES = (0.92, 0.96, 1.0, 1.04, 1.08)
 #: MD steps between snapshots, and snapshots per run.
 MD_STRIDE, MD_SNAPSHOTS = 8, 3
 
@@ -177,6 +185,12 @@ def make(
                 )
             continue
         refused_in_a_row = 0
+        for atoms in eos(cell)[: room()]:
+            reason = label(atoms, calc, stress=True)
+            if reason:
+                skipped[reason] += 1
+                continue
+            out.append(_record(atoms, teacher, who))
         for _ in range(STRUCTURES_PER_CELL):
             if room() <= 0:
                 break
@@ -186,9 +200,24 @@ def make(
                 if reason:
                     skipped[reason] += 1
                     continue
-                s = atoms_to_structure(atoms, source=teacher.source)
-                s.labelled_by = who
-                out.append(s)
+                out.append(_record(atoms, teacher, who))
+    return out
+
+
+def _record(atoms: Atoms, teacher: Teacher, who: str) -> Structure:
+    s = atoms_to_structure(atoms, source=teacher.source)
+    s.labelled_by = who
+    return s
+
+
+def eos(cell: Atoms) -> list[Atoms]:
+    """The relaxed primitive ``cell`` scaled isotropically to each of :data:`EOS_VOLUMES`
+    (family ``eos``; positions scale with the cell, nothing is rattled)."""
+    out = []
+    for v in EOS_VOLUMES:
+        atoms = _scaled(cell, v ** (1 / 3))
+        atoms.info = {"family": "eos"}  # not the scan's bookkeeping (``no_minimum``)
+        out.append(atoms)
     return out
 
 
