@@ -136,9 +136,13 @@ def missing(atoms: list[Atoms]) -> list[str]:
     return [f"{p}/{c}" for p in PROTOTYPES for c in CONDITIONS if (p, c) not in have]
 
 
-def predictions(model: str, atoms: list[Atoms]) -> tuple[list[tuple[float, np.ndarray]], float]:
+def predictions(
+    model: str, atoms: list[Atoms]
+) -> tuple[list[tuple[float, np.ndarray]], float, dict[str, float]]:
     """(energy eV, forces eV/Å [n, 3]) per structure and the atoms/s, one structure per call:
-    a matscale model's ``teacher-sevennet`` head, or CHGNet (``chgnet``)."""
+    a matscale model's ``teacher-sevennet`` head, or CHGNet (``chgnet``); and the model's own
+    final metrics from its file (none for CHGNet)."""
+    metrics: dict[str, float] = {}
     if model == "chgnet":
         from matscale.data.generate.teacher import CHGNET, calculator
 
@@ -148,14 +152,16 @@ def predictions(model: str, atoms: list[Atoms]) -> tuple[list[tuple[float, np.nd
         from matscale.calc.model_file import load_potential
         from matscale.pretrained import model_file
 
-        calc = MatscaleCalculator(load_potential(model_file(model)), head="teacher-sevennet")
+        potential = load_potential(model_file(model))
+        metrics = potential.info.get("metrics", {})
+        calc = MatscaleCalculator(potential, head="teacher-sevennet")
     out = []
     started = time.perf_counter()
     for a in atoms:
         work = a.copy()
         work.calc = calc
         out.append((float(work.get_potential_energy()), np.array(work.get_forces())))
-    return out, sum(len(a) for a in atoms) / (time.perf_counter() - started)
+    return out, sum(len(a) for a in atoms) / (time.perf_counter() - started), metrics
 
 
 def score(model: str, atoms: list[Atoms]) -> dict[str, Any]:
@@ -163,7 +169,7 @@ def score(model: str, atoms: list[Atoms]) -> dict[str, Any]:
     labels: over all structures, per condition (``condition:NAME``) and per prototype
     (``prototype:NAME``), with its atoms/s and (a matscale model) its own errors on the
     teacher's source from its model file."""
-    predicted, atoms_per_s = predictions(model, atoms)
+    predicted, atoms_per_s, metrics = predictions(model, atoms)
     groups: dict[str, list[int]] = {"all": list(range(len(atoms)))}
     for i, a in enumerate(atoms):
         groups.setdefault(f"condition:{a.info['family']}", []).append(i)
@@ -177,10 +183,6 @@ def score(model: str, atoms: list[Atoms]) -> dict[str, Any]:
         row[f"{group}/energy_mae_meV_per_atom"] = 1e3 * float(np.mean(de))
         row[f"{group}/forces_mae_meV_per_A"] = 1e3 * float(df.mean())
     if model != "chgnet":
-        from matscale.calc.model_file import read_model_file
-        from matscale.pretrained import model_file
-
-        metrics = read_model_file(model_file(model)).get("metrics", {})
         row["own_errors_on_teacher_source"] = {
             k: v for k, v in metrics.items() if "teacher-sevennet" in k
         }

@@ -66,3 +66,17 @@ def test_the_committed_labels_are_of_these_structures() -> None:
         assert a.info["labelled_by"].startswith("SevenNet-0")
         assert a.info["source"] == unseen.SOURCE != "teacher-sevennet"
         assert np.isfinite(a.get_forces()).all() and a.get_stress().shape == (6,)
+
+
+def test_a_shipped_model_is_scored_with_its_own_errors_beside() -> None:
+    import ase.io
+
+    committed = ase.io.read(unseen.FILE, ":")[:4]
+    row = unseen.score("matscale-foundation-v1", committed)
+    assert row["atoms_per_s"] > 0
+    assert 0 < row["all/forces_mae_meV_per_A"] < 5_000
+    conditions = {a.info["family"] for a in committed}
+    assert {f"condition:{c}/forces_mae_meV_per_A" for c in conditions} <= set(row)
+    # the model's own validation and test errors on the teacher's source, from its file
+    own = row["own_errors_on_teacher_source"]
+    assert own["test/teacher-sevennet/forces_mae_meV_per_A"] > 0

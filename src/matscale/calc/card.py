@@ -177,7 +177,12 @@ def _training_section(blob: dict[str, Any], run: dict[str, Any]) -> list[str]:
     train = run.get("train", {})
     data = run.get("data", {})
     out = ["## Training", "", "| | |", "|---|---|"]
-    out.append(f"| steps | {blob.get('step', '?')} (planned {train.get('steps', '?')}) |")
+    if train.get("schedule") == "cosine-time" and train.get("max_minutes"):
+        # annealed over the time budget: ``steps`` is only a cap the run did not plan to reach
+        plan = f"annealed over {train['max_minutes']} min, at most {train.get('steps', '?')}"
+    else:
+        plan = f"planned {train.get('steps', '?')}"
+    out.append(f"| steps | {blob.get('step', '?')} ({plan}) |")
     if train.get("init_from"):  # fine-tuned or continued: its start's own training is not here
         out.append(f"| started from | `{train['init_from']}` (steps and time above are this "
                    "run's only) |")  # fmt: skip
