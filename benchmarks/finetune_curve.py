@@ -16,7 +16,8 @@ structures:
     .venv/bin/python benchmarks/finetune_curve.py --model data/runs/demo/model.pt \\
         --sizes 50 200 1000 --steps 600
 
-Writes ``benchmarks/results/finetune_curve.json`` and ``finetune_curve.png``.
+Writes ``benchmarks/results/finetune_curve.json`` and ``finetune_curve.png`` (``--name``
+another name).
 """
 
 from __future__ import annotations
@@ -136,6 +137,7 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--teacher", default="sevennet")
     p.add_argument("--work", type=Path, default=Path("data/finetune-curve"))
+    p.add_argument("--name", default="finetune_curve", help="results file (.json, .png)")
     args = p.parse_args()
     from matscale import pretrained
 
@@ -163,8 +165,8 @@ def main() -> None:
         "rows": rows,
         "teacher": teacher,
     }
-    write_json("finetune_curve", payload)
-    plot(payload, RESULTS / "finetune_curve.png")
+    write_json(args.name, payload)
+    plot(payload, RESULTS / f"{args.name}.png")
 
 
 def plot(payload: dict[str, Any], path: Path) -> None:
