@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from matscale.bench.commands import add_verbs as add_bench_verbs
 from matscale.calc.commands import add_verbs as add_calc_verbs
@@ -235,6 +235,24 @@ def _parser() -> argparse.ArgumentParser:
     m.add_argument("store", type=Path)
     m.set_defaults(run=lambda a: _print_info(_merge(a.store)))
 
+    c = dverbs.add_parser(
+        "combine",
+        help="one store read as the union of others (hard links, no copy), e.g. a model's "
+        "store and new data to continue its training on",
+    )
+    c.add_argument("stores", type=Path, nargs="+", help="packed stores, in order")
+    c.add_argument("--out", type=Path, required=True, help="the combined store")
+    c.add_argument(
+        "--keep-split",
+        metavar="MODEL",
+        default=None,
+        help="the first store keeps the train/val/test split and held-out families MODEL (a "
+        "model file or shipped name) was trained with on it, so that continuing MODEL's "
+        "training never trains on its validation and test structures; the other stores are "
+        "split by the run",
+    )
+    c.set_defaults(run=_combine)
+
     i = dverbs.add_parser("info", help="print a store's statistics")
     i.add_argument("store", type=Path)
     i.add_argument(
@@ -381,6 +399,20 @@ def _merge(store: Path) -> Path:
 
     merge_parts(store)
     return store
+
+
+def _combine(args: argparse.Namespace) -> int:
+    from matscale.data.combine import combine_stores
+
+    splits: list[dict[str, Any] | None] = [None] * len(args.stores)
+    if args.keep_split:
+        from matscale import pretrained
+        from matscale.calc.model_file import load_potential
+        from matscale.train.finetune import trained_split
+
+        splits[0] = trained_split(load_potential(pretrained.model_file(args.keep_split)))
+    combine_stores(args.stores, args.out, splits=splits)
+    return _print_info(args.out)
 
 
 def _print_info(store: Path) -> int:

@@ -170,3 +170,41 @@ def test_replay_refuses_what_it_cannot_do(trained: Path, tiny_store: Path, tmp_p
         with_replay(same, tiny_store, 0.2)
     with pytest.raises(ConfigError, match=r"data\.mixture is set by the replay share"):
         with_replay(load(None, [*base, "data.mixture={emt-new2: 1.0}"]), tiny_store, 0.2)
+
+
+def test_continuing_on_a_grown_store_keeps_the_models_split(
+    trained: Path, tiny_store: Path, tmp_path: Path
+) -> None:
+    """More data of a source the model has (`data combine --keep-split`): the model's own store
+    keeps the split it was trained with, so a continued run never trains on its validation or
+    test structures; the new data is split by the run."""
+    from matscale.cli import main
+    from matscale.data.store import Store
+    from matscale.train.data import make_splits
+
+    more = _store(tmp_path, "emt")  # the same source as one of the model's heads
+    out = tmp_path / "grown"
+    assert main(["data", "combine", str(tiny_store), str(more), "--out", str(out),
+                 "--keep-split", str(trained)]) == 0  # fmt: skip
+    grown = Store(out)
+    n_old = len(Store(tiny_store))
+    assert len(grown) == n_old + len(Store(more))
+    # another split seed for the continued run: the kept block must not follow it
+    cfg = load(None, [f"data.store={out}", "data.split_seed=7"]).data
+    splits = make_splits(grown, cfg)
+    pre = make_splits(Store(tiny_store), load(trained.parent / "config.yaml", []).data)
+    for field in ("train", "val", "test"):
+        got = getattr(splits, field)
+        assert np.array_equal(got[got < n_old], getattr(pre, field)), field
+    alone = make_splits(Store(more), load(None, [f"data.store={more}", "data.split_seed=7"]).data)
+    assert np.array_equal(splits.val[splits.val >= n_old] - n_old, alone.val)
+    # the continued run starts from the model, tunes its head and trains
+    cfg_run = load(None, [f"data.store={out}", f"out_dir={tmp_path}", "name=more",
+                          f"train.init_from={trained}", *SHORT])  # fmt: skip
+    train(cfg_run, progress=False)
+    assert load_potential(tmp_path / "more" / "model.pt").graph.heads == ("emt", "mol")
+    # without --keep-split the whole union is split by the run: the model's val structures
+    # would be trained on
+    main(["data", "combine", str(tiny_store), str(more), "--out", str(tmp_path / "plain")])
+    plain = make_splits(Store(tmp_path / "plain"), cfg)
+    assert set(plain.train[plain.train < n_old]) & set(pre.val)

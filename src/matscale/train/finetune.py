@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -148,18 +149,12 @@ def with_replay(cfg: RunConfig, replay: str | Path, share: float) -> RunConfig:
             f"sources {both} are in both {cfg.data.store} and the replay store {replay}: the "
             "replay share cannot be set per store; pack the new data under another source name"
         )
-    pre_data = pre.info.get("run_config", {}).get("data", {})
-    defaults = DataConfig()
-    pre_split = {
-        "split": list(pre_data.get("split", defaults.split)),
-        "split_seed": int(pre_data.get("split_seed", defaults.split_seed)),
-        "holdout_families": list(pre_data.get("holdout_families", ())),
-    }
     combined = cfg.run_dir / REPLAY_STORE
     if launch_position().main:  # one process combines; the others wait for it
-        combine_stores([cfg.data.store, replay], combined, splits=[None, pre_split])
+        combine_stores([cfg.data.store, replay], combined, splits=[None, trained_split(pre)])
     else:
         _wait_for(combined / META)
+    pre_data = pre.info.get("run_config", {}).get("data", {})
     weights = pre_data.get("mixture") or {s: float(np.sum(old.source_ids == k))
                                           for k, s in enumerate(old.sources)}  # fmt: skip
     replayed = {s: float(weights.get(s, 0.0)) for s in old.sources}
@@ -167,6 +162,18 @@ def with_replay(cfg: RunConfig, replay: str | Path, share: float) -> RunConfig:
     mixture = {s: (1 - share) / len(new.sources) for s in new.sources}
     mixture |= {s: share * w / total for s, w in replayed.items()}
     return replace(cfg, data=replace(cfg.data, store=str(combined), mixture=mixture))
+
+
+def trained_split(pre: Potential) -> dict[str, Any]:
+    """The split settings ``pre`` was trained with (``split``, ``split_seed``,
+    ``holdout_families`` of its run config), for its store to keep in a combined store."""
+    pre_data = pre.info.get("run_config", {}).get("data", {})
+    defaults = DataConfig()
+    return {
+        "split": list(pre_data.get("split", defaults.split)),
+        "split_seed": int(pre_data.get("split_seed", defaults.split_seed)),
+        "holdout_families": list(pre_data.get("holdout_families", ())),
+    }
 
 
 def _wait_for(path: Path, timeout_s: float = 600.0) -> None:
