@@ -40,6 +40,49 @@ def test_emt_copper_against_wien2k() -> None:
     # the medians are those of the rows
     errors = [abs(out["elements"][e]["V0_error_percent"]) for e in ("Cu", "Ag")]
     assert out["median_abs_V0_error_percent"] == pytest.approx(np.median(errors))
+    # stored curves fitted again (no calculator) give the same rows and medians, to the
+    # rounding of what is stored (volumes to 1e-4 Å³, energies to 1e-6 eV: B0, a curvature,
+    # moves by hundredths of a percent)
+    again = eos.rescored(json.loads(json.dumps(out)))
+    assert again["elements"]["Cu"]["V0_error_percent"] == pytest.approx(
+        cu["V0_error_percent"], abs=2e-3
+    )
+    assert again["elements"]["Cu"]["B0_error_percent"] == pytest.approx(
+        cu["B0_error_percent"], abs=0.05
+    )
+    assert again["median_abs_V0_error_percent"] == pytest.approx(
+        out["median_abs_V0_error_percent"], abs=2e-3
+    )
+
+
+class _Stretched(EMT):
+    """EMT with a term that keeps the energy falling as the cell grows: no minimum near the
+    Delta test's ±6 % scan."""
+
+    def calculate(self, atoms=None, properties=("energy",), system_changes=None):
+        super().calculate(atoms, properties, system_changes or ["positions"])
+        # −0.15 eV/Å³ · V moves EMT Cu's minimum to ~+40 % of the reference, where the fit
+        # still converges (at 0.1: +15 %, kept; from 0.2 on no fit converges at all)
+        self.results["energy"] -= 0.15 * atoms.get_volume()
+
+
+def test_a_curve_without_a_minimum_near_the_scan_is_a_failed_fit_not_a_volume() -> None:
+    out = eos.run(Subject("stretched", _Stretched(), EMT_ELEMENTS), ["Cu"])
+    cu = out["elements"]["Cu"]
+    assert "no minimum within 9.80–14.10 Å³/atom" in cu["fit_failed"]
+    assert "V0_error_percent" not in cu
+    assert out["fitted"] == 0 and out["failed_fits"] == 1
+
+
+def test_a_failed_element_counts_as_the_largest_error_in_the_medians() -> None:
+    ok = {"V0_error_percent": 1.0, "B0_error_percent": -5.0, "delta_meV_per_atom": 2.0}
+    rows = {"A": ok, "B": {**ok, "V0_error_percent": -3.0}, "C": {"fit_failed": "no minimum"}}
+    out = eos.summary(rows)
+    # |ΔV0| of 1, 3 and a failure: the median is 3, not the 2 of the fitted two alone
+    assert out["median_abs_V0_error_percent"] == 3.0 and out["fitted"] == 2
+    assert out["median_delta_meV_per_atom"] == 2.0 and out["mean_delta_meV_per_atom"] == 2.0
+    rows["D"] = {"failed": "RuntimeError: x"}
+    assert eos.summary(rows)["median_abs_V0_error_percent"] == np.inf  # half failed
 
 
 def test_s22_interaction_energies_are_dimer_minus_monomers() -> None:
