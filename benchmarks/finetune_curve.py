@@ -136,9 +136,14 @@ def main() -> None:
     p.add_argument("--sizes", type=int, nargs="+", default=[50, 200, 1000])
     p.add_argument("--steps", type=int, default=600)
     p.add_argument("--teacher", default="sevennet")
-    p.add_argument("--work", type=Path, default=Path("data/finetune-curve"))
+    p.add_argument(
+        "--work", type=Path, default=None, help="run folders (default data/finetune-curve/NAME)"
+    )
     p.add_argument("--name", default="finetune_curve", help="results file (.json, .png)")
     args = p.parse_args()
+    # one folder per results name: the arms' runs resume, so another model's runs must not be
+    # found there (they are refused)
+    args.work = args.work or Path("data/finetune-curve") / args.name
     from matscale import pretrained
 
     model = str(pretrained.model_file(args.model))

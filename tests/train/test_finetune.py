@@ -208,3 +208,18 @@ def test_continuing_on_a_grown_store_keeps_the_models_split(
     main(["data", "combine", str(tiny_store), str(more), "--out", str(tmp_path / "plain")])
     plain = make_splits(Store(tmp_path / "plain"), cfg)
     assert set(plain.train[plain.train < n_old]) & set(pre.val)
+
+
+def test_a_run_folder_of_another_starting_model_is_refused_not_loaded(
+    trained: Path, tiny_store: Path, tmp_path: Path
+) -> None:
+    """The same run name started from a model of another width: one line naming what differs,
+    not torch's shape mismatch from inside load_state_dict."""
+    other = train_tiny(tiny_store, tmp_path / "other", "model.width=24")
+    store = _store(tmp_path, "emt-again")
+    _finetune(store, tmp_path, trained)
+    cfg = load(None, [f"data.store={store}", f"out_dir={tmp_path}", "name=ft",
+                      f"train.init_from={other}", "train.lr=1e-3", "train.warmup_steps=1",
+                      *SHORT])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"holds checkpoints of another run .*train\.init_from"):
+        train(cfg, progress=False)

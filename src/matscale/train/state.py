@@ -90,6 +90,16 @@ def check_resumable(run: Run, ck: dict[str, Any]) -> None:
     structures would overlap the old training ones)."""
     saved, now = upgrade_config(ck["config"]["model"]), to_dict(run.cfg)["model"]
     changed = [f"model.{k}" for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k)]
+    # a run started from a trained model (train.init_from) takes that model's architecture and
+    # heads, not model.*: compare what was built
+    built_then, built_now = ck.get("model_config"), to_dict(run.model_cfg)
+    if not changed and built_then is not None and built_then != built_now:
+        keys = sorted(k for k in set(built_then) | set(built_now)
+                      if built_then.get(k) != built_now.get(k))  # fmt: skip
+        changed.append(f"the model built from train.init_from ({', '.join(keys)})")
+    saved_init = ck["config"].get("train", {}).get("init_from")
+    if saved_init != run.cfg.train.init_from:
+        changed.append(f"train.init_from (was {saved_init})")
     saved_data, now_data = ck["config"]["data"], to_dict(run.cfg)["data"]
     changed += [f"data.{k}" for k in SPLIT_KEYS if saved_data.get(k) != now_data.get(k)]
     if ck.get("store_content", run.store.content_id) != run.store.content_id:
