@@ -50,7 +50,7 @@ def test_use_a_model_section_runs_as_written(tmp_path: Path) -> None:
 
 def test_the_foundation_model_section_runs_as_written(tmp_path: Path) -> None:
     # offline, from any folder: the shipped model lives inside the package
-    (python,) = blocks(section("The foundation model: `matscale-foundation-v1`"), "python")
+    (python,) = blocks(section("The foundation model: `matscale-foundation-v2`"), "python")
     (tmp_path / "foundation.py").write_text(python)
     proc = subprocess.run(
         [sys.executable, "foundation.py"], cwd=tmp_path, capture_output=True, text=True
