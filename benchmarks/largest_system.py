@@ -62,14 +62,6 @@ def parameters(model: Path) -> int:
     return non_embedding_parameters(from_dict(EGNNConfig, config))
 
 
-def high_water_mib() -> float:
-    """This process's peak resident memory so far (``VmHWM``, MiB)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
-
-
 def worker(model: Path, head: str, atoms: int, edge_chunk: int) -> dict[str, Any]:
     """``--worker``: one structure of ~``atoms`` atoms, energy + forces + stress, once."""
     import time
@@ -79,6 +71,7 @@ def worker(model: Path, head: str, atoms: int, edge_chunk: int) -> dict[str, Any
     from matscale.calc.inference import predict_graph
     from matscale.calc.model_file import load_potential
     from matscale.data.batch import collate
+    from matscale.train.log import peak_resident_mib
 
     potential = load_potential(model, edge_chunk=edge_chunk)
     index = potential.graph.head_index(head)
@@ -88,7 +81,7 @@ def worker(model: Path, head: str, atoms: int, edge_chunk: int) -> dict[str, Any
     predict_graph(potential, graph, forces=True, stress=True)
     seconds = time.perf_counter() - started
     return {"atoms": s.n_atoms, "edges": int(graph.edge_index.shape[1]),
-            "peak_rss_mib": high_water_mib(), "seconds": seconds}  # fmt: skip
+            "peak_rss_mib": peak_resident_mib(), "seconds": seconds}  # fmt: skip
 
 
 def measure(model: Path, head: str, atoms: int, edge_chunk: int, threads: int) -> dict[str, Any]:

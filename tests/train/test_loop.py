@@ -3,6 +3,7 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -178,3 +179,19 @@ def test_a_time_budget_anneals_the_cosine_and_a_resume_continues_it(
     rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
     resumed = [r["lr"] for r in rows if r["kind"] == "train"][len(lrs) :]
     assert resumed and max(resumed) < 0.03 * 1e-2
+
+
+def test_a_run_reports_its_own_peak_memory_not_its_launchers() -> None:
+    """`peak_rss_mib` in metrics.jsonl is the process's own high-water mark: ru_maxrss survives
+    exec, so a run launched from a large process (a test worker, a notebook) reported the
+    launcher's peak as its own and the planner's check failed in CI."""
+    import subprocess
+    import sys
+
+    ballast = np.ones(600 * 2**20 // 8)  # 600 MiB resident in this, the launching, process
+    ballast += 1.0
+    code = "from matscale.train.log import peak_resident_mib; print(peak_resident_mib())"
+    child = float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                 check=True).stdout)  # fmt: skip
+    assert 0 < child < 400, child
+    del ballast
