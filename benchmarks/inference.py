@@ -58,6 +58,7 @@ from common import write_json
 
 from matscale.data.batch import collate, graph_sample
 from matscale.data.structure import Structure
+from matscale.train.log import peak_resident_mib
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -149,10 +150,7 @@ def rss_mib() -> float:
 
 def peak_mib() -> float:
     """Peak resident memory since start or the last :func:`reset_peak` (MiB)."""
-    try:
-        return _proc_status()["VmHWM"]
-    except (OSError, KeyError):
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return peak_resident_mib()
 
 
 def reset_peak() -> bool:
