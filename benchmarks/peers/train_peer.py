@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import resource
 import sys
 import time
 from dataclasses import dataclass, replace
@@ -40,6 +39,7 @@ from matscale.data.transform import GraphSettings
 from matscale.models.physics import predict
 from matscale.train.data import loader_for, make_splits, sampler_for
 from matscale.train.evaluate import evaluate
+from matscale.train.log import peak_resident_mib
 from matscale.train.step import ema_update, make_optimizer, train_step
 
 #: The points of the budget (fractions) at which the validation error is measured.
@@ -231,11 +231,6 @@ def lr_at(step: int, elapsed: float, budget: float, r: Recipe) -> float:
     return r.lr * (m + (1 - m) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def peak_rss_mib() -> float:
-    """Peak resident memory of this process so far (MiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-
-
 def inference_speed(
     model: torch.nn.Module, single: list[AtomGraph], batched: list[AtomGraph]
 ) -> dict[str, float]:
@@ -350,7 +345,7 @@ def main() -> None:
     budget = 60 * args.minutes
     marks = [f * budget for f in CURVE]
     curve: list[dict[str, Any]] = []
-    rss_before = peak_rss_mib()
+    rss_before = peak_resident_mib()
     elapsed, step, epoch, structures = 0.0, 0, 0, 0
     print(
         f"{args.model} on {args.source}: {params:,} parameters, {len(train_idx):,} training "
@@ -406,8 +401,8 @@ def main() -> None:
         "epochs": structures / max(len(train_idx), 1),
         "curve": curve,
         "val": {k: v for k, v in final.items() if k not in ("seconds", "step")},
-        "peak_rss_mib": peak_rss_mib(),
-        "peak_rss_rise_mib": peak_rss_mib() - rss_before,
+        "peak_rss_mib": peak_resident_mib(),
+        "peak_rss_rise_mib": peak_resident_mib() - rss_before,
     }
     # each held-out family on its own (all of them together would be dominated by the
     # largest errors), and the families' structures pooled as before

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 import traceback
+import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -14,7 +15,13 @@ from matscale.bench.commands import add_verbs as add_bench_verbs
 from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.generate.run import PRESETS as GENERATE_PRESETS
 from matscale.data.readers import DATA_SUFFIXES
-from matscale.errors import ConfigError, DataError, RunInterrupted, TrainingError
+from matscale.errors import (
+    ConfigError,
+    DataError,
+    ExtrapolationWarning,
+    RunInterrupted,
+    TrainingError,
+)
 from matscale.parallel.commands import add_verbs as add_plan_verbs
 from matscale.parallel.distributed import launch_position
 from matscale.pretrained.commands import add_verbs as add_model_verbs
@@ -30,9 +37,12 @@ def main(argv: list[str] | None = None) -> int:
     if not hasattr(args, "run"):
         parser.print_help()
         return 1
-    several = launch_position().world > 1
+    position = launch_position()
+    several = position.world > 1
     try:
-        code = int(args.run(args) or 0)
+        with warnings.catch_warnings():
+            warnings.showwarning = _show_warning if position.rank == 0 else _drop_own_warning
+            code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except Exception as exc:
         reported = _report(exc)
@@ -72,6 +82,39 @@ def _report(exc: Exception) -> int | None:
         print(f"matscale: error: {exc.filename or ''}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     return None
+
+
+_SHOW_WARNING = warnings.showwarning
+
+
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """matscale's own warnings as one line to a user (``matscale: warning: ...``), not with
+    the source line that raised them; anything else as Python shows it."""
+    if issubclass(category, ExtrapolationWarning):
+        print(f"matscale: warning: {message}", file=file or sys.stderr)
+    else:
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
+
+
+def _drop_own_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
+    """Ranks other than 0 of a multi-process run: every rank sees the same structure (a domain
+    run's ghosts, a replicated evaluation), so rank 0 alone says what it found."""
+    if not issubclass(category, ExtrapolationWarning):
+        _SHOW_WARNING(message, category, filename, lineno, file, line)
 
 
 def _leave(code: int) -> NoReturn:

@@ -135,3 +135,26 @@ def test_eval_without_labels_and_predict_of_one_structure(
     assert "forces" not in r and r["stress"].shape == (6,)
     with pytest.raises(DataError, match="field 'numbers': structure has no atoms"):
         predict(potential, [Atoms(cell=[3, 3, 3], pbc=True)], head="emt")
+
+
+def test_the_cli_says_an_extrapolation_in_one_line(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A contact shorter than any in training is a warning of one line (what and where), not
+    Python's file:line and source line; rank 0 of a multi-process run alone says it."""
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    path = tmp_path / "squeezed.extxyz"
+    dimer = Atoms("Cu2", positions=[[0, 0, 0], [1.0, 0, 0]])
+    dimer.info["source"] = "emt"
+    dimer.calc = SinglePointCalculator(dimer, energy=1.0, forces=np.zeros((2, 3)))
+    ase.io.write(path, dimer)
+    assert main(["eval", str(tiny_model), str(path), "--no-progress"]) == 0
+    err = [line for line in capsys.readouterr().err.splitlines() if "Cu-Cu" in line]
+    assert len(err) == 1 and err[0].startswith("matscale: warning: ")
+    assert "contact shorter than" in err[0] and ".py:" not in err[0]
+    from matscale.cli import _drop_own_warning
+    from matscale.errors import ExtrapolationWarning
+
+    _drop_own_warning(ExtrapolationWarning("a Cu-Cu contact"), ExtrapolationWarning, "f.py", 1)
+    assert capsys.readouterr().err == ""  # another rank: silent
