@@ -82,6 +82,18 @@ def test_plan_resolves_sizes_budgets_and_hashes(tiny_store: Path, tmp_path: Path
     assert {r.seed for r in runs} == {0, 1} and runs[1].config.train.seed == 1
 
 
+def test_min_steps_is_a_floor_of_the_epoch_budget(tiny_store: Path, tmp_path: Path) -> None:
+    """Small fractions train at least ``min_steps``; a fraction whose epochs come to more
+    keeps its epoch budget."""
+    path = _write(tmp_path, tiny_store, sizes=[{"width": 8}], fractions=[0.25, 1.0], epochs=2)
+    quarter, full = (r.config.train.steps for r in plan(load_sweep(path)))
+    assert quarter < full
+    floored = plan(load_sweep(path, [f"min_steps={full}"]))
+    assert [r.config.train.steps for r in floored] == [full, full]
+    assert floored[0].config.train.eval_every == math.ceil(full / 5)
+    assert floored[0].config_hash != plan(load_sweep(path))[0].config_hash
+
+
 @pytest.mark.parametrize(
     "fields, message",
     [
@@ -92,6 +104,8 @@ def test_plan_resolves_sizes_budgets_and_hashes(tiny_store: Path, tmp_path: Path
         ({"sizes": [{"width": 8}], "steps": 5, "fractions": [0.0]}, "fractions"),
         ({"sizes": [{"widht": 8}], "steps": 5}, "unknown keys \\['widht'\\]"),
         ({"sizes": [{"width": 8, "set": ["train.lrr=1"]}], "steps": 5}, "sizes\\[0\\].set"),
+        ({"sizes": [{"width": 8}], "steps": 5, "min_steps": 10}, "min_steps"),
+        ({"sizes": [{"width": 8}], "epochs": 1, "min_steps": -1}, "min_steps"),
     ],
 )
 def test_bad_sweeps_are_named(tiny_store: Path, tmp_path: Path, fields, message) -> None:

@@ -2,7 +2,8 @@
 
 A sweep is a YAML file of :class:`SweepConfig`: a ``base`` run config (the keys of
 ``matscale train``), the model sizes (parameter targets or explicit width/depth), the nested
-data fractions, the seeds and one training budget (epochs or steps) shared by every run::
+data fractions, the seeds and one training budget (epochs, optionally with a floor in steps,
+or steps) shared by every run::
 
     name: cpu
     base: {data: {store: data/store-default}, model: {depth: 3}}
@@ -94,6 +95,11 @@ class SweepConfig:
     ``steps``."""
     steps: int | None = None
     """Budget per run in optimizer steps, whatever its data size."""
+    min_steps: int = 0
+    """Floor of an epoch budget in optimizer steps: a run whose epochs come to fewer trains
+    this many. On a data axis of two decades, a fixed number of epochs gives the smallest
+    fractions a few hundred steps, and their error then measures the step count, not the
+    data; with the floor they train until their data limits them (they repeat it)."""
     processes: int = 1
     """Processes each run trains on; an epoch budget's steps are counted per process."""
     evaluations: int = 5
@@ -159,6 +165,8 @@ def check_sweep(sweep: SweepConfig, where: str = "sweep") -> None:
     for f in sweep.fractions:
         if not 0 < f <= 1:
             raise ConfigError(f"{where}: fractions: {f} must lie in (0, 1]")
+    if sweep.min_steps < 0 or (sweep.min_steps and sweep.epochs is None):
+        raise ConfigError(f"{where}: min_steps is a floor of an epoch budget (>= 0, with epochs)")
     if sweep.evaluations < 1:
         raise ConfigError(f"{where}: evaluations must be at least 1")
 
@@ -263,7 +271,7 @@ def _epoch_steps(
         store, train, cfg.data, train=True, seed=seed, rank=0, world=sweep.processes
     )
     per_epoch = len(sampler) / cfg.train.accumulation
-    return max(1, math.ceil((sweep.epochs or 0) * per_epoch))
+    return max(1, sweep.min_steps, math.ceil((sweep.epochs or 0) * per_epoch))
 
 
 def describe_plan(runs: list[PlannedRun], done: Collection[str] = ()) -> str:
