@@ -13,7 +13,9 @@ from typing import Any, NoReturn
 
 from matscale.bench.commands import add_verbs as add_bench_verbs
 from matscale.calc.commands import add_verbs as add_calc_verbs
+from matscale.data.generate.relabel import CHUNK as RELABEL_CHUNK
 from matscale.data.generate.run import PRESETS as GENERATE_PRESETS
+from matscale.data.generate.teacher import TEACHERS
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import (
     ConfigError,
@@ -232,6 +234,27 @@ def _parser() -> argparse.ArgumentParser:
     g.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
     g.set_defaults(run=_generate)
 
+    lb = dverbs.add_parser(
+        "label",
+        help="label structures you have (files or folders) with a teacher potential",
+    )
+    lb.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="files or directories (searched for " + ", ".join(DATA_SUFFIXES) + ")",
+    )
+    lb.add_argument("--out", type=Path, required=True, help="folder for OUT/<teacher>/chunk-*")
+    lb.add_argument(
+        "--teacher",
+        choices=[t.source for t in TEACHERS],
+        default=TEACHERS[0].source,
+        help="the teacher whose labels (and source, head) the structures get (extra `teachers`)",
+    )
+    lb.add_argument("--chunk", type=int, default=RELABEL_CHUNK, help="structures per file and task")
+    lb.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    lb.set_defaults(run=_label)
+
     k = dverbs.add_parser("pack", help="stream files into a sharded store")
     k.add_argument(
         "inputs",
@@ -390,6 +413,20 @@ def _generate(args: argparse.Namespace) -> int:
         why = ", ".join(f"{r}: {c}" for r, c in skipped.items()) or "none"
         print(f"{source}: {n:,} structures written now (skipped: {why})")
     print(f"generated in {report['seconds']} s under {args.out}")
+    return 0
+
+
+def _label(args: argparse.Namespace) -> int:
+    from matscale.data.generate.relabel import label_files
+
+    who = next(t for t in TEACHERS if t.source == args.teacher)
+    report = label_files(args.inputs, args.out, who, chunk=args.chunk, workers=args.workers)
+    why = ", ".join(f"{r}: {c}" for r, c in report["skipped_now"].items()) or "none"
+    print(
+        f"{who.source}: {report['written_now']:,} structures labelled now by {report['teacher']}"
+        f" (skipped: {why}); {report['structures']:,} in the inputs, in {report['seconds']} s "
+        f"under {args.out / who.source}"
+    )
     return 0
 
 

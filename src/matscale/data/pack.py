@@ -389,7 +389,7 @@ def _bytes(path: Path) -> int:
 
 
 #: Bookkeeping files that ``pack`` never reads as data, whatever their suffix.
-NOT_DATA = {"generate.json", "meta.json", "manifest.json"}
+NOT_DATA = {"generate.json", "label.json", "meta.json", "manifest.json"}
 
 
 def collect_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
