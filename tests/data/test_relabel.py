@@ -107,3 +107,24 @@ def test_the_cli_labels_with_sevennet(tmp_path: Path, capsys: pytest.CaptureFixt
     assert -5.6 < s.energy / 2 < -5.0  # eV/atom: PBE's diamond Si, about -5.4
     assert main(["data", "label", str(tmp_path / "nope.xyz"), "--out", str(out)]) == 2
     assert "nope.xyz" in capsys.readouterr().err
+
+
+def test_inputs_grown_at_the_end_extend_the_folder(tmp_path: Path) -> None:
+    """More files after the old ones (as `data generate` adds chunks) label only what is new;
+    the old last chunk, cut short, is labelled again with the new structures; a file before
+    the old ones changes every chunk and is refused."""
+    (tmp_path / "in").mkdir()
+    _inputs(tmp_path / "in" / "a.extxyz")
+    args = ([tmp_path / "in"], tmp_path / "out", EMT_TEACHER)
+    first = label_files(*args, chunk=4, workers=1, progress=False)
+    assert first["written_now"] == 4 and first["chunks"] == 2
+    folder = tmp_path / "out" / "teacher-emt"
+    before = (folder / "chunk-00000.extxyz").stat().st_mtime_ns
+    ase.io.write(tmp_path / "in" / "b.extxyz", bulk("Cu", "fcc", a=3.6).repeat(2))
+    grown = label_files(*args, chunk=4, workers=1, progress=False)
+    assert grown["written_now"] == 1 and grown["structures"] == 7  # Fe and Fm skipped again
+    assert (folder / "chunk-00000.extxyz").stat().st_mtime_ns == before
+    assert len(list(read_structures(folder / "chunk-00001.extxyz"))) == 1
+    ase.io.write(tmp_path / "in" / "0.extxyz", bulk("Cu", "fcc", a=3.6))
+    with pytest.raises(DataError, match="inputs"):
+        label_files(*args, chunk=4, workers=1, progress=False)

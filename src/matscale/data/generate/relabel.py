@@ -9,7 +9,8 @@ The inputs (files or folders, found as ``matscale data pack`` finds them) are re
 this process and cut into chunks of ``chunk`` structures; worker processes label chunk ``k``
 and write it as ``OUT/<teacher source>/chunk-<k>.extxyz`` (a temporary file and a rename).
 Chunks on disk are kept, so a stopped run resumes; the folder's manifest names the inputs, the
-teacher and the chunk size, and a folder labelled from other inputs is refused.
+teacher and the chunk size; a folder labelled from other inputs is refused, and inputs that grew
+at the end (more chunk files of the same generator) extend it.
 
 Every record says who labelled it: ``source`` is the teacher's, ``labelled_by`` the teacher
 and its version; ``family`` is the input's, ``labelled_from`` the input's file and record.
@@ -73,7 +74,7 @@ def label_files(
         structures += read_structures(f)
     folder = out / who.source
     folder.mkdir(parents=True, exist_ok=True)
-    _check_manifest(folder, files, who, chunk)
+    _check_manifest(folder, files, who, chunk, len(structures))
     tasks = [
         (k, structures[start : start + chunk], folder / f"chunk-{k:05d}.extxyz")
         for k, start in enumerate(range(0, len(structures), chunk))
@@ -157,23 +158,36 @@ def wants_stress(s: Structure) -> bool:
     return unlabelled and bool(s.pbc.all())
 
 
-def _check_manifest(folder: Path, files: list[Path], who: teacher.Teacher, chunk: int) -> None:
+def _check_manifest(
+    folder: Path, files: list[Path], who: teacher.Teacher, chunk: int, structures: int
+) -> None:
     """Record what ``folder`` is labelled from; refuse one labelled from other inputs, by
     another teacher or in other chunks (resuming keys on chunk files, which would otherwise
-    be kept although they hold other structures)."""
+    be kept although they hold other structures). Inputs that grew at the end (more files
+    after the old ones, as ``data generate`` adds them) extend the folder: its chunks hold the
+    same structures, except the old last one when it was cut short, which is labelled again."""
+    inputs = [[str(f), f.stat().st_size] for f in files]
     manifest = {
         "labelled_by": who.labelled_by(),
         "chunk": chunk,
-        "inputs": [[str(f), f.stat().st_size] for f in files],
+        "inputs": inputs,
+        "structures": structures,
     }
     path = folder / "manifest.json"
     if path.exists():
         old = json.loads(path.read_text())
-        differ = [k for k in manifest if old.get(k) != manifest[k]]
+        old_inputs = old.get("inputs", [])
+        grown = old_inputs == inputs[: len(old_inputs)]
+        differ = [k for k in ("labelled_by", "chunk") if old.get(k) != manifest[k]]
+        if not grown:
+            differ.append("inputs")
         if differ:
             raise DataError(
                 f"holds structures labelled with other {', '.join(differ)} (the manifest "
                 "differs); label into another --out, or delete the folder",
                 file=str(folder),
             )
+        before = int(old.get("structures", 0))
+        if before < structures and before % chunk:
+            (folder / f"chunk-{before // chunk:05d}.extxyz").unlink(missing_ok=True)
     path.write_text(json.dumps(manifest, indent=1))
