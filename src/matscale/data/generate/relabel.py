@@ -2,7 +2,7 @@
 
 Distillation, as the teacher source does for the crystals it builds, but for any geometries:
 a dataset relabelled by SevenNet-0 or CHGNet becomes more data at the teacher's level of
-theory (its source, its head). Labelling costs only the teacher's single points, ~10x the
+theory (its source, its head). Labelling costs only the teacher's single points: ~5x the
 atoms per second of the teacher source, whose relaxations and MD take most of its time.
 
 The inputs (files or folders, found as ``matscale data pack`` finds them) are read in order by
