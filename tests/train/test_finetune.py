@@ -203,6 +203,10 @@ def test_continuing_on_a_grown_store_keeps_the_models_split(
                           f"train.init_from={trained}", *SHORT])  # fmt: skip
     train(cfg_run, progress=False)
     assert load_potential(tmp_path / "more" / "model.pt").graph.heads == ("emt", "mol")
+    card = (tmp_path / "more" / "model.md").read_text()  # the card says which part kept what
+    assert (f"combined from `{tiny_store.name}` ({n_old:,} structures, the split of the run it "
+            "was trained with kept") in card  # fmt: skip
+    assert f"`{more.name}` ({len(Store(more)):,} structures, split by these settings)" in card
     # without --keep-split the whole union is split by the run: the model's val structures
     # would be trained on
     main(["data", "combine", str(tiny_store), str(more), "--out", str(tmp_path / "plain")])

@@ -7,6 +7,7 @@ held-out errors per source), what training cost and on what, and what it is not 
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from ase.data import chemical_symbols
@@ -166,6 +167,25 @@ def _error_table(metrics: dict[str, float], heads: list[str], holdout: list[str]
     return out
 
 
+def _parts_text(blob: dict[str, Any]) -> str:
+    """What a combined store was made of, and which part kept the split of an earlier run
+    (whose validation and test structures this run therefore never trained on)."""
+    parts = blob.get("store_parts")
+    if not parts:
+        return ""
+    said = []
+    for p in parts:
+        kept = p.get("kept_split")
+        how = (
+            f"the split of the run it was trained with kept ({kept.get('split')}, seed "
+            f"{kept.get('split_seed')}, held out {list(kept.get('holdout_families', []))})"
+            if kept
+            else "split by these settings"
+        )
+        said.append(f"`{Path(p['store']).name}` ({p['structures']:,} structures, {how})")
+    return "; combined from " + " and ".join(said)
+
+
 def _split_of(metric: str) -> str:
     """``test/`` or ``holdout/`` for a metric of that split, ``""`` for validation."""
     return next((p for p, _ in _SPLITS if p and metric.startswith(p)), "")
@@ -204,7 +224,7 @@ def _training_section(blob: dict[str, Any], run: dict[str, Any]) -> list[str]:
     out.append(
         f"| data | store `{data.get('store', '?')}`, split {data.get('split', '?')}, "
         f"fraction {data.get('fraction', 1.0)}, held-out families "
-        f"{list(data.get('holdout_families', [])) or 'none'} |"
+        f"{list(data.get('holdout_families', [])) or 'none'}{_parts_text(blob)} |"
     )
     precision = run.get("parallel", {}).get("precision", "fp32")
     out += [f"| precision | {precision} |", ""]

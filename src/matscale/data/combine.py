@@ -94,6 +94,19 @@ def combined_parts(store: str | Path) -> list[tuple[int, dict[str, Any] | None]]
     ]
 
 
+def describe_parts(store: str | Path) -> list[dict[str, Any]] | None:
+    """For a combined store, each input's name, structures and the split it keeps (None: the
+    run's own), for a run's checkpoint and model card; None for any other store."""
+    record = Path(store) / "parts" / RECORD
+    if not record.is_file():
+        return None
+    content = json.loads(record.read_text())
+    return [
+        {"store": i["path"], "structures": int(i["n_structures"]), "kept_split": split}
+        for i, split in zip(content["inputs"], content["splits"], strict=True)
+    ]
+
+
 def _identity(path: Path) -> dict[str, Any]:
     """What names a store's content: its path, size, cutoff and shard checksums."""
     if not (path / META).is_file():

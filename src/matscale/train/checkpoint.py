@@ -194,7 +194,10 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
     from matscale.data.transform import GraphSettings
     from matscale.models.egnn import upgrade_config
 
-    keep = ("stats", "labelled_by", "step", "train_seconds", "train_structures", "hardware")
+    keep = (
+        "stats", "labelled_by", "step", "train_seconds", "train_structures", "hardware",
+        "store_parts",
+    )  # fmt: skip
     if "labelled_by" not in checkpoint:
         checkpoint = {**checkpoint, "labelled_by": _labellers_of_store(checkpoint)}
     if "graph" in checkpoint:

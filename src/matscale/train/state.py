@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from matscale.config import ConfigError, to_dict
+from matscale.data.combine import describe_parts
 from matscale.errors import TrainingError
 from matscale.models.egnn import upgrade_config
 from matscale.parallel.distributed import (
@@ -137,6 +138,7 @@ def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[
         "stats": run.store.stats,
         "labelled_by": run.store.labelled_by,
         "store_content": run.store.content_id,
+        "store_parts": describe_parts(run.store.path),
         "metrics": metrics,
         "train_seconds": run.seconds,
         "schedule_progress": run.schedule_progress,
