@@ -156,6 +156,16 @@ class ParallelConfig:
     edge_chunk: int = 0
     """Checkpoint each layer's edge terms in chunks of this many edges (0: off), alone or
     inside whole-layer checkpointing, for graphs whose edges dominate memory."""
+    explicit_forces: bool = False
+    """Conservative forces and stress from a backward pass written out as tensor code
+    (``models/explicit_forces.py``) instead of autograd's double backward: the same numbers
+    to float32 round-off in fewer passes over the edge tensors, and the form ``compile`` can
+    fuse. The default layer only (no norm, coordinate or vector channels; SiLU), and not with
+    fsdp, ZeRO-3 or activation checkpointing, which act on the layers' own forward passes."""
+    compile: bool = False
+    """``torch.compile`` the model's forward pass (with conservative forces it needs
+    ``explicit_forces``: autograd's double backward cannot be compiled). The first steps
+    compile (minutes on a CPU; cached on disk for later runs); needs a C++ compiler on a CPU."""
     timeout_s: float = 600.0
     """Seconds a process waits in a collective for the others before the run fails: the
     bound on how long a rank that died or hangs can hold up the rest (a failing rank also

@@ -209,9 +209,13 @@ def test_two_by_two_sweep_runs_resumes_and_reports(
 def test_shipped_presets_are_valid_sweeps() -> None:
     """Every preset in configs/sweeps/ parses and passes the checks (planning needs its store)."""
     presets = sorted(Path(__file__).resolve().parents[2].glob("configs/sweeps/*.yaml"))
-    assert {p.stem for p in presets} >= {"cpu", "gpu-h100", "paper"}
+    assert {p.stem for p in presets} >= {"cpu", "cpu-data", "gpu-h100", "paper"}
     for p in presets:
         sweep = load_sweep(p)
+        if p.stem == "cpu-data":  # the data axis: two decades of data, a floor of steps
+            assert len(sweep.sizes) >= 2 and max(sweep.fractions) / min(sweep.fractions) >= 100
+            assert sweep.min_steps > 0 and sweep.epochs
+            continue
         assert len(sweep.sizes) >= 5 and len(sweep.fractions) >= 4 and sweep.epochs == 10
     paper = load_sweep(presets[[p.stem for p in presets].index("paper")])
     assert paper.processes == paper.slurm.nodes * paper.slurm.gpus_per_node

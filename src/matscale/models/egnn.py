@@ -368,10 +368,20 @@ class EGNN(nn.Module):
         self.reference_energy = ref.to(device=self.reference_energy.device, dtype=torch.float64)
         return out
 
-    def forward(self, graph: AtomGraph) -> dict[str, torch.Tensor]:
+    def forward(
+        self, graph: AtomGraph, *, explicit_forces: bool = False, stress: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Returns ``energy`` [B] eV (float64), ``node_energy`` [N] eV (float64),
         ``energy_net`` [B] eV (float32: the learned part, what autograd differentiates) and,
-        with a direct force head, ``forces`` [N, 3] eV/Å."""
+        with a direct force head, ``forces`` [N, 3] eV/Å.
+
+        ``explicit_forces``: also ``forces`` [N, 3] eV/Å (and with ``stress``, ``stress``
+        [B, 6] eV/Å³) as −∂E/∂x written out (:mod:`matscale.models.explicit_forces`), through
+        this forward pass so that data-parallel wrappers see the whole computation."""
+        if explicit_forces:
+            from matscale.models.explicit_forces import predict_explicit
+
+            return predict_explicit(self, graph, stress=stress)
         cfg = self.config
         edge_index = graph.edge_index
         i, j = edge_index

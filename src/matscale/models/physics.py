@@ -25,6 +25,7 @@ def predict(
     stress: bool = False,
     create_graph: bool = False,
     owned: torch.Tensor | None = None,
+    explicit: bool = False,
 ) -> dict[str, torch.Tensor]:
     """Energy [B] eV, and forces [N, 3] eV/Å and stress [B, 6] eV/Å³ (Voigt xx yy zz yz xz xy)
     when asked, as −∂E/∂x and (1/V) ∂E/∂ε. A model that returns ``forces`` itself (a direct
@@ -32,7 +33,15 @@ def predict(
 
     ``owned`` [N] bool differentiates only those atoms' energies (domain decomposition: a
     ghost's own energy belongs to another process; see :mod:`matscale.calc.domain`).
+    ``explicit``: the model writes its derivatives out (``EGNN.forward(...,
+    explicit_forces=True)``); the results are differentiable in the parameters whatever
+    ``create_graph`` says.
     """
+    if explicit and (forces or stress) and not _has_direct_forces(model):
+        if owned is not None:
+            raise ValueError("explicit forces cover whole structures, not owned atoms")
+        out = model(graph, explicit_forces=True, stress=stress)  # type: ignore[call-arg]
+        return out if forces else {k: v for k, v in out.items() if k != "forces"}
     # autograd is how forces are made: on even under no_grad (evaluation, calculators)
     with torch.enable_grad():
         return _predict(

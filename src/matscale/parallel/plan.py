@@ -1,5 +1,6 @@
 """The one place where parallelism, precision and checkpointing meet the plain model, in a
-fixed order: EMA copy → activation checkpointing → FSDP2 sharding or DDP wrapping → precision.
+fixed order: checks → EMA copy → compile → activation checkpointing → FSDP2 sharding or DDP
+wrapping → precision.
 
 Also the state-dict functions every backend shares: full (unsharded) model and optimizer
 states, gathered on every process, so that checkpoints and exported models are the same file
@@ -25,7 +26,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from matscale.config import ParallelConfig, TrainConfig
+from matscale.config import ConfigError, ParallelConfig, TrainConfig
+from matscale.models.egnn import EGNNConfig
 from matscale.parallel.checkpointing import apply_ac
 from matscale.parallel.distributed import Dist, wrap_ddp
 from matscale.parallel.fsdp import StepHooks, apply_fsdp, fsdp_step_hooks
@@ -64,6 +66,46 @@ class Parallel:
         return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
 
 
+def check_forces_settings(cfg: ParallelConfig, model: nn.Module, *, conservative: bool) -> None:
+    """Refuse ``explicit_forces`` and ``compile`` where they cannot work, naming the setting:
+    the written-out backward pass calls the layers' parts, not the layers, so whatever acts
+    on a layer's own forward pass (FSDP2's gathers, ZeRO-3's, activation checkpointing) would
+    be skipped; and autograd's double backward cannot be compiled."""
+    if cfg.explicit_forces and conservative:
+        from matscale.models.explicit_forces import unsupported
+
+        why = unsupported(model.config) if isinstance(model.config, EGNNConfig) else "no EGNN"
+        clash = [
+            name
+            for name, on in (
+                ("parallel.backend=fsdp", cfg.backend == "fsdp"),
+                ("parallel.zero_stage=3", cfg.backend == "deepspeed" and cfg.zero_stage == 3),
+                ("parallel.activation_checkpointing", cfg.activation_checkpointing),
+                ("parallel.edge_chunk", cfg.edge_chunk > 0),
+            )
+            if on
+        ]
+        if why or clash:
+            raise ConfigError(
+                "parallel.explicit_forces cannot be used with "
+                + (f"this model ({why})" if why else " or ".join(clash))
+                + ": set parallel.explicit_forces=false"
+            )
+    if cfg.compile and conservative and not cfg.explicit_forces:
+        raise ConfigError(
+            "parallel.compile with conservative forces needs parallel.explicit_forces=true "
+            "(autograd's double backward cannot be compiled)"
+        )
+
+
+def compile_forward(model: nn.Module) -> nn.Module:
+    """Replace ``model``'s forward pass by its ``torch.compile`` (dynamic shapes: batches
+    differ in atoms and edges), keeping the module itself — its parameters, state dict and
+    wrappers — as it is."""
+    model.forward = torch.compile(model.forward, dynamic=True)
+    return model
+
+
 def parallelize(
     model: nn.Module, cfg: ParallelConfig, d: Dist, *, train: TrainConfig, conservative: bool
 ) -> Parallel:
@@ -73,7 +115,10 @@ def parallelize(
             "ZeRO-3 partitions the weights an EMA would average: set "
             "train.ema_decay=null, or use parallel.backend=fsdp"
         )
+    check_forces_settings(cfg, model, conservative=conservative)
     ema = copy.deepcopy(model) if train.ema_decay else None
+    if cfg.compile:  # the EMA (evaluation only) keeps the plain forward pass
+        compile_forward(model)
     if cfg.activation_checkpointing or cfg.edge_chunk:
         apply_ac(model, edge_chunk=cfg.edge_chunk, whole_layers=cfg.activation_checkpointing)
     hooks = StepHooks()

@@ -152,6 +152,7 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
                 device=d.device,
                 autocast=par.autocast,
                 hooks=par.hooks,
+                explicit_forces=run.cfg.parallel.explicit_forces,
             )
             run.step += 1
             if "skipped" in stats:

@@ -53,10 +53,12 @@ def train_step(
     device: torch.device,
     autocast: AbstractContextManager | None = None,
     hooks: StepHooks | None = None,
+    explicit_forces: bool = False,
 ) -> dict[str, Any]:
     """Forward, forces (and stress), loss and backward over the micro-batches, then one
     clipped AdamW step at learning rate ``lr``. Returns loss parts and counts for the log.
     ``hooks`` are the calls a sharding backend needs around forward and backward (FSDP2).
+    ``explicit_forces``: forces from the model's written-out backward pass, not autograd's.
 
     Each micro-batch's loss is weighted by its share of the atoms of the whole step, over
     every process: accumulation over micro-batches and data parallelism (whose gradients DDP
@@ -85,6 +87,7 @@ def train_step(
                 forces=True,
                 stress=t.stress_weight > 0 and conservative,
                 create_graph=conservative,
+                explicit=explicit_forces and conservative,
             )
         value, parts = loss_fn(
             pred,
