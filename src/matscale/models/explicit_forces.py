@@ -33,7 +33,7 @@ from torch import nn
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.egnn import EGNN, EGNNConfig, InteractionLayer, _norm3
 from matscale.models.radial import polynomial_envelope, polynomial_envelope_derivative
-from matscale.models.repulsion import pair_energy_and_derivative, switch_radius
+from matscale.models.repulsion import pair_energy_and_derivative
 
 
 class _SiluGrad(torch.autograd.Function):
@@ -98,19 +98,31 @@ def predict_explicit(
         saved.append(kept)
     atom_source = graph.source[graph.batch]  # [N]
     scale = model.energy_scale[atom_source]  # [N] eV
-    net = model.readout(h, atom_source) * scale  # [N] eV
-    zi, zj = graph.numbers[i], graph.numbers[j]
-    close = torch.zeros(0, dtype=torch.long, device=d.device)
-    dpsi = d.new_zeros(0)
-    if cfg.pair_repulsion:
-        close = torch.nonzero(d < switch_radius(zi, zj).to(d.dtype)).squeeze(-1)
-        psi, dpsi = pair_energy_and_derivative(d[close], zi[close], zj[close])
-        net = net + net.new_zeros(net.shape[0]).index_add(0, i[close], 0.5 * psi.to(net.dtype))
+    heads = [_linears(head) for head in model.readout.heads]
+    # every head on every atom, then each atom's own: shapes that do not depend on the data
+    # (what torch.compile needs), for a cost of [N, H] work per head against [E, H] per layer
+    hidden = [first(h) for first, _ in heads]  # [N, R] each
+    per_head = torch.stack(
+        [second(F.silu(z)).squeeze(-1) for z, (_, second) in zip(hidden, heads, strict=True)]
+    )  # [S, N]
+    # energies summed in float32 at least, as the readout does under bf16 autocast
+    per_head = per_head.to(torch.promote_types(per_head.dtype, torch.float32))
+    own = atom_source.unsqueeze(0)  # [1, N]
+    net = per_head.gather(0, own).squeeze(0) * scale  # [N] eV
+    dpsi = d.new_zeros(d.shape)
+    if cfg.pair_repulsion:  # on every edge: ψ and ψ' are exactly zero beyond the switch
+        psi, dpsi = pair_energy_and_derivative(d, graph.numbers[i], graph.numbers[j])
+        net = net + net.new_zeros(net.shape[0]).index_add(0, i, 0.5 * psi.to(net.dtype))
     out = _energies(model, graph, net, atom_source)
     if not (forces or stress):
         return out
     # the reverse sweep: ∂E/∂h after the last layer, then layer by layer down to the first
-    g_h = _readout_grad(model, h, atom_source) * scale.unsqueeze(-1)  # [N, H]
+    # ∂(readout_s(h_i))/∂h_i [N, H], each atom through its own source's head
+    g_head = torch.stack(
+        [_silu_grad(second.weight.expand_as(z), z) @ first.weight
+         for z, (first, second) in zip(hidden, heads, strict=True)]
+    )  # [S, N, H]  # fmt: skip
+    g_h = g_head.gather(0, own.unsqueeze(-1).expand(1, *h.shape)).squeeze(0) * scale.unsqueeze(-1)
     g_radial = radial.new_zeros(radial.shape)
     g_env = envelope.new_zeros(envelope.shape)
     for k in range(len(layers) - 1, -1, -1):
@@ -123,8 +135,7 @@ def predict_explicit(
     g_env = g_env + (g_radial * basis).sum(dim=1)
     g_d = (g_radial * envelope.unsqueeze(-1) * _bessel_derivative(model, d)).sum(dim=1)
     g_d = g_d + g_env * polynomial_envelope_derivative(d, cfg.cutoff, cfg.envelope_p)
-    if cfg.pair_repulsion:  # ½ ψ(d) on each end of a directed edge
-        g_d = g_d.index_add(0, close, 0.5 * dpsi.to(g_d.dtype))
+    g_d = g_d + 0.5 * dpsi.to(g_d.dtype)  # ½ ψ(d) on each end of a directed edge
     g_vec = g_d.unsqueeze(-1) * vectors / d.unsqueeze(-1)  # [E, 3] = ∂E/∂r_ij
     # r_ij = x_j − x_i + offsets: −∂E/∂x_i = Σ_(i,j) ∂E/∂r_ij − Σ_(j,i) ∂E/∂r_ji
     n = graph.numbers.shape[0]
@@ -152,7 +163,10 @@ def _layer_forward(
         pre = F.linear(torch.cat([h[i], h[j], radial], dim=1), weight, edge.w_centre.bias)
     z = edge.out(F.silu(pre))
     m = F.silu(z)
-    agg = m.new_zeros(h.shape[0], m.shape[1]).index_add(0, i, m * envelope.unsqueeze(-1))
+    # in the product's dtype: under bf16 autocast m is bf16 and the envelope float32 (the sum
+    # over neighbours is better accumulated in float32 anyway)
+    weighted = m * envelope.unsqueeze(-1)
+    agg = weighted.new_zeros(h.shape[0], m.shape[1]).index_add(0, i, weighted)
     first, second = _linears(layer.node)
     u = first(torch.cat([h, agg * layer.inv_k], dim=-1))
     update = second(F.silu(u))
@@ -187,21 +201,6 @@ def _layer_backward(
     g_neighbour = g_pre.new_zeros(h.shape[0], width).index_add(0, j, g_pre)
     g_h = g_in[:, :width] + g_centre @ edge.w_centre.weight + g_neighbour @ edge.w_neighbour.weight
     return (g_h + g_out if layer.residual else g_h), g_radial, g_env
-
-
-def _readout_grad(model: EGNN, h: torch.Tensor, atom_source: torch.Tensor) -> torch.Tensor:
-    """∂(readout_s(h_i))/∂h_i [N, H], each atom through its own source's head."""
-    heads = model.readout.heads
-    out = h.new_zeros(h.shape)
-    for s, head in enumerate(heads):
-        first, second = _linears(head)
-        mask = atom_source == s if len(heads) > 1 else slice(None)
-        hid = first(h[mask])  # [n, R]
-        g = _silu_grad(second.weight.expand(hid.shape[0], -1), hid) @ first.weight
-        if len(heads) == 1:
-            return g
-        out = out.index_put((mask,), g)  # type: ignore[arg-type]
-    return out
 
 
 def _linears(mlp: nn.Module) -> tuple[nn.Linear, nn.Linear]:
