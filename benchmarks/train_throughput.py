@@ -9,7 +9,13 @@ Each configuration is a real ``matscale train`` run (torchrun with 2 processes o
 first 5, the peak RSS of a training process, the matmul FLOPs of one training step (counted by
 ``torch.utils.flop_counter`` on a batch of the store: forward, forces with create_graph,
 backward) and their rate as a share of this machine's fp32 matmul peak measured in the same run
-(2048x2048, 2 threads). On a GPU machine pass ``--device cuda`` for the CUDA paths.
+(2048x2048, 2 threads). On a GPU, benchmarks/gpu_check.py measures the CUDA paths.
+
+Forces three ways: autograd's double backward; written out (``parallel.explicit_forces``,
+one ordinary backward in training); written out and compiled (``parallel.compile``: the first
+steps compile, which the 5 untimed steps absorb when the compiled kernels are already cached,
+so run once before timing). ``--only NAME ...`` runs a subset, ``--depth`` and ``--width``
+another model (the demo's: ``--width 78 --depth 2``).
 """
 
 from __future__ import annotations
@@ -36,15 +42,28 @@ from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.physics import predict
 from matscale.parallel.launch import local_command
 
+#: (backend, activation checkpointing, precision, forces): forces by autograd's double
+#: backward, written out (``parallel.explicit_forces``), or written out and compiled.
 CONFIGS = [
-    ("none", False, "fp32"),
-    ("none", True, "fp32"),
-    ("none", False, "bf16"),
-    ("ddp", False, "fp32"),
-    ("fsdp", False, "fp32"),
-    ("fsdp", True, "fp32"),
-    ("deepspeed", False, "fp32"),
+    ("none", False, "fp32", "autograd"),
+    ("none", True, "fp32", "autograd"),
+    ("none", False, "bf16", "autograd"),
+    ("ddp", False, "fp32", "autograd"),
+    ("fsdp", False, "fp32", "autograd"),
+    ("fsdp", True, "fp32", "autograd"),
+    ("deepspeed", False, "fp32", "autograd"),
+    ("none", False, "fp32", "explicit"),
+    ("none", False, "fp32", "compiled"),
+    ("none", False, "bf16", "compiled"),
+    ("ddp", False, "fp32", "explicit"),
+    ("ddp", False, "fp32", "compiled"),
 ]
+
+
+def config_name(backend: str, ac: bool, precision: str, forces: str, width: int) -> str:
+    """The run's name, e.g. ``ddp-noac-fp32-compiled-w128`` (``--only`` takes these without
+    the width)."""
+    return f"{backend}-{'ac' if ac else 'noac'}-{precision}-{forces}-w{width}"
 
 
 def matmul_peak_gflops(threads: int = 2) -> float:
@@ -59,8 +78,11 @@ def matmul_peak_gflops(threads: int = 2) -> float:
     return 2 * 2048**3 / best / 1e9
 
 
-def step_flops_per_atom(store: Store, width: int, max_atoms: int) -> float:
-    """Matmul FLOPs of one conservative training step on a batch of the store, per atom."""
+def step_flops_per_atom(store: Store, width: int, depth: int, max_atoms: int) -> float:
+    """Matmul FLOPs of one conservative training step on a batch of the store, per atom, as
+    autograd's double backward does it: the model's work, the same count for every row (the
+    written-out backward does the same products, and a share of peak must not grow by
+    counting a path's own overheads)."""
     from torch.utils.flop_counter import FlopCounterMode
 
     ds = GraphDataset(
@@ -76,7 +98,9 @@ def step_flops_per_atom(store: Store, width: int, max_atoms: int) -> float:
         idx.append(i)
         atoms += int(store.n_atoms[i])
     g = collate([ds[i] for i in idx])
-    model = EGNN(EGNNConfig(width=width, heads=tuple(store.sources), avg_neighbours=30.0))
+    model = EGNN(
+        EGNNConfig(width=width, depth=depth, heads=tuple(store.sources), avg_neighbours=30.0)
+    )
     counter = FlopCounterMode(display=False)
     with counter:
         out = predict(model, g, create_graph=True)
@@ -85,9 +109,15 @@ def step_flops_per_atom(store: Store, width: int, max_atoms: int) -> float:
 
 
 def run(
-    store: Path, backend: str, ac: bool, precision: str, args: argparse.Namespace, out: Path
+    store: Path,
+    backend: str,
+    ac: bool,
+    precision: str,
+    forces: str,
+    args: argparse.Namespace,
+    out: Path,
 ) -> dict:
-    name = f"{backend}-{'ac' if ac else 'noac'}-{precision}-w{args.width}"
+    name = config_name(backend, ac, precision, forces, args.width)
     overrides = [
         f"data.store={store}",
         f"out_dir={out}",
@@ -97,6 +127,9 @@ def run(
         "parallel.zero_stage=2",
         f"parallel.activation_checkpointing={str(ac).lower()}",
         f"model.width={args.width}",
+        f"model.depth={args.depth}",
+        f"parallel.explicit_forces={str(forces != 'autograd').lower()}",
+        f"parallel.compile={str(forces == 'compiled').lower()}",
         f"data.max_atoms={args.max_atoms}",
         f"train.steps={args.steps}",
         f"train.eval_every={10 * args.steps}",
@@ -123,7 +156,9 @@ def run(
         "backend": backend,
         "activation_checkpointing": ac,
         "precision": precision,
+        "forces": forces,
         "width": args.width,
+        "depth": args.depth,
         "processes": world,
         "steps_timed": len(train) - 5,
         "atoms_per_s": atoms / seconds,
@@ -137,11 +172,19 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=Path("data/store-default"))
     ap.add_argument("--width", type=int, default=128)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--max-atoms", type=int, default=512)
+    ap.add_argument(
+        "--only",
+        nargs="*",
+        default=None,
+        help="run only these configurations, e.g. none-noac-fp32-autograd none-noac-fp32-compiled",
+    )
+    ap.add_argument("--out", default="train_throughput", help="results name under results/")
     args = ap.parse_args()
     store = Store(args.store)
     peak = matmul_peak_gflops()
-    flops_atom = step_flops_per_atom(store, args.width, args.max_atoms)
+    flops_atom = step_flops_per_atom(store, args.width, args.depth, args.max_atoms)
     print(
         f"fp32 matmul peak {peak:.0f} GFLOP/s (2 threads); one training step: "
         f"{flops_atom / 1e6:.1f} MFLOP per atom (width {args.width})",
@@ -149,13 +192,18 @@ def main() -> None:
     )
     runs = []
     with tempfile.TemporaryDirectory() as tmp:
-        for backend, ac, precision in CONFIGS:
-            r = run(args.store, backend, ac, precision, args, Path(tmp))
+        for backend, ac, precision, forces in CONFIGS:
+            if args.only is not None and (
+                config_name(backend, ac, precision, forces, args.width).rsplit("-w", 1)[0]
+                not in args.only
+            ):
+                continue
+            r = run(args.store, backend, ac, precision, forces, args, Path(tmp))
             r["achieved_gflops"] = r["atoms_per_s"] * flops_atom / 1e9
             r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
             runs.append(r)
             print(
-                f"{r['name']:<28} {r['structures_per_s']:7.1f} structures/s "
+                f"{r['name']:<34} {r['structures_per_s']:7.1f} structures/s "
                 f"{r['atoms_per_s']:8.0f} atoms/s  peak RSS {r['peak_rss_mib_per_process']:6.0f} "
                 f"MiB/process  {r['achieved_gflops']:5.1f} GFLOP/s "
                 f"({100 * r['share_of_matmul_peak']:.0f}% of peak)",
@@ -165,7 +213,7 @@ def main() -> None:
     for r in runs:
         r["speed_vs_single_process_fp32"] = r["atoms_per_s"] / base
     write_json(
-        "train_throughput",
+        args.out,
         {
             "command": " ".join(sys.argv),
             "store": str(args.store),

@@ -153,3 +153,45 @@ def test_under_bf16_autocast_forces_agree_to_its_precision() -> None:
         assert written[key].dtype == torch.float32
         scale = float(auto[key].detach().abs().max())
         torch.testing.assert_close(written[key], auto[key], rtol=0, atol=0.05 * scale)
+
+
+def test_compiled_forces_equal_eager_ones_across_batch_sizes(monkeypatch) -> None:
+    """``parallel.compile``'s forward pass (written-out forces, one graph, dynamic shapes):
+    the same forces and training gradient as eager code, for batches of 2, 3 and 4
+    structures without compiling again; without a C++ compiler it is refused in one line."""
+    import copy
+
+    import torch._dynamo
+
+    from matscale.parallel.plan import compile_forward
+
+    torch._dynamo.reset()
+    eager = _model(3).float()
+    compiled = compile_forward(copy.deepcopy(eager))
+    # 16 atoms each: inductor guards small matmuls on a range of atom counts around the first
+    # batch's, which is not what this test is about
+    batches = [(compressed(), periodic(1)), (periodic(2), molecular("CH4"), molecular("H2O")),
+               (molecular("CH4", 1), molecular("CH4", 2), molecular("H2O", 1),
+                molecular("H2O", 2))]  # fmt: skip
+    for structures in batches:
+        g = graph(*structures)
+        g = g.__class__(
+            **{k: (v.float() if v.dtype == torch.float64 else v) for k, v in g.__dict__.items()}
+        )
+        outs = []
+        for model in (eager, compiled):
+            model.zero_grad()
+            out = predict(model, g, stress=True, explicit=True)
+            _loss(out).backward()
+            outs.append((out, {n: p.grad.clone() for n, p in model.named_parameters()}))
+        (a, grads_a), (b, grads_b) = outs
+        torch.testing.assert_close(b["forces"], a["forces"], rtol=1e-4, atol=1e-4)
+        torch.testing.assert_close(b["stress"], a["stress"], rtol=1e-4, atol=1e-5)
+        for name, grad in grads_a.items():
+            torch.testing.assert_close(grads_b[name], grad, rtol=1e-3, atol=1e-4, msg=name)
+    assert torch._dynamo.utils.counters["stats"]["unique_graphs"] == 1  # 2, 3, 4 structures
+    monkeypatch.setattr("shutil.which", lambda name: None)
+    with pytest.raises(ConfigError, match="needs a compiler"):
+        check_forces_settings(
+            ParallelConfig(explicit_forces=True, compile=True), eager, conservative=True
+        )

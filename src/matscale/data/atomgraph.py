@@ -58,7 +58,7 @@ class AtomGraph:
     @property
     def num_graphs(self) -> int:
         """Number of structures B."""
-        return int(self.n_atoms.shape[0])
+        return self.n_atoms.shape[0]  # no int(): under torch.compile that fixes B
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AtomGraph:
         """The same batch on ``device``."""

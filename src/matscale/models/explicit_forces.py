@@ -221,9 +221,8 @@ def _energies(
 ) -> dict[str, torch.Tensor]:
     """Totals of the per-atom energies as the model's forward pass makes them."""
     ref = model.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
-    n_graphs = graph.num_graphs
-    energy_net = net.new_zeros(n_graphs).index_add_(0, graph.batch, net)
-    energy_ref = ref.new_zeros(n_graphs).index_add_(0, graph.batch, ref)
+    energy_net = _per_graph(net, graph.batch, graph.num_graphs)
+    energy_ref = _per_graph(ref, graph.batch, graph.num_graphs)
     return {
         "energy": energy_net.double() + energy_ref,
         "energy_net": energy_net,
@@ -237,9 +236,18 @@ def _stress(
     """σ = (1/V) ∂E/∂ε [B, 6] eV/Å³ (Voigt): under x' = x (I + ε) every edge vector becomes
     r (I + ε), so ∂E/∂ε_ab = Σ_edges r_a ∂E/∂r_b, symmetrised; zero for non-periodic graphs."""
     per_edge = vectors.unsqueeze(-1) * g_vec.unsqueeze(-2)  # [E, 3, 3]
-    virial = per_edge.new_zeros(graph.num_graphs, 3, 3).index_add(0, graph.batch[i], per_edge)
+    virial = _per_graph(per_edge, graph.batch[i], graph.num_graphs)
     virial = 0.5 * (virial + virial.transpose(1, 2))
     volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)  # [B] Å³
     s = virial / volume[:, None, None]
     s = torch.where(graph.pbc.all(dim=1)[:, None, None], s, torch.zeros_like(s))
     return torch.stack([s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], 1)
+
+
+def _per_graph(values: torch.Tensor, graph_of: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Sums of ``values`` [M, ...] per graph [n_graphs, ...]; ``graph_of`` [M] the graph of
+    each row. One graph is a plain sum: torch.compile specialises a size of 1, and its C++
+    code generation for a scatter into one element fails (torch 2.13, CPU)."""
+    if n_graphs == 1:
+        return values.sum(dim=0, keepdim=True)
+    return values.new_zeros(n_graphs, *values.shape[1:]).index_add(0, graph_of, values)

@@ -12,6 +12,8 @@ without gathering anything.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from typing import Any
@@ -66,7 +68,9 @@ class Parallel:
         return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
 
 
-def check_forces_settings(cfg: ParallelConfig, model: nn.Module, *, conservative: bool) -> None:
+def check_forces_settings(
+    cfg: ParallelConfig, model: nn.Module, *, conservative: bool, device: str = "cpu"
+) -> None:
     """Refuse ``explicit_forces`` and ``compile`` where they cannot work, naming the setting:
     the written-out backward pass calls the layers' parts, not the layers, so whatever acts
     on a layer's own forward pass (FSDP2's gathers, ZeRO-3's, activation checkpointing) would
@@ -96,12 +100,29 @@ def check_forces_settings(cfg: ParallelConfig, model: nn.Module, *, conservative
             "parallel.compile with conservative forces needs parallel.explicit_forces=true "
             "(autograd's double backward cannot be compiled)"
         )
+    if (
+        cfg.compile
+        and device == "cpu"
+        and not any(
+            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
+        )
+    ):
+        raise ConfigError(
+            "parallel.compile on a CPU writes C++ and needs a compiler (g++ or clang++; none "
+            "found on PATH): install one, or set parallel.compile=false"
+        )
 
 
 def compile_forward(model: nn.Module) -> nn.Module:
     """Replace ``model``'s forward pass by its ``torch.compile`` (dynamic shapes: batches
     differ in atoms and edges), keeping the module itself — its parameters, state dict and
     wrappers — as it is."""
+    import torch.fx.experimental._config as shapes
+
+    # no "duck" sizes: with them, dimensions that happen to be equal in the first batch share
+    # one symbol, and the first batch's 2 structures met edge_index's 2 rows (specialised
+    # when unpacked): every later number of structures compiled again
+    shapes.use_duck_shape = False
     model.forward = torch.compile(model.forward, dynamic=True)
     return model
 
@@ -115,7 +136,7 @@ def parallelize(
             "ZeRO-3 partitions the weights an EMA would average: set "
             "train.ema_decay=null, or use parallel.backend=fsdp"
         )
-    check_forces_settings(cfg, model, conservative=conservative)
+    check_forces_settings(cfg, model, conservative=conservative, device=d.device.type)
     ema = copy.deepcopy(model) if train.ema_decay else None
     if cfg.compile:  # the EMA (evaluation only) keeps the plain forward pass
         compile_forward(model)
