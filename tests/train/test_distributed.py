@@ -62,12 +62,15 @@ def leave() -> None:
 def _worker(rank: int, port: int, out: str, force_head: str) -> None:
     as_rank(rank, port)
     d = init_distributed("ddp")
-    model = _model(force_head)
+    explicit = force_head == "conservative, written out"  # through DDP's forward pass
+    model = _model("conservative" if explicit else force_head)
     wrapped = wrap_ddp(model, d)
     opt = make_optimizer(model, TrainConfig())
     batch = _batches()[rank]
     for _ in range(STEPS):
-        train_step(wrapped, [batch], opt, TrainConfig(), lr=1e-2, device=d.device)
+        train_step(
+            wrapped, [batch], opt, TrainConfig(), lr=1e-2, device=d.device, explicit_forces=explicit
+        )
     if rank == 0:
         torch.save(model.state_dict(), out)
     leave()
@@ -96,11 +99,13 @@ def _single(force_head: str, bf16: bool = False) -> dict:
 
 
 def test_ddp_matches_one_process_with_accumulation(tmp_path: Path) -> None:
-    for force_head in ("conservative", "direct"):
+    """Also with forces written out on the 2 processes, against autograd's on one."""
+    for force_head in ("conservative", "direct", "conservative, written out"):
         out = tmp_path / f"{force_head}.pt"
         mp.start_processes(
             _worker, args=(free_port(), str(out), force_head), nprocs=2, start_method="spawn"
         )
+        force_head = force_head.split(",")[0]
         ddp, single = torch.load(out), _single(force_head)
         changed = False
         for k in single:
