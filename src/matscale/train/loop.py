@@ -239,6 +239,11 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
             f"{len(run.splits.train):,} training structures, {len(run.sampler)} batches/epoch "
             f"on each of {d.world} process(es)"
         )
+        if cfg.parallel.compile:
+            log.text(
+                "the forward pass is compiled (parallel.compile): the first steps and the "
+                "first evaluation compile it, minutes on a CPU the first time"
+            )
     if run.step < t.steps:
         try:
             fit(run, log, stop)
