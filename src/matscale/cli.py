@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 import time
@@ -43,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     several = position.world > 1
     try:
         with warnings.catch_warnings():
-            warnings.showwarning = _show_warning if position.rank == 0 else _drop_own_warning
+            warnings.showwarning = functools.partial(_show_warning, rank=position.rank)
             code = int(args.run(args) or 0)
         sys.stdout.flush()  # inside the try: a closed pipe surfaces here, not at exit
     except Exception as exc:
@@ -96,27 +97,17 @@ def _show_warning(
     lineno: int,
     file: Any = None,
     line: str | None = None,
+    *,
+    rank: int = 0,
 ) -> None:
     """matscale's own warnings as one line to a user (``matscale: warning: ...``), not with
-    the source line that raised them; anything else as Python shows it."""
-    if issubclass(category, ExtrapolationWarning):
-        print(f"matscale: warning: {message}", file=file or sys.stderr)
-    else:
-        _SHOW_WARNING(message, category, filename, lineno, file, line)
-
-
-def _drop_own_warning(
-    message: Warning | str,
-    category: type[Warning],
-    filename: str,
-    lineno: int,
-    file: Any = None,
-    line: str | None = None,
-) -> None:
-    """Ranks other than 0 of a multi-process run: every rank sees the same structure (a domain
-    run's ghosts, a replicated evaluation), so rank 0 alone says what it found."""
+    the source line that raised them, and on rank 0 only: every rank of a multi-process run
+    sees the same structures (a domain run's ghosts, a replicated evaluation). Anything else
+    as Python shows it."""
     if not issubclass(category, ExtrapolationWarning):
         _SHOW_WARNING(message, category, filename, lineno, file, line)
+    elif rank == 0:
+        print(f"matscale: warning: {message}", file=file or sys.stderr)
 
 
 def _leave(code: int) -> NoReturn:

@@ -153,8 +153,9 @@ def test_the_cli_says_an_extrapolation_in_one_line(
     err = [line for line in capsys.readouterr().err.splitlines() if "Cu-Cu" in line]
     assert len(err) == 1 and err[0].startswith("matscale: warning: ")
     assert "contact shorter than" in err[0] and ".py:" not in err[0]
-    from matscale.cli import _drop_own_warning
+    from matscale.cli import _show_warning
     from matscale.errors import ExtrapolationWarning
 
-    _drop_own_warning(ExtrapolationWarning("a Cu-Cu contact"), ExtrapolationWarning, "f.py", 1)
+    warning = ExtrapolationWarning("a Cu-Cu contact")
+    _show_warning(warning, ExtrapolationWarning, "f.py", 1, rank=1)
     assert capsys.readouterr().err == ""  # another rank: silent

@@ -11,7 +11,8 @@ one ordinary backward through forward and reverse sweep together, which autograd
 first-derivative formulas only and which ``torch.compile`` can fuse.
 
 The layer it covers is the default and every shipped model's: no normalisation, no
-coordinate channel, no vector channels, SiLU, conservative forces (``supports``); residual
+coordinate channel, no vector channels, SiLU, conservative forces (``unsupported`` says why
+not otherwise); residual
 updates and the plain (unfactored) first edge linear are covered too. Results equal
 ``physics.predict``'s to float32 round-off (tests/models/test_explicit_forces.py).
 
@@ -32,6 +33,7 @@ from torch import nn
 
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.egnn import EGNN, EGNNConfig, InteractionLayer, _norm3
+from matscale.models.physics import stress_from_virial
 from matscale.models.radial import polynomial_envelope, polynomial_envelope_derivative
 from matscale.models.repulsion import pair_energy_and_derivative
 
@@ -234,14 +236,11 @@ def _stress(
     graph: AtomGraph, vectors: torch.Tensor, g_vec: torch.Tensor, i: torch.Tensor
 ) -> torch.Tensor:
     """σ = (1/V) ∂E/∂ε [B, 6] eV/Å³ (Voigt): under x' = x (I + ε) every edge vector becomes
-    r (I + ε), so ∂E/∂ε_ab = Σ_edges r_a ∂E/∂r_b, symmetrised; zero for non-periodic graphs."""
+    r (I + ε), so ∂E/∂ε_ab = Σ_edges r_a ∂E/∂r_b, symmetrised (``physics.stress_from_virial``
+    does the rest)."""
     per_edge = vectors.unsqueeze(-1) * g_vec.unsqueeze(-2)  # [E, 3, 3]
     virial = _per_graph(per_edge, graph.batch[i], graph.num_graphs)
-    virial = 0.5 * (virial + virial.transpose(1, 2))
-    volume = torch.linalg.det(graph.cell).abs().clamp_min(1e-12)  # [B] Å³
-    s = virial / volume[:, None, None]
-    s = torch.where(graph.pbc.all(dim=1)[:, None, None], s, torch.zeros_like(s))
-    return torch.stack([s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], 1)
+    return stress_from_virial(0.5 * (virial + virial.transpose(1, 2)), graph)
 
 
 def _per_graph(values: torch.Tensor, graph_of: torch.Tensor, n_graphs: int) -> torch.Tensor:

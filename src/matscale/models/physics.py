@@ -80,14 +80,19 @@ def _predict(
     result = dict(out)
     result["forces"] = -_or_zeros(grads[0], positions)
     if stress:
-        volume = torch.linalg.det(graph.cell).abs()  # [B] Å³
-        virial = _or_zeros(grads[1], graph.cell)  # [B, 3, 3] = ∂E/∂ε
-        s = virial / volume.clamp_min(1e-12)[:, None, None]
-        s = torch.where(graph.pbc.all(dim=1)[:, None, None], s, torch.zeros_like(s))
-        result["stress"] = torch.stack(
-            [s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], dim=1
-        )
+        result["stress"] = stress_from_virial(_or_zeros(grads[1], graph.cell), graph)
     return result
+
+
+def stress_from_virial(virial: torch.Tensor, graph: AtomGraph) -> torch.Tensor:
+    """σ = (1/V) ∂E/∂ε [B, 6] eV/Å³ (Voigt xx yy zz yz xz xy) from the symmetric virial
+    ∂E/∂ε [B, 3, 3] eV; zero for structures not periodic along all three axes."""
+    volume = torch.linalg.det(graph.cell).abs()  # [B] Å³
+    s = virial / volume.clamp_min(1e-12)[:, None, None]
+    s = torch.where(graph.pbc.all(dim=1)[:, None, None], s, torch.zeros_like(s))
+    return torch.stack(
+        [s[:, 0, 0], s[:, 1, 1], s[:, 2, 2], s[:, 1, 2], s[:, 0, 2], s[:, 0, 1]], dim=1
+    )
 
 
 def _has_direct_forces(model: EnergyModel) -> bool:
