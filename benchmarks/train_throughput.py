@@ -190,7 +190,8 @@ def main() -> None:
         f"{flops_atom / 1e6:.1f} MFLOP per atom (width {args.width})",
         flush=True,
     )
-    runs = []
+    runs: list[dict] = []
+    failed: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
         for backend, ac, precision, forces in CONFIGS:
             if args.only is not None and (
@@ -198,7 +199,13 @@ def main() -> None:
                 not in args.only
             ):
                 continue
-            r = run(args.store, backend, ac, precision, forces, args, Path(tmp))
+            try:
+                r = run(args.store, backend, ac, precision, forces, args, Path(tmp))
+            except RuntimeError as e:  # one failing configuration must not lose the others
+                name = config_name(backend, ac, precision, forces, args.width)
+                print(f"{name:<34} failed: {str(e).splitlines()[-1][:300]}", flush=True)
+                failed.append({"name": name, "error": str(e)[-3000:]})
+                continue
             r["achieved_gflops"] = r["atoms_per_s"] * flops_atom / 1e9
             r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
             runs.append(r)
@@ -220,6 +227,7 @@ def main() -> None:
             "matmul_peak_gflops": peak,
             "step_flops_per_atom": flops_atom,
             "runs": runs,
+            "failed": failed,
             "mean_atoms": float(np.mean(store.n_atoms)),
         },
     )

@@ -226,7 +226,7 @@ def test_a_generation_worker_ends_with_its_parent(tmp_path: Path) -> None:
     script = tmp_path / "parent.py"
     script.write_text(
         "import multiprocessing as mp, time\n"
-        "from matscale.data.generate.run import _quiet_worker\n"
+        "from matscale.data.generate.run import quiet_worker\n"
         "def work(path):\n"
         "    import os\n"
         "    open(path, 'w').write(str(os.getpid()))\n"
@@ -234,7 +234,7 @@ def test_a_generation_worker_ends_with_its_parent(tmp_path: Path) -> None:
         "if __name__ == '__main__':\n"
         "    ctx = mp.get_context('spawn')\n"
         "    from concurrent.futures import ProcessPoolExecutor\n"
-        "    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=_quiet_worker)\n"
+        "    pool = ProcessPoolExecutor(1, mp_context=ctx, initializer=quiet_worker)\n"
         f"    pool.submit(work, {str(tmp_path / 'pid')!r})\n"
         "    time.sleep(600)\n"
     )

@@ -117,7 +117,14 @@ def compile_forward(model: nn.Module) -> nn.Module:
     """Replace ``model``'s forward pass by its ``torch.compile`` (dynamic shapes: batches
     differ in atoms and edges), keeping the module itself — its parameters, state dict and
     wrappers — as it is."""
+    import torch._dynamo.config as dynamo
     import torch.fx.experimental._config as shapes
+
+    # under DDP, dynamo splits the graph at gradient-bucket boundaries ("DDPOptimizer") so
+    # that all-reduces overlap the backward; on the written-out forces' graph the split
+    # fails to compile (torch 2.13: a float among a submodule's outputs). One graph, whose
+    # gradients DDP all-reduces after the backward, trains the same weights.
+    dynamo.optimize_ddp = False
 
     # no "duck" sizes: with them, dimensions that happen to be equal in the first batch share
     # one symbol, and the first batch's 2 structures met edge_index's 2 rows (specialised

@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from matscale.data.generate import teacher
-from matscale.data.generate.run import _quiet_worker
+from matscale.data.generate.run import quiet_worker
 from matscale.data.generate.threads import single_threaded_children
 from matscale.data.pack import collect_inputs
 from matscale.data.readers import read_structures
@@ -93,7 +93,7 @@ def label_files(
         with (
             single_threaded_children(),
             ProcessPoolExecutor(
-                n_workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
+                n_workers, mp_context=mp.get_context("spawn"), initializer=quiet_worker
             ) as pool,
         ):
             futures = {

@@ -135,7 +135,7 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     with (
         single_threaded_children(),
         ProcessPoolExecutor(
-            workers, mp_context=mp.get_context("spawn"), initializer=_quiet_worker
+            workers, mp_context=mp.get_context("spawn"), initializer=quiet_worker
         ) as pool,
     ):
         futures = {pool.submit(_make_chunk, *task): task for task in tasks}
@@ -196,7 +196,9 @@ def chunk_size(source: str, chunk: int) -> int:
     return max(1, min(chunk, int(CHUNK_SECONDS / COST.get(source, 0.01))))
 
 
-def _quiet_worker() -> None:
+def quiet_worker() -> None:
+    """Initialiser of a generating or labelling worker process: no repeated warnings, and
+    the worker ends with its parent."""
     import warnings
 
     warnings.simplefilter("ignore")  # ASE's deprecation notes, once per worker, say nothing new
