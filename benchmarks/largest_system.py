@@ -167,7 +167,7 @@ def main() -> None:
 
     caps = [f"{c:g}" for c in args.caps_gib]
     print(f"\n{'width':>6}{'params':>12}{'chunk':>7}{'MiB/1k atoms':>14}{'R²':>7}"
-          + "".join(f"{c + ' GiB':>12}" for c in caps) + f"{'verified':>26}")  # fmt: skip
+          + "".join(f"{c + ' GiB':>12}" for c in caps) + "  verified (smallest cap)")  # fmt: skip
     nan = float("nan")
     for r in rows:
         fit, v = r["fit"] or {}, r.get("verified") or {}
@@ -177,7 +177,7 @@ def main() -> None:
         print(f"{r['width']:>6}{r['parameters']:>12,}{r['edge_chunk']:>7}"
               f"{fit.get('mib_per_1k_atoms', nan):>14.1f}{fit.get('r2', nan):>7.3f}"
               + "".join(f"{_atoms(r.get('largest_atoms', {}).get(c)):>12}" for c in caps)
-              + f"{check:>26}")  # fmt: skip
+              + f"  {check}")  # fmt: skip
     write_json(
         "largest_system",
         {"model": str(args.model), "head": args.head, "threads": args.threads,
