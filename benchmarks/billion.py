@@ -2,16 +2,21 @@
 
     .venv/bin/python benchmarks/billion.py --store data/store-default     # the machine alone
 
-Two runs of ``matscale train`` through torchrun on 2 processes of one thread each, on the
+Runs of ``matscale train`` through torchrun on 2 processes of one thread each, on the
 default data, a few steps each, the model at width 7,200, depth 3 (1.01B parameters with the
 store's three heads; the paper's widths reach 1B at about this size):
 
 - **FSDP2, conservative forces**: weights, gradients and AdamW state sharded over the two
   processes (ZeRO-3), float32, per-layer activation checkpointing, no EMA (a second copy of a
-  billion weights). Not bf16: this CPU has no AVX-512 BF16, so bf16 matmuls run in a
-  reference GEMM — at width 7,700 no step had finished after 20 minutes;
+  billion weights). Not bf16: this CPU has no AVX-512 BF16, and under FSDP2's bf16
+  gathers the layers' matmuls ran in ATen's reference GEMM (seen in a debugger) — at width
+  7,700 no step had finished after 20 minutes;
 - **DeepSpeed ZeRO-3, direct forces** (ZeRO-3 and the double backward of conservative forces
-  do not mix: docs/training.md), the same sharding.
+  do not mix: docs/training.md), the same sharding;
+- **FSDP2, direct forces**: as the first, one backward (``--only fsdp-direct``).
+
+A run the machine cannot hold is a result too: its exit, the steps it finished and their peak
+memory are recorded (a run past ``--timeout`` is stopped and its steps kept).
 
 Batches are tiny (``--max-atoms``, default 8): on two CPU cores a step of a billion
 parameters takes minutes, most of it the optimizer and the gathers, and the point is that it
@@ -20,7 +25,7 @@ seconds per step, the loss of each step, the planner's per-process memory beside
 ``free -m``'s view of the machine before. Host memory and device memory are the same RAM
 here, so CPU offload would move nothing; it is not used.
 
-Writes ``benchmarks/results/billion.json``.
+Writes ``benchmarks/results/<--out>.json`` (``billion.json``).
 """
 
 from __future__ import annotations
@@ -47,6 +52,8 @@ RUNS = [
                            "parallel.activation_checkpointing=true"]),
     ("deepspeed-zero3-direct", ["parallel.backend=deepspeed", "parallel.zero_stage=3",
                                 "model.force_head=direct"]),
+    ("fsdp-direct", ["parallel.backend=fsdp", "parallel.precision=fp32",
+                     "parallel.activation_checkpointing=true", "model.force_head=direct"]),
 ]  # fmt: skip
 
 
@@ -105,11 +112,15 @@ def main() -> None:
     p.add_argument("--max-atoms", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1200)
+    p.add_argument("--only", nargs="*", default=None, help="run only these, e.g. fsdp-direct")
+    p.add_argument("--out", default="billion", help="results name under results/")
     args = p.parse_args()
     free = subprocess.run(["free", "-m"], capture_output=True, text=True).stdout
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for name, overrides in RUNS:
+            if args.only is not None and name not in args.only:
+                continue
             row = run(name, overrides, args, Path(tmp))
             rows.append(row)
             if "error" in row:
@@ -120,7 +131,7 @@ def main() -> None:
                       f"s/step {row['seconds_per_step']}, losses {row['losses']}, peak RSS "
                       f"{row['peak_rss_mib']:,.0f} MiB per process (planned "
                       f"{row['planned_per_process_MiB']:,.0f})")  # fmt: skip
-    write_json("billion", {"store": args.store, "width": args.width, "free_before": free,
+    write_json(args.out, {"store": args.store, "width": args.width, "free_before": free,
                            "runs": rows})  # fmt: skip
 
 
