@@ -35,7 +35,7 @@ import torch._functorch.config
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
 from common import write_json
-from paper_egnn import PaperEGNN, PaperEGNNConfig
+from paper_egnn import PaperEGNN, PaperEGNNConfig, build_paper_egnn
 from train_throughput import matmul_peak_gflops
 
 from matscale.config import TrainConfig
@@ -85,17 +85,9 @@ def matscale_model(store: Store, width: int, depth: int) -> EGNN:
 
 
 def paper_model(store: Store, width: int, depth: int) -> PaperEGNN:
-    """The paper's layout, conservative forces, scaled by the store's mean force RMS."""
-    rms = float(np.mean([s["force_rms_eV_per_A"] for s in store.stats.values()]))
-    model = PaperEGNN(
-        PaperEGNNConfig(width=width, depth=depth, force_head="conservative"),
-        energy_scale=rms,
-        force_scale=rms,
-    )
-    for st in store.stats.values():
-        for z, e in st["reference_energy_eV"].items():
-            model.reference_energy[int(z)] = float(e)
-    return model
+    """The paper's layout, conservative forces, with every source's statistics."""
+    cfg = PaperEGNNConfig(width=width, depth=depth, force_head="conservative")
+    return build_paper_egnn(cfg, list(store.stats.values()))
 
 
 def non_embedding(model: torch.nn.Module) -> int:

@@ -136,3 +136,15 @@ class PaperEGNN(nn.Module):
         if self.force_mlp is not None:
             out["forces"] = self.force_mlp(h) * self.force_scale
         return out
+
+
+def build_paper_egnn(cfg: PaperEGNNConfig, stats: list[dict]) -> PaperEGNN:
+    """The paper's EGNN with the data statistics of one or more sources (as ``matscale data
+    pack`` writes them per source): outputs scaled by their mean force RMS (eV/Å), reference
+    energies per element (eV) from each source in turn."""
+    rms = sum(float(st["force_rms_eV_per_A"]) for st in stats) / len(stats)
+    model = PaperEGNN(cfg, energy_scale=rms, force_scale=rms)
+    for st in stats:
+        for z, e in st["reference_energy_eV"].items():
+            model.reference_energy[int(z)] = float(e)
+    return model

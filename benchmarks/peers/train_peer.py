@@ -161,20 +161,10 @@ def build_model(
     if changes:
         raise ValueError(f"--model-set changes matscale's models only, not {name}")
     if name.startswith("paper-egnn"):
-        from paper_egnn import PaperEGNN, PaperEGNNConfig
+        from paper_egnn import PaperEGNNConfig, build_paper_egnn
 
-        model = PaperEGNN(
-            PaperEGNNConfig(
-                width=64,
-                depth=3,
-                force_head="conservative" if name.endswith("conservative") else "direct",
-            ),
-            energy_scale=force_rms,
-            force_scale=force_rms,
-        )
-        for z, e in stats["reference_energy_eV"].items():
-            model.reference_energy[int(z)] = float(e)
-        return model
+        force_head = "conservative" if name.endswith("conservative") else "direct"
+        return build_paper_egnn(PaperEGNNConfig(width=64, depth=3, force_head=force_head), [stats])
     if name in MACE_SIZES:
         from mace_model import MaceSettings, build_mace
 
