@@ -46,7 +46,7 @@ from common import write_json
 
 from matscale.parallel.launch import local_command
 
-#: (name, overrides) of the two runs.
+#: (name, overrides) of the runs (``--only`` picks some).
 RUNS = [
     ("fsdp-conservative", ["parallel.backend=fsdp", "parallel.precision=fp32",
                            "parallel.activation_checkpointing=true"]),
@@ -84,7 +84,6 @@ def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) ->
     if not train:  # the steps a stopped run did finish are kept below
         row.setdefault("error", "no training step logged")
         return row
-    # the log's seconds run from the first step on: per step, their differences
     row.update(
         steps=len(train),
         losses=[r.get("loss") for r in train],

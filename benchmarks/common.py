@@ -59,3 +59,31 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     path.write_text(json.dumps({"machine": machine(), **payload}, indent=1))
     print(f"wrote {path}")
     return path
+
+
+def store_batches(store: Any, max_atoms: int, count: int, order: Any = None) -> list[Any]:
+    """``count`` collated batches of ≤ ``max_atoms`` atoms of a ``matscale.data.store.Store``,
+    structures taken in ``order`` (indices; None: the store's own), radius graphs at 5 Å with
+    one head per source, as ``matscale train`` builds them."""
+    from matscale.data.batch import GraphDataset, collate
+    from matscale.data.transform import GraphSettings
+
+    settings = GraphSettings.from_stats(
+        cutoff=5.0, max_neighbours=None, heads=tuple(store.sources), stats=store.stats
+    )
+    ds = GraphDataset(store, settings)
+    out: list[Any] = []
+    current: list[Any] = []
+    atoms = 0
+    for i in range(len(store)) if order is None else order:
+        n = int(store.n_atoms[i])
+        if current and atoms + n > max_atoms:
+            out.append(collate(current))
+            if len(out) == count:
+                return out
+            current, atoms = [], 0
+        current.append(ds[int(i)])
+        atoms += n
+    if current:
+        out.append(collate(current))
+    return out[:count]

@@ -34,43 +34,17 @@ import torch._functorch.config
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "peers"))
-from common import write_json
+from common import store_batches, write_json
 from paper_egnn import PaperEGNN, PaperEGNNConfig, build_paper_egnn
 from train_throughput import matmul_peak_gflops
 
 from matscale.config import TrainConfig
-from matscale.data.batch import AtomGraph, GraphDataset, collate
+from matscale.data.batch import AtomGraph
 from matscale.data.store import Store
-from matscale.data.transform import GraphSettings
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
 from matscale.models.physics import predict
 from matscale.parallel.plan import compile_forward
 from matscale.train.step import train_step
-
-CUTOFF = 5.0  # Å, matscale's default graph
-
-
-def batches(store: Store, max_atoms: int, count: int, seed: int = 0) -> list[AtomGraph]:
-    """``count`` batches of ≤ ``max_atoms`` atoms of the store's structures in a seeded order,
-    each graph with one head per source (as ``matscale train`` builds them)."""
-    settings = GraphSettings.from_stats(
-        cutoff=CUTOFF, max_neighbours=None, heads=tuple(store.sources), stats=store.stats
-    )
-    ds = GraphDataset(store, settings)
-    order = np.random.default_rng(seed).permutation(len(store))
-    out: list[AtomGraph] = []
-    current: list = []
-    atoms = 0
-    for i in order:
-        n = int(store.n_atoms[i])
-        if current and atoms + n > max_atoms:
-            out.append(collate(current))
-            if len(out) == count:
-                break
-            current, atoms = [], 0
-        current.append(ds[int(i)])
-        atoms += n
-    return out
 
 
 def matscale_model(store: Store, width: int, depth: int) -> EGNN:
@@ -157,7 +131,8 @@ def main() -> None:
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     store = Store(args.store)
-    graphs = batches(store, args.max_atoms, args.warmup + args.steps)
+    order = np.random.default_rng(0).permutation(len(store))
+    graphs = store_batches(store, args.max_atoms, args.warmup + args.steps, order)
     peak = matmul_peak_gflops(args.threads)
 
     mine = matscale_model(store, args.width, args.depth)

@@ -33,11 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json
+from common import store_batches, write_json
 
-from matscale.data.batch import GraphDataset, collate
 from matscale.data.store import Store
-from matscale.data.transform import GraphSettings
 from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.physics import predict
 from matscale.parallel.launch import local_command
@@ -85,19 +83,8 @@ def step_flops_per_atom(store: Store, width: int, depth: int, max_atoms: int) ->
     counting a path's own overheads)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    ds = GraphDataset(
-        store,
-        GraphSettings.from_stats(
-            cutoff=5.0, max_neighbours=None, heads=tuple(store.sources), stats=store.stats
-        ),
-    )
-    idx, atoms = [], 0
-    for i in range(len(store)):
-        if atoms + int(store.n_atoms[i]) > max_atoms:
-            break
-        idx.append(i)
-        atoms += int(store.n_atoms[i])
-    g = collate([ds[i] for i in idx])
+    g = store_batches(store, max_atoms, 1)[0]
+    atoms = len(g.numbers)
     model = EGNN(
         EGNNConfig(width=width, depth=depth, heads=tuple(store.sources), avg_neighbours=30.0)
     )
