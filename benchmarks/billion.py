@@ -3,17 +3,22 @@
     .venv/bin/python benchmarks/billion.py --store data/store-default     # the machine alone
 
 Runs of ``matscale train`` through torchrun on 2 processes of one thread each, on the
-default data, a few steps each, the model at width 7,200, depth 3 (1.01B parameters with the
-store's three heads; the paper's widths reach 1B at about this size):
+default data, a few steps each, the model at the paper's width (3,072 against its 3,000),
+depth 18: 1.03B parameters with the store's three heads (1.04B with a direct head). Float32
+(not bf16: this CPU has no AVX-512 BF16, and under FSDP2's bf16 gathers the layers' matmuls
+ran in ATen's reference GEMM — no step in 20 minutes at width 7,700), AdamW, no EMA (a
+second copy of a billion weights):
 
-- **FSDP2, conservative forces**: weights, gradients and AdamW state sharded over the two
-  processes (ZeRO-3), float32, per-layer activation checkpointing, no EMA (a second copy of a
-  billion weights). Not bf16: this CPU has no AVX-512 BF16, and under FSDP2's bf16
-  gathers the layers' matmuls ran in ATen's reference GEMM (seen in a debugger) — at width
-  7,700 no step had finished after 20 minutes;
-- **DeepSpeed ZeRO-3, direct forces** (ZeRO-3 and the double backward of conservative forces
-  do not mix: docs/training.md), the same sharding;
-- **FSDP2, direct forces**: as the first, one backward (``--only fsdp-direct``).
+- **FSDP2, conservative forces written out** (``parallel.explicit_forces``): weights,
+  gradients and AdamW state sharded over the two processes (ZeRO-3); the forces are a
+  forward computation and training one first-order backward, so each layer is gathered
+  only around its own calls (parallel/fsdp.py);
+- **FSDP2, conservative forces by autograd** (double backward, per-layer activation
+  checkpointing): fsdp.py must keep every layer gathered from the forward to the end of the
+  backward — a whole copy of the weights per process;
+- **DeepSpeed ZeRO-3, direct forces** (ZeRO-3 and the double backward do not mix:
+  docs/training.md), the model built already sharded (``zero.Init``);
+- **FSDP2, direct forces**: as the first, one backward.
 
 A run the machine cannot hold is a result too: its exit, the steps it finished and their peak
 memory are recorded (a run past ``--timeout`` is stopped and its steps kept).
@@ -48,6 +53,8 @@ from matscale.parallel.launch import local_command
 
 #: (name, overrides) of the runs (``--only`` picks some).
 RUNS = [
+    ("fsdp-written-out", ["parallel.backend=fsdp", "parallel.precision=fp32",
+                          "parallel.explicit_forces=true"]),
     ("fsdp-conservative", ["parallel.backend=fsdp", "parallel.precision=fp32",
                            "parallel.activation_checkpointing=true"]),
     ("deepspeed-zero3-direct", ["parallel.backend=deepspeed", "parallel.zero_stage=3",
@@ -59,15 +66,20 @@ RUNS = [
 
 def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) -> dict:
     common = [f"data.store={args.store}", f"out_dir={out}", f"name={name}",
-              f"model.width={args.width}", "model.depth=3", f"data.max_atoms={args.max_atoms}",
+              f"model.width={args.width}", f"model.depth={args.depth}",
+              f"data.max_atoms={args.max_atoms}",
               f"train.steps={args.steps}", "train.eval_every=100000",
               "train.checkpoint_every=100000", "train.ema_decay=null", "train.warmup_steps=1",
-              "train.lr=1e-4", "train.log_every=1", "data.val_max_structures=2",
+              "train.lr=1e-5", "train.log_every=1", "data.val_max_structures=2",
               "parallel.threads=1",
               *overrides]  # fmt: skip
     cmd = local_command(["-m", "matscale", "train", *common, "--no-progress"], processes=2)
     started = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    # glibc's malloc keeps freed blocks under a threshold that rises to the largest block
+    # freed so far (up to 32 MiB), and a sharded run frees many shards of a few MiB: fixed at
+    # 64 KiB they go back to the system (FSDP2 at width 1,536, depth 18: 1,862 MiB per process
+    # between steps instead of 2,476; docs/training.md)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
     try:
         result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
     except subprocess.TimeoutExpired as e:  # a result too: what ran in the time given
@@ -107,7 +119,8 @@ def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) ->
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--store", default="data/store-default")
-    p.add_argument("--width", type=int, default=7200)
+    p.add_argument("--width", type=int, default=3072)
+    p.add_argument("--depth", type=int, default=18)
     p.add_argument("--max-atoms", type=int, default=8)
     p.add_argument("--steps", type=int, default=3)
     p.add_argument("--timeout", type=float, default=1200)
@@ -130,7 +143,8 @@ def main() -> None:
                       f"s/step {row['seconds_per_step']}, losses {row['losses']}, peak RSS "
                       f"{row['peak_rss_mib']:,.0f} MiB per process (planned "
                       f"{row['planned_per_process_MiB']:,.0f})")  # fmt: skip
-    write_json(args.out, {"store": args.store, "width": args.width, "free_before": free,
+    write_json(args.out, {"store": args.store, "width": args.width, "depth": args.depth,
+                          "free_before": free,
                            "runs": rows})  # fmt: skip
 
 

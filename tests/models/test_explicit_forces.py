@@ -95,7 +95,6 @@ def test_layers_it_does_not_cover_are_refused(fields: dict, words: str) -> None:
 @pytest.mark.parametrize(
     "settings, words",
     [
-        ({"explicit_forces": True, "backend": "fsdp"}, "parallel.backend=fsdp"),
         ({"explicit_forces": True, "activation_checkpointing": True}, "activation_checkp"),
         ({"explicit_forces": True, "edge_chunk": 1000}, "parallel.edge_chunk"),
         ({"explicit_forces": True, "backend": "deepspeed", "zero_stage": 3}, "zero_stage=3"),

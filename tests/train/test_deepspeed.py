@@ -1,5 +1,6 @@
 """DeepSpeed ZeRO over two CPU processes trains exactly like one process on the same global
-batch: ZeRO-1/2 with conservative and direct forces, ZeRO-3 with direct forces."""
+batch: ZeRO-1/2 with conservative and direct forces, ZeRO-3 with direct forces — its model
+built already sharded (``zero.Init``), so this also checks that it draws the same weights."""
 
 from pathlib import Path
 
@@ -8,7 +9,7 @@ import torch
 import torch.multiprocessing as mp
 
 from matscale.config import ParallelConfig, TrainConfig
-from matscale.parallel.deepspeed import apply_deepspeed, deepspeed_config
+from matscale.parallel.deepspeed import apply_deepspeed, building, deepspeed_config
 from matscale.parallel.launch import free_port
 from matscale.train.step import train_step
 from tests.train.test_distributed import (
@@ -26,11 +27,13 @@ pytest.importorskip("deepspeed")
 def _worker(rank: int, port: int, out: str, force_head: str, stage: int) -> None:
     as_rank(rank, port)
     t = TrainConfig(lr=1e-2)
+    p = ParallelConfig(backend="deepspeed", zero_stage=stage)
+    with building(t, p):
+        model = _model(force_head)
+    if stage == 3:  # no process ever held the whole model
+        assert all(w.numel() == 0 for w in model.parameters())
     engine, optimizer, hooks = apply_deepspeed(
-        _model(force_head),
-        t,
-        ParallelConfig(backend="deepspeed", zero_stage=stage),
-        conservative=force_head == "conservative",
+        model, t, p, conservative=force_head == "conservative"
     )
     batch = _batches()[rank]
     for _ in range(STEPS):

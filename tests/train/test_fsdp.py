@@ -1,6 +1,7 @@
 """FSDP2 over two CPU processes (gloo) trains exactly like one process on the same global
-batch, with conservative forces (double backward) and with direct forces; with its bf16
-MixedPrecisionPolicy, like one process under bf16 autocast."""
+batch, with conservative forces (double backward), written out (each layer gathered per call
+of its two methods) and with direct forces; with its bf16 MixedPrecisionPolicy, like one
+process under bf16 autocast."""
 
 from pathlib import Path
 
@@ -29,8 +30,10 @@ def _worker(rank: int, port: int, out: str, force_head: str, bf16: bool) -> None
 
     as_rank(rank, port)
     d = init_distributed("ddp")
+    explicit = force_head.endswith("written out")
+    force_head = force_head.split(",")[0]
     model = apply_fsdp(_model(force_head), world=2, device_type="cpu", bf16=bf16)
-    hooks = fsdp_step_hooks(model, conservative=force_head == "conservative")
+    hooks = fsdp_step_hooks(model, conservative=force_head == "conservative", explicit=explicit)
     opt = make_optimizer(model, TrainConfig())
     batch = _batches()[rank]
     for _ in range(STEPS):
@@ -43,6 +46,7 @@ def _worker(rank: int, port: int, out: str, force_head: str, bf16: bool) -> None
             device=d.device,
             hooks=hooks,
             autocast=bf16_autocast(bf16),
+            explicit_forces=explicit,
         )
     full = get_model_state_dict(
         model, options=StateDictOptions(full_state_dict=True, cpu_offload=True)
@@ -53,14 +57,20 @@ def _worker(rank: int, port: int, out: str, force_head: str, bf16: bool) -> None
 
 
 @pytest.mark.parametrize(
-    ("force_head", "bf16"), [("conservative", False), ("direct", False), ("conservative", True)]
+    ("force_head", "bf16"),
+    [
+        ("conservative", False),
+        ("conservative, written out", False),
+        ("direct", False),
+        ("conservative", True),
+    ],
 )
 def test_fsdp_matches_one_process(tmp_path: Path, force_head: str, bf16: bool) -> None:
     out = tmp_path / "fsdp.pt"
     mp.start_processes(
         _worker, args=(free_port(), str(out), force_head, bf16), nprocs=2, start_method="spawn"
     )
-    sharded, single = torch.load(out), _single(force_head, bf16)
+    sharded, single = torch.load(out), _single(force_head.split(",")[0], bf16)
     for k in single:
         # bf16: the same bf16 products either way; only the order of float32 sums differs
         tol = {"rtol": 1e-3, "atol": 1e-4} if bf16 else {"rtol": 1e-5, "atol": 1e-6}

@@ -125,11 +125,42 @@ def _linear(
     inputs at any width (PyTorch's default gives a third of that, which compounds with depth).
     ``fan_in`` defaults to ``in_features``; a block of a larger, split linear passes the whole
     fan-in."""
-    layer = nn.Linear(in_features, out_features, bias=bias)
-    nn.init.normal_(layer.weight, std=gain * (fan_in or in_features) ** -0.5)
-    if bias:
-        nn.init.zeros_(layer.bias)
-    return layer
+    std = gain * (fan_in or in_features) ** -0.5
+    return _ScaledLinear(in_features, out_features, bias, std=std)
+
+
+class _ScaledLinear(nn.Linear):
+    """nn.Linear drawing its weights from N(0, std²) and zeroing its bias in
+    ``reset_parameters``, which ``nn.Linear.__init__`` calls: the draw happens inside the
+    constructor, where DeepSpeed's ``zero.Init`` (ZeRO-3 building a model already sharded)
+    still sees whole tensors — after it, the module's weights are shards."""
+
+    std: float
+
+    def __init__(self, in_features: int, out_features: int, bias: bool, *, std: float) -> None:
+        # before nn.Linear.__init__, whose reset_parameters needs it (not a Module attribute
+        # yet: plain object state)
+        object.__setattr__(self, "std", std)
+        super().__init__(in_features, out_features, bias=bias)
+
+    def reset_parameters(self) -> None:
+        # PyTorch's own draws first: the random stream, and so every seed's weights, stay
+        # those of a plain nn.Linear re-initialised after construction
+        super().reset_parameters()
+        nn.init.normal_(self.weight, std=self.std)
+        if self.bias is not None:
+            nn.init.zeros_(self.bias)
+
+
+class _UnitEmbedding(nn.Embedding):
+    """nn.Embedding with N(0, 1) rows, drawn in ``reset_parameters`` (inside the constructor,
+    as :class:`_ScaledLinear`'s)."""
+
+    def reset_parameters(self) -> None:
+        # PyTorch's own N(0, 1) draw, then a second one: the model drew them so (the second
+        # after construction) before the draw moved in here, and every seed keeps its weights
+        super().reset_parameters()
+        nn.init.normal_(self.weight, std=1.0)
 
 
 def _norm(kind: str, width: int) -> nn.Module:
@@ -257,6 +288,41 @@ class InteractionLayer(nn.Module):
         h = h + update if self.residual else update
         return h, v, (m if keep_messages else None), shift
 
+    # The written-out forces' two passes over a layer are methods, not only free functions,
+    # so that a sharding wrapper can treat each call as it treats ``forward``: FSDP2 gathers
+    # the layer's weights around a registered method and again for its backward
+    # (matscale.parallel.fsdp), one layer at a time.
+
+    def explicit_forward(
+        self,
+        h: torch.Tensor,
+        i: torch.Tensor,
+        j: torch.Tensor,
+        radial: torch.Tensor,
+        envelope: torch.Tensor,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+        """:func:`matscale.models.explicit_forces.layer_forward` of this layer."""
+        from matscale.models.explicit_forces import layer_forward
+
+        return layer_forward(self, h, i, j, radial, envelope)
+
+    def explicit_reverse(
+        self,
+        g_out: torch.Tensor,
+        saved: tuple[torch.Tensor, ...],
+        i: torch.Tensor,
+        j: torch.Tensor,
+        radial: torch.Tensor,
+        envelope: torch.Tensor,
+        need_input_grad: bool,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """:func:`matscale.models.explicit_forces.layer_reverse` of this layer."""
+        from matscale.models.explicit_forces import layer_reverse
+
+        return layer_reverse(
+            self, g_out, saved, i, j, radial, envelope, need_input_grad=need_input_grad
+        )
+
     def _edge_terms(
         self,
         x: torch.Tensor,
@@ -338,8 +404,7 @@ class EGNN(nn.Module):
         super().__init__()
         self.config = cfg
         n_heads = len(cfg.heads)
-        self.embedding = nn.Embedding(MAX_Z + 1, cfg.width)
-        nn.init.normal_(self.embedding.weight, std=1.0)
+        self.embedding = _UnitEmbedding(MAX_Z + 1, cfg.width)
         self.radial = BesselBasis(cfg.n_radial, cfg.cutoff)
         self.layers = nn.ModuleList(
             InteractionLayer(cfg, moves_coordinates=cfg.coord_update and k < cfg.depth - 1)

@@ -96,7 +96,7 @@ def predict_explicit(
     saved = []
     layers = [cast(InteractionLayer, layer) for layer in model.layers]
     for layer in layers:
-        h, kept = _layer_forward(layer, h, i, j, radial, envelope)
+        h, kept = layer.explicit_forward(h, i, j, radial, envelope)
         saved.append(kept)
     atom_source = graph.source[graph.batch]  # [N]
     scale = model.energy_scale[atom_source]  # [N] eV
@@ -128,9 +128,7 @@ def predict_explicit(
     g_radial = radial.new_zeros(radial.shape)
     g_env = envelope.new_zeros(envelope.shape)
     for k in range(len(layers) - 1, -1, -1):
-        g_h, g_r, g_e = _layer_backward(
-            layers[k], g_h, saved[k], i, j, radial, envelope, need_input_grad=k > 0
-        )
+        g_h, g_r, g_e = layers[k].explicit_reverse(g_h, saved[k], i, j, radial, envelope, k > 0)
         g_radial = g_radial + g_r
         g_env = g_env + g_e
     # radial = B(d) u(d): through both factors to d
@@ -147,7 +145,7 @@ def predict_explicit(
     return out
 
 
-def _layer_forward(
+def layer_forward(
     layer: InteractionLayer,
     h: torch.Tensor,
     i: torch.Tensor,
@@ -175,7 +173,7 @@ def _layer_forward(
     return (h + update if layer.residual else update), (h, pre, z, m, u)
 
 
-def _layer_backward(
+def layer_reverse(
     layer: InteractionLayer,
     g_out: torch.Tensor,
     saved: tuple[torch.Tensor, ...],

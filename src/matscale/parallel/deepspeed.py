@@ -11,6 +11,7 @@ them: use ``parallel.backend=fsdp`` (FSDP2 is ZeRO-3) for that combination.
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -19,11 +20,27 @@ from torch import nn
 from matscale.config import ParallelConfig, TrainConfig
 from matscale.parallel.fsdp import StepHooks
 
+#: ZeRO-3's buckets, in parameters: gradients reduced per bucket, weights prefetched per
+#: bucket, weights gathered at once, AdamW applied per sub-group. DeepSpeed's defaults (5e8
+#: reduced, 1e9 gathered and per optimizer sub-group) let one process hold 2 GB of gradient
+#: buckets and the whole of a billion float32 weights besides its shards — more than a small
+#: machine has for them; 5e7 (200 MB in float32) is several of the paper's layers at width
+#: 3,000 and keeps buckets large enough to stream.
+ZERO3_BUCKET_PARAMETERS = 50_000_000
+
 
 def deepspeed_config(t: TrainConfig, p: ParallelConfig) -> dict[str, Any]:
     """The DeepSpeed config equivalent to ours: ZeRO stage, AdamW (torch's, no JIT build),
-    clipping, bf16, optimizer offload."""
+    clipping, bf16, optimizer offload, and for ZeRO-3 buckets sized for memory."""
     zero: dict[str, Any] = {"stage": p.zero_stage}
+    if p.zero_stage == 3:
+        zero |= {
+            "reduce_bucket_size": ZERO3_BUCKET_PARAMETERS,
+            "stage3_prefetch_bucket_size": ZERO3_BUCKET_PARAMETERS,
+            "stage3_max_live_parameters": 2 * ZERO3_BUCKET_PARAMETERS,
+            "stage3_max_reuse_distance": 2 * ZERO3_BUCKET_PARAMETERS,
+            "sub_group_size": 2 * ZERO3_BUCKET_PARAMETERS,
+        }
     if p.cpu_offload:
         zero["offload_optimizer"] = {"device": "cpu"}
     return {
@@ -44,6 +61,28 @@ def deepspeed_config(t: TrainConfig, p: ParallelConfig) -> dict[str, Any]:
         "bf16": {"enabled": p.precision == "bf16"},
         "steps_per_print": 10**9,
     }
+
+
+def building(t: TrainConfig, p: ParallelConfig) -> AbstractContextManager[Any]:
+    """The context the plain model is built in: for ZeRO-3, DeepSpeed's ``zero.Init``, which
+    shards each module's weights as soon as its constructor returns, so no process ever holds
+    the whole model (a billion float32 weights are 4 GB on each process otherwise). The
+    model's weights are drawn inside its modules' constructors (models/egnn.py), so they are
+    the ones a plain build draws (tests/train/test_deepspeed.py)."""
+    if p.backend != "deepspeed" or p.zero_stage != 3:
+        return nullcontext()
+    import deepspeed
+    from deepspeed.runtime.zero.partition_parameters import DeepSpeedTensorOverride
+
+    return deepspeed.zero.Init(
+        config_dict_or_path=deepspeed_config(t, p),
+        # it would replace torch.nn.functional.linear for the whole process
+        mem_efficient_linear=False,
+        # tensors made on its device, but in the dtype the model asks for: by default every
+        # floating tensor built inside becomes the weights' dtype, the float64 reference
+        # energies (eV, summed over thousands of atoms) too
+        tensor_overrides=[DeepSpeedTensorOverride.device],
+    )
 
 
 def apply_deepspeed(

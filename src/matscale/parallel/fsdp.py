@@ -6,7 +6,15 @@ Conservative forces differentiate the energy twice. FSDP2 reshards and reduce-sc
 post-backward hooks, which would fire inside the inner ``autograd.grad`` (the forces) and
 leave nothing for the outer backward (the loss). :func:`fsdp_step_hooks` keeps the parameters
 unsharded and gradient sync off through the forces, turns sync on for the loss's backward, and
-reshards afterwards — checked against a single process in tests/train/test_fsdp.py.
+reshards afterwards — checked against a single process in tests/train/test_fsdp.py. Every
+layer stays gathered from the forward to the end of the backward: a whole copy of the weights
+per process, which is what stops a billion parameters on a small machine.
+
+Written-out forces (``parallel.explicit_forces``) need none of that: the forces are an
+ordinary forward computation, a reverse sweep calling each layer's ``explicit_reverse``, and
+training takes one first-order backward. Both of a layer's methods are registered with FSDP2
+as forward methods, so each call gathers the layer and reshards it after, and the backward
+gathers it again per call — one or two layers gathered at a time, as for direct forces.
 """
 
 from __future__ import annotations
@@ -62,18 +70,28 @@ def apply_fsdp(
         layer_kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
         )
+    from torch.distributed.fsdp import register_fsdp_forward_method
+
     for layer in getattr(model, "layers", []):
         fully_shard(layer, **layer_kwargs)
+        for method in EXPLICIT_LAYER_METHODS:
+            if hasattr(layer, method):
+                register_fsdp_forward_method(layer, method)
     fully_shard(model, **kwargs)
     return model
 
 
-def fsdp_step_hooks(model: nn.Module, conservative: bool) -> StepHooks:
-    """The step hooks that make FSDP2 correct under conservative forces (see module doc)."""
+#: The layer methods the written-out forces call besides ``forward`` (models/egnn.py).
+EXPLICIT_LAYER_METHODS = ("explicit_forward", "explicit_reverse")
+
+
+def fsdp_step_hooks(model: nn.Module, conservative: bool, explicit: bool = False) -> StepHooks:
+    """The step hooks that make FSDP2 correct under conservative forces taken by autograd
+    (see module doc); none for direct or written-out (``explicit``) forces."""
     from torch.distributed.fsdp import FSDPModule
 
     modules = [m for m in model.modules() if isinstance(m, FSDPModule)]
-    if not conservative:
+    if not conservative or explicit:
         return StepHooks()
 
     def before_forward() -> None:

@@ -68,13 +68,20 @@ class Parallel:
         return deepspeed.zero.GatheredParameters(list(self.model.parameters()))
 
 
+def shards_weights(cfg: ParallelConfig) -> bool:
+    """Whether ``cfg`` shards the weights themselves over the processes (FSDP2, ZeRO-3): their
+    forward passes gather weights, so every process must run the same ones."""
+    return cfg.backend == "fsdp" or (cfg.backend == "deepspeed" and cfg.zero_stage == 3)
+
+
 def check_forces_settings(
     cfg: ParallelConfig, model: nn.Module, *, conservative: bool, device: str = "cpu"
 ) -> None:
     """Refuse ``explicit_forces`` and ``compile`` where they cannot work, naming the setting:
-    the written-out backward pass calls the layers' parts, not the layers, so whatever acts
-    on a layer's own forward pass (FSDP2's gathers, ZeRO-3's, activation checkpointing) would
-    be skipped; and autograd's double backward cannot be compiled."""
+    the written-out backward pass calls the layers' parts through two methods of their own,
+    not ``forward``, so whatever acts on a layer's forward pass alone (ZeRO-3's gathers,
+    activation checkpointing) would be skipped — FSDP2 is told of the methods
+    (parallel/fsdp.py); and autograd's double backward cannot be compiled."""
     if cfg.explicit_forces and conservative:
         from matscale.models.explicit_forces import unsupported
 
@@ -82,7 +89,6 @@ def check_forces_settings(
         clash = [
             name
             for name, on in (
-                ("parallel.backend=fsdp", cfg.backend == "fsdp"),
                 ("parallel.zero_stage=3", cfg.backend == "deepspeed" and cfg.zero_stage == 3),
                 ("parallel.activation_checkpointing", cfg.activation_checkpointing),
                 ("parallel.edge_chunk", cfg.edge_chunk > 0),
@@ -161,7 +167,7 @@ def parallelize(
                     bf16=cfg.precision == "bf16",
                     cpu_offload=cfg.cpu_offload,
                 )
-        hooks = fsdp_step_hooks(model, conservative=conservative)
+        hooks = fsdp_step_hooks(model, conservative=conservative, explicit=cfg.explicit_forces)
     elif cfg.backend == "ddp":
         step_model = wrap_ddp(model, d)
     elif cfg.backend == "deepspeed":
@@ -175,7 +181,7 @@ def parallelize(
             ema=ema,
             hooks=hooks,
             autocast=nullcontext(),
-            lockstep=cfg.zero_stage == 3,
+            lockstep=shards_weights(cfg),
             optimizer=optimizer,
             engine=engine,
         )
@@ -192,7 +198,7 @@ def parallelize(
         ema=ema,
         hooks=hooks,
         autocast=autocast,
-        lockstep=cfg.backend == "fsdp",
+        lockstep=shards_weights(cfg),
     )
 
 

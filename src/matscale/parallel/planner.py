@@ -5,12 +5,14 @@ Memory per device, in bytes (P parameters, W devices):
 
 - **model state**: weights 4P (fp32 masters; under DeepSpeed bf16 the weights are bf16, 2P, and
   the fp32 masters and gradients live in the optimizer state), gradients 4P (2P), AdamW 8P
-  (DeepSpeed bf16: 16P: masters, fp32 gradients and the two moments), the EMA of the weights 4P
+  (DeepSpeed: 12P, its own float32 copy of the weights besides the two moments, in float32
+  training too; bf16: 16P, with fp32 gradients), the EMA of the weights 4P
   (``train.ema_decay``), DDP's gradient buckets 4P. Sharded over W: DeepSpeed stage 1 the
   optimizer state, stage 2 also the gradients, stage 3 also the weights; FSDP2 everything,
   EMA included, plus the gathered weights of the largest layer (twice: the next one is
-  prefetched). ``parallel.cpu_offload`` moves the optimizer state (FSDP2: its shard of all
-  state) to host memory, reported apart.
+  prefetched) — or of every layer, for conservative forces taken by autograd (kept gathered
+  through the double backward: parallel/fsdp.py). ``parallel.cpu_offload`` moves the
+  optimizer state (FSDP2: its shard of all state) to host memory, reported apart.
 - **activations**: the bytes autograd keeps between the forward (and, for conservative forces,
   the force pass) and the backward, ``a·N + b·E`` for a batch of N atoms and E edges, with
   ``a`` and ``b`` linear in the width: measured, not assumed, by running the same architecture
@@ -270,7 +272,12 @@ def plan(
     w = max(devices, 1)
     bf16_ds = par.backend == "deepspeed" and par.precision == "bf16"
     weights, grads = (2.0 * p, 2.0 * p) if bf16_ds else (4.0 * p, 4.0 * p)
-    optimizer = (16.0 if bf16_ds else 8.0) * p
+    optimizer = 8.0 * p
+    if par.backend == "deepspeed":
+        # DeepSpeed's optimizer keeps a float32 copy of the weights (its "masters") whatever
+        # the precision — in float32 training a second copy (its ZeRO-1/2/3 optimizers clone
+        # the partition) — and under bf16 float32 gradients too
+        optimizer = (16.0 if bf16_ds else 12.0) * p
     ema = 4.0 * p if t.ema_decay else 0.0
     buckets = 4.0 * p if par.backend == "ddp" and w > 1 else 0.0
     gathered = 0.0
@@ -283,8 +290,17 @@ def plan(
     elif par.backend == "fsdp":
         weights, grads, optimizer, ema = weights / w, grads / w, optimizer / w, ema / w
         dtype_bytes = 2.0 if par.precision == "bf16" else 4.0
-        gathered = 2 * dtype_bytes * costs.largest_layer
-        notes.append("FSDP2: the largest layer's weights gathered twice (prefetch)")
+        if cfg.model.force_head == "conservative" and not par.explicit_forces:
+            # fsdp_step_hooks keeps every layer gathered through autograd's double backward
+            gathered = dtype_bytes * p
+            notes.append(
+                "FSDP2, conservative forces by autograd: every layer's weights gathered from "
+                "the forward to the end of the backward (parallel.explicit_forces gathers "
+                "one layer at a time)"
+            )
+        else:
+            gathered = 2 * dtype_bytes * costs.largest_layer
+            notes.append("FSDP2: the largest layer's weights gathered twice (prefetch)")
     host: dict[str, float] = {}
     if par.cpu_offload:
         if par.backend == "fsdp":

@@ -254,7 +254,8 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
         run.metrics = evaluate_split(run, run.splits.val)
     final = final_metrics(run)
     check_finite_weights(run)
-    ck = snapshot(run, final)  # gathered on every process: the export is one plain file
+    # gathered on every process: the export is one plain file (of weights: no optimizer)
+    ck = snapshot(run, final, optimizer=False)
     if d.main:
         export_model(ck, run_dir / "model.pt")
         log.metrics(run.step, final, prefix="final")

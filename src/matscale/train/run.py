@@ -17,6 +17,7 @@ from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
 from matscale.data.transform import GraphSettings
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
+from matscale.parallel.deepspeed import building
 from matscale.parallel.distributed import (
     Dist,
 )
@@ -116,7 +117,8 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
         check_config_for_store(replace(cfg, model=model_cfg), store)
     else:
         model_cfg = model_config_for(cfg, store)  # checks the settings against the store
-        model = EGNN(model_cfg)
+        with building(t, cfg.parallel):
+            model = EGNN(model_cfg)
         set_statistics(model, store.stats)
         graph = graph_settings_for(store, cfg.data, model_cfg)
     splits = make_splits(store, cfg.data)

@@ -112,17 +112,21 @@ def check_resumable(run: Run, ck: dict[str, Any]) -> None:
         )
 
 
-def snapshot(run: Run, metrics: dict[str, Any], *, gather: bool = True) -> dict[str, Any]:
-    """The checkpoint of ``run`` as it stands. With ``gather``, full model, EMA and optimizer
-    states (a collective under FSDP and ZeRO-3: call on every process); without, only the
-    rest (the states then go to :func:`save_sharded`)."""
+def snapshot(
+    run: Run, metrics: dict[str, Any], *, gather: bool = True, optimizer: bool = True
+) -> dict[str, Any]:
+    """The checkpoint of ``run`` as it stands. With ``gather``, full model, EMA and (with
+    ``optimizer``) optimizer states (a collective under FSDP and ZeRO-3: call on every
+    process); without, only the rest (the states then go to :func:`save_sharded`). The model
+    file needs no optimizer state: twice the weights again, which a sharded billion-parameter
+    run cannot gather onto one process besides its shards."""
     par = run.par
     states: dict[str, Any] = {"model": None, "ema": None, "optimizer": None}
     if gather:
         with par.gathered():
             states["model"] = model_state(run.model)
         states["ema"] = model_state(par.ema) if par.ema is not None else None
-        if par.engine is None:
+        if par.engine is None and optimizer:
             states["optimizer"] = optimizer_state(run.model, run.optimizer)
     return {
         **states,
