@@ -45,6 +45,10 @@ class StepHooks:
             hook()
 
 
+#: The layer methods the written-out forces call besides ``forward`` (models/egnn.py).
+EXPLICIT_LAYER_METHODS = ("explicit_forward", "explicit_reverse")
+
+
 def apply_fsdp(
     model: nn.Module,
     *,
@@ -59,7 +63,12 @@ def apply_fsdp(
     not cast (positions and edge vectors stay float32: the caller's autocast picks each op's
     precision), and the root (embedding, readout, reference energies) stays float32."""
     from torch.distributed.device_mesh import init_device_mesh
-    from torch.distributed.fsdp import CPUOffloadPolicy, MixedPrecisionPolicy, fully_shard
+    from torch.distributed.fsdp import (
+        CPUOffloadPolicy,
+        MixedPrecisionPolicy,
+        fully_shard,
+        register_fsdp_forward_method,
+    )
 
     mesh = init_device_mesh(device_type, (world,))
     kwargs: dict[str, Any] = {"mesh": mesh}
@@ -70,8 +79,6 @@ def apply_fsdp(
         layer_kwargs["mp_policy"] = MixedPrecisionPolicy(
             param_dtype=torch.bfloat16, reduce_dtype=torch.float32, cast_forward_inputs=False
         )
-    from torch.distributed.fsdp import register_fsdp_forward_method
-
     for layer in getattr(model, "layers", []):
         fully_shard(layer, **layer_kwargs)
         for method in EXPLICIT_LAYER_METHODS:
@@ -79,10 +86,6 @@ def apply_fsdp(
                 register_fsdp_forward_method(layer, method)
     fully_shard(model, **kwargs)
     return model
-
-
-#: The layer methods the written-out forces call besides ``forward`` (models/egnn.py).
-EXPLICIT_LAYER_METHODS = ("explicit_forward", "explicit_reverse")
 
 
 def fsdp_step_hooks(model: nn.Module, conservative: bool, explicit: bool = False) -> StepHooks:
