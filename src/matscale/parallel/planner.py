@@ -54,6 +54,7 @@ import torch
 from matscale.config import RunConfig
 from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.size import TRAINING_MULTIPLIER, forward_flops, parameter_count
+from matscale.parallel.plan import shards_weights
 
 GiB = 2**30
 
@@ -333,7 +334,7 @@ def plan(
     grad_bytes = 2.0 * p if par.precision == "bf16" else 4.0 * p
     if w == 1:
         volume = 0.0
-    elif par.backend == "fsdp" or (par.backend == "deepspeed" and par.zero_stage == 3):
+    elif shards_weights(par):
         volume = 4 * (w - 1) / w * grad_bytes
     else:
         volume = 2 * (w - 1) / w * grad_bytes
