@@ -38,6 +38,7 @@ from torch import nn
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.radial import BesselBasis, polynomial_envelope
 from matscale.models.repulsion import pair_prior
+from matscale.models.scatter import gather_rows, scatter_sum
 
 MAX_Z = 118
 #: The activations a config may name (an explicit table, no lookup by import path).
@@ -191,12 +192,14 @@ class EdgeMLP(nn.Module):
         """h: [N, H]; edge_index: [2, E]; radial: [E, n_radial] → messages [E, H]."""
         i, j = edge_index
         if self.factored:  # per-node products, gathered: 2·N·H² instead of 2·E·H² FLOPs
-            pre = self.w_centre(h)[i] + self.w_neighbour(h)[j] + self.w_radial(radial)
+            pre = gather_rows(self.w_centre(h), i) + gather_rows(self.w_neighbour(h), j)
+            pre = pre + self.w_radial(radial)
         else:
             weight = torch.cat(
                 [self.w_centre.weight, self.w_neighbour.weight, self.w_radial.weight], dim=1
             )
-            pre = F.linear(torch.cat([h[i], h[j], radial], dim=1), weight, self.w_centre.bias)
+            edges = torch.cat([gather_rows(h, i), gather_rows(h, j), radial], dim=1)
+            pre = F.linear(edges, weight, self.w_centre.bias)
         return self.act(self.out(self.act(pre)))
 
 
@@ -339,12 +342,12 @@ class InteractionLayer(nn.Module):
         m = self.edge(x, edge_index, radial) * envelope.unsqueeze(-1)  # [E, H]
         # in m's dtype: under bf16 autocast x may be bf16 while m (× the float32 envelope)
         # is float32, and the sum over neighbours is better accumulated in float32 anyway
-        agg = m.new_zeros(x.shape[0], m.shape[1]).index_add_(0, i, m) * self.inv_k  # [N, H]
+        agg = scatter_sum(m, i, x.shape[0]) * self.inv_k  # [N, H]
         shift = None
         if self.coord is not None:
             weight = torch.tanh(self.coord(m)) * envelope.unsqueeze(-1)  # [E, 1]
             # x_i += Σ_j (x_i − x_j) φ_x(m_ij) / K, as the paper's E_GCL; x_i − x_j = −r_ij
-            shift = vectors.new_zeros(x.shape[0], 3).index_add_(0, i, -vectors * weight)
+            shift = scatter_sum(-vectors * weight, i, x.shape[0])
             shift = shift * self.inv_k
         dv = None
         if v is not None:
@@ -352,8 +355,8 @@ class InteractionLayer(nn.Module):
             gate = self.vec_gate(m)  # [E, 2C]; m carries the envelope, and there is no bias
             unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
             # Σ_j g_ij r̂_ij + g'_ij v_j: directions to neighbours, and neighbours' vectors
-            dv_ij = unit.unsqueeze(-1) * gate[:, None, :c] + v[j] * gate[:, None, c:]
-            dv = torch.zeros_like(v).index_add_(0, i, dv_ij) * self.inv_k  # [N, 3, C]
+            dv_ij = unit.unsqueeze(-1) * gate[:, None, :c] + gather_rows(v, j) * gate[:, None, c:]
+            dv = scatter_sum(dv_ij, i, v.shape[0]) * self.inv_k  # [N, 3, C]
         return (agg, shift, dv), m
 
 
@@ -464,7 +467,8 @@ class EGNN(nn.Module):
             h, v, m, shift = layer(h, v, edge_index, radial, envelope, vectors, keep)
             if shift is not None:
                 displacement = shift if displacement is None else displacement + shift
-                vectors = vectors0 + displacement[j] - displacement[i]
+                moved = gather_rows(displacement, j) - gather_rows(displacement, i)
+                vectors = vectors0 + moved
         h = self.final_norm(h)
         atom_source = graph.source[graph.batch]  # [N]
         net = self.readout(h, atom_source) * self.energy_scale[atom_source]  # [N] eV
@@ -487,7 +491,7 @@ class EGNN(nn.Module):
             assert m is not None
             unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
             weight = self.force_head(m) * envelope.unsqueeze(-1)  # [E, 1]
-            forces = unit.new_zeros(h.shape[0], 3).index_add_(0, i, unit * weight)
+            forces = scatter_sum(unit * weight, i, h.shape[0])
             forces = forces * (self.force_scale[atom_source] / cfg.avg_neighbours).unsqueeze(-1)
             out["forces"] = forces if pair_forces is None else forces + pair_forces.to(forces.dtype)
         return out

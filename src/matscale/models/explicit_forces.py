@@ -36,6 +36,7 @@ from matscale.models.egnn import EGNN, EGNNConfig, InteractionLayer, _norm3
 from matscale.models.physics import stress_from_virial
 from matscale.models.radial import polynomial_envelope, polynomial_envelope_derivative
 from matscale.models.repulsion import pair_energy_and_derivative
+from matscale.models.scatter import gather_rows, scatter_sum
 
 
 class _SiluGrad(torch.autograd.Function):
@@ -114,7 +115,7 @@ def predict_explicit(
     dpsi = d.new_zeros(d.shape)
     if cfg.pair_repulsion:  # on every edge: ψ and ψ' are exactly zero beyond the switch
         psi, dpsi = pair_energy_and_derivative(d, graph.numbers[i], graph.numbers[j])
-        net = net + net.new_zeros(net.shape[0]).index_add(0, i, 0.5 * psi.to(net.dtype))
+        net = net + scatter_sum(0.5 * psi.to(net.dtype), i, net.shape[0])
     out = _energies(model, graph, net, atom_source)
     if not (forces or stress):
         return out
@@ -139,7 +140,7 @@ def predict_explicit(
     g_vec = g_d.unsqueeze(-1) * vectors / d.unsqueeze(-1)  # [E, 3] = ∂E/∂r_ij
     # r_ij = x_j − x_i + offsets: −∂E/∂x_i = Σ_(i,j) ∂E/∂r_ij − Σ_(j,i) ∂E/∂r_ji
     n = graph.numbers.shape[0]
-    out["forces"] = g_vec.new_zeros(n, 3).index_add(0, i, g_vec).index_add(0, j, -g_vec)
+    out["forces"] = scatter_sum(g_vec, i, n) - scatter_sum(g_vec, j, n)
     if stress:
         out["stress"] = _stress(graph, vectors, g_vec, i)
     return out
@@ -157,16 +158,18 @@ def layer_forward(
     M [E, H] and the node MLP's pre-activation [N, H]."""
     edge = layer.edge
     if edge.factored:
-        pre = edge.w_centre(h)[i] + edge.w_neighbour(h)[j] + edge.w_radial(radial)
+        pre = gather_rows(edge.w_centre(h), i) + gather_rows(edge.w_neighbour(h), j)
+        pre = pre + edge.w_radial(radial)
     else:
         weight = torch.cat([edge.w_centre.weight, edge.w_neighbour.weight, edge.w_radial.weight], 1)
-        pre = F.linear(torch.cat([h[i], h[j], radial], dim=1), weight, edge.w_centre.bias)
+        edges = torch.cat([gather_rows(h, i), gather_rows(h, j), radial], dim=1)
+        pre = F.linear(edges, weight, edge.w_centre.bias)
     z = edge.out(F.silu(pre))
     m = F.silu(z)
     # in the product's dtype: under bf16 autocast m is bf16 and the envelope float32 (the sum
     # over neighbours is better accumulated in float32 anyway)
     weighted = m * envelope.unsqueeze(-1)
-    agg = weighted.new_zeros(h.shape[0], m.shape[1]).index_add(0, i, weighted)
+    agg = scatter_sum(weighted, i, h.shape[0])
     first, second = _linears(layer.node)
     u = first(torch.cat([h, agg * layer.inv_k], dim=-1))
     update = second(F.silu(u))
@@ -191,14 +194,14 @@ def layer_reverse(
     edge = layer.edge
     first, second = _linears(layer.node)
     g_in = _silu_grad(g_out @ second.weight, u) @ first.weight  # [N, 2H]: ∂E/∂[h, a]
-    g_msg = (g_in[:, width:] * layer.inv_k)[i]  # [E, H]: ∂E/∂(u M) per edge
+    g_msg = gather_rows(g_in[:, width:] * layer.inv_k, i)  # [E, H]: ∂E/∂(u M) per edge
     g_env = (g_msg * m).sum(dim=1)  # [E]
     g_pre = _silu_grad(_silu_grad(g_msg * envelope.unsqueeze(-1), z) @ edge.out.weight, pre)
     g_radial = g_pre @ edge.w_radial.weight  # [E, n_radial]
     if not need_input_grad:
         return g_out.new_zeros(0), g_radial, g_env
-    g_centre = g_pre.new_zeros(h.shape[0], width).index_add(0, i, g_pre)
-    g_neighbour = g_pre.new_zeros(h.shape[0], width).index_add(0, j, g_pre)
+    g_centre = scatter_sum(g_pre, i, h.shape[0])
+    g_neighbour = scatter_sum(g_pre, j, h.shape[0])
     g_h = g_in[:, :width] + g_centre @ edge.w_centre.weight + g_neighbour @ edge.w_neighbour.weight
     return (g_h + g_out if layer.residual else g_h), g_radial, g_env
 
