@@ -24,9 +24,10 @@ from matscale.parallel.fsdp import StepHooks
 #: bucket, weights gathered at once, AdamW applied per sub-group. DeepSpeed's defaults (5e8
 #: reduced, 1e9 gathered and per optimizer sub-group) let one process hold 2 GB of gradient
 #: buckets and the whole of a billion float32 weights besides its shards — more than a small
-#: machine has for them; 5e7 (200 MB in float32) is several of the paper's layers at width
-#: 3,000 and keeps buckets large enough to stream.
-ZERO3_BUCKET_PARAMETERS = 50_000_000
+#: machine has for them; 2e7 (80 MB in float32) is two of the paper's H × H matrices at
+#: width 3,000 and keeps buckets large enough to stream (at 5e7 a 1.04B model on 24 GiB took
+#: one step and ran out of memory in the second: benchmarks/billion.py).
+ZERO3_BUCKET_PARAMETERS = 20_000_000
 
 
 def deepspeed_config(t: TrainConfig, p: ParallelConfig) -> dict[str, Any]:
