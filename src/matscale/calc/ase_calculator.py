@@ -83,11 +83,14 @@ class MatscaleCalculator(Calculator):
         head: str | None = None,
         device: str | torch.device = "cpu",
         dtype: GeometryDtype | None = None,
+        compile: bool = False,
         **kwargs: Any,
     ) -> MatscaleCalculator:
         """The calculator of a model file (``model.pt``) on ``device``, in ``dtype``
-        (``"float64"`` for finite differences and phonons; None: the model's own)."""
-        return cls(load_potential(path, device=device, dtype=dtype), head=head, **kwargs)
+        (``"float64"`` for finite differences and phonons; None: the model's own);
+        ``compile``: see :func:`matscale.calc.load_potential`."""
+        potential = load_potential(path, device=device, dtype=dtype, compile=compile)
+        return cls(potential, head=head, **kwargs)
 
     @classmethod
     def pretrained(
@@ -96,13 +99,16 @@ class MatscaleCalculator(Calculator):
         head: str | None = None,
         device: str | torch.device = "cpu",
         dtype: GeometryDtype | None = None,
+        compile: bool = False,
         **kwargs: Any,
     ) -> MatscaleCalculator:
         """The calculator of the shipped model ``name`` (:func:`matscale.pretrained.available`
-        lists them), offline; ``head`` None uses the model's default head."""
+        lists them), offline; ``head`` None uses the model's default head; ``compile``: see
+        :func:`matscale.calc.load_potential`."""
         from matscale import pretrained
 
-        return cls(pretrained.load(name, device=device, dtype=dtype), head=head, **kwargs)
+        potential = pretrained.load(name, device=device, dtype=dtype, compile=compile)
+        return cls(potential, head=head, **kwargs)
 
     def calculate(
         self,

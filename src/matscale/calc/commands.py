@@ -86,6 +86,12 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         "or its only one",
     )
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="run the model through torch.compile, forces written out (~2x faster on "
+        "thousands of atoms; the first call compiles, seconds to a minute)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -139,6 +145,7 @@ def _calculator(args: argparse.Namespace, *, needs_stress: str = "") -> Any:
         model_file(args.model),
         head=args.head,
         device=args.device,
+        compile=args.compile,
         domains=getattr(args, "domains", False),
     )
     if needs_stress:
@@ -154,7 +161,7 @@ def _eval(args: argparse.Namespace) -> int:
     from matscale.data.store import META
     from matscale.pretrained import model_file
 
-    potential = load_potential(model_file(args.model), device=args.device)
+    potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
     if any((p / META).is_file() for p in args.data):
         print(
             "note: a store holds every split, training included; for errors on structures the "

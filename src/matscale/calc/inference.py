@@ -77,7 +77,11 @@ def predict_graph(
         k: getattr(graph, k).to(dtype) for k in ("positions", "cell", "shifts", "forces", "stress")
     }
     graph = replace(graph, **floats).to(potential.device)
-    out = physics_predict(potential.model, graph, forces=forces, stress=stress, owned=owned)
+    # the written-out forces cover whole structures; a domain's owned atoms take autograd's
+    explicit = potential.explicit_forces and owned is None
+    out = physics_predict(
+        potential.model, graph, forces=forces, stress=stress, owned=owned, explicit=explicit
+    )
     return {k: v.detach() for k, v in out.items()}
 
 

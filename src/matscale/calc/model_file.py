@@ -40,6 +40,10 @@ class Potential:
     model: EGNN
     graph: GraphSettings
     info: dict[str, Any] = field(default_factory=dict)
+    explicit_forces: bool = False
+    """Forces and stress with the first derivative written out
+    (:mod:`matscale.models.explicit_forces`) instead of by autograd: what a compiled potential
+    runs (``load_potential(compile=True)``), where the model's layer allows."""
 
     @property
     def device(self) -> torch.device:
@@ -167,6 +171,7 @@ def load_potential(
     *,
     dtype: GeometryDtype | None = None,
     edge_chunk: int = 0,
+    compile: bool = False,
     trusted: bool = False,
 ) -> Potential:
     """The :class:`Potential` of a model file (``matscale export`` or a run's ``model.pt``),
@@ -178,9 +183,23 @@ def load_potential(
     ``edge_chunk`` > 0 computes each layer's edge terms that many edges at a time and
     recomputes them for the forces (activation checkpointing): the same numbers with memory
     bounded by a chunk instead of every edge, for structures of 10⁵ atoms and more, at the
-    cost of one more forward pass. ``trusted`` allows a file holding arbitrary Python
-    objects (see :func:`read_model_file`)."""
+    cost of one more forward pass.
+
+    ``compile`` runs the model through ``torch.compile`` (dynamic shapes: one compilation for
+    every size and edge count, so MD and relaxations compile once; the first call takes
+    seconds to a minute, cached on disk), with the forces written out where the layer allows
+    (every shipped model): ~2x the atoms/s of the eager model on 2 CPU cores at 4,000 atoms,
+    the same numbers to float32 round-off. Not with ``edge_chunk``.
+
+    ``trusted`` allows a file holding arbitrary Python objects (see
+    :func:`read_model_file`)."""
     device = _device(device)
+    if compile and edge_chunk:
+        raise DataError(
+            "compile and edge_chunk cannot be combined (the compiled forces keep every edge); "
+            "choose one",
+            field="compile",
+        )
     from matscale.config import ConfigError, from_dict
 
     blob = read_model_file(path, trusted=trusted)
@@ -208,10 +227,29 @@ def load_potential(
         apply_ac(model, edge_chunk, whole_layers=False)
     for p in model.parameters():  # inference differentiates positions, never the weights
         p.requires_grad_(False)
+    explicit = False
+    if compile:
+        explicit = _compile(model, device, path)
     info = {k: v for k, v in blob.items() if k not in ("state_dict", "graph", "model_config")}
     info["model_config"] = blob["model_config"]
     info["path"] = str(path)
-    return Potential(model=model, graph=graph, info=info)
+    return Potential(model=model, graph=graph, info=info, explicit_forces=explicit)
+
+
+def _compile(model: EGNN, device: torch.device, path: str | Path) -> bool:
+    """Compile ``model``'s forward pass in place; whether its forces can be written out."""
+    from matscale.models.explicit_forces import unsupported
+    from matscale.parallel.plan import compile_forward, cpp_compiler
+
+    if device.type == "cpu" and cpp_compiler() is None:
+        raise DataError(
+            "compile on a CPU writes C++ and needs a compiler (g++ or clang++; none found on "
+            "PATH): install one, or load without compile",
+            file=str(path),
+        )
+    compile_forward(model)
+    # a direct force head has nothing to write out: its compiled forward gives the forces
+    return unsupported(model.config) is None
 
 
 def _device(device: torch.device | str) -> torch.device:

@@ -38,7 +38,7 @@ from torch import nn
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.radial import BesselBasis, polynomial_envelope
 from matscale.models.repulsion import pair_prior
-from matscale.models.scatter import gather_rows, scatter_sum
+from matscale.models.scatter import gather_rows, scatter_sum, sum_per_graph
 
 MAX_Z = 118
 #: The activations a config may name (an explicit table, no lookup by import path).
@@ -478,15 +478,7 @@ class EGNN(nn.Module):
                 d0, vectors0, edge_index, graph.numbers, forces=self.force_head is not None
             )
             net = net + pair.to(net.dtype)
-        ref = self.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
-        n_graphs = graph.num_graphs
-        energy_net = net.new_zeros(n_graphs).index_add_(0, graph.batch, net)
-        energy_ref = ref.new_zeros(n_graphs).index_add_(0, graph.batch, ref)
-        out = {
-            "energy": energy_net.double() + energy_ref,
-            "energy_net": energy_net,
-            "node_energy": net.double() + ref,
-        }
+        out = self.energies(graph, net, atom_source)
         if self.force_head is not None:
             assert m is not None
             unit = vectors / _norm3(vectors).unsqueeze(-1)  # [E, 3]
@@ -495,6 +487,21 @@ class EGNN(nn.Module):
             forces = forces * (self.force_scale[atom_source] / cfg.avg_neighbours).unsqueeze(-1)
             out["forces"] = forces if pair_forces is None else forces + pair_forces.to(forces.dtype)
         return out
+
+    def energies(
+        self, graph: AtomGraph, net: torch.Tensor, atom_source: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The energies of ``forward`` from the learned per-atom energies ``net`` [N] eV and
+        each atom's source [N]: ``energy`` [B] and ``node_energy`` [N] eV in float64 (the
+        reference energies added), ``energy_net`` [B] eV in ``net``'s dtype."""
+        ref = self.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
+        energy_net = sum_per_graph(net, graph.batch, graph.num_graphs)
+        energy_ref = sum_per_graph(ref, graph.batch, graph.num_graphs)
+        return {
+            "energy": energy_net.double() + energy_ref,
+            "energy_net": energy_net,
+            "node_energy": net.double() + ref,
+        }
 
 
 #: Fields added to :class:`EGNNConfig` after models were first saved, with the value that

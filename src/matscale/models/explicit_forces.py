@@ -36,7 +36,7 @@ from matscale.models.egnn import EGNN, EGNNConfig, InteractionLayer, _norm3
 from matscale.models.physics import stress_from_virial
 from matscale.models.radial import polynomial_envelope, polynomial_envelope_derivative
 from matscale.models.repulsion import pair_energy_and_derivative
-from matscale.models.scatter import gather_rows, scatter_sum
+from matscale.models.scatter import gather_rows, scatter_sum, sum_per_graph
 
 
 class _SiluGrad(torch.autograd.Function):
@@ -116,7 +116,7 @@ def predict_explicit(
     if cfg.pair_repulsion:  # on every edge: ψ and ψ' are exactly zero beyond the switch
         psi, dpsi = pair_energy_and_derivative(d, graph.numbers[i], graph.numbers[j])
         net = net + scatter_sum(0.5 * psi.to(net.dtype), i, net.shape[0])
-    out = _energies(model, graph, net, atom_source)
+    out = model.energies(graph, net, atom_source)
     if not (forces or stress):
         return out
     # the reverse sweep: ∂E/∂h after the last layer, then layer by layer down to the first
@@ -219,20 +219,6 @@ def _bessel_derivative(model: EGNN, d: torch.Tensor) -> torch.Tensor:
     return model.radial.prefactor * (f * torch.cos(f * dd) * dd - torch.sin(f * dd)) / dd**2
 
 
-def _energies(
-    model: EGNN, graph: AtomGraph, net: torch.Tensor, atom_source: torch.Tensor
-) -> dict[str, torch.Tensor]:
-    """Totals of the per-atom energies as the model's forward pass makes them."""
-    ref = model.reference_energy[atom_source, graph.numbers]  # [N] eV, float64
-    energy_net = _per_graph(net, graph.batch, graph.num_graphs)
-    energy_ref = _per_graph(ref, graph.batch, graph.num_graphs)
-    return {
-        "energy": energy_net.double() + energy_ref,
-        "energy_net": energy_net,
-        "node_energy": net.double() + ref,
-    }
-
-
 def _stress(
     graph: AtomGraph, vectors: torch.Tensor, g_vec: torch.Tensor, i: torch.Tensor
 ) -> torch.Tensor:
@@ -240,14 +226,5 @@ def _stress(
     r (I + ε), so ∂E/∂ε_ab = Σ_edges r_a ∂E/∂r_b, symmetrised (``physics.stress_from_virial``
     does the rest)."""
     per_edge = vectors.unsqueeze(-1) * g_vec.unsqueeze(-2)  # [E, 3, 3]
-    virial = _per_graph(per_edge, graph.batch[i], graph.num_graphs)
+    virial = sum_per_graph(per_edge, graph.batch[i], graph.num_graphs)
     return stress_from_virial(0.5 * (virial + virial.transpose(1, 2)), graph)
-
-
-def _per_graph(values: torch.Tensor, graph_of: torch.Tensor, n_graphs: int) -> torch.Tensor:
-    """Sums of ``values`` [M, ...] per graph [n_graphs, ...]; ``graph_of`` [M] the graph of
-    each row. One graph is a plain sum: torch.compile specialises a size of 1, and its C++
-    code generation for a scatter into one element fails (torch 2.13, CPU)."""
-    if n_graphs == 1:
-        return values.sum(dim=0, keepdim=True)
-    return values.new_zeros(n_graphs, *values.shape[1:]).index_add(0, graph_of, values)

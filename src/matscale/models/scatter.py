@@ -36,3 +36,13 @@ def scatter_sum(src: torch.Tensor, index: torch.Tensor, n: int) -> torch.Tensor:
     """Rows of ``src`` [E, ...] summed into row ``index[e]`` of a zero [n, ...] tensor (the
     sum over each atom's edges), in ``src``'s dtype."""
     return src.new_zeros(n, *src.shape[1:]).scatter_add(0, _expanded(index, src.shape[1:]), src)
+
+
+def sum_per_graph(values: torch.Tensor, graph_of: torch.Tensor, n_graphs: int) -> torch.Tensor:
+    """Sums of ``values`` [M, ...] per graph [n_graphs, ...]; ``graph_of`` [M] the graph of
+    each row. One graph is a plain sum: ``torch.compile`` specialises a size of 1, and its C++
+    code generation for a scatter into one element fails (torch 2.13, CPU: an assertion in
+    Inductor's vectorised store)."""
+    if n_graphs == 1:
+        return values.sum(dim=0, keepdim=True)
+    return scatter_sum(values, graph_of, n_graphs)

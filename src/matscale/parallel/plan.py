@@ -106,17 +106,21 @@ def check_forces_settings(
             "parallel.compile with conservative forces needs parallel.explicit_forces=true "
             "(autograd's double backward cannot be compiled)"
         )
-    if (
-        cfg.compile
-        and device == "cpu"
-        and not any(
-            shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++")
-        )
-    ):
+    if cfg.compile and device == "cpu" and cpp_compiler() is None:
         raise ConfigError(
             "parallel.compile on a CPU writes C++ and needs a compiler (g++ or clang++; none "
             "found on PATH): install one, or set parallel.compile=false"
         )
+
+
+def cpp_compiler() -> str | None:
+    """The C++ compiler ``torch.compile`` would use on a CPU (Inductor writes C++), or None
+    when none is on PATH."""
+    for name in (os.environ.get("CXX", "g++"), "g++", "c++", "clang++"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
 
 
 def compile_forward(model: nn.Module) -> nn.Module:

@@ -59,11 +59,15 @@ def model_file(spec: str | Path) -> Path:
 
 
 def load(
-    name: str, *, device: torch.device | str = "cpu", dtype: GeometryDtype | None = None
+    name: str,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: GeometryDtype | None = None,
+    compile: bool = False,
 ) -> Potential:
-    """The shipped model ``name`` as a :class:`Potential` on ``device`` (``dtype``: see
-    :func:`matscale.calc.load_potential`)."""
-    return load_potential(path(name), device=device, dtype=dtype)
+    """The shipped model ``name`` as a :class:`Potential` on ``device`` (``dtype``,
+    ``compile``: see :func:`matscale.calc.load_potential`)."""
+    return load_potential(path(name), device=device, dtype=dtype, compile=compile)
 
 
 def default_head(potential: Potential) -> str:
