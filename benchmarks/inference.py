@@ -30,7 +30,8 @@ times energy + forces the same way, on the same structures, graphs and threads.
 
 ``--compile`` also times the model as ``load_potential(path, compile=True)`` gives it (the
 forward compiled with dynamic shapes, the forces written out: models/explicit_forces.py) and
-reports compiled/eager atoms/s and the largest force difference, or why compiling failed.
+reports compiled/eager atoms/s and memory (the compiled model in a fresh process of its own,
+compiled during the warm-up) and the largest force difference, or why compiling failed.
 
 Writes ``benchmarks/results/inference_<device>.json``.
 """
@@ -272,7 +273,6 @@ def measure_matscale(
     repeats: int = 5,
     budget_s: float = 8.0,
     stress: bool = False,
-    compile: bool = False,
 ) -> dict[str, Any]:
     """One row: graph and model time, atoms/s and memory of ``potential`` on ``s``."""
     from matscale.calc.inference import predict_graph
@@ -296,46 +296,24 @@ def measure_matscale(
         "outputs": "energy+forces+stress" if stress else "energy+forces",
         **row,
     }
-    if compile:
-        row["compiled"] = measure_compiled(potential, graph, step_with, row, repeats, budget_s)
     return row
 
 
-def measure_compiled(
-    potential: Any,
-    graph: Any,
-    step_with: Callable[[Any], Callable[[Any], Any]],
-    eager: dict[str, Any],
-    repeats: int,
-    budget_s: float,
-) -> dict[str, Any] | str:
-    """The model step of the compiled potential: its time, the compile time and the ratio
-    of compiled to eager atoms/s; "failed: reason" if it does not compile or run."""
-    from matscale.calc.model_file import load_potential
-
-    device = potential.device
-    try:
-        compiled = load_potential(
-            potential.info["path"], device, dtype=potential.graph.dtype, compile=True
-        )
-        step = step_with(compiled)
-        t0 = time.perf_counter()
-        out = step(graph)  # compiles
-        sync(device)
-        compile_s = time.perf_counter() - t0
-        ref = step_with(potential)(graph)
-        diff = float((out["forces"] - ref["forces"]).abs().max())
-        t = timed(lambda: (step(graph), sync(device)), repeats, budget_s)
-    except Exception as exc:  # whatever dynamo/inductor raise: report it, keep the eager row
-        reason = str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ""
-        return f"failed: {type(exc).__name__}: {reason}"
+def compiled_summary(compiled: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any] | str:
+    """The compiled worker's row against the eager one's: speed and memory ratios, compile
+    time, largest force difference; "failed: reason" if it did not run."""
+    if "error" in compiled:
+        return f"failed: {compiled['error']}"
     return {
-        "model_ms": 1e3 * t["seconds"],
-        "atoms_per_s_model": eager["atoms"] / t["seconds"],
-        "ratio_compiled_over_eager": eager["model_ms"] / (1e3 * t["seconds"]),
-        "compile_s": compile_s,
-        "max_force_difference_eV_per_A": diff,
-        "timing": t,
+        "model_ms": compiled["model_ms"],
+        "atoms_per_s_model": compiled["atoms_per_s_model"],
+        "ratio_compiled_over_eager": eager["model_ms"] / compiled["model_ms"],
+        "compile_s": compiled["compile_s"],
+        "model_rise_mib": compiled["model_rise_mib"],
+        "rss_rise_mib": compiled["rss_rise_mib"],
+        "rss_rise_over_eager": compiled["rss_rise_mib"] / eager["rss_rise_mib"],
+        "max_force_difference_eV_per_A": compiled["max_force_difference_eV_per_A"],
+        "timing": compiled["model_timing"],
     }
 
 
@@ -344,21 +322,32 @@ def matscale_worker(args: argparse.Namespace) -> dict[str, Any]:
     from matscale.calc.model_file import load_potential
 
     torch.set_num_threads(args.threads)
-    potential = load_potential(args.model, device=args.device, edge_chunk=args.edge_chunk)
+    compile = args.compiled_worker
+    potential = load_potential(
+        args.model, device=args.device, edge_chunk=args.edge_chunk, compile=compile
+    )
     head = potential.graph.head_index(args.head)
     elements = args.elements or pick_elements(potential.graph.elements[head])
-    # warm-up on a small cell: one-time allocations (thread pools, kernels) stay out of the
-    # figures of the measured size
+    # warm-up on a small cell: one-time allocations (thread pools, kernels) and, compiled,
+    # the compilation (dynamic shapes: the measured size reuses it) stay out of the figures
+    t0 = time.perf_counter()
     measure_matscale(potential, head, alloy(32, elements, args.seed), repeats=1, budget_s=0.0)
-    return measure_matscale(
-        potential,
-        head,
-        alloy(args.one_size, elements, args.seed),
-        repeats=args.repeats,
-        budget_s=args.budget_s,
-        stress=args.stress,
-        compile=args.compile,
+    warm_up_s = time.perf_counter() - t0
+    s = alloy(args.one_size, elements, args.seed)
+    row = measure_matscale(
+        potential, head, s, repeats=args.repeats, budget_s=args.budget_s, stress=args.stress
     )
+    if compile:  # against the eager model on the same graph, after the figures
+        from matscale.calc.inference import predict_graph
+
+        eager = load_potential(args.model, device=args.device)
+        graph = collate([potential.graph.sample(s, head)])
+        ours, theirs = predict_graph(potential, graph), predict_graph(eager, graph)
+        row["compile_s"] = warm_up_s
+        row["max_force_difference_eV_per_A"] = float(
+            (ours["forces"] - theirs["forces"]).abs().max()
+        )
+    return row
 
 
 def mace_worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -529,6 +518,7 @@ def _fmt(r: dict[str, Any], label: str) -> str:
     compiled = r.get("compiled")
     if isinstance(compiled, dict):
         line += f"  compiled {compiled['ratio_compiled_over_eager']:.2f}x"
+        line += f", memory {compiled['rss_rise_over_eager']:.2f}x"
     elif compiled:
         line += f"  compile {compiled[:60]}"
     return line
@@ -623,6 +613,7 @@ def main() -> None:
     ap.add_argument("--json", default=None, help="results name (default inference_<device>)")
     ap.add_argument("--one-size", type=int, default=None, help=argparse.SUPPRESS)
     ap.add_argument("--mace-worker", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--compiled-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args()
 
     if args.one_size is not None:
@@ -646,7 +637,7 @@ def main() -> None:
         "--elements", *map(str, elements),
     ]  # fmt: skip
     mine = [sys.executable, str(Path(__file__).resolve()), "--model", args.model, *common]
-    mine += ["--head", head_name] + ["--stress"] * args.stress + ["--compile"] * args.compile
+    mine += ["--head", head_name] + ["--stress"] * args.stress
     print(
         f"{args.model}: head {head_name}, elements {elements}, {parameters:,} parameters, "
         f"{args.threads} threads, {args.device}; sizes {sizes}",
@@ -667,6 +658,9 @@ def main() -> None:
             continue
         row = run_worker([*mine, "--one-size", str(n)])
         row.setdefault("target", n)
+        if args.compile and "error" not in row:  # in a fresh process too: its own memory
+            compiled = run_worker([*mine, "--one-size", str(n), "--compiled-worker"])
+            row["compiled"] = compiled_summary(compiled, row)
         rows.append(row)
         print(_fmt(row, "matscale"), flush=True)
         if "error" in row:

@@ -79,3 +79,22 @@ def test_linear_fit() -> None:
     assert fit["intercept_mib"] == pytest.approx(3.0)
     assert fit["r2"] == pytest.approx(1.0)
     assert bench.linear_fit(rows[:1]) is None
+
+
+def test_the_compiled_row_against_the_eager_one() -> None:
+    eager = {"model_ms": 30.0, "rss_rise_mib": 200.0}
+    compiled = {
+        "model_ms": 10.0,
+        "atoms_per_s_model": 5000.0,
+        "compile_s": 12.0,
+        "model_rise_mib": 90.0,
+        "rss_rise_mib": 100.0,
+        "max_force_difference_eV_per_A": 1e-6,
+        "model_timing": {"seconds": 0.01},
+    }
+    summary = bench.compiled_summary(compiled, eager)
+    assert summary["ratio_compiled_over_eager"] == pytest.approx(3.0)
+    assert summary["rss_rise_over_eager"] == pytest.approx(0.5)
+    assert bench.compiled_summary({"error": "InductorError: x"}, eager) == (
+        "failed: InductorError: x"
+    )
