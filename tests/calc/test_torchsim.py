@@ -158,3 +158,12 @@ def test_head_and_stress_choices(potential: Potential, tiny_direct_model: Path) 
     assert set(out) == {"energy", "forces"} and out["forces"].shape == (8, 3)
     with pytest.raises(DataError, match="conservative"):
         MatscaleTorchSimModel.from_file(tiny_direct_model, head="emt", compute_stress=True)
+
+
+def test_a_compiled_model_gives_the_eager_numbers(tiny_model: Path, potential: Potential) -> None:
+    compiled = MatscaleTorchSimModel.from_file(tiny_model, head="emt", compile=True)
+    assert compiled.potential.explicit_forces
+    state = ts.io.atoms_to_state(systems(), compiled.device, torch.float64)
+    out, expected = compiled(state), MatscaleTorchSimModel(potential, head="emt")(state)
+    for key in ("energy", "forces", "stress"):
+        torch.testing.assert_close(out[key], expected[key], rtol=RTOL, atol=ATOL)

@@ -109,11 +109,13 @@ class MatscaleTorchSimModel(ModelInterface):
         path: str | Path,
         head: str | None = None,
         device: str | torch.device = "cpu",
+        compile: bool = False,
         **kwargs: Any,
     ) -> MatscaleTorchSimModel:
-        """The torch-sim model of a model file (``model.pt``) on ``device``; ``kwargs`` go to
-        the constructor (``compute_stress``, ``compute_forces``)."""
-        return cls(load_potential(path, device=device), head=head, **kwargs)
+        """The torch-sim model of a model file (``model.pt``) on ``device`` (``compile``: see
+        :func:`matscale.calc.load_potential`); ``kwargs`` go to the constructor
+        (``compute_stress``, ``compute_forces``)."""
+        return cls(load_potential(path, device=device, compile=compile), head=head, **kwargs)
 
     def forward(self, state: Any, **kwargs: Any) -> dict[str, torch.Tensor]:
         """Energies, forces and stress of every system of ``state``.
