@@ -165,6 +165,7 @@ def test_compiled_forces_equal_eager_ones_across_batch_sizes(monkeypatch) -> Non
     from matscale.parallel.plan import compile_forward
 
     torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()  # another test's compilations are not this one's
     eager = _model(3).float()
     compiled = compile_forward(copy.deepcopy(eager))
     # 16 atoms each: inductor guards small matmuls on a range of atom counts around the first
