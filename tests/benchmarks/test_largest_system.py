@@ -39,3 +39,12 @@ def test_the_worker_reports_the_whole_process_peak(tiny_store: Path, tmp_path: P
     assert small["atoms"] < 200 < 2500 < big["atoms"] and big["edges"] > small["edges"]
     assert big["peak_rss_mib"] > small["peak_rss_mib"] > 100  # torch alone takes more
     assert largest.measure(model, head, 3000, 256, threads=1)["atoms"] == big["atoms"]
+
+
+def test_the_compiled_setting_measures_the_same_structure(tiny_store: Path, tmp_path: Path) -> None:
+    model = train_tiny(tiny_store, tmp_path / "runs")
+    head = load_potential(model).heads[0]
+    eager = largest.measure(model, head, 500, 0, threads=1)
+    compiled = largest.measure(model, head, 500, 0, threads=1, compile=True)
+    assert compiled["atoms"] == eager["atoms"] and compiled["edges"] == eager["edges"]
+    assert compiled["peak_rss_mib"] > 100 and compiled["seconds"] > 0
