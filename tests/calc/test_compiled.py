@@ -79,3 +79,13 @@ def test_compile_refusals_are_one_clear_line(
     monkeypatch.setattr("matscale.parallel.plan.shutil.which", lambda name: None)
     with pytest.raises(DataError, match="needs a compiler"):
         load_potential(tiny_model, compile=True)
+
+
+def test_in_float64_the_compiled_forces_equal_autograd_to_round_off(tiny_model: Path) -> None:
+    atoms = alloy(8)
+    fast = load_potential(tiny_model, dtype="float64", compile=True)
+    compiled = predict(fast, [atoms], head="emt")
+    eager = predict(load_potential(tiny_model, dtype="float64"), [atoms], head="emt")
+    np.testing.assert_allclose(compiled[0]["forces"], eager[0]["forces"], rtol=0, atol=1e-10)
+    np.testing.assert_allclose(compiled[0]["stress"], eager[0]["stress"], rtol=0, atol=1e-12)
+    assert compiled[0]["energy"] == pytest.approx(eager[0]["energy"], rel=1e-12)
