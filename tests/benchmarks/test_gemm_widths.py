@@ -1,0 +1,11 @@
+"""The GEMM-width benchmark's timing: both products of an edge layer, as positive rates."""
+
+from tests.benchmarks import load_benchmark
+
+gemm = load_benchmark("gemm_widths")
+
+
+def test_both_edge_products_are_timed() -> None:
+    rates = gemm.gemm_gflops(edges=500, width=16, repeats=2)
+    assert set(rates) == {"edge", "weight_grad"}
+    assert all(rate > 0 for rate in rates.values())
