@@ -84,3 +84,29 @@ def test_config_follows_ours() -> None:
     assert cfg["zero_optimization"] == {"stage": 2, "offload_optimizer": {"device": "cpu"}}
     assert cfg["optimizer"]["params"]["lr"] == 3e-4 and cfg["optimizer"]["params"]["torch_adam"]
     assert cfg["gradient_clipping"] == 0.0 and cfg["bf16"]["enabled"]
+
+
+def _bf16_worker(rank: int, port: int, out: str) -> None:
+    as_rank(rank, port)
+    t, p = TrainConfig(), ParallelConfig(backend="deepspeed", zero_stage=2, precision="bf16")
+    model = _model("direct")
+    model.reference_energy.fill_(-1234.56789)  # eV; bf16 would keep ~3 digits of it
+    engine, _, _ = apply_deepspeed(model, t, p, conservative=False)
+    if rank == 0:
+        torch.save(
+            {
+                "reference": engine.module.reference_energy.clone(),
+                "weights": {w.dtype for w in engine.module.parameters()},
+            },
+            out,
+        )
+    leave()
+
+
+def test_bf16_engines_keep_the_float64_reference_energies(tmp_path: Path) -> None:
+    out = tmp_path / "bf16.pt"
+    mp.start_processes(_bf16_worker, args=(free_port(), str(out)), nprocs=2, start_method="spawn")
+    saved = torch.load(out)
+    assert saved["weights"] == {torch.bfloat16}  # the engine did cast the weights
+    assert saved["reference"].dtype == torch.float64
+    assert torch.all(saved["reference"] == -1234.56789)
