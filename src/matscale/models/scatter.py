@@ -11,7 +11,8 @@ copy) because of what the alternatives cost on CPU (torch 2.13; ``benchmarks/ste
 - ``index_add`` in a ``torch.compile``d graph becomes Inductor C++ code with one atomic
   add per element, ~3.5 ns each on [E, H]; ``scatter_add`` (sum) is handed to ATen's
   kernel instead (Inductor's ``cpp.fallback_scatter_reduce_sum``, on by default because the
-  atomics are slower), which adds rows without atomics.
+  atomics are slower), which adds rows without atomics — when the process runs more than one
+  thread; with one, Inductor keeps its own scatter (README: compiled DDP of 2 × 1 thread).
 
 Gradients flow through both, to any order (the derivative of a gather is a scatter-add and
 back), so the same functions serve autograd's double backward and the written-out forces.
