@@ -12,6 +12,10 @@ gradients), each the best of ``--repeats`` timings; GFLOP/s and the share of the
 GEMM library handles badly caps the step's share of the peak whatever the rest of the step
 does (README: the demo's width 78).
 
+And the radial basis's products, [E, 8] → [E, H] and back, forward and backward, as autograd
+orients them and as ``models/narrow.py`` does (``narrow_seconds``): the seconds of each, one
+after the other in the same process, and their ratio.
+
 Writes ``benchmarks/results/<--out>.json`` (``gemm_widths.json``).
 """
 
@@ -20,13 +24,17 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import write_json
 from train_throughput import matmul_peak_gflops
+
+from matscale.models.narrow import linear_from_narrow, linear_to_narrow
 
 
 def gemm_gflops(edges: int, width: int, repeats: int = 20) -> dict[str, float]:
@@ -34,16 +42,36 @@ def gemm_gflops(edges: int, width: int, repeats: int = 20) -> dict[str, float]:
     ``repeats`` after a warm-up, on the threads torch is set to."""
     a, w = torch.randn(edges, width), torch.randn(width, width)
     flops = 2.0 * edges * width * width
-    rates = {}
-    for name, product in (("edge", lambda: a @ w), ("weight_grad", lambda: a.t() @ a)):
-        product()
-        best = float("inf")
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            product()
-            best = min(best, time.perf_counter() - t0)
-        rates[name] = flops / best / 1e9
-    return rates
+    products = (("edge", lambda: a @ w), ("weight_grad", lambda: a.t() @ a))
+    return {name: flops / _best_seconds(product, repeats) / 1e9 for name, product in products}
+
+
+def _best_seconds(run: Callable[[], object], repeats: int) -> float:
+    run()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        run()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def narrow_seconds(edges: int, width: int, n_radial: int = 8, repeats: int = 20) -> dict:
+    """Seconds (best of ``repeats``) of the radial basis's two products, forward and backward
+    (input and weight gradients), each as autograd runs them (``F.linear(R, W)`` and
+    ``g @ W``) and as ``models/narrow.py`` does (``linear_from_narrow``, ``linear_to_narrow``),
+    timed one after the other in the same process: R [E, n_radial], g [E, H], W [H, n_radial]."""
+    radial = torch.randn(edges, n_radial, requires_grad=True)
+    wide = torch.randn(edges, width, requires_grad=True)
+    weight = torch.randn(width, n_radial, requires_grad=True)
+    g_wide, g_narrow = torch.randn(edges, width), torch.randn(edges, n_radial)
+    runs = {
+        "from_narrow_autograd": lambda: F.linear(radial, weight).backward(g_wide),
+        "from_narrow_ours": lambda: linear_from_narrow(radial, weight).backward(g_wide),
+        "to_narrow_autograd": lambda: (wide @ weight).backward(g_narrow),
+        "to_narrow_ours": lambda: linear_to_narrow(wide, weight).backward(g_narrow),
+    }
+    return {name: _best_seconds(run, repeats) for name, run in runs.items()}
 
 
 def main() -> None:
@@ -64,6 +92,13 @@ def main() -> None:
         edge, grad = rates["edge"], rates["weight_grad"]
         print(f"width {width:>5}: [E, H] x [H, H] {edge:6.1f} GFLOP/s ({100 * edge / peak:3.0f}% "
               f"of peak), [H, E] x [E, H] {grad:6.1f} ({100 * grad / peak:3.0f}%)")  # fmt: skip
+        narrow = narrow_seconds(args.edges, width, repeats=args.repeats)
+        rows[-1]["radial_products_s"] = narrow
+        for side in ("from_narrow", "to_narrow"):
+            plain, ours = narrow[f"{side}_autograd"], narrow[f"{side}_ours"]
+            rows[-1][f"{side}_speedup"] = plain / ours
+            print(f"              radial {side:11s}: autograd {1e3 * plain:6.2f} ms, "
+                  f"models/narrow.py {1e3 * ours:6.2f} ms ({plain / ours:.2f}x)")  # fmt: skip
     write_json(args.out, {"edges": args.edges, "threads": args.threads,
                           "matmul_peak_gflops": peak, "rows": rows})  # fmt: skip
 

@@ -33,6 +33,7 @@ from torch import nn
 
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.egnn import EGNN, EGNNConfig, InteractionLayer, _norm3
+from matscale.models.narrow import linear_to_narrow
 from matscale.models.physics import stress_from_virial
 from matscale.models.radial import polynomial_envelope, polynomial_envelope_derivative
 from matscale.models.repulsion import pair_energy_and_derivative
@@ -197,7 +198,7 @@ def layer_reverse(
     g_msg = gather_rows(g_in[:, width:] * layer.inv_k, i)  # [E, H]: ∂E/∂(u M) per edge
     g_env = (g_msg * m).sum(dim=1)  # [E]
     g_pre = _silu_grad(_silu_grad(g_msg * envelope.unsqueeze(-1), z) @ edge.out.weight, pre)
-    g_radial = g_pre @ edge.w_radial.weight  # [E, n_radial]
+    g_radial = linear_to_narrow(g_pre, edge.w_radial.weight)  # [E, n_radial]
     if not need_input_grad:
         return g_out.new_zeros(0), g_radial, g_env
     g_centre = scatter_sum(g_pre, i, h.shape[0])
