@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import write_json
+from common import kill_tree, write_json
 
 from matscale.parallel.launch import local_command
 
@@ -80,11 +80,15 @@ def run(name: str, overrides: list[str], args: argparse.Namespace, out: Path) ->
     # 64 KiB they go back to the system (FSDP2 at width 1,536, depth 18: 1,862 MiB per process
     # between steps instead of 2,476; docs/training.md)
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MALLOC_MMAP_THRESHOLD_": "65536"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env=env)  # fmt: skip
     try:
-        result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=args.timeout)
-    except subprocess.TimeoutExpired as e:  # a result too: what ran in the time given
-        subprocess.run(["pkill", "-9", "-f", f"name={name}"], check=False)
-        result = subprocess.CompletedProcess(cmd, -9, "", f"timed out after {e.timeout:.0f} s")
+        stdout, stderr = proc.communicate(timeout=args.timeout)
+        result = subprocess.CompletedProcess(cmd, proc.returncode, stdout, stderr)
+    except subprocess.TimeoutExpired:  # a result too: what ran in the time given
+        kill_tree(proc.pid)  # the launcher and its ranks (killing the launcher leaves them)
+        proc.communicate(timeout=60)
+        result = subprocess.CompletedProcess(cmd, -9, "", f"timed out after {args.timeout:.0f} s")
     seconds = time.perf_counter() - started
     row: dict = {"run": name, "overrides": overrides, "wall_s": seconds,
                  "returncode": result.returncode}  # fmt: skip

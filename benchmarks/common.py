@@ -6,6 +6,7 @@ import json
 import os
 import platform
 import resource
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,40 @@ def peak_rss_mb(children: bool = False) -> float:
     """Peak resident memory (MiB) of this process, or of its finished children."""
     who = resource.RUSAGE_CHILDREN if children else resource.RUSAGE_SELF
     return resource.getrusage(who).ru_maxrss / 1024
+
+
+def _children_of() -> dict[int, list[int]]:
+    """Every process's children, from /proc (Linux)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:  # the name, in parentheses, may hold spaces: the fields follow its last ")"
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):  # ended while we looked
+            continue
+        children.setdefault(parent, []).append(int(stat.parent.name))
+    return children
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL ``pid`` and every process descended from it. Each is stopped (SIGSTOP) as it is
+    found, so none starts another or, its parent gone, moves under init before the kill: a
+    process group is not enough, torchrun starts each rank in a session of its own."""
+    stopped: list[int] = []
+    frontier = [pid]
+    while frontier:
+        for p in frontier:
+            try:
+                os.kill(p, signal.SIGSTOP)
+                stopped.append(p)
+            except ProcessLookupError:
+                pass
+        children = _children_of()
+        frontier = [c for p in frontier for c in children.get(p, []) if c not in stopped]
+    for p in stopped:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
 def rss_breakdown_mb() -> dict[str, float]:

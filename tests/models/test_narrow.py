@@ -1,11 +1,11 @@
 """The products with a narrow side (the radial basis): the plain products they replace, to any
-order of derivative, under autocast and compiled, and in the model."""
+order of derivative, under autocast and compiled (in the model: the written-out forces,
+tests/models/test_explicit_forces.py)."""
 
 from __future__ import annotations
 
 import torch
 
-from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.narrow import linear_from_narrow, linear_to_narrow
 
 
@@ -75,14 +75,3 @@ def test_compiled_with_dynamic_sizes_equals_eager() -> None:
         want = torch.autograd.grad(ref, (x, weight), seed)
         for a, b in zip(got, want, strict=True):
             torch.testing.assert_close(a, b)
-
-
-def test_the_models_radial_projection_is_the_plain_linear() -> None:
-    torch.manual_seed(0)
-    model = EGNN(EGNNConfig(width=16, depth=1, n_radial=8, heads=("a",)))
-    layer = model.layers[0].edge.w_radial
-    radial = torch.randn(30, 8)
-    torch.testing.assert_close(layer(radial), torch.nn.functional.linear(radial, layer.weight))
-    assert layer.bias is None
-    # its initialisation is the other edge linears': N(0, 1/fan_in) over [h_i, h_j, R]
-    assert abs(layer.weight.std().item() - (2 * 16 + 8) ** -0.5) < 0.05

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from matscale.data.atomgraph import AtomGraph
-from matscale.models.narrow import linear_from_narrow
 from matscale.models.radial import BesselBasis, polynomial_envelope
 from matscale.models.repulsion import pair_prior
 from matscale.models.scatter import gather_rows, scatter_sum, sum_per_graph
@@ -154,19 +153,6 @@ class _ScaledLinear(nn.Linear):
             nn.init.zeros_(self.bias)
 
 
-class _RadialLinear(_ScaledLinear):
-    """The radial basis [E, n_radial] projected to the width [E, H], no bias: a
-    :class:`_ScaledLinear` whose products run in the orientation that is fast for so narrow an
-    input (``models/narrow.py``). A module of its own, so that engines that gather parameters
-    per module call (DeepSpeed ZeRO-3) still see it called."""
-
-    def __init__(self, n_radial: int, width: int, *, fan_in: int) -> None:
-        super().__init__(n_radial, width, bias=False, std=fan_in**-0.5)
-
-    def forward(self, radial: torch.Tensor) -> torch.Tensor:
-        return linear_from_narrow(radial, self.weight)
-
-
 class _UnitEmbedding(nn.Embedding):
     """nn.Embedding with N(0, 1) rows, drawn in ``reset_parameters`` (inside the constructor,
     as :class:`_ScaledLinear`'s)."""
@@ -196,7 +182,7 @@ class EdgeMLP(nn.Module):
         self.factored = cfg.factored
         self.w_centre = _linear(h, h, fan_in=fan_in)
         self.w_neighbour = _linear(h, h, bias=False, fan_in=fan_in)
-        self.w_radial = _RadialLinear(r, h, fan_in=fan_in)
+        self.w_radial = _linear(r, h, bias=False, fan_in=fan_in)
         self.act = ACTIVATIONS[cfg.activation]()
         self.out = _linear(h, h)
 

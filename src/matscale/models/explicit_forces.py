@@ -33,7 +33,7 @@ from torch import nn
 
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.egnn import EGNN, EGNNConfig, InteractionLayer, _norm3
-from matscale.models.narrow import linear_to_narrow
+from matscale.models.narrow import linear_from_narrow, linear_to_narrow
 from matscale.models.physics import stress_from_virial
 from matscale.models.radial import polynomial_envelope, polynomial_envelope_derivative
 from matscale.models.repulsion import pair_energy_and_derivative
@@ -160,7 +160,7 @@ def layer_forward(
     edge = layer.edge
     if edge.factored:
         pre = gather_rows(edge.w_centre(h), i) + gather_rows(edge.w_neighbour(h), j)
-        pre = pre + edge.w_radial(radial)
+        pre = pre + linear_from_narrow(radial, edge.w_radial.weight)
     else:
         weight = torch.cat([edge.w_centre.weight, edge.w_neighbour.weight, edge.w_radial.weight], 1)
         edges = torch.cat([gather_rows(h, i), gather_rows(h, j), radial], dim=1)

@@ -13,6 +13,12 @@ the matmul peak (1.2 ms for E = 20,000, H = 80); the same numbers computed as [R
 differently does not reach these forms: the backward has to be written out. At the demo's width
 the narrow products were 16 % of a compiled training step.
 
+Used by the written-out forces (``models/explicit_forces.py``), whose training step is one
+ordinary backward that needs every gradient. Not by autograd's path: there the forces are a
+first backward that needs only ∂/∂positions, and autograd's engine skips a built-in op's weight
+gradient then, where a custom Function's backward cannot tell (``ctx.needs_input_grad`` says
+only what required gradients in the forward) and would compute it for nothing.
+
 Both stay differentiable to any order (the backward is made of the same two functions and plain
 ``mm``), for autograd's double backward of conservative forces; under autocast the backward
 computes in the gradient's dtype and returns each gradient in its input's dtype.
