@@ -273,8 +273,9 @@ def measure_matscale(
     repeats: int = 5,
     budget_s: float = 8.0,
     stress: bool = False,
-) -> dict[str, Any]:
-    """One row: graph and model time, atoms/s and memory of ``potential`` on ``s``."""
+) -> tuple[Any, dict[str, Any]]:
+    """One row: graph and model time, atoms/s and memory of ``potential`` on ``s``; and the
+    graph it was measured on."""
     from matscale.calc.inference import predict_graph
 
     device = potential.device
@@ -296,7 +297,7 @@ def measure_matscale(
         "outputs": "energy+forces+stress" if stress else "energy+forces",
         **row,
     }
-    return row
+    return graph, row
 
 
 def compiled_summary(compiled: dict[str, Any], eager: dict[str, Any]) -> dict[str, Any] | str:
@@ -334,14 +335,13 @@ def matscale_worker(args: argparse.Namespace) -> dict[str, Any]:
     measure_matscale(potential, head, alloy(32, elements, args.seed), repeats=1, budget_s=0.0)
     warm_up_s = time.perf_counter() - t0
     s = alloy(args.one_size, elements, args.seed)
-    row = measure_matscale(
+    graph, row = measure_matscale(
         potential, head, s, repeats=args.repeats, budget_s=args.budget_s, stress=args.stress
     )
     if compile:  # against the eager model on the same graph, after the figures
         from matscale.calc.inference import predict_graph
 
         eager = load_potential(args.model, device=args.device)
-        graph = collate([potential.graph.sample(s, head)])
         ours, theirs = predict_graph(potential, graph), predict_graph(eager, graph)
         row["compile_s"] = warm_up_s
         row["max_force_difference_eV_per_A"] = float(

@@ -1,5 +1,9 @@
 """The GEMM-width benchmark's timing: both products of an edge layer, as positive rates."""
 
+from pathlib import Path
+
+import torch
+
 from tests.benchmarks import load_benchmark
 
 gemm = load_benchmark("gemm_widths")
@@ -17,3 +21,15 @@ def test_radial_products_are_timed_both_ways() -> None:
         "from_narrow_autograd", "from_narrow_ours", "to_narrow_autograd", "to_narrow_ours"
     }  # fmt: skip
     assert all(s > 0 for s in seconds.values())
+
+
+def test_the_step_comparison_swaps_the_products_and_restores_them(tiny_store: Path) -> None:
+    from matscale.models import explicit_forces
+    from matscale.models.narrow import linear_from_narrow
+
+    with gemm.radial_products("autograd"):
+        assert explicit_forces.linear_from_narrow is torch.nn.functional.linear
+    assert explicit_forces.linear_from_narrow is linear_from_narrow
+    seconds = gemm.step_seconds_both_ways(tiny_store, 8, 1, compiled=False, rounds=2, steps=3)
+    assert {k: len(v) for k, v in seconds.items()} == {"autograd": 2, "ours": 2}
+    assert all(s > 0 for v in seconds.values() for s in v)

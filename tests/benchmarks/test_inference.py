@@ -37,12 +37,14 @@ def test_structures_are_reproducible_alloys_near_the_target_size() -> None:
 def test_rows_and_json(potential: Potential, capsys: pytest.CaptureFixture[str]) -> None:
     head = potential.graph.head_index("emt")
     elements = bench.pick_elements(potential.graph.elements[head])
-    rows = [
+    measured = [
         bench.measure_matscale(
             potential, head, bench.alloy(n, elements), repeats=2, budget_s=0.2, stress=stress
         )
         for n, stress in ((10, False), (50, True))
     ]
+    rows = [row for _, row in measured]
+    assert [graph.positions.shape[0] for graph, _ in measured] == [r["atoms"] for r in rows]
     for r in rows:
         assert r["atoms"] > 0 and r["edges"] > 0 and r["edges_per_atom"] > 1
         assert r["graph_ms"] > 0 and r["model_ms"] > 0
