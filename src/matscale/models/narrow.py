@@ -4,14 +4,13 @@ the width H, and the reverse, in the orientation the CPU GEMM library runs fast.
 ``linear_from_narrow(x, w)`` is ``x @ w.T`` ([E, R] → [E, H]) and ``linear_to_narrow(g, w)`` is
 ``g @ w`` ([E, H] → [E, R]), with ``w`` [H, R] an ``nn.Linear(R, H)`` weight; each is the
 other's derivative with respect to its first argument. Written by hand because of what
-autograd does with them on CPU (torch 2.13, MKL; ``benchmarks/step_profile.py`` and
-tests/models/test_narrow.py): its backward of ``F.linear`` computes the weight gradient as
+autograd does with them on CPU (torch 2.13, MKL; ``benchmarks/gemm_widths.py``): its backward of ``F.linear`` computes the weight gradient as
 [H, E] × [E, R] → [H, R], and a product with an output only R = 8 columns wide runs at ~10 % of
 the matmul peak (1.2 ms for E = 20,000, H = 80); the same numbers computed as [R, E] × [E, H] →
 [R, H], transposed, take 0.27 ms. Likewise ``g @ w`` (~14 % of the peak) runs ~2x faster as
 (wᵀ gᵀ)ᵀ. Autograd's ``mm`` backward keeps the layout of its inputs, so writing the forward
-differently does not reach these forms: the backward has to be written out. At the demo's width
-the narrow products were 16 % of a compiled training step.
+differently does not reach these forms: the backward has to be written out. At width 80 the
+narrow products were 16 % of a compiled training step for 10 % of its matmul FLOPs.
 
 Used by the written-out forces (``models/explicit_forces.py``), whose training step is one
 ordinary backward that needs every gradient. Not by autograd's path: there the forces are a
@@ -20,8 +19,8 @@ gradient then, where a custom Function's backward cannot tell (``ctx.needs_input
 only what required gradients in the forward) and would compute it for nothing.
 
 Both stay differentiable to any order (the backward is made of the same two functions and plain
-``mm``), for autograd's double backward of conservative forces; under autocast the backward
-computes in the gradient's dtype and returns each gradient in its input's dtype.
+``mm``: tests/models/test_narrow.py); under autocast the backward computes in the gradient's
+dtype and returns each gradient in its input's dtype.
 """
 
 from __future__ import annotations
