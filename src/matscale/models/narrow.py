@@ -3,14 +3,15 @@ the width H, and the reverse, in the orientation the CPU GEMM library runs fast.
 
 ``linear_from_narrow(x, w)`` is ``x @ w.T`` ([E, R] → [E, H]) and ``linear_to_narrow(g, w)`` is
 ``g @ w`` ([E, H] → [E, R]), with ``w`` [H, R] an ``nn.Linear(R, H)`` weight; each is the
-other's derivative with respect to its first argument. Written by hand because of what
-autograd does with them on CPU (torch 2.13, MKL; ``benchmarks/gemm_widths.py``): its backward of ``F.linear`` computes the weight gradient as
-[H, E] × [E, R] → [H, R], and a product with an output only R = 8 columns wide runs at ~10 % of
-the matmul peak (1.2 ms for E = 20,000, H = 80); the same numbers computed as [R, E] × [E, H] →
-[R, H], transposed, take 0.27 ms. Likewise ``g @ w`` (~14 % of the peak) runs ~2x faster as
-(wᵀ gᵀ)ᵀ. Autograd's ``mm`` backward keeps the layout of its inputs, so writing the forward
-differently does not reach these forms: the backward has to be written out. At width 80 the
-narrow products were 16 % of a compiled training step for 10 % of its matmul FLOPs.
+other's derivative with respect to its first argument. Written by hand because of what autograd
+does with them on CPU (torch 2.13, MKL; ``benchmarks/gemm_widths.py``): its backward of
+``F.linear`` computes the weight gradient as [H, E] × [E, R] → [H, R], and a product with an
+output only R = 8 columns wide runs at ~10 % of the matmul peak (1.2 ms for E = 20,000, H =
+80); the same numbers computed as [R, E] × [E, H] → [R, H], transposed, take 0.27 ms. Likewise
+``g @ w`` (~14 % of the peak) runs ~2x faster as (wᵀ gᵀ)ᵀ. Autograd's ``mm`` backward keeps the
+layout of its inputs, so writing the forward differently does not reach these forms: the
+backward has to be written out. At width 80 the narrow products were 16 % of a compiled
+training step for 10 % of its matmul FLOPs.
 
 Used by the written-out forces (``models/explicit_forces.py``), whose training step is one
 ordinary backward that needs every gradient. Not by autograd's path: there the forces are a
@@ -46,14 +47,18 @@ def _weight_grad(wide: torch.Tensor, narrow: torch.Tensor) -> torch.Tensor:
     return (narrow.t() @ wide).t()
 
 
-class _FromNarrow(torch.autograd.Function):
-    @staticmethod
-    def forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-        return x @ weight.t()
+class _Product(torch.autograd.Function):
+    """What both products keep for their backward: their two inputs."""
 
     @staticmethod
     def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: Any) -> None:
         ctx.save_for_backward(*inputs)
+
+
+class _FromNarrow(_Product):
+    @staticmethod
+    def forward(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+        return x @ weight.t()
 
     @staticmethod
     def backward(ctx: Any, g: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
@@ -66,7 +71,7 @@ class _FromNarrow(torch.autograd.Function):
         return g_x, g_w
 
 
-class _ToNarrow(torch.autograd.Function):
+class _ToNarrow(_Product):
     @staticmethod
     def forward(g: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
         # [R, H] × [H, E], transposed: ~2x faster than [E, H] × [H, R]. Made contiguous (a
@@ -75,10 +80,6 @@ class _ToNarrow(torch.autograd.Function):
         # Inductor stride assertion: tests/models/test_explicit_forces.py, compiled forces
         # across batch sizes)
         return (weight.t() @ g.t()).t().contiguous()
-
-    @staticmethod
-    def setup_context(ctx: Any, inputs: tuple[torch.Tensor, torch.Tensor], output: Any) -> None:
-        ctx.save_for_backward(*inputs)
 
     @staticmethod
     def backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor | None, torch.Tensor | None]:
