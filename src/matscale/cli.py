@@ -23,6 +23,7 @@ from matscale.errors import (
     DataError,
     ExtrapolationWarning,
     RunInterrupted,
+    SimulationError,
     TrainingError,
 )
 from matscale.parallel.commands import add_verbs as add_plan_verbs
@@ -70,7 +71,7 @@ def _report(exc: Exception) -> int | None:
     if isinstance(exc, (DataError, ConfigError)):
         print(f"matscale: error: {exc}", file=sys.stderr)
         return 2
-    if isinstance(exc, TrainingError):  # a run that stopped and says why (non-finite weights)
+    if isinstance(exc, (TrainingError, SimulationError)):  # stopped, and says why (non-finite)
         print(f"matscale: error: {exc}", file=sys.stderr)
         return 1
     if isinstance(exc, RunInterrupted):  # a signal: the checkpoint is written, rerun to resume

@@ -74,6 +74,11 @@ class TrainingError(RuntimeError):
     being finite, a process of the run that failed. Nothing it would have written is kept."""
 
 
+class SimulationError(RuntimeError):
+    """A simulation (MD, relaxation) that cannot go on and says why: energies or velocities that
+    stopped being finite. What it logged and wrote up to then is kept."""
+
+
 class RunInterrupted(Exception):
     """A run stopped on request (a signal) after writing the checkpoint it resumes from.
 

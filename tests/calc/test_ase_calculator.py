@@ -191,6 +191,23 @@ def test_zero_volume_cell_is_an_error(calc: MatscaleCalculator) -> None:
         atoms.get_potential_energy()
 
 
+def test_atoms_on_top_of_each_other_or_flown_away_are_errors(calc: MatscaleCalculator) -> None:
+    atoms = alloy(0)
+    atoms.positions[3] = atoms.positions[1]
+    atoms.calc = calc
+    # not a number: at distance 0 no force has a direction (it came out exactly zero)
+    with pytest.raises(DataError, match=r"field 'positions': atoms 1 and 3 are 0 Å apart"):
+        atoms.get_potential_energy()
+    for far in (5e5, 1e8):  # past ~4.5e5 Å the neighbour search killed the process
+        pair = Atoms("Cu2", positions=[[0, 0, 0], [far, 0, 0]])
+        pair.calc = calc
+        with pytest.raises(DataError, match=r"field 'positions': the atoms span .* along x"):
+            pair.get_potential_energy()
+    pair = Atoms("Cu2", positions=[[0, 0, 0], [9e4, 0, 0]])  # far, but allowed: two free atoms
+    pair.calc = calc
+    assert pair.get_potential_energy() == pytest.approx(2 * calc.get_potential_energy(Atoms("Cu")))
+
+
 def test_model_files_bad_and_old(tiny_model: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")

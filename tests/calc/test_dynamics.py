@@ -9,10 +9,12 @@ import ase.io
 import numpy as np
 import pytest
 from ase.build import molecule
+from ase.calculators.calculator import Calculator, all_changes
 
 from matscale.calc import MatscaleCalculator
 from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
 from matscale.cli import main
+from matscale.errors import SimulationError
 from tests.calc.structures import alloy
 
 
@@ -36,6 +38,47 @@ def test_md_runs_each_ensemble_and_logs(tiny_model: Path, tmp_path: Path, ensemb
     frames = ase.io.read(tmp_path / "md.traj", ":")
     assert len(frames) == 5
     np.testing.assert_allclose(frames[-1].positions, atoms.positions)
+
+
+def test_the_last_step_is_logged_and_written_whatever_the_interval(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    atoms = alloy(0)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    cfg = MDConfig(ensemble="nvt", timestep_fs=1.0, steps=13, temperature_K=300, log_every=5)
+    rows = run_md(atoms, cfg, trajectory=tmp_path / "md.extxyz", progress=False)
+    assert [r["time_ps"] for r in rows] == pytest.approx([0, 0.005, 0.01, 0.013])
+    assert rows[-1]["temperature_K"] == pytest.approx(atoms.get_temperature())
+    frames = ase.io.read(tmp_path / "md.extxyz", ":")
+    assert len(frames) == 4
+    np.testing.assert_allclose(frames[-1].positions, atoms.positions, atol=1e-6)  # 8 digits
+
+
+class _FailsAfter(Calculator):
+    """Harmonic wells around the start, whose energy becomes NaN after ``good`` calls."""
+
+    implemented_properties = ("energy", "forces")
+
+    def __init__(self, start: np.ndarray, good: int) -> None:
+        super().__init__()
+        self.start, self.good, self.calls = start.copy(), good, 0
+
+    def calculate(self, atoms=None, properties=None, system_changes=all_changes) -> None:  # type: ignore[no-untyped-def]
+        super().calculate(atoms, properties, system_changes)
+        self.calls += 1
+        delta = self.atoms.positions - self.start
+        energy = float((delta**2).sum()) if self.calls <= self.good else math.nan
+        self.results = {"energy": energy, "forces": -2 * delta}
+
+
+def test_md_stops_with_an_error_when_the_energy_is_no_longer_finite(tmp_path: Path) -> None:
+    atoms = alloy(0)
+    atoms.calc = _FailsAfter(atoms.positions, good=7)
+    cfg = MDConfig(ensemble="nve", timestep_fs=1.0, steps=50, temperature_K=300, log_every=1)
+    # calls: the start, then one per step: the 8th, at step 7, is the first NaN
+    with pytest.raises(SimulationError, match="MD stopped at step 7: the energy or the velocities"):
+        run_md(atoms, cfg, log=tmp_path / "md.log", progress=False)
+    assert len((tmp_path / "md.log").read_text().splitlines()) == 1 + 7  # kept: steps 0-6
 
 
 def test_nve_conserves_energy_of_a_molecule(tiny_model: Path) -> None:
@@ -150,6 +193,19 @@ def test_verbs_refuse_bad_settings_in_one_line(
             "no/dir/x.log: No such file",
         ),
         (["md", str(tiny_model), str(start), "--device", "cuda:7"], "field 'device'"),
+        (
+            ["relax", str(tiny_model), str(start), "--pressure", "5"],
+            "5.0 GPa needs the cell relaxed too (--cell)",
+        ),
+        (
+            ["md", str(tiny_model), str(start), "--traj", str(tmp_path / "md.weirdext")],
+            "no structure format ASE writes has the suffix '.weirdext'",
+        ),
+        # checked before the relaxation, whose work would be lost
+        (
+            ["relax", str(tiny_model), str(start), "--out", str(tmp_path / "no/dir/r.extxyz")],
+            "no folder to write it in",
+        ),
     ]
     for args, message in cases:
         assert main([*args, *head]) == 2, args

@@ -115,6 +115,18 @@ def test_eval_verb_errors_are_one_line(
     assert "nope.pt: no such model file" in capsys.readouterr().err
     assert main(["eval", str(tiny_model), str(path), "--head", "dft"]) == 2
     assert "no head named 'dft'" in capsys.readouterr().err
+    # a NaN label: named, not a table of NaN errors
+    good = alloy(0)
+    good.info["source"] = "emt"
+    forces = np.zeros((len(good), 3))
+    forces[2, 1] = np.nan
+    good.calc = SinglePointCalculator(good, energy=1.0, forces=forces)
+    nan_label = tmp_path / "nan.extxyz"
+    ase.io.write(nan_label, [alloy(1), good])
+    assert main(["eval", str(tiny_model), str(nan_label), "--head", "emt", "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "field 'forces': a label contains NaN or inf" in err[0], err
+    assert "nan.extxyz#1" in err[0]
 
 
 def test_eval_without_labels_and_predict_of_one_structure(

@@ -3,7 +3,8 @@ import itertools
 import numpy as np
 import pytest
 
-from matscale.data.graph import count_edges, radius_graph
+from matscale.data.graph import MAX_EXTENT_A, count_edges, radius_graph
+from matscale.errors import DataError
 
 
 def brute_force(pos, cell, pbc, cutoff):
@@ -81,3 +82,9 @@ def test_deterministic_order() -> None:
     b = radius_graph(pos, cell, np.ones(3, bool), 4.0)
     np.testing.assert_array_equal(a[0], b[0])
     assert (np.diff(a[0][0]) >= 0).all()  # sorted by centre
+
+
+def test_atoms_spread_past_the_limit_are_refused_not_a_crash() -> None:
+    far = np.array([[0.0, 0.0, 0.0], [2 * MAX_EXTENT_A, 0.0, 0.0]])
+    with pytest.raises(DataError, match=r"span 2e\+05 Å along x"):
+        radius_graph(far, np.zeros((3, 3)), np.zeros(3, bool), 5.0)

@@ -19,7 +19,7 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms, units
 
-from matscale.errors import DataError
+from matscale.errors import DataError, SimulationError
 
 Ensemble = Literal["nve", "nvt", "npt"]
 Optimizer = Literal["fire", "bfgs", "lbfgs"]
@@ -155,41 +155,60 @@ def run_md(
 
     from matscale.progress import progress_bar
 
-    rng = np.random.default_rng(cfg.seed)
-    t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
-    if t0 > 0:
-        thermalize_momenta(atoms, t0, rng=rng)
-        Stationary(atoms)
-        if not atoms.pbc.any():
-            ZeroRotation(atoms)
-    dyn = make_dynamics(atoms, cfg, rng=rng)
     rows: list[dict[str, float]] = []
+    # the outputs first, then the first forces, then the velocities: a path that cannot be
+    # written, or a structure the model refuses, is reported before any work or warning
     log_fh = open(log, "w") if log is not None else None
-    writer = _trajectory_writer(trajectory)
-    bar = progress_bar(total=cfg.steps, desc=f"MD {cfg.ensemble}", unit=" steps", enabled=progress)
-
-    def record() -> None:
-        row = log_row(atoms, dyn.nsteps * cfg.timestep_fs / 1000)
-        rows.append(row)
-        if log_fh is not None:
-            if len(rows) == 1:
-                log_fh.write("# " + " ".join(LOG_COLUMNS) + "\n")
-            log_fh.write(" ".join(f"{row[c]:.8g}" for c in LOG_COLUMNS) + "\n")
-            log_fh.flush()
-        if writer is not None:
-            writer(atoms)
-        bar.update(dyn.nsteps - bar.n)
-        bar.set_postfix(
-            T=f"{row['temperature_K']:.0f}K", etot=f"{row['etot_eV']:.4f}", refresh=False
+    try:
+        writer = _trajectory_writer(trajectory)
+        atoms.get_forces()  # computed once: the integrator's first step reuses them
+        rng = np.random.default_rng(cfg.seed)
+        t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
+        if t0 > 0:
+            thermalize_momenta(atoms, t0, rng=rng)
+            Stationary(atoms)
+            if not atoms.pbc.any():
+                ZeroRotation(atoms)
+        dyn = make_dynamics(atoms, cfg, rng=rng)
+        bar = progress_bar(
+            total=cfg.steps, desc=f"MD {cfg.ensemble}", unit=" steps", enabled=progress
         )
 
-    try:
-        dyn.attach(record, interval=cfg.log_every)  # ASE calls it at step 0 too
-        for function, interval in observers:
-            dyn.attach(function, interval=interval)
-        dyn.run(cfg.steps)
+        def record() -> None:
+            row = log_row(atoms, dyn.nsteps * cfg.timestep_fs / 1000)
+            rows.append(row)
+            if log_fh is not None:
+                if len(rows) == 1:
+                    log_fh.write("# " + " ".join(LOG_COLUMNS) + "\n")
+                log_fh.write(" ".join(f"{row[c]:.8g}" for c in LOG_COLUMNS) + "\n")
+                log_fh.flush()
+            if writer is not None:
+                writer(atoms)
+            bar.update(dyn.nsteps - bar.n)
+            bar.set_postfix(
+                T=f"{row['temperature_K']:.0f}K", etot=f"{row['etot_eV']:.4f}", refresh=False
+            )
+
+        def check_finite() -> None:  # every step: the step's own energy, computed already
+            epot = atoms.get_potential_energy()
+            if not (np.isfinite(epot) and np.all(np.isfinite(atoms.get_momenta()))):
+                raise SimulationError(
+                    f"MD stopped at step {dyn.nsteps}: the energy or the velocities are no "
+                    f"longer finite (E_pot {epot} eV); a timestep of {cfg.timestep_fs:g} fs may "
+                    "be too long for these atoms"
+                )
+
+        try:
+            dyn.attach(check_finite, interval=1)  # first: no row or frame of a step gone wrong
+            dyn.attach(record, interval=cfg.log_every)  # ASE calls it at step 0 too
+            for function, interval in observers:
+                dyn.attach(function, interval=interval)
+            dyn.run(cfg.steps)
+            if dyn.nsteps % cfg.log_every:  # the last step is always logged and written
+                record()
+        finally:
+            bar.close()
     finally:
-        bar.close()
         if log_fh is not None:
             log_fh.close()
     return rows
@@ -202,6 +221,7 @@ def _trajectory_writer(path: Path | None) -> Any:
         return None
     path.parent.mkdir(parents=True, exist_ok=True)
     path.unlink(missing_ok=True)
+    check_output_format(path)
     if path.suffix == ".traj":
         from ase.io.trajectory import Trajectory
 
@@ -213,6 +233,22 @@ def _trajectory_writer(path: Path | None) -> Any:
         ase.io.write(path, atoms, append=True)
 
     return write
+
+
+def check_output_format(path: Path) -> None:
+    """Refuse, before any work, a structure or trajectory file whose suffix names no format
+    ASE writes."""
+    from ase.io.formats import UnknownFileTypeError, filetype, ioformats
+
+    try:
+        name = filetype(str(path), read=False)  # without reading: the suffix's format
+    except UnknownFileTypeError:
+        name = ""
+    if name not in ioformats or not ioformats[name].can_write:
+        raise DataError(
+            f"no structure format ASE writes has the suffix {path.suffix!r}: use .extxyz or .traj",
+            file=str(path),
+        )
 
 
 def energy_drift(rows: list[dict[str, float]], n_atoms: int) -> float:
@@ -245,6 +281,11 @@ class RelaxConfig:
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(
             self.optimizer in ("fire", "bfgs", "lbfgs"), "optimizer", "must be fire, bfgs or lbfgs"
+        )
+        _check(
+            self.cell or self.pressure_GPa == 0.0,
+            "pressure_GPa",
+            f"acts on the cell: {self.pressure_GPa} GPa needs the cell relaxed too (--cell)",
         )
 
 

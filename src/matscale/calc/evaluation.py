@@ -85,6 +85,8 @@ def evaluate_structures(
     bar = progress_bar(desc="evaluating", unit=" structures", enabled=progress)
     iterator = iter(structures)
     while chunk := list(islice(iterator, CHUNK)):
+        for s in chunk:
+            _check_labels(s)
         results = predict(
             potential,
             chunk,
@@ -99,6 +101,19 @@ def evaluate_structures(
     if not errors.rows:
         raise DataError("no structures to evaluate")
     return errors
+
+
+def _check_labels(s: Structure) -> None:
+    """Raise :class:`DataError` naming the record and field for a label that is not finite:
+    one NaN would turn every mean error it enters into NaN."""
+    for name in ("energy", "forces", "stress"):
+        value = getattr(s, name)
+        if value is not None and not np.all(np.isfinite(value)):
+            raise DataError(
+                "a label contains NaN or inf: errors cannot be measured against it",
+                record=s.key,
+                field=name,
+            )
 
 
 def _add(

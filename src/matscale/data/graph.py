@@ -12,6 +12,30 @@ from __future__ import annotations
 import numpy as np
 from vesin import NeighborList
 
+from matscale.errors import DataError
+
+#: The largest extent (Å) of the atoms along a non-periodic direction that the neighbour search
+#: accepts. vesin's cell list stops the whole process (SIGFPE, no Python error) when atoms lie
+#: ~5e5 Å apart along a line (vesin 0.4); 1e5 Å, ten micrometres, is past any structure an
+#: atomistic model describes: an atom that far has flown away.
+MAX_EXTENT_A = 1e5
+
+
+def extent_problem(positions: np.ndarray, pbc: np.ndarray) -> str | None:
+    """Why the neighbour search refuses ``positions`` [n, 3] (Å), or None: the atoms spread
+    over more than :data:`MAX_EXTENT_A` along a non-periodic direction."""
+    p = np.asarray(positions, dtype=np.float64)
+    if len(p) < 2:
+        return None
+    span = np.where(np.asarray(pbc, dtype=bool), 0.0, p.max(axis=0) - p.min(axis=0))
+    axis = int(np.argmax(span))
+    if not span[axis] > MAX_EXTENT_A:  # also true for NaN: finiteness is checked elsewhere
+        return None
+    return (
+        f"the atoms span {span[axis]:.3g} Å along {'xyz'[axis]} (non-periodic), more than "
+        f"{MAX_EXTENT_A:.0e} Å: an atom has flown away from the rest"
+    )
+
 
 def radius_graph(
     positions: np.ndarray,
@@ -37,6 +61,9 @@ def radius_graph(
     shifts: [n_edges, 3] int64, integer cell shifts S.
     """
     pbc = np.asarray(pbc, dtype=bool)
+    why = extent_problem(positions, pbc)
+    if why:  # before vesin, which would kill the process
+        raise DataError(why, field="positions")
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
     nl = NeighborList(cutoff=float(cutoff), full_list=True)
     i, j, s, d = nl.compute(

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
+from matscale.data.graph import extent_problem
 from matscale.errors import DataError
 
 #: Atoms closer than this are rejected as unphysical (Å).
@@ -162,6 +163,9 @@ def check_structure(
             raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell", "zero-volume")
         if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
             raise fail("periodic direction has a zero lattice vector", "cell", "zero-vector")
+    far = extent_problem(s.positions, pbc)
+    if far:  # before the neighbour search of min_distance, which it would crash
+        raise fail(far, "positions", "too-far")
     closest = min_distance(s)
     if closest < MIN_DISTANCE:
         raise fail(

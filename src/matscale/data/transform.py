@@ -19,7 +19,8 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
-from matscale.data.structure import MAX_Z, Structure
+from matscale.data.graph import extent_problem
+from matscale.data.structure import MAX_Z, MIN_DISTANCE, Structure
 from matscale.errors import DataError, ExtrapolationWarning
 
 #: How much closer than the shortest training distance a contact must be to be warned about
@@ -181,8 +182,8 @@ class GraphSettings:
             index=index,
             dtype=np.dtype(self.dtype).type,
         )
-        if check_contacts and self.shortest:
-            self.check_contacts(s, sample["edge_index"], sample["shifts"], head)
+        if check_contacts:
+            self.check_contacts(s, sample["edge_index"], sample["shifts"], head, file, record)
         return sample
 
     @cached_property
@@ -199,15 +200,36 @@ class GraphSettings:
         return tuple(tables)
 
     def check_contacts(
-        self, s: Structure, edge_index: np.ndarray, shifts: np.ndarray, head: int
+        self,
+        s: Structure,
+        edge_index: np.ndarray,
+        shifts: np.ndarray,
+        head: int,
+        file: str | None = None,
+        record: Any = None,
     ) -> None:
-        """Warn (:class:`ExtrapolationWarning`, once per head and element pair) when two atoms
-        of ``s`` are closer than any two of those elements in head ``head``'s training data."""
+        """Raise :class:`DataError` when two atoms of ``s`` (periodic images included) are
+        closer than :data:`~matscale.data.structure.MIN_DISTANCE` (the floor every training
+        structure is held to: atoms on top of each other have no direction for a force), naming
+        both; warn (:class:`ExtrapolationWarning`, once per head and element pair) when they
+        are closer than any two of those elements in head ``head``'s training data."""
         if edge_index.shape[1] == 0:
             return
         i, j = edge_index
         vectors = s.positions[j] - s.positions[i] + shifts.astype(np.float64) @ np.asarray(s.cell)
         d = np.linalg.norm(vectors, axis=1)
+        nearest = int(np.argmin(d))
+        if d[nearest] < MIN_DISTANCE:
+            a, b = sorted((int(i[nearest]), int(j[nearest])))
+            raise DataError(
+                f"atoms {a} and {b} are {d[nearest]:.3g} Å apart (< {MIN_DISTANCE} Å): "
+                "on top of each other",
+                file=file,
+                record=record,
+                field="positions",
+            )
+        if not self.shortest:
+            return
         z = np.asarray(s.numbers)
         table = self.shortest_tables[head]
         floor = table[z[i], z[j]]
@@ -249,6 +271,9 @@ def check_geometry(s: Structure, *, file: str | None = None, record: Any = None)
     if not np.all(np.isfinite(positions)):
         raise DataError("contains NaN or inf", file=file, record=record, field="positions")
     pbc = np.asarray(s.pbc, dtype=bool)
+    far = extent_problem(positions, pbc)
+    if far:
+        raise DataError(far, file=file, record=record, field="positions")
     if not pbc.any():
         return
     cell = np.asarray(s.cell, dtype=np.float64)
