@@ -198,7 +198,10 @@ def test_verbs_refuse_bad_settings_in_one_line(
             "5.0 GPa needs the cell relaxed too (--cell)",
         ),
         (
-            ["md", str(tiny_model), str(start), "--traj", str(tmp_path / "md.weirdext")],
+            [
+                *("md", str(tiny_model), str(start), "--traj", str(tmp_path / "md.weirdext")),
+                *("--log", str(tmp_path / "refused.log")),
+            ],
             "no structure format ASE writes has the suffix '.weirdext'",
         ),
         # checked before the relaxation, whose work would be lost
@@ -211,6 +214,7 @@ def test_verbs_refuse_bad_settings_in_one_line(
         assert main([*args, *head]) == 2, args
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
+    assert not (tmp_path / "refused.log").exists()  # refused before any output was opened
 
 
 def test_md_with_direct_forces_logs_no_pressure(tiny_direct_model: Path) -> None:

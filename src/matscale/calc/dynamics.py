@@ -158,6 +158,8 @@ def run_md(
     rows: list[dict[str, float]] = []
     # the outputs first, then the first forces, then the velocities: a path that cannot be
     # written, or a structure the model refuses, is reported before any work or warning
+    if trajectory is not None:
+        check_output_format(trajectory)
     log_fh = open(log, "w") if log is not None else None
     try:
         writer = _trajectory_writer(trajectory)
