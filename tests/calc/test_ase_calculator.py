@@ -208,6 +208,22 @@ def test_atoms_on_top_of_each_other_or_flown_away_are_errors(calc: MatscaleCalcu
     assert pair.get_potential_energy() == pytest.approx(2 * calc.get_potential_energy(Atoms("Cu")))
 
 
+def test_model_paths_that_are_no_file_say_what_they_are(tiny_model: Path, tmp_path: Path) -> None:
+    # a run's folder points at its model file, a missing file lists the shipped models
+    run_folder = tiny_model.parent
+    with pytest.raises(
+        DataError, match=rf"is a folder, not a model file; its model file is .*{tiny_model.name}"
+    ):
+        MatscaleCalculator.from_file(run_folder, head="emt")
+    with pytest.raises(DataError, match=r"is a folder, not a model file \(and holds no model.pt\)"):
+        load_potential(tmp_path)
+    with pytest.raises(DataError, match=r"nope.pt: no such model file \(shipped models: matscale-"):
+        MatscaleCalculator.from_file(tmp_path / "nope.pt", head="emt")
+    # a shipped model's name works where a model file does
+    calc = MatscaleCalculator.from_file("matscale-foundation-v2", head="emt-metals")
+    assert "teacher-sevennet" in calc.potential.heads
+
+
 def test_model_files_bad_and_old(tiny_model: Path, tmp_path: Path) -> None:
     junk = tmp_path / "junk.pt"
     junk.write_bytes(b"not a model")

@@ -86,10 +86,12 @@ class MatscaleCalculator(Calculator):
         compile: bool = False,
         **kwargs: Any,
     ) -> MatscaleCalculator:
-        """The calculator of a model file (``model.pt``) on ``device``, in ``dtype``
-        (``"float64"`` for finite differences and phonons; None: the model's own);
-        ``compile``: see :func:`matscale.calc.load_potential`."""
-        potential = load_potential(path, device=device, dtype=dtype, compile=compile)
+        """The calculator of a model file (``model.pt``; or a shipped model's name) on
+        ``device``, in ``dtype`` (``"float64"`` for finite differences and phonons; None: the
+        model's own); ``compile``: see :func:`matscale.calc.load_potential`."""
+        from matscale.pretrained import model_file  # the package's models: imports this module
+
+        potential = load_potential(model_file(path), device=device, dtype=dtype, compile=compile)
         return cls(potential, head=head, **kwargs)
 
     @classmethod

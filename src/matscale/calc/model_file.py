@@ -113,7 +113,7 @@ def read_model_file(path: str | Path, *, trusted: bool = False) -> dict[str, Any
 
     path = Path(path)
     if not path.is_file():
-        raise DataError("no such model file", file=str(path))
+        raise not_a_model_file(path)
     try:
         # TorchVersion: early format-2 files recorded torch.__version__ unconverted
         with torch.serialization.safe_globals([TorchVersion]):
@@ -163,6 +163,19 @@ def _upgrade_v1(blob: dict[str, Any]) -> dict[str, Any]:
     """A ``matscale-model/1`` file's dictionary in the current format."""
     graph = legacy_graph(blob["model_config"], blob.get("run_config", {}), blob.get("stats", {}))
     return {**blob, "format": MODEL_FORMAT, "graph": graph.to_dict(), "upgraded_from": "1"}
+
+
+def not_a_model_file(path: Path) -> DataError:
+    """The error for a model path that is no file: a folder says where its model file is (a
+    training run's folder holds ``model.pt``), a missing path lists the shipped models."""
+    if path.is_dir():
+        inside = path / "model.pt"
+        where = f"; its model file is {inside}" if inside.is_file() else " (and holds no model.pt)"
+        return DataError(f"is a folder, not a model file{where}", file=str(path))
+    from matscale.pretrained import available  # the package's models: imports this module
+
+    shipped = ", ".join(available()) or "none"
+    return DataError(f"no such model file (shipped models: {shipped})", file=str(path))
 
 
 def load_potential(

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from matscale.calc.model_file import Potential, load_potential, read_model_file
+from matscale.calc.model_file import Potential, load_potential, not_a_model_file, read_model_file
 from matscale.data.transform import GeometryDtype
 from matscale.errors import DataError
 
@@ -53,8 +53,8 @@ def model_file(spec: str | Path) -> Path:
     if str(spec) in available():
         return path(str(spec))
     shipped = ", ".join(available()) or "none"
-    if Path(spec).suffix or len(Path(spec).parts) > 1:  # meant as a file
-        raise DataError(f"no such model file (shipped models: {shipped})", file=str(spec))
+    if Path(spec).is_dir() or Path(spec).suffix or len(Path(spec).parts) > 1:  # meant as a file
+        raise not_a_model_file(Path(spec))
     raise DataError(f"{str(spec)!r} is neither a model file nor a shipped model ({shipped})")
 
 
