@@ -124,7 +124,10 @@ def _leave(code: int) -> NoReturn:
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="matscale", description=__doc__)
     verbs = p.add_subparsers(title="verbs")
-    demo = verbs.add_parser("demo", help="generate the default data, pack it, print statistics")
+    demo = verbs.add_parser(
+        "demo",
+        help="generate the default data, train the default model on it, report its errors",
+    )
     demo.add_argument(
         "--data-dir",
         type=Path,

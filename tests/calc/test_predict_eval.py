@@ -143,6 +143,12 @@ def test_eval_without_labels_and_predict_of_one_structure(
         predict(potential, atoms)
     with pytest.raises(DataError, match=r"record 1, field 'head': this model has 2 heads"):
         predict(potential, [emt_structures(1)[0], alloy(1)])  # the second has no source
+    other = alloy(1)
+    other.info["source"] = "xyz"
+    with pytest.raises(DataError, match=r"record 0, field 'head': its source 'xyz' names no head"):
+        predict(potential, [other])
+    with pytest.raises(DataError, match=r"field 'max_atoms': a batch budget must be >= 1"):
+        predict(potential, [atoms], head="emt", max_atoms=0)
     (r,) = predict(potential, [atoms], head="emt", forces=False, stress=True)
     assert "forces" not in r and r["stress"].shape == (6,)
     with pytest.raises(DataError, match="field 'numbers': structure has no atoms"):

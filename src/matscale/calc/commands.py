@@ -73,7 +73,7 @@ def add_verbs(verbs: Any) -> None:
     rx.add_argument("--steps", type=int, default=500, help="most optimizer steps")
     rx.add_argument("--cell", action="store_true", help="relax the cell too (FrechetCellFilter)")
     rx.add_argument("--pressure", type=float, default=0.0, help="GPa, with --cell")
-    rx.add_argument("--out", type=Path, default=None, help="relaxed structure (default: print)")
+    rx.add_argument("--out", type=Path, default=None, help="relaxed structure file (none: printed)")
     rx.add_argument("--traj", type=Path, default=None, help="trajectory of the relaxation")
     rx.set_defaults(run=_relax)
 

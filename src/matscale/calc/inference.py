@@ -58,7 +58,15 @@ def head_for(potential: Potential, s: Structure, head: str | None) -> int:
     listing the heads if there are several)."""
     if head is None and s.source in potential.graph.heads:
         return potential.graph.heads.index(s.source)
-    return potential.graph.head_index(head or potential.info.get("default_head"))
+    try:
+        return potential.graph.head_index(head or potential.info.get("default_head"))
+    except DataError as exc:
+        if head is None and s.source:  # say why its own source did not choose
+            raise DataError(
+                f"its source {s.source!r} names no head of this model; {exc.reason}",
+                field="head",
+            ) from None
+        raise
 
 
 def predict_graph(
@@ -115,6 +123,9 @@ def predict(
     One dict per structure: ``energy`` (eV), ``energies`` [n] (eV), ``forces`` [n, 3] (eV/Å),
     ``stress`` [6] (eV/Å³, Voigt, ASE's sign; only for cells periodic in 3D).
     """
+    if max_atoms < 1 or (max_edges is not None and max_edges < 1):
+        raise DataError(f"a batch budget must be >= 1 (max_atoms {max_atoms}, max_edges "
+                        f"{max_edges})", field="max_atoms")  # fmt: skip
     want_stress = potential.conservative if stress is None else stress
     if want_stress:
         potential.require_stress()
