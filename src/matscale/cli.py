@@ -521,6 +521,9 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"[1/4] generating the {preset} data under {raw} (chunks already there are kept)")
     report = generate(raw, GenerateConfig(sizes=dict(PRESETS[preset]), workers=args.workers))
     print(f"      {sum(report['written_now'].values()):,} new structures in {report['seconds']} s")
+    for source, why in report["skipped_now"].items():  # the candidates a labeller refused
+        for reason, count in why.items():
+            print(f"      {source}: {count:,} candidates dropped, the labeller failed ({reason})")
     chunks = sorted(raw.glob("*/chunk-*.extxyz"))
     sources = {f: f.parent.name for f in chunks}
     newest = max(f.stat().st_mtime for f in chunks)
