@@ -14,7 +14,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from matscale.calc import MatscaleCalculator
 from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
 from matscale.cli import main
-from matscale.errors import SimulationError
+from matscale.errors import DataError, SimulationError
 from tests.calc.structures import alloy
 
 
@@ -79,6 +79,15 @@ def test_md_stops_with_an_error_when_the_energy_is_no_longer_finite(tmp_path: Pa
     with pytest.raises(SimulationError, match="MD stopped at step 7: the energy or the velocities"):
         run_md(atoms, cfg, log=tmp_path / "md.log", progress=False)
     assert len((tmp_path / "md.log").read_text().splitlines()) == 1 + 7  # kept: steps 0-6
+
+
+def test_md_blown_up_by_its_timestep_stops_with_an_error(tiny_model: Path) -> None:
+    # periodic: the energies stay finite (1e15 eV) while the atoms fly off
+    atoms = alloy(0)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    cfg = MDConfig(ensemble="nve", timestep_fs=1e6, steps=10, temperature_K=300, log_every=1)
+    with pytest.raises(DataError, match=r"field 'positions': an atom lies .* flown away"):
+        run_md(atoms, cfg, progress=False)
 
 
 def test_nve_conserves_energy_of_a_molecule(tiny_model: Path) -> None:

@@ -14,26 +14,28 @@ from vesin import NeighborList
 
 from matscale.errors import DataError
 
-#: The largest extent (Å) of the atoms along a non-periodic direction that the neighbour search
-#: accepts. vesin's cell list stops the whole process (SIGFPE, no Python error) when atoms lie
-#: ~5e5 Å apart along a line (vesin 0.4); 1e5 Å, ten micrometres, is past any structure an
-#: atomistic model describes: an atom that far has flown away.
+#: The farthest an atom may lie from the origin along any axis (Å). Past it, float32 geometry
+#: resolves only ~0.01 Å (edge vectors are differences of coordinates), and vesin's cell list
+#: stops the whole process (SIGFPE, no Python error) when atoms lie ~5e5 Å apart along a line
+#: (vesin 0.4). Ten micrometres is past any structure an atomistic model describes: an atom
+#: there has flown away (an MD run blown up by too long a timestep, say).
 MAX_EXTENT_A = 1e5
 
 
-def extent_problem(positions: np.ndarray, pbc: np.ndarray) -> str | None:
-    """Why the neighbour search refuses ``positions`` [n, 3] (Å), or None: the atoms spread
-    over more than :data:`MAX_EXTENT_A` along a non-periodic direction."""
-    p = np.asarray(positions, dtype=np.float64)
-    if len(p) < 2:
+def extent_problem(positions: np.ndarray) -> str | None:
+    """Why ``positions`` [n, 3] (Å) are refused, or None: an atom farther than
+    :data:`MAX_EXTENT_A` from the origin along an axis."""
+    p = np.abs(np.asarray(positions, dtype=np.float64))
+    if p.size == 0:
         return None
-    span = np.where(np.asarray(pbc, dtype=bool), 0.0, p.max(axis=0) - p.min(axis=0))
-    axis = int(np.argmax(span))
-    if not span[axis] > MAX_EXTENT_A:  # also true for NaN: finiteness is checked elsewhere
+    far = p.max(axis=0)
+    axis = int(np.argmax(far))
+    if not far[axis] > MAX_EXTENT_A:  # also true for NaN: finiteness is checked elsewhere
         return None
     return (
-        f"the atoms span {span[axis]:.3g} Å along {'xyz'[axis]} (non-periodic), more than "
-        f"{MAX_EXTENT_A:.0e} Å: an atom has flown away from the rest"
+        f"an atom lies {far[axis]:.3g} Å from the origin along {'xyz'[axis]}, more than "
+        f"{MAX_EXTENT_A:.0e} Å: it has flown away (and float32 geometry resolves only ~0.01 Å "
+        "there)"
     )
 
 
@@ -61,7 +63,7 @@ def radius_graph(
     shifts: [n_edges, 3] int64, integer cell shifts S.
     """
     pbc = np.asarray(pbc, dtype=bool)
-    why = extent_problem(positions, pbc)
+    why = extent_problem(positions)
     if why:  # before vesin, which would kill the process
         raise DataError(why, field="positions")
     box = np.asarray(cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))

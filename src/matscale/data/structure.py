@@ -163,7 +163,7 @@ def check_structure(
             raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell", "zero-volume")
         if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
             raise fail("periodic direction has a zero lattice vector", "cell", "zero-vector")
-    far = extent_problem(s.positions, pbc)
+    far = extent_problem(s.positions)
     if far:  # before the neighbour search of min_distance, which it would crash
         raise fail(far, "positions", "too-far")
     closest = min_distance(s)

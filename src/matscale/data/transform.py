@@ -271,7 +271,7 @@ def check_geometry(s: Structure, *, file: str | None = None, record: Any = None)
     if not np.all(np.isfinite(positions)):
         raise DataError("contains NaN or inf", file=file, record=record, field="positions")
     pbc = np.asarray(s.pbc, dtype=bool)
-    far = extent_problem(positions, pbc)
+    far = extent_problem(positions)
     if far:
         raise DataError(far, file=file, record=record, field="positions")
     if not pbc.any():
