@@ -168,9 +168,11 @@ class GraphSettings:
         check_contacts: bool = True,
     ) -> dict[str, np.ndarray]:
         """``s`` as the model's graph sample (numpy arrays; see :func:`collate`), read by head
-        ``head``. Raises :class:`DataError` for elements the head never saw, non-finite
-        positions and degenerate periodic cells; warns about contacts shorter than training's
-        (``check_contacts``: off for the training store itself, whose statistics set them)."""
+        ``head``. Raises :class:`DataError` for elements the head never saw, non-finite or
+        flown-away positions and degenerate periodic cells, and (``check_contacts``) atoms on
+        top of each other; warns about contacts shorter than training's (``check_contacts``:
+        off for the training store itself, validated when packed and whose statistics set
+        them)."""
         record = s.key or (index if index >= 0 else None)
         self.check_elements(s.numbers, head, file=file, record=record)
         check_geometry(s, file=file, record=record)
