@@ -6,6 +6,7 @@ import ase.io
 import numpy as np
 import pytest
 
+from matscale.data.info import describe
 from matscale.data.pack import PackConfig, pack
 from matscale.data.shard import Shard
 from matscale.data.stats import SourceStats
@@ -163,6 +164,33 @@ def test_reference_energies_recover_known_values() -> None:
     summary = st.summary()
     assert summary["energy_residual_rms_eV"] == pytest.approx(0.01, rel=0.3)
     assert summary["force_rms_eV_per_A"] == pytest.approx(1.0)
+
+
+def test_reference_energies_of_elements_never_apart_say_so(tmp_path: Path) -> None:
+    # B and N only ever in 1:1: their sum is fixed, their split is not
+    st = SourceStats()
+    rng = np.random.default_rng(0)
+    for k in range(1, 6):
+        numbers = np.array([5, 7] * k + [29])
+        s = Structure(numbers=numbers, positions=rng.normal(size=(len(numbers), 3)) * 4,
+                      energy=-10.0 * k - 3.0 + rng.normal(0, 0.01))  # fmt: skip
+        st.add(s, n_edges=4)
+    refs = st.reference_energies()
+    assert refs[5] + refs[7] == pytest.approx(-10.0, abs=0.05)
+    assert st.summary()["reference_energy_rank"] == 2  # of 3 elements
+    full = SourceStats()
+    full.add(Structure(numbers=np.array([5]), positions=np.zeros((1, 3)), energy=-1.0), 0)
+    assert full.summary()["reference_energy_rank"] == 1
+    # `matscale data info` says so: water conformers fix only 2 e_H + e_O
+    water = molecules(12)[1::4]
+    pack(write_files(tmp_path, water, per_file=3), tmp_path / "w", PackConfig(), progress=False)
+    text = describe(Store(tmp_path / "w"))
+    assert "1 of these is fixed only in combination with others" in text
+    mixed = tmp_path / "m"
+    (tmp_path / "mixed").mkdir()
+    pack(write_files(tmp_path / "mixed", molecules(8), per_file=8), mixed, PackConfig(),
+         progress=False)  # fmt: skip
+    assert "fixed only in combination" not in describe(Store(mixed))
 
 
 def test_statistics_of_a_packed_store(tmp_path: Path) -> None:

@@ -35,6 +35,13 @@ def describe(store: Store) -> str:
             f"{chemical_symbols[int(z)]} {e:.3f}" for z, e in st["reference_energy_eV"].items()
         )
         lines.append(f"  {name}: {refs}")
+        loose = len(st["reference_energy_eV"]) - st.get("reference_energy_rank", 10**9)
+        if loose > 0:  # stores packed before the rank was recorded say nothing
+            lines.append(
+                f"    ({loose} of these {'is' if loose == 1 else 'are'} fixed only in "
+                "combination with others: those elements' counts never vary apart in this "
+                "source, so their split is the least-squares minimum norm, not a measurement)"
+            )
     by_source: dict[str, list[str]] = {}
     src = np.asarray(store.source_ids)
     fam = np.asarray(store.family_ids)

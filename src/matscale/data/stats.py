@@ -84,6 +84,14 @@ class SourceStats:
         w = np.linalg.lstsq(a, self.xty[present], rcond=None)[0]
         return {int(z): float(e) for z, e in zip(present, w, strict=True)}
 
+    def reference_energy_rank(self) -> int:
+        """How many independent combinations of the element energies the compositions fix
+        (the rank of their normal matrix); the number of elements when each is fixed."""
+        present = np.nonzero(self.element_atoms)[0]
+        if self.n_energy == 0 or len(present) == 0:
+            return 0
+        return int(np.linalg.matrix_rank(self.xtx[np.ix_(present, present)]))
+
     def summary(self) -> dict[str, Any]:
         """Derived statistics as plain JSON-able numbers (units in the key names)."""
         refs = self.reference_energies()
@@ -97,6 +105,9 @@ class SourceStats:
             "with_stress": self.n_stress,
             "elements": {int(z): int(c) for z, c in enumerate(self.element_atoms) if c},
             "reference_energy_eV": refs,
+            # below len(refs): some energies are fixed only in combination (elements whose
+            # counts never vary apart, B and N of a boron nitride source), the split arbitrary
+            "reference_energy_rank": self.reference_energy_rank(),
             "shortest_distance_A": {
                 # rounded down: a recorded floor is never above a distance that was seen
                 f"{za}-{zb}": math.floor(float(self.shortest[za, zb]) * 1e4) / 1e4
