@@ -96,6 +96,21 @@ def write_json(name: str, payload: dict[str, Any]) -> Path:
     return path
 
 
+def step_model(store: Any, width: int, depth: int) -> Any:
+    """The EGNN the step benchmarks train (train_throughput, step_profile, gemm_widths): width
+    × depth, one head per source of ``store`` (a ``matscale.data.store.Store``), 30 mean
+    neighbours, the store's statistics; seed 0."""
+    import torch
+
+    from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
+
+    torch.manual_seed(0)
+    config = EGNNConfig(width=width, depth=depth, heads=tuple(store.sources), avg_neighbours=30.0)
+    model = EGNN(config)
+    set_statistics(model, store.stats)
+    return model
+
+
 def store_batches(store: Any, max_atoms: int, count: int, order: Any = None) -> list[Any]:
     """``count`` collated batches of ≤ ``max_atoms`` atoms of a ``matscale.data.store.Store``,
     structures taken in ``order`` (indices; None: the store's own), radius graphs at 5 Å with

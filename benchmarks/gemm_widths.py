@@ -102,19 +102,15 @@ def step_seconds_both_ways(
     of ``store``) with the radial products each way, alternated ``rounds`` times in one process
     (each way first in every other round), so that the machine's drift falls on both alike;
     compiled, each way is compiled once before the timing."""
-    from common import store_batches
+    from common import step_model, store_batches
 
     from matscale.config import TrainConfig
     from matscale.data.store import Store
-    from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
     from matscale.parallel.plan import compile_forward
     from matscale.train.step import make_optimizer, train_step
 
     data = Store(store)
-    torch.manual_seed(0)
-    model = EGNN(EGNNConfig(width=width, depth=depth, heads=tuple(data.sources),
-                            avg_neighbours=30.0))  # fmt: skip
-    set_statistics(model, data.stats)
+    model = step_model(data, width, depth)
     if compiled:
         compile_forward(model)
     config = TrainConfig()

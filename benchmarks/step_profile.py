@@ -26,11 +26,10 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import store_batches, write_json
+from common import step_model, store_batches, write_json
 
 from matscale.config import TrainConfig
 from matscale.data.store import Store
-from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
 from matscale.parallel.plan import compile_forward
 from matscale.train.step import make_optimizer, train_step
 
@@ -63,13 +62,7 @@ def main() -> None:
     inductor.cpp.enable_kernel_profile = True  # each C++ kernel a named profiler row
     torch.set_num_threads(2)
     store = Store(args.store)
-    torch.manual_seed(0)
-    model = EGNN(
-        EGNNConfig(
-            width=args.width, depth=args.depth, heads=tuple(store.sources), avg_neighbours=30.0
-        )
-    )
-    set_statistics(model, store.stats)
+    model = step_model(store, args.width, args.depth)
     if args.forces == "compiled":
         compile_forward(model)
     t = TrainConfig()

@@ -33,10 +33,9 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import store_batches, write_json
+from common import step_model, store_batches, write_json
 
 from matscale.data.store import Store
-from matscale.models.egnn import EGNN, EGNNConfig
 from matscale.models.physics import predict
 from matscale.parallel.launch import local_command
 
@@ -85,9 +84,7 @@ def step_flops_per_atom(store: Store, width: int, depth: int, max_atoms: int) ->
 
     g = store_batches(store, max_atoms, 1)[0]
     atoms = len(g.numbers)
-    model = EGNN(
-        EGNNConfig(width=width, depth=depth, heads=tuple(store.sources), avg_neighbours=30.0)
-    )
+    model = step_model(store, width, depth)
     counter = FlopCounterMode(display=False)
     with counter:
         out = predict(model, g, create_graph=True)
