@@ -11,7 +11,15 @@ import time
 from pathlib import Path
 from typing import Any
 
+from matscale.allocator import keep_freed_memory
+
 RESULTS = Path(__file__).resolve().parent / "results"
+
+#: Every benchmark process, the peers' included (benchmarks/peers/train_peer.py does the same),
+#: allocates as the ``matscale`` command does: freed pages kept for the next step
+#: (:mod:`matscale.allocator`; ``MATSCALE_KEEP_FREED_MEMORY=0`` measures without, and
+#: benchmarks/allocator.py measures the difference).
+KEEPS_FREED_MEMORY = keep_freed_memory()
 
 
 def machine() -> dict[str, Any]:
@@ -32,6 +40,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "torch": torch.__version__,
         "device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu",
+        "keeps_freed_memory": KEEPS_FREED_MEMORY,
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
     }
 

@@ -32,6 +32,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from matscale.allocator import keep_freed_memory
 from matscale.config import DataConfig, TrainConfig, load
 from matscale.data.atomgraph import AtomGraph
 from matscale.data.store import Store
@@ -259,6 +260,7 @@ def main() -> None:
         "--recipe-set", nargs="*", default=[], metavar="FIELD=VALUE", help="Recipe changes"
     )
     args = ap.parse_args()
+    keep_freed_memory()  # every model here allocates as `matscale train` does
     model_changes = parse_changes(args.model_set)
     recipe = replace(recipe_for(args.model), **parse_changes(args.recipe_set))
 

@@ -20,6 +20,7 @@ from typing import Any
 import torch
 
 import matscale
+from matscale.allocator import keep_freed_memory
 from matscale.data.transform import GeometryDtype, GraphSettings
 from matscale.errors import DataError
 from matscale.models.egnn import EGNN, EGNNConfig, upgrade_config
@@ -207,6 +208,7 @@ def load_potential(
     ``trusted`` allows a file holding arbitrary Python objects (see
     :func:`read_model_file`)."""
     device = _device(device)
+    keep_freed_memory()  # every force call frees and reallocates its edge tensors
     if compile and edge_chunk:
         raise DataError(
             "compile and edge_chunk cannot be combined (the compiled forces keep every edge); "

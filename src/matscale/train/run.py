@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from matscale.allocator import keep_freed_memory
 from matscale.config import ConfigError, RunConfig
 from matscale.data.sampler import BatchSampler
 from matscale.data.store import Store
@@ -108,6 +109,8 @@ def check_splits(splits: Splits, cfg: RunConfig, n_structures: int) -> None:
 def build_run(cfg: RunConfig, d: Dist) -> Run:
     """Store and splits → plain model with data statistics → parallel plan → optimizer."""
     t = cfg.train
+    if cfg.parallel.backend in ("none", "ddp"):  # sharded runs are bound by memory instead
+        keep_freed_memory()  # a step frees and reallocates its edge tensors: keep the pages
     if cfg.parallel.threads:
         torch.set_num_threads(cfg.parallel.threads)
     torch.manual_seed(t.seed)

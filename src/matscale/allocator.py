@@ -1,0 +1,89 @@
+"""Keep freed memory in the process: glibc's ``malloc`` settings for a CPU step.
+
+PyTorch's CPU allocator has no cache: every tensor is a ``posix_memalign`` and every release a
+``free``. glibc serves a block of more than ``M_MMAP_THRESHOLD`` bytes (128 KiB at start,
+raised on the fly up to 32 MiB) with a fresh ``mmap`` and unmaps it when freed, and it gives the
+top of its heap back to the kernel once more than ``M_TRIM_THRESHOLD`` is free there. A training
+step allocates and frees megabytes of edge tensors ([E, H] float32: 20,000 edges × 78 channels is
+6 MiB) dozens of times, so each one comes back as new pages that the kernel must fault in and
+zero: a memory pass the step never asked for. On this project's 2-core machine that was a third
+of the demo model's compiled step (``benchmarks/allocator.py``).
+
+:func:`keep_freed_memory` sets both thresholds once, as a caching allocator would: blocks up to
+32 MiB come from the heap, and what is freed stays mapped for the next step. Peak resident memory
+grows little (the same blocks are reused: +2 % at the demo's width, benchmarks/allocator.py);
+what changes is that a process no longer shrinks after its peak, as with PyTorch's CUDA
+allocator. Training on one process or with DDP (``train.run.build_run``) and every model loaded
+for inference (``calc.load_potential``) apply it. Sharded runs (FSDP2, DeepSpeed) do not: their
+steps are bound by memory, not page faults, and their freed shards fragment a heap that keeps
+everything (docs/training.md: they want the opposite, ``MALLOC_MMAP_THRESHOLD_=65536``). A
+library user may call it, set glibc's ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_``
+(read at start; they then take precedence), or preload jemalloc or tcmalloc as PyTorch's CPU
+tuning guide suggests.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import functools
+import os
+import sys
+
+#: ``mallopt`` parameters (glibc's malloc.h).
+M_TRIM_THRESHOLD = -1
+M_MMAP_THRESHOLD = -3
+
+#: The largest mmap threshold glibc accepts on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``):
+#: blocks above it are still mapped and unmapped each time; at that size the fault costs little
+#: next to the work on the block.
+MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+
+#: Free memory kept at the top of the heap before any goes back to the kernel: the largest value
+#: ``mallopt``'s ``int`` takes (2 GiB), i.e. keep what a step frees.
+TRIM_THRESHOLD_BYTES = 2**31 - 1
+
+#: Set to ``0`` in the environment to leave glibc's settings alone (to compare, or to keep a
+#: process's resident memory shrinking after its peak).
+ENV_SWITCH = "MATSCALE_KEEP_FREED_MEMORY"
+
+#: glibc's own environment settings of the same thresholds: a user who set one keeps theirs.
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+
+
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    """glibc, or ``None`` on a system without it (macOS, musl: their allocators differ)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    name = ctypes.util.find_library("c")
+    if name is None:
+        return None
+    try:
+        libc = ctypes.CDLL(name)
+        libc.gnu_get_libc_version.restype = ctypes.c_char_p
+        libc.gnu_get_libc_version()
+    except (OSError, AttributeError):  # not glibc
+        return None
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    libc.mallopt.restype = ctypes.c_int
+    return libc
+
+
+def keep_freed_memory() -> bool:
+    """Serve blocks up to :data:`MMAP_THRESHOLD_BYTES` from the heap and keep freed memory in
+    the process (glibc ``mallopt``). Returns whether the settings were applied: ``False``
+    without glibc, when :data:`ENV_SWITCH` is ``0``, or when the user chose glibc's thresholds
+    in the environment (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``: theirs stand).
+    Safe to call more than once."""
+    if os.environ.get(ENV_SWITCH, "1") == "0" or any(v in os.environ for v in USER_SETTINGS):
+        return False
+    libc = _libc()
+    if libc is None:
+        return False
+    # mallopt returns 1 on success. A threshold set by hand also stops glibc from moving the
+    # mmap threshold itself (it raises it to each freed mapped block's size, and the trim
+    # threshold to twice that, so 6 MiB blocks would still be handed back at every step).
+    mapped = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
+    trimmed = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
+    return mapped and trimmed

@@ -1,0 +1,97 @@
+"""The process keeps the pages a step frees: once :func:`matscale.allocator.keep_freed_memory`
+has run, a force call reuses them instead of faulting in new ones (thousands per call without)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from matscale import allocator
+
+pytestmark = pytest.mark.skipif(allocator._libc() is None, reason="glibc's malloc only")
+
+#: In a fresh process: (settings applied?, minor page faults over 5 force calls of a 64-wide
+#: EGNN on 500 atoms of fcc Cu, ~20,000 edges at 5 Å, after 5 calls that warm it up).
+_PROBE = """
+import json, resource, torch
+from ase.build import bulk
+from matscale.allocator import keep_freed_memory
+from matscale.calc.ase_calculator import MatscaleCalculator
+from matscale.calc.model_file import Potential
+from matscale.data.transform import GraphSettings
+from matscale.models.egnn import EGNN, EGNNConfig
+applied = keep_freed_memory()
+torch.manual_seed(0)
+model = EGNN(EGNNConfig(width=64, depth=2, heads=("emt",), cutoff=5.0)).eval()
+graph = GraphSettings(cutoff=5.0, heads=("emt",), elements=((29,),))
+atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((5, 5, 5))
+atoms.calc = MatscaleCalculator(Potential(model=model, graph=graph))
+def call():
+    atoms.positions[0, 0] += 0.01
+    atoms.get_forces()
+for _ in range(5):
+    call()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(5):
+    call()
+print(json.dumps([applied, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before]))
+"""
+
+
+def _probe(**env: str) -> tuple[bool, int]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_")}
+    clean.pop(allocator.ENV_SWITCH, None)
+    done = subprocess.run(
+        [sys.executable, "-c", _PROBE], env={**clean, **env}, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    applied, faults = json.loads(done.stdout.strip().splitlines()[-1])
+    return applied, faults
+
+
+def test_freed_blocks_come_back_without_page_faults() -> None:
+    applied, faults = _probe()
+    assert applied
+    assert faults < 10_000  # 0 to ~5,000 here; ~120,000 pages of 4 KiB without it (below)
+
+
+def test_glibc_defaults_fault_every_block_in_again() -> None:
+    """What the setting saves: with glibc's own thresholds the heap is handed back after each
+    call and its edge tensors' pages faulted in again (~24,000 per call here), so the probe
+    above says something."""
+    applied, faults = _probe(**{allocator.ENV_SWITCH: "0"})
+    assert not applied
+    assert faults > 20_000
+
+
+def test_a_users_own_settings_stand(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
+    monkeypatch.setenv(allocator.ENV_SWITCH, "0")
+    assert allocator.keep_freed_memory() is False
+    monkeypatch.delenv(allocator.ENV_SWITCH)
+    assert allocator.keep_freed_memory() is True
+
+
+def test_training_and_inference_apply_it(
+    monkeypatch: pytest.MonkeyPatch, tiny_store: Path, tmp_path: Path
+) -> None:
+    """A run on one process (or DDP) and every model loaded for inference start with the
+    setting."""
+    from matscale.calc import model_file
+    from matscale.train import run
+    from tests.calc.conftest import train_tiny
+
+    calls: list[str] = []
+    monkeypatch.setattr(run, "keep_freed_memory", lambda: calls.append("train") or True)
+    monkeypatch.setattr(model_file, "keep_freed_memory", lambda: calls.append("load") or True)
+    model = train_tiny(tiny_store, tmp_path)
+    assert calls == ["train"]
+    model_file.load_potential(model)
+    assert calls == ["train", "load"]
