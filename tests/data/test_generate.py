@@ -256,3 +256,18 @@ def test_a_generation_worker_ends_with_its_parent(tmp_path: Path) -> None:
     else:
         os.kill(worker, signal.SIGKILL)
         raise AssertionError("the worker outlived its parent")
+
+
+def test_progress_counts_estimated_work_and_shows_structures(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The bar moves by each chunk's estimated core-seconds (so its time estimate is not set
+    by the slow chunks that go first) and names the structures made so far."""
+    from matscale.data.generate.run import COST
+
+    sizes = {emt.SOURCE: 30, xtb_solids.SOURCE: 2}
+    generate(tmp_path, GenerateConfig(sizes=sizes, chunk=10, workers=1), progress=True)
+    err = capsys.readouterr().err
+    work = round(30 * COST[emt.SOURCE] + 2 * COST[xtb_solids.SOURCE])
+    assert f"{work}/{work} [" in err and "core-s (est.)" in err
+    assert "32/32 structures" in err

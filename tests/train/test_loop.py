@@ -70,6 +70,22 @@ def test_trains_evaluates_and_exports(tiny_store: Path, tmp_path: Path) -> None:
     assert "kept out of training: strained" in card and "| steps | 60 (planned 60) |" in card
 
 
+def test_the_closing_table_is_printed_once(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Validation lines during the run; at the end the table of validation / test errors, and
+    not also a line repeating its numbers."""
+    cfg = _cfg(tiny_store, tmp_path, "name=b", "train.steps=4", "train.eval_every=2")
+    final = train(cfg, progress=True)
+    out = capsys.readouterr()
+    text = out.out + out.err
+    assert "[val @ step 2]" in text and "[final @" not in text
+    assert "mean absolute errors (validation / test):" in text
+    assert f"{final['emt/forces_mae_meV_per_A']:.1f}" in text  # the table has the numbers
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert [r["kind"] for r in rows].count("final") == 1  # the record is still written
+
+
 def test_resume_reproduces_the_uninterrupted_run(
     tiny_store: Path, tmp_path: Path, monkeypatch
 ) -> None:

@@ -111,6 +111,8 @@ class RunLog:
         if not self.enabled:
             return
         self._write({"step": step, "kind": prefix, **metrics})
+        if prefix == "final":  # :meth:`summary`'s table follows and shows the same numbers
+            return
         main = {
             k: v for k, v in metrics.items() if "/" not in k or k.startswith(("test/", "holdout/"))
         }

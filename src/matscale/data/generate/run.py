@@ -129,22 +129,33 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     workers = max(1, min(config.workers or os.cpu_count() or 1, len(tasks)))
     from matscale.progress import progress_bar
 
+    # The bar counts estimated core-seconds, not structures: the slowest chunks go first, and a
+    # bar in structures/s would open with an estimate of hours for minutes of work.
+    work = [COST.get(t[0], 0.01) * t[2] for t in tasks]
     bar = progress_bar(
-        total=sum(t[2] for t in tasks), desc="generating", unit=" structures", enabled=progress
+        total=round(sum(work)), desc="generating", unit=" core-s (est.)", enabled=progress
     )
+    structures = sum(t[2] for t in tasks)
+    done_work = 0.0
+    done = 0
     with (
         single_threaded_children(),
         ProcessPoolExecutor(
             workers, mp_context=mp.get_context("spawn"), initializer=quiet_worker
         ) as pool,
     ):
-        futures = {pool.submit(_make_chunk, *task): task for task in tasks}
+        futures = {
+            pool.submit(_make_chunk, *task): (task, w) for task, w in zip(tasks, work, strict=True)
+        }
         for future in as_completed(futures):
-            source, _, n, _, _ = futures[future]
+            (source, _, n, _, _), w = futures[future]
             n_written, skip = future.result()
             written[source] += n_written
             skipped[source].update(skip)
-            bar.update(n)
+            done += n
+            bar.set_postfix_str(f"{done:,}/{structures:,} structures", refresh=False)
+            bar.update(round(done_work + w) - round(done_work))  # whole core-seconds, no drift
+            done_work += w
     bar.close()
     report = {
         "seconds": round(time.perf_counter() - started, 1),
