@@ -146,6 +146,32 @@ def test_atoms_outside_the_cell_and_a_trajectory_across_its_boundary(
     assert walker.get_scaled_positions(wrap=False)[0, 0] > 1.0  # it did leave the cell
 
 
+def test_atoms_far_outside_the_cell_lose_no_digits_in_float32(calc: MatscaleCalculator) -> None:
+    """Atoms of a long MD run with unwrapped positions, thousands of cells from the origin
+    (~10⁴ Å, where float32's spacing is 0.001 Å), give the in-cell numbers of the float32
+    model: the graph wraps positions into the cell before they are cast. Along an open
+    direction of a slab nothing is wrapped."""
+    atoms = alloy(5)
+    atoms.calc = calc
+    e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
+    far = atoms.copy()
+    whole = np.random.default_rng(0).integers(-2500, 2500, size=(len(atoms), 3))
+    far.positions += whole @ atoms.cell[:]
+    assert np.abs(far.positions).max() > 5_000
+    far.calc = calc
+    assert far.get_potential_energy() == pytest.approx(e, abs=1e-5)
+    np.testing.assert_allclose(far.get_forces(), f, atol=1e-5)
+    np.testing.assert_allclose(far.get_stress(), s, atol=1e-6)
+    slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0, a=3.7)
+    slab.calc = calc
+    e, f = slab.get_potential_energy(), slab.get_forces()
+    moved = slab.copy()
+    moved.positions += np.array([1000, -2000, 0]) @ slab.cell[:]
+    moved.calc = calc
+    assert moved.get_potential_energy() == pytest.approx(e, abs=1e-5)
+    np.testing.assert_allclose(moved.get_forces(), f, atol=1e-5)
+
+
 def test_mixed_and_no_periodicity(calc: MatscaleCalculator) -> None:
     slab = fcc111("Cu", size=(2, 2, 3), vacuum=6.0, a=3.7)
     slab.calc = calc

@@ -3,7 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
-from matscale.data.graph import MAX_EXTENT_A, count_edges, radius_graph
+from matscale.data.graph import MAX_EXTENT_A, count_edges, radius_graph, wrap_positions
 from matscale.errors import DataError
 
 
@@ -88,3 +88,27 @@ def test_atoms_spread_past_the_limit_are_refused_not_a_crash() -> None:
     far = np.array([[0.0, 0.0, 0.0], [2 * MAX_EXTENT_A, 0.0, 0.0]])
     with pytest.raises(DataError, match=r"an atom lies 2e\+05 Å from the origin along x"):
         radius_graph(far, np.zeros((3, 3)), np.zeros(3, bool), 5.0)
+
+
+def test_wrap_positions_moves_atoms_by_whole_lattice_vectors_along_periodic_axes() -> None:
+    rng = np.random.default_rng(0)
+    cell = np.array([[4.0, 0.0, 0.0], [1.0, 3.5, 0.0], [0.5, 0.7, 5.0]])
+    inside = rng.uniform(0, 1, (20, 3)) @ cell
+    whole = rng.integers(-3000, 3000, (20, 3))
+    far = inside + whole @ cell
+    wrapped = wrap_positions(far, cell, np.array([True, True, True]))
+    np.testing.assert_allclose(wrapped, inside, atol=1e-9)
+    # a slab: only x and y wrap, and the open z vector's row (singular with the others here,
+    # as a user may leave it) is ignored
+    slab_cell = np.array([[2.0, 0.0, 0.0], [0.0, 2.0, 0.0], [2.0, 2.0, 0.0]])
+    pbc = np.array([True, True, False])
+    p = np.array([[7.0, -3.0, 40.0], [0.5, 0.5, -9.0]])
+    np.testing.assert_allclose(
+        wrap_positions(p, slab_cell, pbc), [[1.0, 1.0, 40.0], [0.5, 0.5, -9.0]]
+    )
+    # one periodic axis along x + y: the atom moves along that vector only
+    wire = wrap_positions(np.array([[5.0, 5.0, 1.0]]), slab_cell, np.array([False, False, True]))
+    np.testing.assert_allclose(wire, [[1.0, 1.0, 1.0]])
+    # nothing periodic, or a degenerate periodic cell (refused elsewhere, by name): unchanged
+    np.testing.assert_array_equal(wrap_positions(far, cell, np.zeros(3, bool)), far)
+    np.testing.assert_array_equal(wrap_positions(far, np.zeros((3, 3)), pbc), far)

@@ -7,6 +7,7 @@ import torch
 from ase.build import bulk, molecule
 
 from matscale.data.batch import AtomGraph, collate, graph_sample
+from matscale.data.graph import wrap_positions
 from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
@@ -43,8 +44,11 @@ def graph(*structures: Structure, cutoff: float = 4.0) -> AtomGraph:
     samples = [graph_sample(s, cutoff, source={"a": 0, "b": 1}[s.source]) for s in structures]
     g = collate(samples)
     fields = {k: (v.double() if v.dtype == torch.float32 else v) for k, v in g.__dict__.items()}
-    # geometry straight from the float64 structures (graph_sample stores float32)
-    fields["positions"] = torch.from_numpy(np.concatenate([s.positions for s in structures]))
+    # geometry straight from the float64 structures (graph_sample stores float32), wrapped into
+    # the cell as graph_sample wraps them (its edges' cell shifts belong to those positions)
+    fields["positions"] = torch.from_numpy(
+        np.concatenate([wrap_positions(s.positions, s.cell, s.pbc) for s in structures])
+    )
     fields["cell"] = torch.from_numpy(np.stack([s.cell for s in structures]).astype(np.float64))
     return AtomGraph(**fields)
 

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from matscale.data.atomgraph import AtomGraph
-from matscale.data.graph import radius_graph
+from matscale.data.graph import radius_graph, wrap_positions
 from matscale.data.structure import Structure
 from matscale.errors import DataError
 from matscale.signals import STOP_SIGNALS
@@ -35,12 +35,16 @@ def graph_sample(
     dtype: type[np.floating] = np.float32,
 ) -> dict[str, np.ndarray]:
     """One structure as numpy arrays with its radius graph (built here, off the main process);
-    geometry (positions, cell, shifts) and force and stress labels in ``dtype``."""
-    edge_index, shifts = radius_graph(s.positions, s.cell, s.pbc, cutoff, max_neighbours)
+    geometry (positions, cell, shifts) and force and stress labels in ``dtype``. Positions are
+    wrapped into the cell along periodic directions (:func:`~matscale.data.graph.wrap_positions`)
+    before they are cast: the same structure, without float32's loss of digits far from the
+    origin."""
+    positions = wrap_positions(s.positions, s.cell, s.pbc)
+    edge_index, shifts = radius_graph(positions, s.cell, s.pbc, cutoff, max_neighbours)
     n = s.n_atoms
     return {
         "numbers": np.asarray(s.numbers, dtype=np.int64),
-        "positions": np.asarray(s.positions, dtype=dtype),
+        "positions": positions.astype(dtype),
         "cell": np.asarray(s.cell, dtype=dtype)[None],
         "pbc": np.asarray(s.pbc, dtype=bool)[None],
         "edge_index": edge_index,

@@ -14,8 +14,9 @@ from vesin import NeighborList
 
 from matscale.errors import DataError
 
-#: The farthest an atom may lie from the origin along any axis (Å). Past it, float32 geometry
-#: resolves only ~0.01 Å (edge vectors are differences of coordinates), and vesin's cell list
+#: The farthest an atom may lie from the origin along any axis (Å), checked on the positions as
+#: given. Past it, float32 geometry resolves only ~0.01 Å along open directions (periodic ones
+#: are wrapped into the cell first: :func:`wrap_positions`), and vesin's cell list
 #: stops the whole process (SIGFPE, no Python error) when atoms lie ~5e5 Å apart along a line
 #: (vesin 0.4). Ten micrometres is past any structure an atomistic model describes: an atom
 #: there has flown away (an MD run blown up by too long a timestep, say).
@@ -37,6 +38,34 @@ def extent_problem(positions: np.ndarray) -> str | None:
         f"{MAX_EXTENT_A:.0e} Å: it has flown away (and float32 geometry resolves only ~0.01 Å "
         "there)"
     )
+
+
+def wrap_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
+    """``positions`` [n, 3] (Å) moved by whole lattice vectors into the cell along its periodic
+    directions (fractional coordinates in [0, 1)), in float64; as they are where none is
+    periodic. The same structure to the model (its periodic images), and the reason to do it:
+    the network's geometry is float32, whose spacing is 0.001 Å at 10⁴ Å from the origin, so
+    atoms an MD run lets diffuse unwrapped would lose digits in their edge vectors. A pure
+    function: the same input gives the same bits, so checks that recompute it agree with the
+    graph built on it. ``cell``: [3, 3] rows; those of non-periodic directions are ignored
+    (zero, or anything). Degenerate periodic vectors are left to the checks that name them:
+    positions come back unwrapped."""
+    p = np.asarray(positions, dtype=np.float64)
+    periodic = np.asarray(pbc, dtype=bool)
+    if not periodic.any() or len(p) == 0:
+        return p
+    box = np.array(cell, dtype=np.float64)
+    lattice = box[periodic]
+    if not np.isfinite(lattice).all():
+        return p
+    if not periodic.all():  # open directions: unit vectors orthogonal to the periodic ones
+        box[~periodic] = np.linalg.svd(lattice)[2][len(lattice) :]
+    volume = abs(np.linalg.det(box))
+    if not np.isfinite(volume) or volume <= 1e-9 * np.prod(np.linalg.norm(lattice, axis=1)):
+        return p
+    fractional = np.linalg.solve(box.T, p.T).T
+    whole = np.where(periodic, np.floor(fractional), 0.0)
+    return p - whole @ box
 
 
 def radius_graph(

@@ -19,7 +19,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
-from matscale.data.graph import extent_problem
+from matscale.data.graph import extent_problem, wrap_positions
 from matscale.data.structure import MAX_Z, MIN_DISTANCE, Structure
 from matscale.errors import DataError, ExtrapolationWarning
 
@@ -218,7 +218,9 @@ class GraphSettings:
         if edge_index.shape[1] == 0:
             return
         i, j = edge_index
-        vectors = s.positions[j] - s.positions[i] + shifts.astype(np.float64) @ np.asarray(s.cell)
+        # the positions the graph was built on (graph_sample wraps them; the same bits here)
+        positions = wrap_positions(s.positions, s.cell, s.pbc)
+        vectors = positions[j] - positions[i] + shifts.astype(np.float64) @ np.asarray(s.cell)
         d = np.linalg.norm(vectors, axis=1)
         nearest = int(np.argmin(d))
         if d[nearest] < MIN_DISTANCE:
