@@ -109,14 +109,17 @@ def _single(force_head: str, bf16: bool = False) -> dict:
 
 def test_ddp_matches_one_process_with_accumulation(tmp_path: Path) -> None:
     """Also with forces written out on the 2 processes, and compiled, against autograd's on
-    one (a compiled graph sums in another order: float32 round-off over the steps)."""
+    one. Both sum in another order than autograd: a compiled graph everywhere, the written-out
+    path in its radial products (models/narrow.py). In float64 the weights agree to 1e-14
+    after these steps; in float32 the round-off reaches 1e-5 in ``w_radial`` (Adam's first
+    steps amplify it where a gradient is near zero)."""
     for force_head in (
         "conservative",
         "direct",
         "conservative, written out",
         "conservative, written out, compiled",
     ):
-        tol = {"rtol": 1e-4, "atol": 1e-5} if "compiled" in force_head else {}
+        tol = {"rtol": 1e-4, "atol": 1e-5} if "written out" in force_head else {}
         out = tmp_path / f"{force_head}.pt"
         mp.start_processes(
             _worker, args=(free_port(), str(out), force_head), nprocs=2, start_method="spawn"

@@ -82,5 +82,7 @@ def test_fsdp_matches_one_process(tmp_path: Path, force_head: str, bf16: bool) -
         tol = {"rtol": 1e-3, "atol": 1e-4} if bf16 else {"rtol": 1e-5, "atol": 1e-6}
         if force_head.endswith("compiled"):  # fused kernels: float32 sums in another order
             tol = {"rtol": 1e-4, "atol": 1e-4}
+        elif "written out" in force_head:  # its radial products too (test_distributed's note)
+            tol = {"rtol": 1e-4, "atol": 1e-5}
         assert sharded[k].dtype == single[k].dtype  # master weights stay float32
         torch.testing.assert_close(sharded[k], single[k], **tol)
