@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import KEEPS_FREED_MEMORY, step_model, store_batches, write_json
 
 from matscale.allocator import ENV_SWITCH
+from matscale.train.log import peak_resident_mib
 
 RESULT = "RESULT "
 ROOT = Path(__file__).resolve().parent.parent
@@ -49,12 +50,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def _faults() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
-
-
-def _peak_mib() -> float:
-    from matscale.train.log import peak_resident_mib
-
-    return peak_resident_mib()
 
 
 def train_worker(store_path: str, width: int, depth: int, args: argparse.Namespace) -> dict:
@@ -80,7 +75,7 @@ def train_worker(store_path: str, width: int, depth: int, args: argparse.Namespa
             faults.append(_faults() - f0)
     atoms = sum(len(b.numbers) for b in batches[args.warmup :]) / args.steps
     return {"seconds": statistics.median(seconds), "faults": statistics.median(faults),
-            "atoms_per_step": atoms, "peak_rss_mib": _peak_mib()}  # fmt: skip
+            "atoms_per_step": atoms, "peak_rss_mib": peak_resident_mib()}  # fmt: skip
 
 
 def calc_worker(model: str, head: str, atoms_wanted: int, args: argparse.Namespace) -> dict:
@@ -103,7 +98,7 @@ def calc_worker(model: str, head: str, atoms_wanted: int, args: argparse.Namespa
             seconds.append(time.perf_counter() - t0)
             faults.append(_faults() - f0)
     return {"seconds": statistics.median(seconds), "faults": statistics.median(faults),
-            "atoms": len(atoms), "peak_rss_mib": _peak_mib()}  # fmt: skip
+            "atoms": len(atoms), "peak_rss_mib": peak_resident_mib()}  # fmt: skip
 
 
 def worker(args: argparse.Namespace) -> None:
