@@ -217,6 +217,31 @@ def test_zero_volume_cell_is_an_error(calc: MatscaleCalculator) -> None:
         atoms.get_potential_energy()
 
 
+def test_degenerate_periodic_cells_are_errors_not_crashes(calc: MatscaleCalculator) -> None:
+    """Parallel periodic vectors of a slab stopped the process inside vesin (SIGFPE), and
+    nearly parallel ones made it search forever; both are refused, naming the cell."""
+    slab = bulk("Cu", cubic=True)
+    slab.pbc = (True, True, False)
+    slab.set_cell([[3.6, 0, 0], [-7.2, 0, 0], [0, 0, 0]], scale_atoms=False)
+    slab.calc = calc
+    with pytest.raises(DataError, match=r"field 'cell': periodic cell is degenerate: along"):
+        slab.get_potential_energy()
+    for pbc, cell in (
+        (True, [[3.6, 0, 0], [3.6, 1e-7, 0], [0, 0, 3.6]]),  # volume 1e-6 Å³: passed before
+        ((True, True, False), [[3.6, 0, 0], [3.6, 1e-4, 0], [0, 0, 0]]),
+        (True, np.diag([1e-3, 3.6, 3.6])),  # was reported as atom 0 on top of itself
+    ):
+        atoms = bulk("Cu", cubic=True)
+        atoms.pbc = pbc
+        atoms.set_cell(cell, scale_atoms=False)
+        atoms.calc = calc
+        with pytest.raises(DataError, match=r"field 'cell': periodic cell is degenerate"):
+            atoms.get_potential_energy()
+    ok = bulk("Cu", "fcc", a=3.6)  # a primitive cell: faces 2.1 Å apart, fine
+    ok.calc = calc
+    assert np.isfinite(ok.get_potential_energy())
+
+
 def test_atoms_on_top_of_each_other_or_flown_away_are_errors(calc: MatscaleCalculator) -> None:
     atoms = alloy(0)
     atoms.positions[3] = atoms.positions[1]

@@ -24,6 +24,11 @@ def _ok() -> Structure:
         (lambda s: setattr(s, "positions", s.positions[:, :2]), "positions", "shape"),
         (lambda s: setattr(s, "numbers", s.numbers * 0), "numbers", "1..118"),
         (lambda s: setattr(s, "cell", np.zeros((3, 3))), "cell", "zero volume"),
+        (  # volume 1.3e-6 Å³ passes the volume test; images 1e-7 Å apart would hang vesin
+            lambda s: setattr(s, "cell", np.array([[3.6, 0, 0], [3.6, 1e-7, 0], [0, 0, 3.6]])),
+            "cell",
+            "degenerate",
+        ),
         (lambda s: s.positions.__setitem__(1, s.positions[0] + 0.05), "positions", "apart"),
         (lambda s: setattr(s, "stress", np.ones(5)), "stress", "shape"),
     ],

@@ -40,6 +40,22 @@ def extent_problem(positions: np.ndarray) -> str | None:
     )
 
 
+def face_separations(lattice: np.ndarray) -> np.ndarray:
+    """For each of the k periodic lattice vectors ``lattice`` [k, 3] (Å), its distance (Å) from
+    the span of the others: how far apart the periodic images are along it (k = 3: the cell's
+    face separations, V / |b × c|; k = 2: |a × b| / |b|; k = 1: |a|). A neighbour search needs
+    cutoff / separation images along it, so a tiny one is a degenerate cell (parallel periodic
+    vectors kill vesin's cell list, nearly parallel ones make it search forever)."""
+    gram = lattice @ lattice.T
+    whole = float(np.linalg.det(gram))
+    out = np.empty(len(lattice))
+    for m in range(len(lattice)):
+        rest = np.delete(np.delete(gram, m, axis=0), m, axis=1)
+        minor = float(np.linalg.det(rest)) if len(rest) else 1.0
+        out[m] = np.sqrt(max(whole, 0.0) / minor) if minor > 0 else 0.0
+    return out
+
+
 def wrap_positions(positions: np.ndarray, cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     """``positions`` [n, 3] (Å) moved by whole lattice vectors into the cell along its periodic
     directions (fractional coordinates in [0, 1)), in float64; as they are where none is

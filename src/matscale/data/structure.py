@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
-from matscale.data.graph import extent_problem
+from matscale.data.graph import extent_problem, face_separations
 from matscale.errors import DataError
 
 #: Atoms closer than this are rejected as unphysical (Å).
@@ -163,6 +163,14 @@ def check_structure(
             raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell", "zero-volume")
         if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
             raise fail("periodic direction has a zero lattice vector", "cell", "zero-vector")
+        apart = float(face_separations(cell[pbc]).min())
+        if not apart >= MIN_DISTANCE:  # the neighbour search would crash or never end
+            raise fail(
+                f"periodic cell is degenerate: its periodic images are {apart:.3g} Å apart "
+                f"along a lattice vector (< {MIN_DISTANCE} Å)",
+                "cell",
+                "degenerate",
+            )
     far = extent_problem(s.positions)
     if far:  # before the neighbour search of min_distance, which it would crash
         raise fail(far, "positions", "too-far")

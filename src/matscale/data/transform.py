@@ -19,7 +19,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
-from matscale.data.graph import extent_problem, wrap_positions
+from matscale.data.graph import extent_problem, face_separations, wrap_positions
 from matscale.data.structure import MAX_Z, MIN_DISTANCE, Structure
 from matscale.errors import DataError, ExtrapolationWarning
 
@@ -294,6 +294,18 @@ def check_geometry(s: Structure, *, file: str | None = None, record: Any = None)
     if pbc.all() and volume < 1e-6:
         raise DataError(
             f"periodic cell has zero volume ({volume:.3g} Å³)",
+            file=file,
+            record=record,
+            field="cell",
+        )
+    widths = face_separations(cell[pbc])
+    thin = int(np.argmin(widths))
+    if not widths[thin] >= MIN_DISTANCE:  # NaN too: a degenerate lattice
+        axis = "xyz"[int(np.flatnonzero(pbc)[thin])]
+        raise DataError(
+            f"periodic cell is degenerate: along its {axis} lattice vector the periodic images "
+            f"are {widths[thin]:.3g} Å apart (< {MIN_DISTANCE} Å; the periodic vectors are "
+            "(nearly) parallel), so every atom would sit on its own image",
             file=file,
             record=record,
             field="cell",
