@@ -14,7 +14,7 @@ from ase.calculators.calculator import Calculator, all_changes
 from matscale.calc import MatscaleCalculator
 from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
 from matscale.cli import main
-from matscale.errors import DataError, SimulationError
+from matscale.errors import SimulationError
 from tests.calc.structures import alloy
 
 
@@ -86,7 +86,12 @@ def test_md_blown_up_by_its_timestep_stops_with_an_error(tiny_model: Path) -> No
     atoms = alloy(0)
     atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
     cfg = MDConfig(ensemble="nve", timestep_fs=1e6, steps=10, temperature_K=300, log_every=1)
-    with pytest.raises(DataError, match=r"field 'positions': an atom lies .* flown away"):
+    # the run's failure, not the input's: the step, the geometry's complaint, the likely cause
+    with pytest.raises(
+        SimulationError,
+        match=r"MD stopped at step \d+: field 'positions': an atom lies .* flown away.*"
+        r"a timestep of 1e\+06 fs may be too long",
+    ):
         run_md(atoms, cfg, progress=False)
 
 
@@ -189,7 +194,26 @@ def test_verbs_refuse_bad_settings_in_one_line(
     ase.io.write(start, alloy(1))
     head = ["--head", "emt", "--no-progress"]
     cases = [
-        (["md", str(tiny_model), str(start), "--temperature", "-10"], "temperature_K must be >= 0"),
+        (
+            ["md", str(tiny_model), str(start), "--temperature", "-10"],
+            "temperature_K must be a finite number >= 0",
+        ),
+        (
+            ["md", str(tiny_model), str(start), "--temperature", "inf"],
+            "temperature_K must be a finite number >= 0 K, got inf",
+        ),
+        (
+            ["md", str(tiny_model), str(start), "--ensemble", "npt", "--pressure", "nan"],
+            "field 'pressure_GPa': pressure_GPa must be a finite number, got nan",
+        ),
+        (
+            ["relax", str(tiny_model), str(start), "--cell", "--pressure", "inf"],
+            "field 'pressure_GPa': pressure_GPa must be a finite number, got inf",
+        ),
+        (  # a mistyped folder is reported, not created
+            ["md", str(tiny_model), str(start), "--traj", str(tmp_path / "no/dir/md.traj")],
+            "no/dir/md.traj: no folder to write it in",
+        ),
         (
             ["md", str(tiny_model), str(start), "--index", "3"],
             "--index 3 is out of range: the file has 1 frame",
@@ -199,7 +223,7 @@ def test_verbs_refuse_bad_settings_in_one_line(
         (["relax", str(tiny_model), str(start), "--fmax", "-1"], "fmax must be > 0"),
         (
             ["md", str(tiny_model), str(start), "--log", str(tmp_path / "no/dir/x.log")],
-            "no/dir/x.log: No such file",
+            "no/dir/x.log: no folder to write it in",
         ),
         (["md", str(tiny_model), str(start), "--device", "cuda:7"], "field 'device'"),
         (
@@ -224,6 +248,25 @@ def test_verbs_refuse_bad_settings_in_one_line(
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], (args, err)
     assert not (tmp_path / "refused.log").exists()  # refused before any output was opened
+    assert not (tmp_path / "no").exists()
+
+
+def test_a_refused_md_run_leaves_an_earlier_runs_files_alone(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The structure is checked (the first forces) before the log and trajectory are opened:
+    a mistake in the input does not empty the files of the run before."""
+    bad = alloy(1)
+    bad[0].symbol = "Fe"  # an element the head never saw
+    start = tmp_path / "fe.extxyz"
+    ase.io.write(start, bad)
+    log, traj = tmp_path / "keep.log", tmp_path / "keep.extxyz"
+    log.write_text("earlier\n")
+    traj.write_text("earlier\n")
+    args = ["md", str(tiny_model), str(start), "--head", "emt", "--no-progress"]
+    assert main([*args, "--log", str(log), "--traj", str(traj)]) == 2
+    assert "element Fe (Z=26) never appeared" in capsys.readouterr().err
+    assert log.read_text() == traj.read_text() == "earlier\n"
 
 
 def test_md_with_direct_forces_logs_no_pressure(tiny_direct_model: Path) -> None:

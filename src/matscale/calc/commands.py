@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -252,13 +251,11 @@ def _relax(args: argparse.Namespace) -> int:
 
     import ase.io
 
-    from matscale.calc.dynamics import RelaxConfig, check_output_format, relax
+    from matscale.calc.dynamics import RelaxConfig, check_output_format, check_output_path, relax
 
     if args.out is not None:  # before the relaxation, not after it
+        check_output_path(args.out)
         check_output_format(args.out)
-        folder = args.out.parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise DataError("no folder to write it in, or not writable", file=str(args.out))
     atoms = _read_structure(args.structure, args.index)
     atoms.calc = _calculator(args, needs_stress="cell relaxation" if args.cell else "")
     cfg = RelaxConfig(

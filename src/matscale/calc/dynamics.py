@@ -11,6 +11,7 @@ ASE's ``FrechetCellFilter``, of positions and cell together.
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -66,15 +67,41 @@ class MDConfig:
     """Seed of the initial velocities and the Langevin noise."""
 
     def __post_init__(self) -> None:
-        _check(self.timestep_fs > 0, "timestep_fs", f"must be > 0 fs, got {self.timestep_fs}")
+        finite = math.isfinite
+        _check(
+            finite(self.timestep_fs) and self.timestep_fs > 0,
+            "timestep_fs",
+            f"must be a finite number > 0 fs, got {self.timestep_fs}",
+        )
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(
-            self.temperature_K >= 0, "temperature_K", f"must be >= 0 K, got {self.temperature_K}"
+            finite(self.temperature_K) and self.temperature_K >= 0,
+            "temperature_K",
+            f"must be a finite number >= 0 K, got {self.temperature_K}",
         )
         t0 = self.initial_temperature_K
-        _check(t0 is None or t0 >= 0, "initial_temperature_K", f"must be >= 0 K, got {t0}")
-        _check(self.friction_per_fs >= 0, "friction_per_fs", "must be >= 0")
-        _check(self.thermostat_fs > 0 and self.barostat_fs > 0, "thermostat_fs", "must be > 0")
+        _check(
+            t0 is None or (finite(t0) and t0 >= 0),
+            "initial_temperature_K",
+            f"must be a finite number >= 0 K, got {t0}",
+        )
+        _check(
+            finite(self.pressure_GPa),
+            "pressure_GPa",
+            f"must be a finite number, got {self.pressure_GPa}",
+        )
+        _check(
+            finite(self.friction_per_fs) and self.friction_per_fs >= 0,
+            "friction_per_fs",
+            "must be a finite number >= 0",
+        )
+        _check(
+            finite(self.thermostat_fs + self.barostat_fs)
+            and self.thermostat_fs > 0
+            and self.barostat_fs > 0,
+            "thermostat_fs",
+            "must be a finite number > 0",
+        )
         _check(self.log_every >= 1, "log_every", f"must be >= 1, got {self.log_every}")
         _check(self.ensemble in ("nve", "nvt", "npt"), "ensemble", "must be nve, nvt or npt")
 
@@ -156,14 +183,18 @@ def run_md(
     from matscale.progress import progress_bar
 
     rows: list[dict[str, float]] = []
-    # the outputs first, then the first forces, then the velocities: a path that cannot be
-    # written, or a structure the model refuses, is reported before any work or warning
+    # The outputs' paths first, then the first forces, then the files, then the velocities: a
+    # path that cannot be written, or a structure the model refuses, is reported before any
+    # work or warning, and before an earlier run's log or trajectory there is emptied.
+    for path in (log, trajectory):
+        if path is not None:
+            check_output_path(path)
     if trajectory is not None:
         check_output_format(trajectory)
+    atoms.get_forces()  # computed once: the integrator's first step reuses them
     log_fh = open(log, "w") if log is not None else None
     try:
         writer = _trajectory_writer(trajectory)
-        atoms.get_forces()  # computed once: the integrator's first step reuses them
         rng = np.random.default_rng(cfg.seed)
         t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
         if t0 > 0:
@@ -205,7 +236,13 @@ def run_md(
             dyn.attach(record, interval=cfg.log_every)  # ASE calls it at step 0 too
             for function, interval in observers:
                 dyn.attach(function, interval=interval)
-            dyn.run(cfg.steps)
+            try:
+                dyn.run(cfg.steps)
+            except DataError as exc:  # the geometry went wrong during the run: not the input's
+                raise SimulationError(
+                    f"MD stopped at step {dyn.nsteps}: {exc}; a timestep of "
+                    f"{cfg.timestep_fs:g} fs may be too long for these atoms"
+                ) from None
             if dyn.nsteps % cfg.log_every:  # the last step is always logged and written
                 record()
         finally:
@@ -221,7 +258,7 @@ def _trajectory_writer(path: Path | None) -> Any:
     (append) for any other format."""
     if path is None:
         return None
-    path.parent.mkdir(parents=True, exist_ok=True)
+    check_output_path(path)
     path.unlink(missing_ok=True)
     check_output_format(path)
     if path.suffix == ".traj":
@@ -235,6 +272,14 @@ def _trajectory_writer(path: Path | None) -> Any:
         ase.io.write(path, atoms, append=True)
 
     return write
+
+
+def check_output_path(path: Path) -> None:
+    """Refuse, before any work, an output file whose folder is missing or not writable (a
+    mistyped folder is a mistake to report, not one to create)."""
+    folder = path.parent
+    if not folder.is_dir() or not os.access(folder, os.W_OK):
+        raise DataError("no folder to write it in, or not writable", file=str(path))
 
 
 def check_output_format(path: Path) -> None:
@@ -280,6 +325,11 @@ class RelaxConfig:
 
     def __post_init__(self) -> None:
         _check(self.fmax > 0, "fmax", f"must be > 0 eV/Å, got {self.fmax}")
+        _check(
+            math.isfinite(self.pressure_GPa),
+            "pressure_GPa",
+            f"must be a finite number, got {self.pressure_GPa}",
+        )
         _check(self.steps >= 0, "steps", f"must be >= 0, got {self.steps}")
         _check(
             self.optimizer in ("fire", "bfgs", "lbfgs"), "optimizer", "must be fire, bfgs or lbfgs"
