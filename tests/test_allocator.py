@@ -73,8 +73,9 @@ def test_a_users_own_settings_stand(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "131072")
     assert allocator.keep_freed_memory() is False
     monkeypatch.delenv("MALLOC_TRIM_THRESHOLD_")
-    monkeypatch.setenv(allocator.ENV_SWITCH, "0")
-    assert allocator.keep_freed_memory() is False
+    for off in ("0", "false", "No", "off"):
+        monkeypatch.setenv(allocator.ENV_SWITCH, off)
+        assert allocator.keep_freed_memory() is False
     monkeypatch.delenv(allocator.ENV_SWITCH)
     assert allocator.keep_freed_memory() is True
 

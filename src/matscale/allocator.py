@@ -43,9 +43,12 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 #: ``mallopt``'s ``int`` takes (2 GiB), i.e. keep what a step frees.
 TRIM_THRESHOLD_BYTES = 2**31 - 1
 
-#: Set to ``0`` in the environment to leave glibc's settings alone (to compare, or to keep a
-#: process's resident memory shrinking after its peak).
+#: Set to ``0`` (or ``false``, ``no``, ``off``) in the environment to leave glibc's settings
+#: alone (to compare, or to keep a process's resident memory shrinking after its peak).
 ENV_SWITCH = "MATSCALE_KEEP_FREED_MEMORY"
+
+#: The values of :data:`ENV_SWITCH` that turn it off (compared in lower case).
+OFF = ("0", "false", "no", "off")
 
 #: glibc's own environment settings of the same thresholds: a user who set one keeps theirs.
 USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
@@ -73,10 +76,11 @@ def _libc() -> ctypes.CDLL | None:
 def keep_freed_memory() -> bool:
     """Serve blocks up to :data:`MMAP_THRESHOLD_BYTES` from the heap and keep freed memory in
     the process (glibc ``mallopt``). Returns whether the settings were applied: ``False``
-    without glibc, when :data:`ENV_SWITCH` is ``0``, or when the user chose glibc's thresholds
+    without glibc, when :data:`ENV_SWITCH` is off (``0``), or when the user chose glibc's thresholds
     in the environment (``MALLOC_MMAP_THRESHOLD_``, ``MALLOC_TRIM_THRESHOLD_``: theirs stand).
     Safe to call more than once."""
-    if os.environ.get(ENV_SWITCH, "1") == "0" or any(v in os.environ for v in USER_SETTINGS):
+    off = os.environ.get(ENV_SWITCH, "1").strip().lower() in OFF
+    if off or any(v in os.environ for v in USER_SETTINGS):
         return False
     libc = _libc()
     if libc is None:

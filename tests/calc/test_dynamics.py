@@ -210,6 +210,15 @@ def test_verbs_refuse_bad_settings_in_one_line(
             ["relax", str(tiny_model), str(start), "--cell", "--pressure", "inf"],
             "field 'pressure_GPa': pressure_GPa must be a finite number, got inf",
         ),
+        (["md", str(tiny_model), str(tmp_path), "--steps", "1"], "is a folder, not a structure"),
+        (
+            ["relax", str(tiny_model), str(start), "--index", "x"],
+            "--index must be a frame number (0 the first, -1 the last), got 'x'",
+        ),
+        (  # ASE would read frame 0
+            ["relax", str(tiny_model), str(start), "--index", "-3"],
+            "--index -3 is out of range: the file has 1 frame",
+        ),
         (  # a mistyped folder is reported, not created
             ["md", str(tiny_model), str(start), "--traj", str(tmp_path / "no/dir/md.traj")],
             "no/dir/md.traj: no folder to write it in",
@@ -265,7 +274,8 @@ def test_a_refused_md_run_leaves_an_earlier_runs_files_alone(
     traj.write_text("earlier\n")
     args = ["md", str(tiny_model), str(start), "--head", "emt", "--no-progress"]
     assert main([*args, "--log", str(log), "--traj", str(traj)]) == 2
-    assert "element Fe (Z=26) never appeared" in capsys.readouterr().err
+    err = capsys.readouterr().err  # the file and frame named, as for eval
+    assert f"{start}, record -1, field 'numbers': element Fe (Z=26) never appeared" in err
     assert log.read_text() == traj.read_text() == "earlier\n"
 
 

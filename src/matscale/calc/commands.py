@@ -103,14 +103,29 @@ def _structure_args(p: argparse.ArgumentParser) -> None:
 def _read_structure(path: Path, index: str) -> Any:
     import ase.io
 
+    if path.is_dir():
+        raise DataError("is a folder, not a structure file", file=str(path))
     if not path.is_file():
         raise DataError("no such file", file=str(path))
-    which = int(index) if index.lstrip("-").isdigit() else index
+    if not index.lstrip("-").isdigit():
+        raise DataError(
+            f"--index must be a frame number (0 the first, -1 the last), got {index!r}",
+            file=str(path),
+        )
+    which = int(index)
+    if which < -1:  # ASE reads frame 0 for a negative index past the start: count them
+        frames = _count_frames(path)
+        if frames is not None and which < -frames:
+            raise DataError(
+                f"--index {which} is out of range: the file has {frames} frame(s)",
+                file=str(path),
+                record=which,
+            )
     try:
         atoms = ase.io.read(path, index=which)
     except Exception as exc:  # ASE raises many kinds for a file it cannot parse
-        frames = _count_frames(path) if isinstance(which, int) else None
-        if frames is not None and not -frames <= int(which) < frames:
+        frames = _count_frames(path)
+        if frames is not None and not -frames <= which < frames:
             raise DataError(
                 f"--index {which} is out of range: the file has {frames} frame(s)",
                 file=str(path),
@@ -119,11 +134,22 @@ def _read_structure(path: Path, index: str) -> Any:
         raise DataError(
             f"ASE cannot read it ({type(exc).__name__}: {exc})", file=str(path)
         ) from None
-    if isinstance(atoms, list):
-        raise DataError(f"--index {index!r} selects {len(atoms)} frames; give one", file=str(path))
     if len(atoms) == 0:
         raise DataError("structure has no atoms", file=str(path))
     return atoms
+
+
+def _check_input(atoms: Any, path: Path, index: str) -> None:
+    """The model's checks of the structure (elements, geometry), run now by its first forces
+    (kept by ASE for the run's first step), an error naming the file and frame."""
+    try:
+        atoms.get_forces()
+    except DataError as exc:
+        if exc.file is not None:
+            raise
+        raise DataError(
+            exc.reason, file=str(path), record=int(index), field=exc.field, kind=exc.kind
+        ) from None
 
 
 def _count_frames(path: Path) -> int | None:
@@ -200,7 +226,7 @@ def _md(args: argparse.Namespace) -> int:
 def _run_md(args: argparse.Namespace, d: Any) -> int:
     import sys
 
-    from matscale.calc.dynamics import MDConfig, energy_drift, run_md
+    from matscale.calc.dynamics import MDConfig, check_outputs, energy_drift, run_md
     from matscale.parallel.distributed import finish
 
     atoms = _read_structure(args.structure, args.index)
@@ -222,11 +248,14 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         log_every=args.log_every,
         seed=args.seed,
     )
+    log, trajectory = (args.log, args.traj) if d.main else (None, None)
+    check_outputs(log, trajectory)  # the settings and paths first: they cost nothing
+    _check_input(atoms, args.structure, args.index)
     rows = run_md(
         atoms,
         cfg,
-        log=args.log if d.main else None,
-        trajectory=args.traj if d.main else None,
+        log=log,
+        trajectory=trajectory,
         progress=not args.no_progress and d.main,
     )
     finish()
@@ -251,7 +280,13 @@ def _relax(args: argparse.Namespace) -> int:
 
     import ase.io
 
-    from matscale.calc.dynamics import RelaxConfig, check_output_format, check_output_path, relax
+    from matscale.calc.dynamics import (
+        RelaxConfig,
+        check_output_format,
+        check_output_path,
+        check_outputs,
+        relax,
+    )
 
     if args.out is not None:  # before the relaxation, not after it
         check_output_path(args.out)
@@ -265,6 +300,8 @@ def _relax(args: argparse.Namespace) -> int:
         cell=args.cell,
         pressure_GPa=args.pressure,
     )
+    check_outputs(None, args.traj)
+    _check_input(atoms, args.structure, args.index)
     result = relax(atoms, cfg, trajectory=args.traj, progress=not args.no_progress)
     print(json.dumps(asdict(result), indent=2), file=sys.stderr if args.out is None else sys.stdout)
     if args.out is not None:

@@ -186,11 +186,7 @@ def run_md(
     # The outputs' paths first, then the first forces, then the files, then the velocities: a
     # path that cannot be written, or a structure the model refuses, is reported before any
     # work or warning, and before an earlier run's log or trajectory there is emptied.
-    for path in (log, trajectory):
-        if path is not None:
-            check_output_path(path)
-    if trajectory is not None:
-        check_output_format(trajectory)
+    check_outputs(log, trajectory)
     atoms.get_forces()  # computed once: the integrator's first step reuses them
     log_fh = open(log, "w") if log is not None else None
     try:
@@ -272,6 +268,15 @@ def _trajectory_writer(path: Path | None) -> Any:
         ase.io.write(path, atoms, append=True)
 
     return write
+
+
+def check_outputs(log: Path | None, trajectory: Path | None) -> None:
+    """Refuse, before any work, a log or trajectory that could not be written."""
+    for path in (log, trajectory):
+        if path is not None:
+            check_output_path(path)
+    if trajectory is not None:
+        check_output_format(trajectory)
 
 
 def check_output_path(path: Path) -> None:
