@@ -149,6 +149,8 @@ def test_eval_without_labels_and_predict_of_one_structure(
         predict(potential, [other])
     with pytest.raises(DataError, match=r"field 'max_atoms': a batch budget must be >= 1"):
         predict(potential, [atoms], head="emt", max_atoms=0)
+    with pytest.raises(DataError, match=r"field 'max_edges': a batch budget must be >= 1, got 0"):
+        predict(potential, [atoms], head="emt", max_edges=0)
     (r,) = predict(potential, [atoms], head="emt", forces=False, stress=True)
     assert "forces" not in r and r["stress"].shape == (6,)
     with pytest.raises(DataError, match="field 'numbers': structure has no atoms"):

@@ -123,9 +123,9 @@ def predict(
     One dict per structure: ``energy`` (eV), ``energies`` [n] (eV), ``forces`` [n, 3] (eV/Å),
     ``stress`` [6] (eV/Å³, Voigt, ASE's sign; only for cells periodic in 3D).
     """
-    if max_atoms < 1 or (max_edges is not None and max_edges < 1):
-        raise DataError(f"a batch budget must be >= 1 (max_atoms {max_atoms}, max_edges "
-                        f"{max_edges})", field="max_atoms")  # fmt: skip
+    for name, budget in (("max_atoms", max_atoms), ("max_edges", max_edges)):
+        if budget is not None and budget < 1:
+            raise DataError(f"a batch budget must be >= 1, got {budget}", field=name)
     want_stress = potential.conservative if stress is None else stress
     if want_stress:
         potential.require_stress()
