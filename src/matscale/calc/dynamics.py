@@ -254,9 +254,7 @@ def _trajectory_writer(path: Path | None) -> Any:
     (append) for any other format."""
     if path is None:
         return None
-    check_output_path(path)
-    path.unlink(missing_ok=True)
-    check_output_format(path)
+    path.unlink(missing_ok=True)  # its folder and format checked by the caller, before any work
     if path.suffix == ".traj":
         from ase.io.trajectory import Trajectory
 
@@ -367,6 +365,7 @@ def relax(
 
     from matscale.progress import progress_bar
 
+    check_outputs(None, trajectory)  # before the first energy: no work lost to a bad path
     optimizers = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}
     if cfg.optimizer not in optimizers:
         raise DataError(f"unknown optimizer {cfg.optimizer!r}; choose fire, bfgs or lbfgs")
