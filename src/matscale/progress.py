@@ -22,9 +22,11 @@ def progress_bar(
     enabled: bool = True,
     initial: int = 0,
     file: TextIO | None = None,
+    bar_format: str | None = None,
 ) -> Any:
     """A ``tqdm`` bar on ``file`` (default stderr): live on a terminal, a line every
-    :data:`LOG_INTERVAL_S` seconds otherwise; a no-op bar when not ``enabled``."""
+    :data:`LOG_INTERVAL_S` seconds otherwise; a no-op bar when not ``enabled``.
+    ``bar_format``: tqdm's, for a bar whose rate would mislead (None: tqdm's own)."""
     from tqdm import tqdm
 
     stream = file or sys.stderr
@@ -40,6 +42,7 @@ def progress_bar(
         mininterval=0.1 if interactive else LOG_INTERVAL_S,
         maxinterval=10.0 if interactive else LOG_INTERVAL_S * 4,
         ascii=None if interactive else True,
+        bar_format=bar_format,
     )
 
 

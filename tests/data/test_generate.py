@@ -262,12 +262,26 @@ def test_progress_counts_estimated_work_and_shows_structures(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """The bar moves by each chunk's estimated core-seconds (so its time estimate is not set
-    by the slow chunks that go first) and names the structures made so far."""
+    by the slow chunks that go first), shows no rate in them, and names the structures
+    written so far."""
     from matscale.data.generate.run import COST
 
     sizes = {emt.SOURCE: 30, xtb_solids.SOURCE: 2}
     generate(tmp_path, GenerateConfig(sizes=sizes, chunk=10, workers=1), progress=True)
     err = capsys.readouterr().err
     work = round(30 * COST[emt.SOURCE] + 2 * COST[xtb_solids.SOURCE])
-    assert f"{work}/{work} [" in err and "core-s (est.)" in err
-    assert "32/32 structures" in err
+    assert f"{work}/{work} core-s (est.) [" in err
+    assert "core-s (est.)/s" not in err and "s/ core-s" not in err
+    assert "32/32 structures written" in err and "skipped" not in err
+
+
+def test_progress_counts_written_and_skipped_structures_apart() -> None:
+    """A structure its teacher could not label is not counted as written."""
+    from collections import Counter
+
+    from matscale.data.generate.run import _made_so_far
+
+    written = Counter({"a": 420, "b": 2})
+    skipped = {"a": Counter(), "b": Counter({"scf": 1, "contact": 1})}
+    assert _made_so_far(written, skipped, 424) == "422/424 structures written, 2 skipped"
+    assert _made_so_far(written, {"a": Counter()}, 422) == "422/422 structures written"

@@ -130,14 +130,18 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     from matscale.progress import progress_bar
 
     # The bar counts estimated core-seconds, not structures: the slowest chunks go first, and a
-    # bar in structures/s would open with an estimate of hours for minutes of work.
+    # bar in structures/s would open with an estimate of hours for minutes of work. It shows no
+    # rate: estimated core-seconds per second says nothing a user can act on.
     work = [COST.get(t[0], 0.01) * t[2] for t in tasks]
     bar = progress_bar(
-        total=round(sum(work)), desc="generating", unit=" core-s (est.)", enabled=progress
+        total=round(sum(work)),
+        desc="generating",
+        unit=" core-s (est.)",
+        enabled=progress,
+        bar_format="{l_bar}{bar}| {n_fmt}/{total_fmt}{unit} [{elapsed}<{remaining}{postfix}]",
     )
     structures = sum(t[2] for t in tasks)
     done_work = 0.0
-    done = 0
     with (
         single_threaded_children(),
         ProcessPoolExecutor(
@@ -148,12 +152,11 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
             pool.submit(_make_chunk, *task): (task, w) for task, w in zip(tasks, work, strict=True)
         }
         for future in as_completed(futures):
-            (source, _, n, _, _), w = futures[future]
+            (source, *_), w = futures[future]
             n_written, skip = future.result()
             written[source] += n_written
             skipped[source].update(skip)
-            done += n
-            bar.set_postfix_str(f"{done:,}/{structures:,} structures", refresh=False)
+            bar.set_postfix_str(_made_so_far(written, skipped, structures), refresh=False)
             bar.update(round(done_work + w) - round(done_work))  # whole core-seconds, no drift
             done_work += w
     bar.close()
@@ -166,6 +169,14 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     }
     (out / "generate.json").write_text(json.dumps(report, indent=1))
     return report
+
+
+def _made_so_far(written: Counter[str], skipped: dict[str, Counter[str]], structures: int) -> str:
+    """The bar's postfix: structures written of those asked for, and those skipped (a
+    generator drops a structure its teacher cannot label; the report gives the reasons)."""
+    n_skipped = sum(sum(c.values()) for c in skipped.values())
+    text = f"{sum(written.values()):,}/{structures:,} structures written"
+    return f"{text}, {n_skipped:,} skipped" if n_skipped else text
 
 
 def _check_manifest(folder: Path, manifest: dict[str, int]) -> None:
