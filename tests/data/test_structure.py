@@ -98,3 +98,21 @@ def test_data_error_keeps_its_location_across_processes() -> None:
         assert type(err) is cls
         assert (err.file, err.record, err.field, err.reason) == ("f.xyz", 3, "cell", "bad")
         assert str(err) == "f.xyz, record 3, field 'cell': bad"
+
+
+def test_cell_problems_carry_the_reason_pack_counts() -> None:
+    """One set of cell checks for training data and inference: each problem with its reason
+    code, and none for cells that are fine (a slab's third row may be zero)."""
+    from matscale.data.structure import cell_problem
+
+    fcc = np.diag([3.6, 3.6, 3.6])
+    assert cell_problem(fcc, np.ones(3, bool)) is None
+    assert cell_problem(np.diag([3.6, 3.6, 0.0]), np.array([True, True, False])) is None
+    assert cell_problem(np.zeros((3, 3)), np.zeros(3, bool)) is None  # a molecule
+    assert cell_problem(np.zeros((3, 3)), np.ones(3, bool))[1] == "zero-volume"
+    slab = np.array([[3.6, 0, 0], [0, 0, 0], [0, 0, 0]])
+    message, reason = cell_problem(slab, np.array([True, True, False]))
+    assert reason == "zero-vector" and "periodic along xy" in message
+    sheared = np.array([[3.6, 0, 0], [3.6, 1e-7, 0], [0, 0, 3.6]])  # volume 1.3e-6 Å³
+    message, reason = cell_problem(sheared, np.ones(3, bool))
+    assert reason == "degenerate" and "along its x lattice vector" in message

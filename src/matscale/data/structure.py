@@ -82,6 +82,35 @@ class Structure:
         return atoms
 
 
+def cell_problem(cell: np.ndarray, pbc: np.ndarray) -> tuple[str, str] | None:
+    """What makes a periodic cell unusable, as (message, reason), or None when nothing does
+    (or nothing is periodic). ``cell`` [3, 3] Å (rows, finite), ``pbc`` [3]; only the periodic
+    directions need a lattice vector (a slab may leave z at zero). The reason is the short
+    code of pack's skip counts: ``zero-volume``, ``zero-vector`` or ``degenerate`` (periodic
+    images closer than :data:`MIN_DISTANCE`, which would crash the neighbour search or make
+    it search forever). Training data and inference share these checks."""
+    periodic = np.asarray(pbc, dtype=bool)
+    if not periodic.any():
+        return None
+    box = np.asarray(cell, dtype=np.float64)
+    volume = abs(float(np.linalg.det(box)))
+    if periodic.all() and volume < 1e-6:
+        return f"periodic cell has zero volume ({volume:.3g} Å³)", "zero-volume"
+    axes = "".join(a for a, p in zip("xyz", periodic, strict=True) if p)
+    if np.any(np.linalg.norm(box[periodic], axis=1) < 1e-6):
+        return f"periodic along {axes} but a lattice vector there has zero length", "zero-vector"
+    widths = face_separations(box[periodic])
+    thin = int(np.argmin(widths))
+    if not widths[thin] >= MIN_DISTANCE:  # NaN too: a degenerate lattice
+        return (
+            f"periodic cell is degenerate: along its {axes[thin]} lattice vector the periodic "
+            f"images are {widths[thin]:.3g} Å apart (< {MIN_DISTANCE} Å; the periodic vectors "
+            "are (nearly) parallel), so every atom would sit on its own image",
+            "degenerate",
+        )
+    return None
+
+
 def stress_to_voigt(stress: np.ndarray) -> np.ndarray:
     """Convert a stress given as 3x3 or Voigt-6 (xx, yy, zz, yz, xz, xy) into Voigt-6."""
     s = np.asarray(stress, dtype=np.float64)
@@ -154,23 +183,9 @@ def check_structure(
     for label in require:
         if getattr(s, label) is None:
             raise fail(f"{label} required but missing", label, "missing")
-    pbc = np.asarray(s.pbc, dtype=bool)
-    if pbc.any():
-        cell = np.asarray(s.cell, dtype=np.float64)
-        # Only the periodic directions need a lattice vector; a slab may leave z at zero.
-        volume = abs(np.linalg.det(cell))
-        if pbc.all() and volume < 1e-6:
-            raise fail(f"periodic cell has zero volume ({volume:.3g} Å³)", "cell", "zero-volume")
-        if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
-            raise fail("periodic direction has a zero lattice vector", "cell", "zero-vector")
-        apart = float(face_separations(cell[pbc]).min())
-        if not apart >= MIN_DISTANCE:  # the neighbour search would crash or never end
-            raise fail(
-                f"periodic cell is degenerate: its periodic images are {apart:.3g} Å apart "
-                f"along a lattice vector (< {MIN_DISTANCE} Å)",
-                "cell",
-                "degenerate",
-            )
+    problem = cell_problem(s.cell, s.pbc)
+    if problem:  # before the neighbour search, which would crash or never end
+        raise fail(problem[0], "cell", problem[1])
     far = extent_problem(s.positions)
     if far:  # before the neighbour search of min_distance, which it would crash
         raise fail(far, "positions", "too-far")

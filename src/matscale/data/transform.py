@@ -19,8 +19,8 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
-from matscale.data.graph import extent_problem, face_separations, wrap_positions
-from matscale.data.structure import MAX_Z, MIN_DISTANCE, Structure
+from matscale.data.graph import extent_problem, wrap_positions
+from matscale.data.structure import MAX_Z, MIN_DISTANCE, Structure, cell_problem
 from matscale.errors import DataError, ExtrapolationWarning
 
 #: How much closer than the shortest training distance a contact must be to be warned about
@@ -260,8 +260,8 @@ def _pair_floor(pair: str, d: float) -> tuple[int, int, float]:
 
 def check_geometry(s: Structure, *, file: str | None = None, record: Any = None) -> None:
     """The cheap geometry checks inference needs on every call (no neighbour search):
-    at least one atom, finite positions and cell, and a lattice vector of non-zero length
-    along every periodic direction (non-zero volume when periodic in all three)."""
+    at least one atom, finite positions and cell, and a usable periodic cell
+    (:func:`~matscale.data.structure.cell_problem`, the checks training data passes too)."""
     if len(s.numbers) == 0:
         raise DataError("structure has no atoms", file=file, record=record, field="numbers")
     positions = np.asarray(s.positions)
@@ -283,37 +283,9 @@ def check_geometry(s: Structure, *, file: str | None = None, record: Any = None)
     cell = np.asarray(s.cell, dtype=np.float64)
     if not np.all(np.isfinite(cell)):
         raise DataError("contains NaN or inf", file=file, record=record, field="cell")
-    if np.any(np.linalg.norm(cell[pbc], axis=1) < 1e-6):
-        raise DataError(
-            f"periodic along {_axes(pbc)} but a lattice vector there has zero length",
-            file=file,
-            record=record,
-            field="cell",
-        )
-    volume = abs(float(np.linalg.det(cell)))
-    if pbc.all() and volume < 1e-6:
-        raise DataError(
-            f"periodic cell has zero volume ({volume:.3g} Å³)",
-            file=file,
-            record=record,
-            field="cell",
-        )
-    widths = face_separations(cell[pbc])
-    thin = int(np.argmin(widths))
-    if not widths[thin] >= MIN_DISTANCE:  # NaN too: a degenerate lattice
-        axis = "xyz"[int(np.flatnonzero(pbc)[thin])]
-        raise DataError(
-            f"periodic cell is degenerate: along its {axis} lattice vector the periodic images "
-            f"are {widths[thin]:.3g} Å apart (< {MIN_DISTANCE} Å; the periodic vectors are "
-            "(nearly) parallel), so every atom would sit on its own image",
-            file=file,
-            record=record,
-            field="cell",
-        )
-
-
-def _axes(pbc: np.ndarray) -> str:
-    return "".join(a for a, p in zip("xyz", pbc, strict=True) if p)
+    problem = cell_problem(cell, pbc)
+    if problem:
+        raise DataError(problem[0], file=file, record=record, field="cell")
 
 
 def _symbol(z: int) -> str:
