@@ -10,7 +10,7 @@ training step (``--edges`` E, ~30 neighbours per atom of a 512-atom batch): [E, 
 gradients), each the best of ``--repeats`` timings; GFLOP/s and the share of the peak
 (2048 × 2048, ``train_throughput.matmul_peak_gflops``) measured in the same run. A width the
 GEMM library handles badly caps the step's share of the peak whatever the rest of the step
-does (README: the demo's width 78).
+does (README: 78, the demo's width until docs/peers.md's round 6 moved it to 80).
 
 And the radial basis's products, [E, 8] → [E, H] and back, forward and backward, as autograd
 orients them and as ``models/narrow.py`` does (``narrow_seconds``): the seconds of each, one

@@ -3,7 +3,7 @@ parameters, conservative forces both, on the default data; and each step's share
 matmul peak measured in the same run.
 
     .venv/bin/python benchmarks/layout_speed.py --store data/store-default            # width 128
-    .venv/bin/python benchmarks/layout_speed.py --store data/store-default --width 78 --depth 2
+    .venv/bin/python benchmarks/layout_speed.py --store data/store-default --width 80 --depth 2
 
 One process, ``--threads`` threads, the same batches (≤ ``--max-atoms`` atoms, drawn from the
 store in a seeded order) for every model. A step is ``matscale.train.step.train_step``: forward,

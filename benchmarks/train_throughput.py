@@ -9,15 +9,17 @@ Each configuration is a real ``matscale train`` run (torchrun with 2 processes o
 first 5, the peak RSS of a training process, the matmul FLOPs of one training step (counted by
 ``torch.utils.flop_counter`` on a batch of the store: forward, forces with create_graph,
 backward) and their rate as a share of this machine's fp32 matmul peak measured in the same run
-(2048x2048, 2 threads), before the first configuration and after the last: the higher of the
-two, so that a peak measured while the shared machine was slow cannot inflate the shares. On a
-GPU, benchmarks/gpu_check.py measures the CUDA paths.
+(2048x2048, 2 threads), before the first configuration and after each round: the highest, so
+that a peak measured while the shared machine was slow cannot inflate the shares. On a GPU,
+benchmarks/gpu_check.py measures the CUDA paths.
 
 Forces three ways: autograd's double backward; written out (``parallel.explicit_forces``,
 one ordinary backward in training); written out and compiled (``parallel.compile``: the first
 steps compile, which the 5 untimed steps absorb when the compiled kernels are already cached,
 so run once before timing). ``--only NAME ...`` runs a subset, ``--depth`` and ``--width``
-another model (the demo's: ``--width 78 --depth 2``).
+another model (the demo's: ``--width 80 --depth 2``). ``--width 78 80 --rounds 3`` compares
+widths: every configuration at every width once per round, alternated, and each row is the
+round of median atoms/s (this shared machine's speed drifts by ±20 % over minutes).
 """
 
 from __future__ import annotations
@@ -100,10 +102,11 @@ def run(
     ac: bool,
     precision: str,
     forces: str,
+    width: int,
     args: argparse.Namespace,
     out: Path,
 ) -> dict:
-    name = config_name(backend, ac, precision, forces, args.width)
+    name = config_name(backend, ac, precision, forces, width)
     overrides = [
         f"data.store={store}",
         f"out_dir={out}",
@@ -112,7 +115,7 @@ def run(
         f"parallel.precision={precision}",
         "parallel.zero_stage=2",
         f"parallel.activation_checkpointing={str(ac).lower()}",
-        f"model.width={args.width}",
+        f"model.width={width}",
         f"model.depth={args.depth}",
         f"parallel.explicit_forces={str(forces != 'autograd').lower()}",
         f"parallel.compile={str(forces == 'compiled').lower()}",
@@ -143,7 +146,7 @@ def run(
         "activation_checkpointing": ac,
         "precision": precision,
         "forces": forces,
-        "width": args.width,
+        "width": width,
         "depth": args.depth,
         "processes": world,
         "steps_timed": len(train) - 5,
@@ -156,10 +159,13 @@ def run(
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--store", type=Path, default=Path("data/store-default"))
-    ap.add_argument("--width", type=int, default=128)
+    ap.add_argument("--width", type=int, nargs="+", default=[128], help="one or more widths")
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--depth", type=int, default=3)
     ap.add_argument("--max-atoms", type=int, default=512)
+    ap.add_argument(
+        "--rounds", type=int, default=1, help="rounds of every configuration; medians reported"
+    )
     ap.add_argument(
         "--only",
         nargs="*",
@@ -169,59 +175,84 @@ def main() -> None:
     ap.add_argument("--out", default="train_throughput", help="results name under results/")
     args = ap.parse_args()
     store = Store(args.store)
-    peak_before = matmul_peak_gflops()
-    flops_atom = step_flops_per_atom(store, args.width, args.depth, args.max_atoms)
+    peaks = [matmul_peak_gflops()]
+    flops_atom = {w: step_flops_per_atom(store, w, args.depth, args.max_atoms) for w in args.width}
     print(
-        f"fp32 matmul peak {peak_before:.0f} GFLOP/s (2 threads, before); one training step: "
-        f"{flops_atom / 1e6:.1f} MFLOP per atom (width {args.width})",
+        f"fp32 matmul peak {peaks[0]:.0f} GFLOP/s (2 threads, before); one training step: "
+        + ", ".join(f"{f / 1e6:.1f} MFLOP per atom at width {w}" for w, f in flops_atom.items()),
         flush=True,
     )
-    runs: list[dict] = []
+    chosen = [
+        (config, width)
+        for width in args.width
+        for config in CONFIGS
+        if args.only is None or config_name(*config, width).rsplit("-w", 1)[0] in args.only
+    ]
+    rounds: dict[str, list[dict]] = {}
     failed: list[dict] = []
     with tempfile.TemporaryDirectory() as tmp:
-        for backend, ac, precision, forces in CONFIGS:
-            if args.only is not None and (
-                config_name(backend, ac, precision, forces, args.width).rsplit("-w", 1)[0]
-                not in args.only
-            ):
-                continue
-            try:
-                r = run(args.store, backend, ac, precision, forces, args, Path(tmp))
-            except RuntimeError as e:  # one failing configuration must not lose the others
-                name = config_name(backend, ac, precision, forces, args.width)
-                print(f"{name:<34} failed: {str(e).splitlines()[-1][:300]}", flush=True)
-                failed.append({"name": name, "error": str(e)[-3000:]})
-                continue
-            r["achieved_gflops"] = r["atoms_per_s"] * flops_atom / 1e9
-            runs.append(r)
-            print(
-                f"{r['name']:<34} {r['structures_per_s']:7.1f} structures/s "
-                f"{r['atoms_per_s']:8.0f} atoms/s  peak RSS {r['peak_rss_mib_per_process']:6.0f} "
-                f"MiB/process  {r['achieved_gflops']:5.1f} GFLOP/s",
-                flush=True,
-            )
-    peak_after = matmul_peak_gflops()
-    peak = max(peak_before, peak_after)
-    print(f"fp32 matmul peak {peak_after:.0f} GFLOP/s after; shares of {peak:.0f}:", flush=True)
+        for k in range(args.rounds):
+            # every configuration once per round, in the same order: a slow spell of the shared
+            # machine then falls on all of them, not on one
+            for (backend, ac, precision, forces), width in chosen:
+                name = config_name(backend, ac, precision, forces, width)
+                if any(f["name"] == name for f in failed):
+                    continue
+                folder = Path(tmp) / f"round-{k}"
+                try:
+                    r = run(args.store, backend, ac, precision, forces, width, args, folder)
+                except RuntimeError as e:  # one failing configuration must not lose the others
+                    print(f"{name:<34} failed: {str(e).splitlines()[-1][:300]}", flush=True)
+                    failed.append({"name": name, "error": str(e)[-3000:]})
+                    continue
+                r["achieved_gflops"] = r["atoms_per_s"] * flops_atom[width] / 1e9
+                rounds.setdefault(name, []).append(r)
+                print(
+                    f"{name:<34} {r['structures_per_s']:7.1f} structures/s "
+                    f"{r['atoms_per_s']:8.0f} atoms/s  peak RSS "
+                    f"{r['peak_rss_mib_per_process']:6.0f} MiB/process  "
+                    f"{r['achieved_gflops']:5.1f} GFLOP/s",
+                    flush=True,
+                )
+            peaks.append(matmul_peak_gflops())
+    peak = max(peaks)
+    runs = [median_run(rows) for rows in rounds.values()]
+    print(f"fp32 matmul peaks {[round(p) for p in peaks]} GFLOP/s; shares of {peak:.0f}:")
     for r in runs:
         r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
-        print(f"{r['name']:<34} {100 * r['share_of_matmul_peak']:3.0f}% of peak", flush=True)
-    base = runs[0]["atoms_per_s"]
-    for r in runs:
-        r["speed_vs_single_process_fp32"] = r["atoms_per_s"] / base
+        print(
+            f"{r['name']:<34} {r['atoms_per_s']:8.0f} atoms/s "
+            f"{100 * r['share_of_matmul_peak']:3.0f}% of peak"
+            + (f" (median of {args.rounds} rounds)" if args.rounds > 1 else ""),
+            flush=True,
+        )
+    for r in runs:  # against the first configuration of the same width
+        base = next(b for b in runs if b["width"] == r["width"])
+        r["speed_vs_single_process_fp32"] = r["atoms_per_s"] / base["atoms_per_s"]
     write_json(
         args.out,
         {
             "command": " ".join(sys.argv),
             "store": str(args.store),
+            "rounds": args.rounds,
             "matmul_peak_gflops": peak,
-            "matmul_peak_gflops_before_after": [peak_before, peak_after],
-            "step_flops_per_atom": flops_atom,
+            "matmul_peaks_gflops": peaks,
+            "step_flops_per_atom": {str(w): f for w, f in flops_atom.items()},
             "runs": runs,
             "failed": failed,
             "mean_atoms": float(np.mean(store.n_atoms)),
         },
     )
+
+
+def median_run(rows: list[dict]) -> dict:
+    """One configuration's rounds as one row: the round of median atoms/s (the lower middle
+    one of an even count), with every round's atoms/s and the highest peak RSS beside it."""
+    ordered = sorted(rows, key=lambda r: r["atoms_per_s"])
+    middle = dict(ordered[(len(ordered) - 1) // 2])
+    middle["rounds_atoms_per_s"] = [r["atoms_per_s"] for r in rows]
+    middle["peak_rss_mib_per_process"] = max(r["peak_rss_mib_per_process"] for r in rows)
+    return middle
 
 
 if __name__ == "__main__":
