@@ -35,8 +35,8 @@ def extent_problem(positions: np.ndarray) -> str | None:
         return None
     return (
         f"an atom lies {far[axis]:.3g} Å from the origin along {'xyz'[axis]}, more than "
-        f"{MAX_EXTENT_A:.0e} Å: it has flown away (and float32 geometry resolves only ~0.01 Å "
-        "there)"
+        f"{MAX_EXTENT_A:.0e} Å: it has flown away (an MD run that blew up, or positions in the "
+        "wrong unit)"
     )
 
 
