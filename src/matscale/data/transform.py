@@ -145,8 +145,12 @@ class GraphSettings:
         self, numbers: np.ndarray, head: int, *, file: str | None = None, record: Any = None
     ) -> None:
         """Refuse elements that head ``head`` never saw in training, naming them."""
+        z = np.asarray(numbers)
+        known = self.known_elements[head]
+        if len(z) and z.min() >= 0 and z.max() <= MAX_Z and known[z].all():
+            return  # the common case, a table lookup (every training sample passes here)
         seen = self.elements[head]
-        unseen = np.setdiff1d(np.asarray(numbers), np.asarray(seen, dtype=np.int64))
+        unseen = np.setdiff1d(z, np.asarray(seen, dtype=np.int64))
         if len(unseen):
             names = ", ".join(f"{_symbol(z)} (Z={z})" for z in unseen)
             raise DataError(
@@ -187,6 +191,16 @@ class GraphSettings:
         if check_contacts:
             self.check_contacts(s, sample["edge_index"], sample["shifts"], head, file, record)
         return sample
+
+    @cached_property
+    def known_elements(self) -> tuple[np.ndarray, ...]:
+        """Per head, [MAX_Z + 1] bool: the elements its training data held (built once)."""
+        tables = []
+        for seen in self.elements:
+            table = np.zeros(MAX_Z + 1, dtype=bool)
+            table[list(seen)] = True
+            tables.append(table)
+        return tuple(tables)
 
     @cached_property
     def shortest_tables(self) -> tuple[np.ndarray, ...]:
