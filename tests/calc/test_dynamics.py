@@ -260,6 +260,46 @@ def test_verbs_refuse_bad_settings_in_one_line(
     assert not (tmp_path / "no").exists()
 
 
+def test_outputs_onto_the_input_or_each_other_are_refused_and_the_input_survives(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A relaxation written over its own 4-frame input left 1 frame, and an MD trajectory
+    replaced its input: both are refused before any work, the file untouched."""
+    start = tmp_path / "frames.extxyz"
+    ase.io.write(start, [alloy(k) for k in range(4)])
+    before = start.read_bytes()
+    same_by_another_name = str(tmp_path / "." / "frames.extxyz")
+    head = ["--head", "emt", "--no-progress", "--steps", "2"]
+    cases = [
+        (["relax", str(tiny_model), str(start), "--out", str(start)], "--out is the input"),
+        (["relax", str(tiny_model), str(start), "--traj", same_by_another_name], "--traj is the"),
+        (["md", str(tiny_model), str(start), "--traj", str(start)], "--traj is the input"),
+        (["md", str(tiny_model), str(start), "--log", str(start)], "--log is the input"),
+        (
+            [
+                *("relax", str(tiny_model), str(start)),
+                *("--out", str(tmp_path / "r.extxyz"), "--traj", str(tmp_path / "r.extxyz")),
+            ],
+            "--traj is --out's file",
+        ),
+    ]
+    for args, message in cases:
+        assert main([*args, *head]) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], (args, err)
+        assert start.read_bytes() == before
+    assert not (tmp_path / "r.extxyz").exists()
+
+
+def test_a_lone_atom_runs_md_from_rest(tiny_model: Path, tmp_path: Path) -> None:
+    """With its centre of mass at rest a single atom has no motion left: it starts still
+    (ASE's Stationary rescaled its zero velocity to NaN, reported as a too-long timestep)."""
+    atom = alloy(0)[:1]
+    atom.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    rows = run_md(atom, MDConfig(ensemble="nve", steps=3, temperature_K=300.0), progress=False)
+    assert all(np.isfinite(r["etot_eV"]) and r["temperature_K"] == 0.0 for r in rows)
+
+
 def test_a_refused_md_run_leaves_an_earlier_runs_files_alone(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

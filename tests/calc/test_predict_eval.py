@@ -113,6 +113,12 @@ def test_eval_verb_errors_are_one_line(
     )
     assert main(["eval", str(tmp_path / "nope.pt"), str(path)]) == 2
     assert "nope.pt: no such model file" in capsys.readouterr().err
+    # --out is a folder eval makes, in a folder that must exist; a file there is not one
+    assert main(["eval", str(tiny_model), str(path), "--out", str(tmp_path / "no/dir")]) == 2
+    assert "no/dir: no folder to write it in" in capsys.readouterr().err
+    assert not (tmp_path / "no").exists()
+    assert main(["eval", str(tiny_model), str(path), "--out", str(path)]) == 2
+    assert "fe.extxyz: is a file: --out names the folder" in capsys.readouterr().err
     assert main(["eval", str(tiny_model), str(path), "--head", "dft"]) == 2
     assert "no head named 'dft'" in capsys.readouterr().err
     # a NaN label: named, not a table of NaN errors

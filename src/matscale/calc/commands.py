@@ -139,6 +139,25 @@ def _read_structure(path: Path, index: str) -> Any:
     return atoms
 
 
+def _check_distinct(structure: Path, **outputs: Path | None) -> None:
+    """Refuse an output (``--log``, ``--traj``, ``--out``) that is the input structure's file
+    or another output's: writing it would destroy what the run reads or writes (a relaxation
+    written over a 4-frame input left 1 frame)."""
+    taken = {"the input structure": structure.resolve()}
+    for flag, path in outputs.items():
+        if path is None:
+            continue
+        resolved = path.resolve()
+        for what, other in taken.items():
+            if resolved == other:
+                raise DataError(
+                    f"--{flag} is {what}'s file: writing it would overwrite that; give "
+                    "another path",
+                    file=str(path),
+                )
+        taken[f"--{flag}"] = resolved
+
+
 def _check_input(atoms: Any, path: Path, index: str) -> None:
     """The model's checks of the structure (elements, geometry), run now by its first forces
     (kept by ASE for the run's first step), an error naming the file and frame."""
@@ -187,6 +206,16 @@ def _eval(args: argparse.Namespace) -> int:
     from matscale.data.store import META
     from matscale.pretrained import model_file
 
+    if args.out is not None:  # a folder eval makes; where it goes must exist, before any work
+        from matscale.calc.dynamics import check_output_path
+
+        if args.out.exists() and not args.out.is_dir():
+            raise DataError(
+                "is a file: --out names the folder that gets summary.json, structures.csv and "
+                "the plots",
+                file=str(args.out),
+            )
+        check_output_path(args.out)
     potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
     if any((p / META).is_file() for p in args.data):
         print(
@@ -249,6 +278,7 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         seed=args.seed,
     )
     log, trajectory = (args.log, args.traj) if d.main else (None, None)
+    _check_distinct(args.structure, log=log, traj=trajectory)
     check_outputs(log, trajectory)  # the settings and paths first: they cost nothing
     _check_input(atoms, args.structure, args.index)
     rows = run_md(
@@ -288,6 +318,7 @@ def _relax(args: argparse.Namespace) -> int:
         relax,
     )
 
+    _check_distinct(args.structure, out=args.out, traj=args.traj)
     if args.out is not None:  # before the relaxation, not after it
         check_output_path(args.out)
         check_output_format(args.out)

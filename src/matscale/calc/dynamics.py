@@ -193,7 +193,9 @@ def run_md(
         writer = _trajectory_writer(trajectory)
         rng = np.random.default_rng(cfg.seed)
         t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
-        if t0 > 0:
+        # a lone atom has no motion left once its centre of mass is at rest (and ASE's
+        # Stationary would rescale its zero velocity to the temperature: NaN): it starts still
+        if t0 > 0 and len(atoms) > 1:
             thermalize_momenta(atoms, t0, rng=rng)
             Stationary(atoms)
             if not atoms.pbc.any():
