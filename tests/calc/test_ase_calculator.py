@@ -150,7 +150,7 @@ def test_atoms_far_outside_the_cell_lose_no_digits_in_float32(calc: MatscaleCalc
     """Atoms of a long MD run with unwrapped positions, thousands of cells from the origin
     (~10⁴ Å, where float32's spacing is 0.001 Å), give the in-cell numbers of the float32
     model: the graph wraps positions into the cell before they are cast. Along an open
-    direction of a slab nothing is wrapped."""
+    direction nothing is wrapped: slabs, clusters and molecules are centred instead."""
     atoms = alloy(5)
     atoms.calc = calc
     e, f, s = atoms.get_potential_energy(), atoms.get_forces(), atoms.get_stress()
@@ -166,10 +166,20 @@ def test_atoms_far_outside_the_cell_lose_no_digits_in_float32(calc: MatscaleCalc
     slab.calc = calc
     e, f = slab.get_potential_energy(), slab.get_forces()
     moved = slab.copy()
-    moved.positions += np.array([1000, -2000, 0]) @ slab.cell[:]
+    moved.positions += np.array([1000, -2000, 0]) @ slab.cell[:] + [0, 0, 9e4]
     moved.calc = calc
     assert moved.get_potential_energy() == pytest.approx(e, abs=1e-5)
     np.testing.assert_allclose(moved.get_forces(), f, atol=1e-5)
+    cluster = bulk("Cu", "fcc", a=3.6, cubic=True).repeat(2)
+    cluster.pbc = False
+    cluster.rattle(0.05, seed=0)
+    cluster.calc = calc
+    e, f = cluster.get_potential_energy(), cluster.get_forces()
+    out = cluster.copy()
+    out.positions += [9e4, -7e4, 3e4]  # 47 meV/Å of force error before centring
+    out.calc = calc
+    assert out.get_potential_energy() == pytest.approx(e, abs=1e-5)
+    np.testing.assert_allclose(out.get_forces(), f, atol=1e-5)
 
 
 def test_mixed_and_no_periodicity(calc: MatscaleCalculator) -> None:

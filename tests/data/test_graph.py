@@ -112,3 +112,25 @@ def test_wrap_positions_moves_atoms_by_whole_lattice_vectors_along_periodic_axes
     # nothing periodic, or a degenerate periodic cell (refused elsewhere, by name): unchanged
     np.testing.assert_array_equal(wrap_positions(far, cell, np.zeros(3, bool)), far)
     np.testing.assert_array_equal(wrap_positions(far, np.zeros((3, 3)), pbc), far)
+
+
+def test_model_positions_centre_structures_with_an_open_direction() -> None:
+    """Wrapped along periodic axes as wrap_positions does; with any open axis the whole
+    structure is moved so that its centroid is at the origin (a translation: distances and
+    the cell shifts between wrapped atoms are unchanged); fully periodic cells are only
+    wrapped."""
+    from matscale.data.graph import model_positions
+
+    far = np.array([[9e4, 1.0, 2.0], [9e4 + 2.5, 1.0, 2.0], [9e4, 3.5, 2.0]])
+    centred = model_positions(far, np.zeros((3, 3)), np.zeros(3, bool))
+    np.testing.assert_allclose(centred.mean(axis=0), 0.0, atol=1e-9)
+    np.testing.assert_allclose(centred - centred[0], far - far[0], atol=1e-9)
+    cell, bulk_pbc = np.diag([3.0, 3.0, 3.0]), np.ones(3, bool)
+    np.testing.assert_array_equal(
+        model_positions(far, cell, bulk_pbc), wrap_positions(far, cell, bulk_pbc)
+    )
+    slab = np.array([True, True, False])
+    moved = model_positions(far, cell, slab)
+    wrapped = wrap_positions(far, cell, slab)
+    np.testing.assert_allclose(moved, wrapped - wrapped.mean(axis=0))
+    assert np.abs(moved).max() < 3.0

@@ -7,7 +7,7 @@ import torch
 from ase.build import bulk, molecule
 
 from matscale.data.batch import AtomGraph, collate, graph_sample
-from matscale.data.graph import wrap_positions
+from matscale.data.graph import model_positions
 from matscale.data.readers import atoms_to_structure
 from matscale.data.structure import Structure
 
@@ -44,10 +44,10 @@ def graph(*structures: Structure, cutoff: float = 4.0) -> AtomGraph:
     samples = [graph_sample(s, cutoff, source={"a": 0, "b": 1}[s.source]) for s in structures]
     g = collate(samples)
     fields = {k: (v.double() if v.dtype == torch.float32 else v) for k, v in g.__dict__.items()}
-    # geometry straight from the float64 structures (graph_sample stores float32), wrapped into
-    # the cell as graph_sample wraps them (its edges' cell shifts belong to those positions)
+    # geometry straight from the float64 structures (graph_sample stores float32), wrapped and
+    # centred as graph_sample does it (its edges' cell shifts belong to those positions)
     fields["positions"] = torch.from_numpy(
-        np.concatenate([wrap_positions(s.positions, s.cell, s.pbc) for s in structures])
+        np.concatenate([model_positions(s.positions, s.cell, s.pbc) for s in structures])
     )
     fields["cell"] = torch.from_numpy(np.stack([s.cell for s in structures]).astype(np.float64))
     return AtomGraph(**fields)

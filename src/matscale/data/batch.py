@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from matscale.data.atomgraph import AtomGraph
-from matscale.data.graph import radius_graph, wrap_positions
+from matscale.data.graph import model_positions, radius_graph
 from matscale.data.structure import Structure
 from matscale.errors import DataError
 from matscale.signals import STOP_SIGNALS
@@ -36,10 +36,10 @@ def graph_sample(
 ) -> dict[str, np.ndarray]:
     """One structure as numpy arrays with its radius graph (built here, off the main process);
     geometry (positions, cell, shifts) and force and stress labels in ``dtype``. Positions are
-    wrapped into the cell along periodic directions (:func:`~matscale.data.graph.wrap_positions`)
-    before they are cast: the same structure, without float32's loss of digits far from the
-    origin."""
-    positions = wrap_positions(s.positions, s.cell, s.pbc)
+    wrapped into the cell along periodic directions and centred when any direction is open
+    (:func:`~matscale.data.graph.model_positions`) before they are cast: the same structure,
+    without float32's loss of digits far from the origin."""
+    positions = model_positions(s.positions, s.cell, s.pbc)
     edge_index, shifts = radius_graph(positions, s.cell, s.pbc, cutoff, max_neighbours)
     n = s.n_atoms
     return {

@@ -19,7 +19,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.batch import graph_sample
-from matscale.data.graph import extent_problem, wrap_positions
+from matscale.data.graph import extent_problem, model_positions
 from matscale.data.structure import MAX_Z, MIN_DISTANCE, Structure, cell_problem
 from matscale.errors import DataError, ExtrapolationWarning
 
@@ -232,8 +232,8 @@ class GraphSettings:
         if edge_index.shape[1] == 0:
             return
         i, j = edge_index
-        # the positions the graph was built on (graph_sample wraps them; the same bits here)
-        positions = wrap_positions(s.positions, s.cell, s.pbc)
+        # the positions the graph was built on (graph_sample's; the same bits here)
+        positions = model_positions(s.positions, s.cell, s.pbc)
         vectors = positions[j] - positions[i] + shifts.astype(np.float64) @ np.asarray(s.cell)
         d = np.linalg.norm(vectors, axis=1)
         nearest = int(np.argmin(d))
