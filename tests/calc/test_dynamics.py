@@ -23,6 +23,16 @@ def test_energy_drift_is_the_least_squares_slope() -> None:
     assert energy_drift(rows, n_atoms=4) == pytest.approx(1.0)  # 4 meV/ps over 4 atoms
 
 
+def test_an_nve_run_that_did_not_conserve_energy_is_warned_about() -> None:
+    from matscale.calc.dynamics import nve_warning
+
+    steady = [{"etot_eV": 2.0}, {"etot_eV": 2.0 + 0.0004}]  # 0.1 meV/atom over 4 atoms
+    assert nve_warning(steady, n_atoms=4, timestep_fs=1.0) is None
+    blown = [{"etot_eV": 9.79}, {"etot_eV": 98.5}]  # 13 atoms heated by 40 fs steps
+    message = nve_warning(blown, n_atoms=13, timestep_fs=40.0)
+    assert message is not None and "+6824 meV/atom" in message and "40 fs" in message
+
+
 @pytest.mark.parametrize("ensemble", ["nve", "nvt", "npt"])
 def test_md_runs_each_ensemble_and_logs(tiny_model: Path, tmp_path: Path, ensemble: str) -> None:
     atoms = alloy(0)
@@ -316,6 +326,13 @@ def test_a_refused_md_run_leaves_an_earlier_runs_files_alone(
     assert main([*args, "--log", str(log), "--traj", str(traj)]) == 2
     err = capsys.readouterr().err  # the file and frame named, as for eval
     assert f"{start}, record -1, field 'numbers': element Fe (Z=26) never appeared" in err
+    assert log.read_text() == traj.read_text() == "earlier\n"
+    slab = alloy(1)
+    slab.pbc = (True, True, False)  # NPT needs all three periodic: refused before the files
+    ase.io.write(start, slab)
+    assert main([*args, "--ensemble", "npt", "--log", str(log), "--traj", str(traj)]) == 2
+    err = capsys.readouterr().err
+    assert f"{start}, record -1, field 'pbc': NPT needs a cell periodic in all three" in err
     assert log.read_text() == traj.read_text() == "earlier\n"
 
 

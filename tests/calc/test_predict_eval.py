@@ -119,6 +119,10 @@ def test_eval_verb_errors_are_one_line(
     assert not (tmp_path / "no").exists()
     assert main(["eval", str(tiny_model), str(path), "--out", str(path)]) == 2
     assert "fe.extxyz: is a file: --out names the folder" in capsys.readouterr().err
+    empty = tmp_path / "empty.extxyz"
+    empty.write_text("")
+    assert main(["eval", str(tiny_model), str(empty), "--no-progress"]) == 2
+    assert "empty.extxyz: no structures to evaluate" in capsys.readouterr().err
     assert main(["eval", str(tiny_model), str(path), "--head", "dft"]) == 2
     assert "no head named 'dft'" in capsys.readouterr().err
     # a NaN label: named, not a table of NaN errors

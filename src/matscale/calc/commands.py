@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -158,17 +160,25 @@ def _check_distinct(structure: Path, **outputs: Path | None) -> None:
         taken[f"--{flag}"] = resolved
 
 
-def _check_input(atoms: Any, path: Path, index: str) -> None:
-    """The model's checks of the structure (elements, geometry), run now by its first forces
-    (kept by ASE for the run's first step), an error naming the file and frame."""
+@contextmanager
+def _naming(path: Path, index: str) -> Iterator[None]:
+    """A :class:`DataError` about the structure (its elements, geometry, periodicity) raised
+    inside, re-raised naming its file and frame (errors that name a file already pass)."""
     try:
-        atoms.get_forces()
+        yield
     except DataError as exc:
         if exc.file is not None:
             raise
         raise DataError(
             exc.reason, file=str(path), record=int(index), field=exc.field, kind=exc.kind
         ) from None
+
+
+def _check_input(atoms: Any, path: Path, index: str) -> None:
+    """The model's checks of the structure (elements, geometry), run now by its first forces
+    (kept by ASE for the run's first step), an error naming the file and frame."""
+    with _naming(path, index):
+        atoms.get_forces()
 
 
 def _count_frames(path: Path) -> int | None:
@@ -255,7 +265,13 @@ def _md(args: argparse.Namespace) -> int:
 def _run_md(args: argparse.Namespace, d: Any) -> int:
     import sys
 
-    from matscale.calc.dynamics import MDConfig, check_outputs, energy_drift, run_md
+    from matscale.calc.dynamics import (
+        MDConfig,
+        check_outputs,
+        energy_drift,
+        nve_warning,
+        run_md,
+    )
     from matscale.parallel.distributed import finish
 
     atoms = _read_structure(args.structure, args.index)
@@ -281,13 +297,14 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
     _check_distinct(args.structure, log=log, traj=trajectory)
     check_outputs(log, trajectory)  # the settings and paths first: they cost nothing
     _check_input(atoms, args.structure, args.index)
-    rows = run_md(
-        atoms,
-        cfg,
-        log=log,
-        trajectory=trajectory,
-        progress=not args.no_progress and d.main,
-    )
+    with _naming(args.structure, args.index):  # NPT on a slab, say
+        rows = run_md(
+            atoms,
+            cfg,
+            log=log,
+            trajectory=trajectory,
+            progress=not args.no_progress and d.main,
+        )
     finish()
     if not d.main:
         return 0
@@ -301,6 +318,9 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
     if cfg.ensemble == "nve":
         drift = energy_drift(rows, len(atoms))
         print(f"total energy drift {drift:+.3f} meV/atom/ps")
+        warning = nve_warning(rows, len(atoms), cfg.timestep_fs)
+        if warning:
+            print(f"warning: {warning}", file=sys.stderr)
     print(f"log: {args.log}; trajectory: {args.traj}")
     return 0
 
@@ -333,7 +353,8 @@ def _relax(args: argparse.Namespace) -> int:
     )
     check_outputs(None, args.traj)
     _check_input(atoms, args.structure, args.index)
-    result = relax(atoms, cfg, trajectory=args.traj, progress=not args.no_progress)
+    with _naming(args.structure, args.index):  # a cell relaxation of a slab, say
+        result = relax(atoms, cfg, trajectory=args.traj, progress=not args.no_progress)
     print(json.dumps(asdict(result), indent=2), file=sys.stderr if args.out is None else sys.stdout)
     if args.out is not None:
         ase.io.write(args.out, atoms)

@@ -111,8 +111,15 @@ def _check(ok: bool, name: str, message: str) -> None:
         raise DataError(f"{name} {message}", field=name)
 
 
+def check_ensemble(atoms: Atoms, cfg: MDConfig) -> None:
+    """Refuse an ensemble the structure cannot have: NPT needs a cell periodic in x, y, z."""
+    if cfg.ensemble == "npt" and not atoms.pbc.all():
+        raise DataError("NPT needs a cell periodic in all three directions", field="pbc")
+
+
 def make_dynamics(atoms: Atoms, cfg: MDConfig, *, rng: np.random.Generator) -> Any:
     """The ASE integrator of ``cfg`` for ``atoms`` (whose calculator is set)."""
+    check_ensemble(atoms, cfg)
     dt = cfg.timestep_fs * units.fs
     if cfg.ensemble == "nve":
         from ase.md.verlet import VelocityVerlet
@@ -130,8 +137,6 @@ def make_dynamics(atoms: Atoms, cfg: MDConfig, *, rng: np.random.Generator) -> A
             fixcm=False,  # ASE's fixcm=True does not sample NVT exactly (its own warning)
         )
     if cfg.ensemble == "npt":
-        if not atoms.pbc.all():
-            raise DataError("NPT needs a cell periodic in all three directions", field="pbc")
         from ase.md.nose_hoover_chain import IsotropicMTKNPT
 
         return IsotropicMTKNPT(
@@ -187,6 +192,7 @@ def run_md(
     # path that cannot be written, or a structure the model refuses, is reported before any
     # work or warning, and before an earlier run's log or trajectory there is emptied.
     check_outputs(log, trajectory)
+    check_ensemble(atoms, cfg)
     atoms.get_forces()  # computed once: the integrator's first step reuses them
     log_fh = open(log, "w") if log is not None else None
     try:
@@ -301,6 +307,24 @@ def check_output_format(path: Path) -> None:
             f"no structure format ASE writes has the suffix {path.suffix!r}: use .extxyz or .traj",
             file=str(path),
         )
+
+
+#: Change of the total energy over an NVE run (meV/atom) past which it is not conserved
+#: enough to trust: well-integrated runs here change by < 0.1 (README, MD drift), a run
+#: blown up by its timestep by volts.
+NVE_TOLERANCE_MEV_PER_ATOM = 10.0
+
+
+def nve_warning(rows: list[dict[str, float]], n_atoms: int, timestep_fs: float) -> str | None:
+    """A warning when the total energy of an NVE run's log ``rows`` changed by more than
+    :data:`NVE_TOLERANCE_MEV_PER_ATOM` between its first and last row (None otherwise)."""
+    change = 1000.0 * (rows[-1]["etot_eV"] - rows[0]["etot_eV"]) / n_atoms
+    if abs(change) <= NVE_TOLERANCE_MEV_PER_ATOM:
+        return None
+    return (
+        f"the total energy changed by {change:+.4g} meV/atom over this NVE run, which should "
+        f"conserve it: a timestep of {timestep_fs:g} fs is likely too long for this system"
+    )
 
 
 def energy_drift(rows: list[dict[str, float]], n_atoms: int) -> float:

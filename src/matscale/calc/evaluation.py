@@ -77,8 +77,10 @@ def evaluate_structures(
     head: str | None = None,
     max_atoms: int = MAX_ATOMS,
     progress: bool = True,
+    file: str | None = None,
 ) -> Errors:
-    """Predict every structure (batched) and gather its errors against its labels."""
+    """Predict every structure (batched) and gather its errors against its labels; ``file``
+    names where the structures came from in the error raised when there are none."""
     from matscale.progress import progress_bar
 
     errors = Errors()
@@ -99,7 +101,7 @@ def evaluate_structures(
         bar.update(len(chunk))
     bar.close()
     if not errors.rows:
-        raise DataError("no structures to evaluate")
+        raise DataError("no structures to evaluate", file=file)
     return errors
 
 
@@ -259,7 +261,12 @@ def evaluate_files(
     """The whole ``matscale eval``: read, predict, score, and write the report to ``out``."""
     started = time.perf_counter()
     errors = evaluate_structures(
-        potential, read_inputs(paths), head=head, max_atoms=max_atoms, progress=progress
+        potential,
+        read_inputs(paths),
+        head=head,
+        max_atoms=max_atoms,
+        progress=progress,
+        file=", ".join(map(str, paths)),
     )
     metrics = summarise(errors)
     if not any(f"{t}_count" in metrics for t in TARGETS):
