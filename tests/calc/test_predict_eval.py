@@ -189,3 +189,43 @@ def test_the_cli_says_an_extrapolation_in_one_line(
     warning = ExtrapolationWarning("a Cu-Cu contact")
     _show_warning(warning, ExtrapolationWarning, "f.py", 1, rank=1)
     assert capsys.readouterr().err == ""  # another rank: silent
+
+
+def test_predict_verb_writes_the_models_numbers_and_says_whose_they_are(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`matscale predict` gives each structure the calculator's energy, forces, stress and
+    per-atom energies, marks them as the model's, and a failed run loses nothing."""
+    frames = [alloy(k) for k in range(3)]
+    for atoms in frames:
+        atoms.calc = None  # unlabelled input
+    path, out = tmp_path / "in.extxyz", tmp_path / "pred.extxyz"
+    ase.io.write(path, frames)
+    args = ["predict", str(tiny_model), str(path), "--head", "emt", "--no-progress"]
+    assert main([*args, "--out", str(out)]) == 0
+    written = ase.io.read(out, ":")
+    calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    for atoms, back in zip(frames, written, strict=True):
+        atoms.calc = calc
+        assert back.get_potential_energy() == pytest.approx(atoms.get_potential_energy(), 1e-5)
+        np.testing.assert_allclose(back.get_forces(), atoms.get_forces(), atol=1e-5)
+        np.testing.assert_allclose(back.get_stress(), atoms.get_stress(), atol=1e-6)
+        assert back.get_potential_energies().sum() == pytest.approx(
+            back.get_potential_energy(), abs=1e-4
+        )
+        assert back.info["labelled_by"] == f"matscale {tiny_model}, head emt"
+    before = out.read_bytes()
+    bad = alloy(3)
+    bad[0].symbol = "Fe"  # the head never saw it: the run fails after the first structures
+    ase.io.write(path, [*frames, bad])
+    capsys.readouterr()
+    assert main([*args, "--out", str(out)]) == 2
+    assert "element Fe (Z=26) never appeared" in capsys.readouterr().err
+    assert out.read_bytes() == before and not list(tmp_path.glob("*.partial"))
+    for wrong, message in (
+        (path, "--out is the input structure's file"),
+        (tmp_path / "pred.xyz", "give --out a .extxyz name"),
+        (tmp_path / "no" / "p.extxyz", "no folder to write it in"),
+    ):
+        assert main([*args, "--out", str(wrong)]) == 2
+        assert message in capsys.readouterr().err

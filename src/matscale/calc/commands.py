@@ -15,7 +15,7 @@ from matscale.errors import DataError
 
 
 def add_verbs(verbs: Any) -> None:
-    """Register ``eval``, ``md`` and ``relax`` on the CLI's subparsers."""
+    """Register ``eval``, ``predict``, ``md`` and ``relax`` on the CLI's subparsers."""
     fmt = argparse.ArgumentDefaultsHelpFormatter
     ev = verbs.add_parser(
         "eval", help="score a model on labelled structures (files or stores)", formatter_class=fmt
@@ -27,6 +27,26 @@ def add_verbs(verbs: Any) -> None:
     ev.add_argument("--out", type=Path, default=None, help="folder for summary.json and plots")
     ev.add_argument("--max-atoms", type=int, default=1024, help="atoms per batch")
     ev.set_defaults(run=_eval)
+
+    pr = verbs.add_parser(
+        "predict",
+        help="the model's energies, forces and stress of structures (files, folders, stores), "
+        "written as extended XYZ",
+        formatter_class=fmt,
+    )
+    _model_args(pr)
+    pr.add_argument(
+        "data", nargs="+", type=Path, help="files, folders (searched as `data pack` does), stores"
+    )
+    pr.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="extxyz file: each structure with the model's energy (eV), forces (eV/Å), stress "
+        "(eV/Å³, cells periodic in 3D) and per-atom energies (eV)",
+    )
+    pr.add_argument("--max-atoms", type=int, default=1024, help="atoms per batch")
+    pr.set_defaults(run=_predict)
 
     md = verbs.add_parser(
         "md", help="molecular dynamics with ASE's integrators", formatter_class=fmt
@@ -141,11 +161,12 @@ def _read_structure(path: Path, index: str) -> Any:
     return atoms
 
 
-def _check_distinct(structure: Path, **outputs: Path | None) -> None:
-    """Refuse an output (``--log``, ``--traj``, ``--out``) that is the input structure's file
-    or another output's: writing it would destroy what the run reads or writes (a relaxation
-    written over a 4-frame input left 1 frame)."""
-    taken = {"the input structure": structure.resolve()}
+def _check_distinct(inputs: list[Path], **outputs: Path | None) -> None:
+    """Refuse an output (``--log``, ``--traj``, ``--out``) that is an input's file or another
+    output's: writing it would destroy what the run reads or writes (a relaxation written
+    over a 4-frame input left 1 frame)."""
+    several = len(inputs) > 1
+    taken = {f"the input {p}" if several else "the input structure": p.resolve() for p in inputs}
     for flag, path in outputs.items():
         if path is None:
             continue
@@ -247,6 +268,72 @@ def _eval(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Structures predicted and written per round: memory holds one round, whatever the input.
+PREDICT_CHUNK = 256
+
+
+def _predict(args: argparse.Namespace) -> int:
+    import os
+    from itertools import islice
+
+    import ase.io
+
+    from matscale.calc.dynamics import check_output_path
+    from matscale.calc.evaluation import read_inputs
+    from matscale.calc.inference import head_for, predict
+    from matscale.calc.model_file import load_potential
+    from matscale.pretrained import model_file
+    from matscale.progress import progress_bar
+
+    if args.out.suffix != ".extxyz":
+        raise DataError(
+            "predictions are written as extended XYZ: give --out a .extxyz name",
+            file=str(args.out),
+        )
+    _check_distinct(args.data, out=args.out)
+    check_output_path(args.out)
+    potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
+    model_path = potential.info.get("path", args.model)
+    # written beside --out and moved over it at the end: a run that fails loses nothing
+    partial = args.out.with_name(args.out.name + ".partial")
+    count = 0
+    bar = progress_bar(desc="predicting", unit=" structures", enabled=not args.no_progress)
+    try:
+        with open(partial, "w") as fh:
+            structures = read_inputs(args.data)
+            while chunk := list(islice(structures, PREDICT_CHUNK)):
+                results = predict(potential, chunk, head=args.head, max_atoms=args.max_atoms)
+                frames = []
+                for s, r in zip(chunk, results, strict=True):
+                    head = potential.graph.heads[head_for(potential, s, args.head)]
+                    frames.append(_predicted_frame(s, r, f"matscale {model_path}, head {head}"))
+                ase.io.write(fh, frames, format="extxyz")
+                count += len(chunk)
+                bar.update(len(chunk))
+        bar.close()
+        if count == 0:
+            raise DataError("no structures to predict", file=", ".join(map(str, args.data)))
+        os.replace(partial, args.out)
+    finally:
+        partial.unlink(missing_ok=True)
+    print(f"{count:,} structures with the model's energy, forces and stress: {args.out}")
+    return 0
+
+
+def _predicted_frame(s: Any, result: dict[str, Any], labelled_by: str) -> Any:
+    """``s`` as ``ase.Atoms`` carrying ``result`` (the model's numbers, not the input's
+    labels) and, in ``labelled_by``, the model and head that made them."""
+    from ase import Atoms
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+    atoms.info.update(source=s.source, labelled_by=labelled_by)
+    if s.family:
+        atoms.info["family"] = s.family
+    atoms.calc = SinglePointCalculator(atoms, **result)
+    return atoms
+
+
 def _md(args: argparse.Namespace) -> int:
     from matscale.parallel.distributed import Dist, finish, init_distributed
 
@@ -294,7 +381,7 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         seed=args.seed,
     )
     log, trajectory = (args.log, args.traj) if d.main else (None, None)
-    _check_distinct(args.structure, log=log, traj=trajectory)
+    _check_distinct([args.structure], log=log, traj=trajectory)
     check_outputs(log, trajectory)  # the settings and paths first: they cost nothing
     _check_input(atoms, args.structure, args.index)
     with _naming(args.structure, args.index):  # NPT on a slab, say
@@ -338,7 +425,7 @@ def _relax(args: argparse.Namespace) -> int:
         relax,
     )
 
-    _check_distinct(args.structure, out=args.out, traj=args.traj)
+    _check_distinct([args.structure], out=args.out, traj=args.traj)
     if args.out is not None:  # before the relaxation, not after it
         check_output_path(args.out)
         check_output_format(args.out)
