@@ -9,9 +9,15 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from matscale.errors import DataError
+
+if TYPE_CHECKING:  # the verbs import their modules when run: `matscale --help` stays fast
+    from ase import Atoms
+
+    from matscale.calc.inference import Result
+    from matscale.data.structure import Structure
 
 
 def add_verbs(verbs: Any) -> None:
@@ -320,7 +326,7 @@ def _predict(args: argparse.Namespace) -> int:
     return 0
 
 
-def _predicted_frame(s: Any, result: dict[str, Any], labelled_by: str) -> Any:
+def _predicted_frame(s: Structure, result: Result, labelled_by: str) -> Atoms:
     """``s`` as ``ase.Atoms`` carrying ``result`` (the model's numbers, not the input's
     labels) and, in ``labelled_by``, the model and head that made them."""
     from ase import Atoms
