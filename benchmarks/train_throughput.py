@@ -182,10 +182,10 @@ def main() -> None:
         + ", ".join(f"{f / 1e6:.1f} MFLOP per atom at width {w}" for w, f in flops_atom.items()),
         flush=True,
     )
-    chosen = [
+    chosen = [  # each configuration at every width in turn: compared widths run side by side
         (config, width)
-        for width in args.width
         for config in CONFIGS
+        for width in args.width
         if args.only is None or config_name(*config, width).rsplit("-w", 1)[0] in args.only
     ]
     rounds: dict[str, list[dict]] = {}
@@ -216,14 +216,15 @@ def main() -> None:
                 )
             peaks.append(matmul_peak_gflops())
     peak = max(peaks)
-    runs = [median_run(rows) for rows in rounds.values()]
+    failed_names = {f["name"] for f in failed}  # a configuration that failed in any round
+    runs = [median_run(rows) for name, rows in rounds.items() if name not in failed_names]
     print(f"fp32 matmul peaks {[round(p) for p in peaks]} GFLOP/s; shares of {peak:.0f}:")
     for r in runs:
         r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
         print(
             f"{r['name']:<34} {r['atoms_per_s']:8.0f} atoms/s "
             f"{100 * r['share_of_matmul_peak']:3.0f}% of peak"
-            + (f" (median of {args.rounds} rounds)" if args.rounds > 1 else ""),
+            + (f" (median of {args.rounds} rounds)" if args.rounds > 1 else ""),  # all ran
             flush=True,
         )
     for r in runs:  # against the first configuration of the same width

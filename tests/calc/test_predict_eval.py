@@ -214,6 +214,7 @@ def test_predict_verb_writes_the_models_numbers_and_says_whose_they_are(
             back.get_potential_energy(), abs=1e-4
         )
         assert back.info["labelled_by"] == f"matscale {tiny_model}, head emt"
+    assert [f.info["key"] for f in written] == [f"{path}#{k}" for k in range(3)]
     before = out.read_bytes()
     bad = alloy(3)
     bad[0].symbol = "Fe"  # the head never saw it: the run fails after the first structures
@@ -224,8 +225,14 @@ def test_predict_verb_writes_the_models_numbers_and_says_whose_they_are(
     assert out.read_bytes() == before and not list(tmp_path.glob("*.partial"))
     for wrong, message in (
         (path, "--out is the input structure's file"),
+        (tmp_path / "." / "in.extxyz", "--out is the input structure's file"),  # respelt
         (tmp_path / "pred.xyz", "give --out a .extxyz name"),
         (tmp_path / "no" / "p.extxyz", "no folder to write it in"),
     ):
         assert main([*args, "--out", str(wrong)]) == 2
         assert message in capsys.readouterr().err
+    # a folder input is searched for structures: --out inside it would be read, or overwritten
+    folder_args = ["predict", str(tiny_model), str(tmp_path), "--head", "emt", "--no-progress"]
+    assert main([*folder_args, "--out", str(path)]) == 2
+    assert f"--out lies in the input folder {tmp_path}" in capsys.readouterr().err
+    assert out.read_bytes() == before and path.exists()

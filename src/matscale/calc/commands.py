@@ -297,6 +297,13 @@ def _predict(args: argparse.Namespace) -> int:
             file=str(args.out),
         )
     _check_distinct(args.data, out=args.out)
+    for folder in (p for p in args.data if p.is_dir()):
+        if args.out.resolve().is_relative_to(folder.resolve()):
+            raise DataError(
+                f"--out lies in the input folder {folder}, which is searched for structures: "
+                "a file there would be read (or overwritten); write it elsewhere",
+                file=str(args.out),
+            )
     check_output_path(args.out)
     potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
     model_path = potential.info.get("path", args.model)
@@ -333,9 +340,11 @@ def _predicted_frame(s: Structure, result: Result, labelled_by: str) -> Atoms:
     from ase.calculators.singlepoint import SinglePointCalculator
 
     atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
-    atoms.info.update(source=s.source, labelled_by=labelled_by)
-    if s.family:
-        atoms.info["family"] = s.family
+    atoms.info["labelled_by"] = labelled_by
+    # only what is there: an empty value would garble the extxyz comment line
+    for name in ("source", "family", "key"):  # key: the input's file#record
+        if getattr(s, name):
+            atoms.info[name] = getattr(s, name)
     atoms.calc = SinglePointCalculator(atoms, **result)
     return atoms
 
@@ -412,7 +421,7 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         drift = energy_drift(rows, len(atoms))
         print(f"total energy drift {drift:+.3f} meV/atom/ps")
         warning = nve_warning(rows, len(atoms), cfg.timestep_fs)
-        if warning:
+        if warning and atoms.calc.potential.conservative:  # a direct head was warned of above
             print(f"warning: {warning}", file=sys.stderr)
     print(f"log: {args.log}; trajectory: {args.traj}")
     return 0
