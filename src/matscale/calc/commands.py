@@ -420,8 +420,11 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
     if cfg.ensemble == "nve":
         drift = energy_drift(rows, len(atoms))
         print(f"total energy drift {drift:+.3f} meV/atom/ps")
-        warning = nve_warning(rows, len(atoms), cfg.timestep_fs)
-        if warning and atoms.calc.potential.conservative:  # a direct head was warned of above
+        # a direct head never conserves energy, and was warned of above
+        warning = atoms.calc.potential.conservative and nve_warning(
+            rows, len(atoms), cfg.timestep_fs
+        )
+        if warning:
             print(f"warning: {warning}", file=sys.stderr)
     print(f"log: {args.log}; trajectory: {args.traj}")
     return 0
