@@ -323,11 +323,11 @@ def _predict(args: argparse.Namespace) -> int:
                 ase.io.write(fh, frames, format="extxyz")
                 count += len(chunk)
                 bar.update(len(chunk))
-        bar.close()
         if count == 0:
             raise DataError("no structures to predict", file=", ".join(map(str, args.data)))
         os.replace(partial, args.out)
     finally:
+        bar.close()  # a failed run's error line starts on a line of its own
         partial.unlink(missing_ok=True)
     print(f"{count:,} structures with the model's energy, forces and stress: {args.out}")
     return 0
