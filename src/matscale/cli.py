@@ -379,12 +379,21 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from matscale.train.checkpoint import export_model, list_checkpoints, load_checkpoint
+    from matscale.train.checkpoint import (
+        check_export_target,
+        export_model,
+        list_checkpoints,
+        load_checkpoint,
+    )
 
+    if not args.run_dir.is_dir():
+        raise DataError("no such run folder", file=str(args.run_dir))
     found = list_checkpoints(args.run_dir)
     if not found:
-        raise DataError("no checkpoint in this run directory", file=str(args.run_dir))
-    out = export_model(load_checkpoint(found[-1]), args.out or args.run_dir / "model.pt")
+        raise DataError("no checkpoint in this run folder", file=str(args.run_dir))
+    out = args.out or args.run_dir / "model.pt"
+    check_export_target(out)
+    out = export_model(load_checkpoint(found[-1]), out)
     print(f"wrote {out}")
     return 0
 

@@ -345,6 +345,38 @@ def test_export_of_a_checkpoint_written_before_transforms_were_saved(
     assert "| emt | its source's calculator | Cu Pd Au | — |" in (tmp_path / "model.md").read_text()
 
 
+def test_export_replaces_only_an_earlier_export(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `export RUN --out config.yaml` replaced the config by a model file (and wrote config.md
+    # beside it), `--out` a checkpoint replaced the checkpoint, and a folder left RUN.tmp
+    from matscale.cli import main
+
+    run = tiny_model.parent
+    checkpoint = sorted((run / "checkpoints").glob("step-*.pt"))[-1]
+    config, notes = tmp_path / "config.yaml", tmp_path / "notes.md"
+    config.write_text("name: mine\n")
+    notes.write_text("my notes\n")
+    before = checkpoint.read_bytes()
+    for out, named, why in [
+        (config, config, "is not a matscale model file"),
+        (checkpoint, checkpoint, "is not a matscale model file"),
+        (tmp_path, tmp_path, "is a folder"),
+        (tmp_path / "notes.pt", notes, "model card of notes.pt would replace this file"),
+    ]:
+        assert main(["export", str(run), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"{named}: " in err and why in err, err
+    assert config.read_text() == "name: mine\n" and notes.read_text() == "my notes\n"
+    assert checkpoint.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["config.yaml", "notes.md"]  # no .tmp
+    # an earlier export, and its card, are replaced
+    again = tmp_path / "again.pt"
+    assert main(["export", str(run), "--out", str(again)]) == 0
+    assert main(["export", str(run), "--out", str(again)]) == 0
+    assert load_potential(again).graph == load_potential(tiny_model).graph
+
+
 def test_contacts_shorter_than_any_in_training_are_warned_about(
     tiny_model: Path, calc: MatscaleCalculator
 ) -> None:

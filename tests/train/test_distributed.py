@@ -206,7 +206,8 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
     )
     assert _train_losses(tmp_path / "parts") == _train_losses(tmp_path / "whole")  # bit-identical
     assert sorted(p.name for p in (tmp_path / "parts" / "checkpoints").iterdir()) == [
-        "step-00000008.dcp", "step-00000008.pt", "step-00000012.dcp", "step-00000012.pt",
+        "step-00000008.dcp", "step-00000008.pt", "step-00000008.pt.sha256",
+        "step-00000012.dcp", "step-00000012.pt", "step-00000012.pt.sha256",
     ]  # fmt: skip
 
     from matscale.config import load

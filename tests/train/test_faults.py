@@ -327,11 +327,84 @@ def test_a_checkpoint_that_cannot_be_written_is_one_line_and_loses_nothing(
     assert "step-00000009.pt: could not be written (" in line and "MiB free" in line
     assert "Traceback" not in proc.stderr
     folder = tmp_path / "full" / "checkpoints"
-    assert sorted(p.name for p in folder.iterdir()) == ["step-00000003.pt", "step-00000006.pt"]
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "step-00000003.pt", "step-00000003.pt.sha256", "step-00000006.pt", "step-00000006.pt.sha256"
+    ]  # fmt: skip
     # with room again, the same command resumes from the last good checkpoint
     again = subprocess.run([*cmd, "train.steps=12"], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr
     assert "resuming at step 6" in again.stdout
+
+
+def test_a_damaged_or_truncated_checkpoint_is_refused_by_name_and_the_earlier_one_resumes(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # flipped bytes in a checkpoint's tensors resumed silently (validation errors of
+    # 850 eV/atom) and overwrote model.pt; a truncated one gave "error: : Invalid argument",
+    # an emptied one a traceback (EOFError)
+    import hashlib
+    import shutil
+
+    from matscale.errors import DataError
+    from matscale.train.checkpoint import digest_path
+
+    run = tmp_path / "d"
+    train(_cfg(tiny_store, tmp_path, "name=d", "train.steps=6", "train.checkpoint_every=3"),
+          progress=False)  # fmt: skip
+    first, last = list_checkpoints(run)
+    recorded = digest_path(last).read_text().strip()
+    assert recorded == hashlib.sha256(last.read_bytes()).hexdigest()
+    model_before = (run / "model.pt").read_bytes()
+    good = last.read_bytes()
+    damaged = bytearray(good)
+    for k in range(len(good) // 2, len(good) // 2 + 64):  # inside the tensors' bytes
+        damaged[k] ^= 0xFF
+    last.write_bytes(bytes(damaged))
+    with pytest.raises(DataError, match=r"step-00000006\.pt: damaged: .*SHA-256.*step-00000003"):
+        train(_cfg(tiny_store, tmp_path, "name=d", "train.steps=9"), progress=False)
+    with pytest.raises(DataError, match="damaged"):
+        load_checkpoint(last)  # what `matscale export` reads
+    assert (run / "model.pt").read_bytes() == model_before  # nothing written from it
+    assert last.read_bytes() == bytes(damaged)  # and nothing deleted
+    # cut short, or emptied, without its digest (a checkpoint from before digests)
+    unreadable = r"step-00000006\.pt: cannot be read as a checkpoint .*truncated or damaged"
+    for size in (5000, 0):
+        last.write_bytes(good[:size])
+        digest_path(last).unlink(missing_ok=True)
+        with pytest.raises(DataError, match=unreadable + r".*previous checkpoint, step-00000003"):
+            load_checkpoint(last)
+    # moved aside as the message says, the run resumes from the earlier checkpoint
+    shutil.move(last, tmp_path / "bad.pt")
+    train(_cfg(tiny_store, tmp_path, "name=d", "train.steps=9"), progress=False)
+    assert load_checkpoint(list_checkpoints(run)[-1])["step"] == 9
+    assert first.exists()
+
+
+def test_a_finished_run_run_again_with_other_settings_keeps_its_records(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `train ... train.lr=1e-4` on a finished run trained nothing but rewrote config.yaml,
+    # model.pt's settings and its card to say lr 1e-4
+    train(_cfg(tiny_store, tmp_path, "name=f", "train.steps=4"), progress=False)
+    run = tmp_path / "f"
+    config = (run / "config.yaml").read_text()
+    weights = read_model_file(run / "model.pt")["state_dict"]
+    capsys.readouterr()
+    train(_cfg(tiny_store, tmp_path, "name=f", "train.steps=4", "train.lr=1e-4"), progress=False)
+    said = capsys.readouterr().out
+    assert "already finished at step 4: nothing is trained" in said
+    assert "train.lr: 0.005 → 0.0001" in said
+    assert (run / "config.yaml").read_text() == config
+    blob = read_model_file(run / "model.pt")
+    assert blob["run_config"]["train"]["lr"] == 5e-3
+    assert all(torch.equal(blob["state_dict"][k], v) for k, v in weights.items())
+    assert "lr 0.005," in (run / "model.md").read_text()
+    # a run that goes on says what changed, and records the new settings
+    train(_cfg(tiny_store, tmp_path, "name=f", "train.steps=6", "train.lr=1e-4"), progress=False)
+    assert "resuming with changed settings: train.lr: 0.005 → 0.0001; train.steps: 4 → 6" in (
+        capsys.readouterr().out
+    )
+    assert "lr: 0.0001" in (run / "config.yaml").read_text()
 
 
 def test_a_second_process_on_the_same_run_is_refused_and_a_killed_one_leaves_no_lock(

@@ -21,6 +21,10 @@ _TARGETS = (
 _SPLITS = (("", "val"), ("test/", "test"), ("holdout/", "held-out"))
 
 
+#: The first words of every model card: an export replaces a file only if it starts so.
+CARD_TITLE = "# matscale model card"
+
+
 def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
     """The Markdown card of a model file's dictionary (as :mod:`~matscale.calc.model_file`
     writes it)."""
@@ -39,7 +43,7 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
         f"`matscale eval/md/relax {name}`"
     )
     lines = [
-        f"# matscale model card: `{name}`",
+        f"{CARD_TITLE}: `{name}`",
         "",
         f"Format `{blob['format']}`, written by matscale {blob.get('version', '?')}. Load it with "
         f"{load_text}.",

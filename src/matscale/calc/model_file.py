@@ -146,6 +146,19 @@ def read_model_file(path: str | Path, *, trusted: bool = False) -> dict[str, Any
     return blob
 
 
+def is_model_file(path: Path) -> bool:
+    """Whether ``path`` is a model file matscale wrote (any readable format). Memory-mapped:
+    a billion-parameter file costs no reading of its weights."""
+    from torch.torch_version import TorchVersion
+
+    try:
+        with torch.serialization.safe_globals([TorchVersion]):
+            blob = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # unreadable, or not tensors and plain data (a checkpoint, a config)
+        return False
+    return isinstance(blob, dict) and blob.get("format") in READABLE_FORMATS
+
+
 def legacy_graph(
     model_config: dict[str, Any], run_config: dict[str, Any], stats: dict[str, Any]
 ) -> GraphSettings:

@@ -16,6 +16,7 @@ statistics) and what a model card reports, with a Markdown card beside it.
 from __future__ import annotations
 
 import errno
+import hashlib
 import os
 import random
 import re
@@ -24,7 +25,7 @@ import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO, cast
 
 import numpy as np
 import torch
@@ -32,15 +33,34 @@ import torch
 import matscale
 
 
-def save_atomic(obj: Any, path: Path) -> None:
+class _HashingWriter:
+    """A binary file that keeps the SHA-256 of what is written through it: the digest of a
+    checkpoint without reading it back."""
+
+    def __init__(self, fh: BinaryIO) -> None:
+        self.fh = fh
+        self.sha256 = hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.sha256.update(data)
+        return self.fh.write(data)
+
+    def flush(self) -> None:
+        self.fh.flush()
+
+
+def save_atomic(obj: Any, path: Path) -> str:
     """``torch.save`` through a temporary file and a rename: a write that fails (a full
     disk, a quota) leaves the file at ``path`` as it was and no temporary file, and raises
-    an ``OSError`` naming ``path``, the space left and what to do."""
+    an ``OSError`` naming ``path``, the space left and what to do. Returns the SHA-256 (hex)
+    of the bytes written."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
     try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb+") as fh:
+        with open(tmp, "wb") as fh:
+            writer = _HashingWriter(fh)
+            torch.save(obj, cast(BinaryIO, writer))  # torch calls write and flush only
+            fh.flush()
             os.fsync(fh.fileno())
     except (OSError, RuntimeError) as exc:
         tmp.unlink(missing_ok=True)
@@ -55,7 +75,12 @@ def save_atomic(obj: Any, path: Path) -> None:
             "same command again (earlier checkpoints are intact)",
             str(path),
         ) from exc
-    os.replace(tmp, path)
+    try:
+        os.replace(tmp, path)
+    except OSError:  # a folder of that name, say: no stray temporary file either
+        tmp.unlink(missing_ok=True)
+        raise
+    return writer.sha256.hexdigest()
 
 
 @contextmanager
@@ -106,6 +131,13 @@ def checkpoint_path(run_dir: Path, step: int) -> Path:
     return run_dir / "checkpoints" / f"step-{step:08d}.pt"
 
 
+def digest_path(checkpoint: Path) -> Path:
+    """``step-XXXXXXXX.pt.sha256``: the SHA-256 of the checkpoint's bytes, recorded when it
+    was written. torch's zip format keeps no checksum it checks, so without it a checkpoint
+    whose bytes a disk or a copy changed would resume, and export, whatever they now hold."""
+    return checkpoint.with_name(checkpoint.name + ".sha256")
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     folder = run_dir / "checkpoints"
@@ -115,11 +147,20 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
-    """Write ``state`` as the checkpoint of ``step`` and delete all but the newest ``keep``."""
+    """Write ``state`` as the checkpoint of ``step`` and its digest (:func:`digest_path`), and
+    delete all but the newest ``keep``."""
     path = checkpoint_path(run_dir, step)
-    save_atomic({**state, "version": matscale.__version__, "rng": rng_state()}, path)
+    digest = digest_path(path)
+    # a checkpoint written again at the same step must not meet the old file's digest; one
+    # that the process dies before its digest is written is read unchecked, as before digests
+    digest.unlink(missing_ok=True)
+    sha256 = save_atomic({**state, "version": matscale.__version__, "rng": rng_state()}, path)
+    tmp = digest.with_name(digest.name + ".tmp")
+    tmp.write_text(sha256 + "\n")
+    os.replace(tmp, digest)
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
+        digest_path(old).unlink(missing_ok=True)
         shutil.rmtree(run_dir / "deepspeed" / old.stem, ignore_errors=True)  # its ZeRO shards
         shutil.rmtree(sharded_path(run_dir, int(old.stem[5:])), ignore_errors=True)
     return path
@@ -170,8 +211,49 @@ def load_sharded(states: dict[str, Any], path: Path) -> None:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
+    """Read a checkpoint written by :func:`save_checkpoint` (on the CPU), checked against
+    its recorded digest. A damaged or truncated file is a :class:`DataError` naming it and
+    the earlier checkpoint to fall back to; nothing is deleted."""
+    from matscale.errors import DataError
+
+    digest = digest_path(path)
+    if digest.is_file():
+        recorded = digest.read_text().strip()
+        if _sha256_of(path) != recorded:
+            raise DataError(
+                f"damaged: its bytes no longer match the SHA-256 recorded when it was written "
+                f"({digest.name}). {_fall_back(path)}",
+                file=str(path),
+            )
+    try:
+        return torch.load(path, map_location="cpu", weights_only=False)
+    except MemoryError:
+        raise
+    except Exception as exc:  # truncated, emptied or not a checkpoint: torch's own words
+        said = str(exc)[:120] or "no details"
+        raise DataError(
+            f"cannot be read as a checkpoint ({type(exc).__name__}: {said}): truncated or "
+            f"damaged. {_fall_back(path)}",
+            file=str(path),
+        ) from None
+
+
+def _sha256_of(path: Path) -> str:
+    sha256 = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 22):
+            sha256.update(block)
+    return sha256.hexdigest()
+
+
+def _fall_back(path: Path) -> str:
+    """What to do about an unreadable checkpoint, in words: which earlier one remains."""
+    earlier = [p for p in list_checkpoints(path.parent.parent) if p.name < path.name]
+    also = f" and {digest_path(path).name}" if digest_path(path).is_file() else ""
+    move = f"Move it{also} out of {path.parent}"
+    if earlier:
+        return f"{move} to resume from the previous checkpoint, {earlier[-1].name}"
+    return f"{move} to start the run again from step 0 (there is no earlier checkpoint)"
 
 
 def _labellers_of_store(checkpoint: dict[str, Any]) -> dict[str, str]:
@@ -184,6 +266,33 @@ def _labellers_of_store(checkpoint: dict[str, Any]) -> dict[str, str]:
         return {}
     found = Store(store)
     return found.labelled_by if found.content_id == checkpoint.get("store_content") else {}
+
+
+def check_export_target(path: Path) -> None:
+    """Refuse, before any checkpoint is read, an export that would replace something other
+    than an earlier export: a folder, a checkpoint, a config. The model card goes beside the
+    file (``.md``), so that name must be free or hold an earlier card."""
+    from matscale.calc.card import CARD_TITLE
+    from matscale.calc.model_file import is_model_file
+    from matscale.errors import DataError
+
+    if path.is_dir():
+        raise DataError(
+            "is a folder: give the model file's name (say, model.pt in it)", file=str(path)
+        )
+    if path.exists() and not is_model_file(path):
+        raise DataError(
+            "exists and is not a matscale model file, which exporting would replace: choose "
+            "another name",
+            file=str(path),
+        )
+    card = path.with_suffix(".md")
+    if card.is_dir() or (card.exists() and not card.read_bytes().startswith(CARD_TITLE.encode())):
+        raise DataError(
+            f"the model card of {path.name} would replace this file, which is not one: choose "
+            "another name",
+            file=str(card),
+        )
 
 
 def export_model(checkpoint: dict[str, Any], path: Path) -> Path:

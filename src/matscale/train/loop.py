@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from matscale.config import RunConfig, dump
+from matscale.config import RunConfig, dump, to_dict
 from matscale.errors import RunInterrupted, TrainingError
 from matscale.parallel.distributed import (
     Dist,
@@ -38,6 +38,7 @@ from matscale.train.log import HOLDOUT_FAMILY, RunLog
 from matscale.train.run import Run, build_run
 from matscale.train.schedule import cosine_progress, lr_at
 from matscale.train.state import (
+    changed_settings,
     check_finite_weights,
     checkpoint,
     last_good_checkpoint,
@@ -223,6 +224,9 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
     cfg, d = run.cfg, run.d
     resumed = resume(run)
     t, run_dir = cfg.train, cfg.run_dir
+    # a finished run trains nothing more: its records (config.yaml, the model file's
+    # settings and card) keep the settings it was trained with, whatever this command says
+    finished = resumed and run.step >= t.steps
     log = RunLog(
         run_dir,
         enabled=d.main,
@@ -232,14 +236,25 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
         every=t.log_every,
     )
     if d.main:
-        (run_dir / "config.yaml").write_text(dump(cfg))
+        if not finished:
+            (run_dir / "config.yaml").write_text(dump(cfg))
         log.text(
             f"{'resuming at step ' + str(run.step) if resumed else 'starting'}: "
             f"{sum(p.numel() for p in run.model.parameters()):,} parameters, "
             f"{len(run.splits.train):,} training structures, {len(run.sampler)} batches/epoch "
             f"on each of {d.world} process(es)"
         )
-        if cfg.parallel.compile:
+        before = run.resumed_config
+        changed = changed_settings(before, to_dict(cfg)) if before is not None else []
+        if changed and finished:
+            log.text(
+                f"the run had already finished at step {run.step}: nothing is trained, and its "
+                f"records keep the settings it was trained with, not these ({'; '.join(changed)})"
+                ". To train with them, give the run another name="
+            )
+        elif changed:
+            log.text(f"resuming with changed settings: {'; '.join(changed)}")
+        if cfg.parallel.compile and not finished:
             log.text(
                 "the forward pass is compiled (parallel.compile): the first steps and the "
                 "first evaluation compile it, minutes on a CPU the first time"
@@ -256,6 +271,8 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
     check_finite_weights(run)
     # gathered on every process: the export is one plain file (of weights: no optimizer)
     ck = snapshot(run, final, optimizer=False)
+    if finished:
+        ck["config"] = run.resumed_config
     if d.main:
         export_model(ck, run_dir / "model.pt")
         log.metrics(run.step, final, prefix="final")

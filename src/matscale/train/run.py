@@ -79,6 +79,8 @@ class Run:
     """Steps skipped because their loss or gradient was not finite, over the whole run."""
     bad_in_a_row: int = 0
     """Skipped steps since the last good one."""
+    resumed_config: dict[str, Any] | None = None
+    """The settings recorded in the checkpoint the run resumed from (None: a new run)."""
 
     @property
     def sharded(self) -> bool:

@@ -75,8 +75,25 @@ def resume(run: Run) -> bool:
     run.seconds = ck.get("train_seconds", 0.0)
     run.schedule_progress = ck.get("schedule_progress", 0.0)
     run.skipped_steps = ck.get("skipped_steps", 0)
+    run.resumed_config = ck["config"]
     set_rng_state(ck["rng"])
     return True
+
+
+def changed_settings(before: dict[str, Any], now: dict[str, Any]) -> list[str]:
+    """``section.key: before → now`` for every setting of two run configs (``to_dict``'s)
+    that differs, but where the run's files go (``out_dir``)."""
+    changed = []
+    for section in sorted(set(before) | set(now)):
+        if section == "out_dir":
+            continue
+        a, b = before.get(section), now.get(section)
+        if isinstance(a, dict) and isinstance(b, dict):
+            changed += [f"{section}.{k}: {a.get(k)!r} → {b.get(k)!r}"
+                        for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]  # fmt: skip
+        elif a != b:
+            changed.append(f"{section}: {a!r} → {b!r}")
+    return changed
 
 
 #: Data settings a run cannot change when it resumes: they decide which structures are
