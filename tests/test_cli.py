@@ -58,6 +58,16 @@ def test_readme_pack_command_on_a_generated_directory(tmp_path: Path, capsys) ->
     # the same directory again, with another seed: refused, nothing mixed
     assert main([*generate, "--seed", "1"]) == 2
     assert "holds chunks made with another seed 0 (now 1)" in capsys.readouterr().err
+    # a negative seed wrote its manifest before failing, which then refused every valid run
+    # into that folder; a packed store as --out took raw chunks in beside its shards
+    fresh = ["--out", str(tmp_path / "fresh"), *generate[4:]]
+    assert main(["data", "generate", *fresh, "--seed", "-1"]) == 2
+    assert "--seed must be a non-negative integer, got -1" in capsys.readouterr().err
+    assert not (tmp_path / "fresh").exists()
+    store = ["data", "generate", "--out", str(tmp_path / "store"), *generate[4:]]
+    assert main(store) == 2
+    assert "is a packed store" in capsys.readouterr().err
+    assert not (tmp_path / "store" / "emt-metals").exists()
 
 
 @pytest.mark.parametrize(

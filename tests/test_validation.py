@@ -92,25 +92,28 @@ def test_settings_the_store_cannot_give_are_refused_before_training(
     assert not (tmp_path / "run").exists()  # nothing written, not even the run folder
 
 
-def test_an_empty_store_is_refused_with_what_to_do(tmp_path: Path) -> None:
+def test_a_pack_of_no_structures_is_refused_naming_the_first_skipped_record(
+    tmp_path: Path,
+) -> None:
     import ase.io
     import numpy as np
     from ase import Atoms
     from ase.calculators.singlepoint import SinglePointCalculator
 
     from matscale.data.pack import PackConfig, pack
+    from matscale.errors import DataError
 
     atoms = Atoms("Cu2", positions=[[0, 0, 0], [0, 0, 2.5]], cell=[5, 5, 5], pbc=True)
     atoms.calc = SinglePointCalculator(atoms, energy=float("nan"), forces=np.zeros((2, 3)))
     ase.io.write(tmp_path / "bad.extxyz", [atoms])  # its one record is skipped: NaN energy
-    pack(
-        [tmp_path / "bad.extxyz"],
-        tmp_path / "store",
-        PackConfig(workers=1, cutoff=4.0),
-        progress=False,
-    )
-    cfg = load(
-        None, [f"data.store={tmp_path / 'store'}", f"out_dir={tmp_path}", "model.cutoff=4.0"]
-    )
-    with pytest.raises(ConfigError, match="holds no structures"):
-        train(cfg, progress=False)
+    (tmp_path / "empty.extxyz").write_text("")
+    # packing these made a store of nothing (exit 0), which only training then refused
+    for name, why in [
+        ("bad.extxyz", r"every record was skipped \(energy: nan: 1; the first: file "
+                       r".*bad\.extxyz, record 0, field energy: energy is nan\)"),
+        ("empty.extxyz", "the inputs hold none"),
+    ]:  # fmt: skip
+        with pytest.raises(DataError, match=rf"{name}: no structure to store: {why}"):
+            pack([tmp_path / name], tmp_path / "store", PackConfig(workers=1, cutoff=4.0),
+                 progress=False)  # fmt: skip
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.extxyz", "empty.extxyz"]

@@ -284,12 +284,21 @@ def load_tree(
 ) -> Any:
     """Dataclass ``cls`` from a YAML file (or its defaults when ``path`` is None) with dotted
     ``key=value`` overrides; errors name the file and key (prefixed by ``where``)."""
-    data: dict[str, Any] = {}
+    data: Any = {}
     if path is not None:
         try:
-            data = yaml.safe_load(Path(path).read_text()) or {}
-        except (OSError, yaml.YAMLError) as exc:
-            raise ConfigError(f"{path}: cannot read ({exc})") from exc
+            data = yaml.safe_load(Path(path).read_text(encoding="utf-8")) or {}
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read ({exc.strerror or exc})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not a YAML config (not UTF-8 text)") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({_yaml_problem(exc)})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(
+                f"{path}: expected a mapping of sections (data:, model:, train:, ...), got "
+                f"{type(data).__name__}"
+            )
     set_dotted(data, overrides)
     return from_dict(cls, data, where)
 
@@ -306,7 +315,18 @@ def set_dotted(data: dict[str, Any], overrides: list[str] | tuple[str, ...]) -> 
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
                 raise ConfigError(f"override {item!r}: {part} is not a section")
-        node[parts[-1]] = yaml.safe_load(raw)
+        try:
+            node[parts[-1]] = yaml.safe_load(raw)
+        except yaml.YAMLError as exc:
+            problem = _yaml_problem(exc)
+            raise ConfigError(f"override {item!r}: not a YAML value ({problem})") from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """PyYAML's error on one line: what, and where (line and column, counted from 1)."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(exc, 'problem', None) or type(exc).__name__}{where}"
 
 
 def with_overrides(cfg: RunConfig, overrides: list[str] | tuple[str, ...]) -> RunConfig:

@@ -15,7 +15,7 @@ from matscale.bench import eos, s22
 from matscale.bench.run import bench, table
 from matscale.bench.subjects import Subject, subject
 from matscale.cli import main
-from matscale.errors import DataError
+from matscale.errors import ConfigError, DataError
 from tests.calc.conftest import train_tiny
 
 EMT_ELEMENTS = frozenset({13, 28, 29, 46, 47, 78, 79})  # Al Ni Cu Pd Ag Pt Au
@@ -124,6 +124,16 @@ def test_a_model_and_its_teacher_side_by_side(tiny_store: Path, tmp_path: Path, 
 def test_an_unknown_subject_is_one_clear_error() -> None:
     with pytest.raises(DataError, match=r"nope\.pt.*no such model file.*sevennet, chgnet"):
         subject("nope.pt")
+
+
+def test_an_unknown_element_is_one_clear_error_before_any_work(tmp_path: Path, capsys) -> None:
+    # `--elements Xx` was a KeyError traceback after the subjects were loaded
+    with pytest.raises(ConfigError, match=r"--elements: Xx not among the Delta test's crystals"):
+        bench([Subject("EMT", EMT(), EMT_ELEMENTS)], suites=("dcdft",), elements=["Cu", "Xx"])
+    args = ["bench", "missing-model.pt", "--suite", "dcdft", "--elements", "Xx", "--out"]
+    assert main([*args, str(tmp_path / "b")]) == 2
+    assert "Xx not among" in capsys.readouterr().err  # the element first, not the model
+    assert not (tmp_path / "b").exists()
 
 
 def _has(package: str) -> bool:

@@ -57,3 +57,16 @@ def test_stores_of_other_cutoffs_or_not_stores_are_refused(
     assert not (tmp_path / "mixed").exists()
     with pytest.raises(DataError, match="not a packed store"):
         combine_stores([tiny_store, tmp_path], tmp_path / "nope")
+
+
+def test_a_store_given_twice_or_with_its_copy_is_refused(tiny_store: Path, tmp_path: Path) -> None:
+    # each structure was combined twice without a word: a copy could land in training and
+    # the other in validation
+    import shutil
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_store, copy)
+    for twice in ([tiny_store, tiny_store], [tiny_store, copy]):
+        with pytest.raises(DataError, match=r"holds the same structures as .*give each store once"):
+            combine_stores(twice, tmp_path / "twice")
+        assert not (tmp_path / "twice").exists()

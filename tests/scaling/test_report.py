@@ -89,6 +89,10 @@ def test_report_writes_tables_figures_and_verdicts(tmp_path: Path, capsys) -> No
     assert main(["fit", str(tmp_path), "--metric", "test/nothing", "--bootstrap", "5"]) == 2
     assert "no final metric 'test/nothing'" in capsys.readouterr().err
     assert main(["report", str(tmp_path / "missing")]) == 2
+    with pytest.raises(SystemExit) as stopped:  # was an IndexError traceback
+        main(["fit", str(tmp_path), "--bootstrap", "-5"])
+    assert stopped.value.code == 2
+    assert "--bootstrap: expected an integer ≥ 0, got -5" in capsys.readouterr().err
 
 
 def test_a_cut_row_is_named_not_skipped(tmp_path: Path) -> None:

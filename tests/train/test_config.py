@@ -41,6 +41,7 @@ def test_file_and_dotted_overrides(tmp_path: Path) -> None:
         ("data.split=[0.9, 0.1]", "expected 3 values"),
         ("model.width=0", "positive"),
         ("lr", "not key=value"),
+        ("train.lr=[1,", "override 'train.lr=[1,': not a YAML value"),
     ],
 )
 def test_bad_overrides_name_the_key(override, words) -> None:
@@ -52,3 +53,25 @@ def test_describe_lists_every_key_with_its_docstring() -> None:
     lines = describe()
     assert any(line.startswith("train.lr = 0.005: Peak learning rate") for line in lines)
     assert any(line.startswith("model.width = 128") for line in lines)
+
+
+@pytest.mark.parametrize(
+    ("text", "words"),
+    [
+        ("- a\n- b\n", "expected a mapping of sections (data:, model:, train:, ...), got list"),
+        ("abc", "expected a mapping of sections (data:, model:, train:, ...), got str"),
+        ("train:\n  lr: [1,\n", "not valid YAML (expected the node content, but found"),
+        (b"\xff\xfe garbage", "not a YAML config (not UTF-8 text)"),
+    ],
+)
+def test_a_file_that_is_no_config_is_one_line_naming_it(
+    tmp_path: Path, text: str | bytes, words: str
+) -> None:
+    # with an override, a YAML list or string crashed in set_dotted (TypeError); bytes that
+    # are not UTF-8 gave a UnicodeDecodeError traceback, bad YAML a multi-line dump
+    path = tmp_path / "run.yaml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError) as caught:
+        load(path, ["name=x"])
+    said = str(caught.value)
+    assert said.startswith(f"{path}: ") and words in said and "\n" not in said

@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from matscale.arguments import non_negative_int
 from matscale.bench.run import SUITES
 
 
@@ -30,16 +31,21 @@ def add_verbs(verbs: Any) -> None:
         help="dcdft: equations of state of 71 elemental crystals against WIEN2k; "
         "s22: dimer interaction energies against CCSD(T); md: NVE drift of oxides and alloys",
     )
-    b.add_argument("--md-steps", type=int, default=10_000, help="NVE steps of 1 fs per md system")
+    b.add_argument(
+        "--md-steps", type=non_negative_int, default=10_000, help="NVE steps of 1 fs per md system"
+    )
     b.add_argument("--elements", nargs="+", default=None, help="dcdft elements (default: all)")
     b.add_argument("--out", type=Path, default=Path("bench"), help="folder for JSON and plots")
     b.set_defaults(run=_bench)
 
 
 def _bench(args: argparse.Namespace) -> int:
+    from matscale.bench.eos import check_elements
     from matscale.bench.run import bench, table
     from matscale.bench.subjects import subject
 
+    if args.elements and "dcdft" in args.suite:
+        check_elements(args.elements)  # before any model is loaded
     subjects = [subject(spec, head=args.head) for spec in args.subjects]
     results = bench(
         subjects,

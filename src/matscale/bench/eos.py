@@ -18,6 +18,7 @@ import numpy as np
 from ase.units import GPa
 
 from matscale.bench.subjects import Subject
+from matscale.errors import ConfigError
 
 #: Volumes of the scan, as fractions of the reference volume (the Delta test's seven points).
 SCALES = np.linspace(0.94, 1.06, 7)
@@ -36,6 +37,18 @@ def fit(volumes: np.ndarray, energies: np.ndarray) -> tuple[float, float, float,
     return tuple(float(p) for p in params)  # type: ignore[return-value]
 
 
+def check_elements(elements: list[str]) -> None:
+    """Refuse element symbols that name none of the Delta test's 71 crystals."""
+    from ase.collections import dcdft
+
+    unknown = [e for e in elements if e not in dcdft.names]
+    if unknown:
+        raise ConfigError(
+            f"--elements: {', '.join(unknown)} not among the Delta test's crystals "
+            f"({' '.join(dcdft.names)})"
+        )
+
+
 def run(subject: Subject, elements: list[str] | None = None) -> dict[str, Any]:
     """Score ``subject`` on the Delta test's crystals (all 71, or ``elements``); elements it
     does not cover are listed, not scored."""
@@ -44,6 +57,7 @@ def run(subject: Subject, elements: list[str] | None = None) -> dict[str, Any]:
     rows: dict[str, dict[str, Any]] = {}
     skipped: list[str] = []
     atoms_done, seconds = 0, 0.0
+    check_elements(elements or [])
     for symbol in elements or list(dcdft.names):
         crystal = dcdft[symbol]
         ref = dcdft.data[symbol]

@@ -52,6 +52,16 @@ def combine_stores(
             "exists and is not the combination of these stores (delete it to combine again)",
             file=str(out),
         )
+    # the same content twice (the same store, or a copy of it) would put each structure in
+    # the combination twice, where one copy can land in training and the other in validation
+    for n, store in enumerate(inputs):
+        for earlier in inputs[:n]:
+            if earlier["path"] == store["path"] or earlier["shards_crc32"] == store["shards_crc32"]:
+                raise DataError(
+                    f"holds the same structures as {earlier['path']}, also given: each would be "
+                    "in the combination twice (give each store once)",
+                    file=store["path"],
+                )
     cutoffs = {i["cutoff_A"] for i in inputs}
     if len(cutoffs) > 1:
         raise DataError(

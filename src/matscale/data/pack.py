@@ -92,11 +92,11 @@ def pack(
     """
     check_destination(files, out, overwrite=overwrite, parts=config.n_parts > 1)
     if config.n_parts > 1:
-        return _pack_into(files, out, config, sources=sources, progress=progress)
+        return _pack_into(files, out, config, sources=sources, progress=progress, shown=out)
     work = out.parent / f".{out.name}.packing"
     shutil.rmtree(work, ignore_errors=True)  # what a pack that crashed left
     try:
-        meta = _pack_into(files, work, config, sources=sources, progress=progress)
+        meta = _pack_into(files, work, config, sources=sources, progress=progress, shown=out)
     except BaseException:
         shutil.rmtree(work, ignore_errors=True)
         raise
@@ -155,8 +155,10 @@ def _pack_into(
     *,
     sources: dict[Path, str] | None,
     progress: bool,
+    shown: Path,
 ) -> dict:
-    """:func:`pack`'s work, written into ``out`` (a fresh folder, or one part's share)."""
+    """:func:`pack`'s work, written into ``out`` (a fresh folder, or one part's share);
+    ``shown``: the store's folder as the user named it (``out`` may be a temporary one)."""
     if not files:
         raise DataError("no input files given")
     for f in files:
@@ -205,7 +207,7 @@ def _pack_into(
         reasons = ", ".join(f"{k}: {v}" for k, v in skipped.most_common())
         print(
             f"skipped {sum(skipped.values())} records ({reasons}); each is listed in "
-            f"{out / 'parts'}/*.skipped.jsonl"
+            f"{shown / 'parts'}/*.skipped.jsonl"
         )
     if config.n_parts == 1:
         return merge_parts(out)

@@ -81,6 +81,12 @@ def merge_parts(root: Path) -> dict[str, Any]:
         for reason, count in p["skipped"].items():
             skipped[reason] = skipped.get(reason, 0) + count
     total = sum(e["n_structures"] for e in shards)
+    if total == 0:  # a store of nothing would only fail later, in whatever reads it
+        why = f"every record was skipped ({_skipped_words(root, skipped)})" if skipped else ""
+        raise DataError(
+            f"no structure to store: {why or 'the inputs hold none'}; nothing was written",
+            file=", ".join(sorted({f for p in parts for f in p.get("inputs", [])})) or str(root),
+        )
     (root / "index").mkdir(exist_ok=True)
     index = {
         name: np.lib.format.open_memmap(
@@ -130,6 +136,20 @@ def merge_parts(root: Path) -> dict[str, Any]:
     }
     write_json_atomic(root / META, meta)
     return meta
+
+
+def _skipped_words(root: Path, skipped: dict[str, int]) -> str:
+    """Skipped records by reason, and the first one's file, record and field, in words."""
+    counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
+    for listing in sorted((root / "parts").glob("*.skipped.jsonl")):
+        with open(listing) as fh:
+            if first := fh.readline().strip():
+                row = json.loads(first)
+                where = ", ".join(
+                    f"{k} {row[k]}" for k in ("file", "record", "field") if row.get(k) is not None
+                )
+                return f"{counts}; the first: {where}: {row.get('reason', '?')}"
+    return counts
 
 
 def _labellers(parts: list[dict[str, Any]], files: list[Path]) -> dict[str, str]:

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from matscale.arguments import non_negative_int
 from matscale.errors import ConfigError
 
 
@@ -55,7 +56,9 @@ def add_verbs(verbs: Any) -> None:
             default="final",
             help="errors of the final weights or the best validation evaluation",
         )
-        p.add_argument("--bootstrap", type=int, default=300, help="bootstrap refits (CIs)")
+        p.add_argument(
+            "--bootstrap", type=non_negative_int, default=300, help="bootstrap refits (CIs)"
+        )
         if name != "fit":
             p.add_argument("--out", type=Path, default=None, help="default: SWEEP_DIR/report")
         if name == "report":

@@ -24,6 +24,7 @@ import numpy as np
 
 from matscale.data.generate import emt, teacher, xtb, xtb_main_group, xtb_solids
 from matscale.data.generate.threads import single_threaded_children
+from matscale.data.store import META
 from matscale.data.structure import Structure
 
 Generator = Callable[[int, np.random.Generator, Counter[str]], list[Structure]]
@@ -97,6 +98,12 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
     unknown = set(config.sizes) - set(GENERATORS)
     if unknown:
         raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(GENERATORS)}")
+    if config.seed < 0:  # numpy's seed sequences take none: refused before any folder is made
+        raise ValueError(f"--seed must be a non-negative integer, got {config.seed}")
+    if (out / META).exists():
+        raise ValueError(
+            f"{out} is a packed store: generate into another folder, then `matscale data pack` it"
+        )
     for source, total in config.sizes.items():
         package = teacher.missing_package(source) if total else None
         if package:
