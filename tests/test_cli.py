@@ -67,6 +67,9 @@ def test_readme_pack_command_on_a_generated_directory(tmp_path: Path, capsys) ->
     store = ["data", "generate", "--out", str(tmp_path / "store"), *generate[4:]]
     assert main(store) == 2
     assert "is a packed store" in capsys.readouterr().err
+    (tmp_path / "a-file").write_text("mine\n")
+    assert main(["data", "generate", "--out", str(tmp_path / "a-file"), *generate[4:]]) == 2
+    assert "a-file is a file, not a folder" in capsys.readouterr().err
     assert not (tmp_path / "store" / "emt-metals").exists()
 
 

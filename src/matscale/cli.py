@@ -185,8 +185,8 @@ def _parser() -> argparse.ArgumentParser:
     ft.add_argument(
         "--replay-share",
         type=float,
-        default=0.25,
-        help="share of each epoch drawn from the replay store (default 0.25)",
+        default=None,
+        help=f"share of each epoch drawn from the --replay store (default {REPLAY_SHARE})",
     )
     ft.add_argument("--no-progress", action="store_true", help="no progress bar")
     ft.set_defaults(run=_finetune)
@@ -348,6 +348,8 @@ def _train(args: argparse.Namespace) -> int:
     return 0
 
 
+#: Share of each fine-tuning epoch drawn from the ``--replay`` store.
+REPLAY_SHARE = 0.25
 #: What ``matscale finetune`` changes from a training run's defaults: a learning rate 5x lower
 #: than training from scratch (the weights are already good), a short warm-up, fewer steps.
 FINETUNE_DEFAULTS = {
@@ -369,11 +371,14 @@ def _finetune(args: argparse.Namespace) -> int:
     overrides += [f"train.init_from={args.model}", f"data.store={args.store}"]
     if args.freeze_backbone:
         overrides.append("train.freeze=backbone")
+    if args.replay_share is not None and args.replay is None:
+        raise ConfigError("--replay-share sets the share of the --replay store: give --replay")
     cfg = load(None, [*overrides, *args.overrides])
     if args.replay is not None:
         from matscale.train.finetune import with_replay
 
-        cfg = with_replay(cfg, args.replay, args.replay_share)
+        share = REPLAY_SHARE if args.replay_share is None else args.replay_share
+        cfg = with_replay(cfg, args.replay, share)
     train(cfg, progress=not args.no_progress)
     return 0
 

@@ -298,6 +298,11 @@ def test_model_files_bad_and_old(tiny_model: Path, tmp_path: Path) -> None:
     torch.save({"format": "matscale-model/2", "code": print}, unsafe)  # a pickled function
     with pytest.raises(DataError, match=r"unsafe.pt: the file holds objects beyond tensors"):
         load_potential(unsafe)
+    # a run's checkpoint (numpy's RNG state in its pickle) given as a model: say what it is
+    checkpoint = sorted((tiny_model.parent / "checkpoints").glob("step-*.pt"))[-1]
+    with pytest.raises(DataError, match=r"a training checkpoint, not a model file: `matscale "
+                       r"export RUN_FOLDER`"):  # fmt: skip
+        load_potential(checkpoint)
     with pytest.raises(DataError, match=r"missing.pt: no such model file"):
         load_potential(tmp_path / "missing.pt")
     # a file of format 1 (no transform saved) loads with the transform it was trained with

@@ -70,3 +70,19 @@ def test_a_store_given_twice_or_with_its_copy_is_refused(tiny_store: Path, tmp_p
         with pytest.raises(DataError, match=r"holds the same structures as .*give each store once"):
             combine_stores(twice, tmp_path / "twice")
         assert not (tmp_path / "twice").exists()
+
+
+def test_an_out_that_is_a_file_or_a_folder_of_other_files_is_refused_before_any_work(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    # a file as --out built the whole store in FILE.tmp, failed on the rename and left it
+    extra = _store(tmp_path, "extra", "emt-extra")
+    (tmp_path / "notes.yaml").write_text("mine\n")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "mine.txt").write_text("mine\n")
+    for out, words in [("notes.yaml", "is a file"), ("folder", "folder is not empty")]:
+        with pytest.raises(DataError, match=rf"{out}: {words}"):
+            combine_stores([tiny_store, extra], tmp_path / out)
+        assert not (tmp_path / f"{out}.tmp").exists()
+    assert (tmp_path / "notes.yaml").read_text() == "mine\n"
+    assert [p.name for p in (tmp_path / "folder").iterdir()] == ["mine.txt"]

@@ -125,6 +125,19 @@ def test_mptrj_converts_stress_and_streams(tmp_path: Path, monkeypatch) -> None:
     ("name", "content", "words"),
     [
         ("bad.extxyz", "3\nnot a comment line\nH 0 0\n", "cannot parse"),
+        # ASE's bare KeyError: 'Xx' and a message-less AssertionError, said in words
+        (
+            "xx.extxyz",
+            '2\nProperties=species:S:1:pos:R:3 pbc="F F F"\nXx 0 0 0\nH 0 0 1\n',
+            r"record 0: cannot parse \(unknown element symbol 'Xx'\)",
+        ),
+        ("junk.cif", "garbage\n", r"cannot parse \(AssertionError in ASE's reader\)"),
+        # a label that is no number names its field (it was "bad label: ...")
+        (
+            "e.extxyz",
+            '2\nProperties=species:S:1:pos:R:3 energy=abc pbc="F F F"\nH 0 0 0\nH 0 0 1\n',
+            r"record 0, field 'energy': not a number \(could not convert string to float: 'abc'\)",
+        ),
         ("bad.json", '{"mp-1": {"f": {"structure": ', "truncated"),
         ("bad.json", "[1, 2]", "not a JSON object"),
         ("bad.h5", "not hdf5", "not an HDF5 file"),

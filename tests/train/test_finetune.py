@@ -172,6 +172,22 @@ def test_replay_refuses_what_it_cannot_do(trained: Path, tiny_store: Path, tmp_p
         with_replay(load(None, [*base, "data.mixture={emt-new2: 1.0}"]), tiny_store, 0.2)
 
 
+def test_the_finetune_verb_refuses_a_replay_share_without_replay_and_a_missing_store(
+    trained: Path, tmp_path: Path, capsys
+) -> None:
+    # --replay-share without --replay was ignored; a store path that does not exist was
+    # "not a matscale store (meta.json missing)"
+    from matscale.cli import main
+
+    store = _store(tmp_path, "emt-share")
+    verb = ["finetune", str(trained), f"out_dir={tmp_path}", "name=share", *SHORT, "--no-progress"]
+    assert main([*verb[:2], str(store), *verb[2:], "--replay-share", "0.3"]) == 2
+    assert "--replay-share sets the share of the --replay store" in capsys.readouterr().err
+    assert main([*verb[:2], str(tmp_path / "nowhere"), *verb[2:]]) == 2
+    assert "nowhere: no such store folder" in capsys.readouterr().err
+    assert not (tmp_path / "share").exists()
+
+
 def test_continuing_on_a_grown_store_keeps_the_models_split(
     trained: Path, tiny_store: Path, tmp_path: Path
 ) -> None:

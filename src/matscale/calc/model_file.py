@@ -13,6 +13,7 @@ the statistics (elements per source), which is what they were trained with.
 from __future__ import annotations
 
 import pickle
+import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -124,9 +125,16 @@ def read_model_file(path: str | Path, *, trusted: bool = False) -> dict[str, Any
             raise DataError(
                 "not a matscale model file (unreadable pickle)", file=str(path)
             ) from None
+        if re.fullmatch(r"step-\d{8}\.pt", path.name):  # the name a checkpoint has
+            raise DataError(
+                "a training checkpoint, not a model file: `matscale export RUN_FOLDER` writes "
+                "the run's model file (RUN_FOLDER/model.pt) from its last checkpoint",
+                file=str(path),
+            ) from None
         raise DataError(
             "the file holds objects beyond tensors and plain data, which could run code when "
-            "loaded; if you trust where it came from, load it with trusted=True",
+            "loaded; if you trust where it came from, load it from Python with "
+            "load_potential(path, trusted=True)",
             file=str(path),
         ) from None
     except Exception as exc:  # any other unpickling failure means: not a file we wrote

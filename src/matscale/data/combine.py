@@ -39,6 +39,10 @@ def combine_stores(
     gives, per input, the split settings it keeps (``split``, ``split_seed``,
     ``holdout_families``: a pretraining run's), or None for the run's own."""
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise DataError("is a file, not a folder: choose another --out", file=str(out))
+    if out.is_dir() and any(out.iterdir()) and not (out / META).exists():
+        raise DataError("folder is not empty and not a store: choose another --out", file=str(out))
     inputs = [_identity(Path(s)) for s in stores]
     splits = list(splits) if splits is not None else [None] * len(inputs)
     if len(splits) != len(inputs):
@@ -71,23 +75,29 @@ def combine_stores(
     tmp = out.with_name(out.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)  # a combination cut short: nothing in it is kept
-    (tmp / "shards").mkdir(parents=True)
-    (tmp / "parts").mkdir()
-    digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
-    parts = [(k, p) for k, store in enumerate(inputs) for p in _parts(Path(store["path"]))]
-    for n, (k, part_file) in enumerate(parts):
-        part = json.loads(part_file.read_text())
-        for entry in part["shards"]:
-            name = f"s{k}-{entry['file']}"
-            _link(Path(inputs[k]["path"]) / "shards" / entry["file"], tmp / "shards" / name)
-            entry["file"] = name
-        part.update(part=n, n_parts=len(parts), inputs_digest=digest)
-        stem = f"s{k}-{part_file.stem}"
-        (tmp / "parts" / f"{stem}.json").write_text(json.dumps(part))
-        shutil.copyfile(part_file.with_suffix(".stats.npz"), tmp / "parts" / f"{stem}.stats.npz")
-    merge_parts(tmp)
-    write_json_atomic(tmp / "parts" / RECORD, content)
-    os.replace(tmp, out)
+    try:
+        (tmp / "shards").mkdir(parents=True)
+        (tmp / "parts").mkdir()
+        digest = hashlib.sha256(json.dumps(inputs, sort_keys=True).encode()).hexdigest()
+        parts = [(k, p) for k, store in enumerate(inputs) for p in _parts(Path(store["path"]))]
+        for n, (k, part_file) in enumerate(parts):
+            part = json.loads(part_file.read_text())
+            for entry in part["shards"]:
+                name = f"s{k}-{entry['file']}"
+                _link(Path(inputs[k]["path"]) / "shards" / entry["file"], tmp / "shards" / name)
+                entry["file"] = name
+            part.update(part=n, n_parts=len(parts), inputs_digest=digest)
+            stem = f"s{k}-{part_file.stem}"
+            (tmp / "parts" / f"{stem}.json").write_text(json.dumps(part))
+            shutil.copyfile(
+                part_file.with_suffix(".stats.npz"), tmp / "parts" / f"{stem}.stats.npz"
+            )
+        merge_parts(tmp)
+        write_json_atomic(tmp / "parts" / RECORD, content)
+        os.replace(tmp, out)
+    except BaseException:  # a combination cut short leaves nothing behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     return Store(out)
 
 

@@ -55,11 +55,31 @@ def read_ase(path: str | Path, *, source: str, format: str | None = None) -> Ite
         except StopIteration:
             return
         except Exception as exc:  # ase raises many kinds for a malformed file
-            raise DataError(
-                f"cannot parse ({type(exc).__name__}: {exc})", file=path, record=i
-            ) from exc
+            raise DataError(f"cannot parse ({_parse_problem(exc)})", file=path, record=i) from exc
         yield atoms_to_structure(atoms, source=source, key=f"{path}#{i}", file=path, record=i)
         i += 1
+
+
+def _parse_problem(exc: Exception) -> str:
+    """ASE's parse error in words: its bare ``KeyError: 'Xx'`` is an element symbol it does
+    not know; an assertion often carries no message at all."""
+    said = str(exc)
+    if isinstance(exc, KeyError) and exc.args and str(exc.args[0]).isalpha():
+        return f"unknown element symbol {exc.args[0]!r}"
+    return f"{type(exc).__name__}: {said}" if said else f"{type(exc).__name__} in ASE's reader"
+
+
+def _label(value: Any, convert: Callable[[Any], Any], field: str, file: str | None,
+           record: int | None) -> Any:  # fmt: skip
+    """``convert(value)`` (None stays None), or a DataError naming the label's field."""
+    try:
+        return None if value is None else convert(value)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"not a number ({exc})", file=file, record=record, field=field) from None
+
+
+def _array(value: Any) -> np.ndarray:
+    return np.asarray(value, dtype=np.float64)
 
 
 def atoms_to_structure(
@@ -69,18 +89,20 @@ def atoms_to_structure(
     results: dict[str, Any] = {}
     if atoms.calc is not None:
         results = dict(getattr(atoms.calc, "results", {}))
-    energy = results.get("energy", atoms.info.get("energy"))
-    forces = results.get("forces", atoms.arrays.get("forces"))
-    stress = results.get("stress", atoms.info.get("stress"))
+    energy = _label(results.get("energy", atoms.info.get("energy")), float, "energy", file, record)
+    forces = _label(results.get("forces", atoms.arrays.get("forces")), _array, "forces", file,
+                    record)  # fmt: skip
+    stress = _label(results.get("stress", atoms.info.get("stress")), stress_to_voigt, "stress",
+                    file, record)  # fmt: skip
     try:
         return Structure(
             numbers=np.asarray(atoms.numbers, dtype=np.int64),
             positions=np.asarray(atoms.positions, dtype=np.float64),
             cell=np.asarray(atoms.cell[:], dtype=np.float64),
             pbc=np.asarray(atoms.pbc, dtype=bool),
-            energy=None if energy is None else float(energy),
-            forces=None if forces is None else np.asarray(forces, dtype=np.float64),
-            stress=None if stress is None else stress_to_voigt(stress),
+            energy=energy,
+            forces=forces,
+            stress=stress,
             source=str(atoms.info.get("source", source)),
             family=str(atoms.info.get("family", "")),
             key=key,

@@ -201,6 +201,8 @@ class Store:
     def __init__(self, path: str | Path, *, verify: Verify = "first-use", max_open: int = 16):
         self.path = Path(path)
         meta_path = self.path / META
+        if not self.path.exists():
+            raise DataError("no such store folder", file=str(self.path))
         if not meta_path.is_file():
             raise DataError(
                 "not a matscale store (meta.json missing; run `matscale data pack`)",

@@ -100,6 +100,8 @@ def generate(out: Path, config: GenerateConfig, *, progress: bool = True) -> dic
         raise ValueError(f"unknown sources {sorted(unknown)}; known: {sorted(GENERATORS)}")
     if config.seed < 0:  # numpy's seed sequences take none: refused before any folder is made
         raise ValueError(f"--seed must be a non-negative integer, got {config.seed}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder: choose another --out")
     if (out / META).exists():
         raise ValueError(
             f"{out} is a packed store: generate into another folder, then `matscale data pack` it"
