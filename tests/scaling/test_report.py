@@ -107,6 +107,46 @@ def test_a_cut_row_is_named_not_skipped(tmp_path: Path) -> None:
         read_rows(tmp_path / RESULTS)
 
 
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        # a run appended twice weighed double in every fit (the fitted E moved)
+        (
+            lambda rows: rows.append(dict(rows[0])),
+            r"record 5, field 'config_hash': the run n\d+-d\d+ again \(record 1\)",
+        ),
+        # a row without a size said only "matscale: error: 'non_embedding_parameters'"
+        (
+            lambda rows: rows[2].pop("non_embedding_parameters"),
+            r"record 3, field 'non_embedding_parameters': missing",
+        ),
+        (
+            lambda rows: rows[1].update(train_atoms=-5),
+            r"record 2, field 'train_atoms': expected a positive number, got -5",
+        ),
+        # a NaN or text error failed one sub-fit with SciPy's words, or a float() message
+        (
+            lambda rows: rows[3]["final"].update({"test/forces_mae_meV_per_A": float("nan")}),
+            r"field 'final\.test/forces_mae_meV_per_A': run .*: expected an error ≥ 0, got nan",
+        ),
+        (
+            lambda rows: rows[3]["final"].update({"test/forces_mae_meV_per_A": "abc"}),
+            r"expected an error ≥ 0, got 'abc'",
+        ),
+    ],
+)
+def test_a_row_the_fits_cannot_use_is_named(tmp_path: Path, edit, words) -> None:
+    from matscale.errors import DataError
+
+    rows = _rows()[:4]
+    edit(rows)
+    for r in rows:
+        append_row(tmp_path / RESULTS, r)
+    with pytest.raises(DataError, match=words):
+        write_report(tmp_path, tmp_path / "out", metrics=("test/forces_mae_meV_per_A",),
+                     bootstrap=2, figures=False)  # fmt: skip
+
+
 def test_runs_table_puts_validation_and_held_out_errors_beside_test(tmp_path: Path) -> None:
     rows = _rows()
     for r in rows:

@@ -22,10 +22,7 @@ from matscale.scaling.fit import (
     fit_joint,
     fit_power_law,
 )
-from matscale.scaling.results import metric
-
-N_KEY = "non_embedding_parameters"
-D_KEY = "train_atoms"
+from matscale.scaling.results import D_KEY, N_KEY, metric
 
 
 @dataclass

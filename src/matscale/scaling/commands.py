@@ -78,7 +78,10 @@ def _guard(fn: Any) -> Any:
     def wrapped(args: argparse.Namespace) -> int:
         try:
             return int(fn(args) or 0)
-        except (ConfigError, ValueError, KeyError, FileNotFoundError) as exc:
+        except KeyError as exc:  # its str() is the repr of its message: print the message
+            print(f"matscale: error: {exc.args[0] if exc.args else exc}", file=sys.stderr)
+            return 2
+        except (ConfigError, ValueError, FileNotFoundError) as exc:
             print(f"matscale: error: {exc}", file=sys.stderr)
             return 2
 
@@ -126,10 +129,10 @@ def _slurm(args: argparse.Namespace) -> int:
 
 
 def _rows(sweep_dir: Path) -> list[dict[str, Any]]:
-    from matscale.scaling.results import RESULTS, read_rows
+    from matscale.scaling.results import RESULTS, read_results
 
     path = sweep_dir if sweep_dir.is_file() else sweep_dir / RESULTS
-    rows = read_rows(path)
+    rows = read_results(path)
     if not rows:
         raise ValueError(f"{path}: no finished runs")
     return rows

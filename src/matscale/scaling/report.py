@@ -16,7 +16,7 @@ from typing import Any
 from matscale.scaling.analysis import Analysis, analyse
 from matscale.scaling.fit import JointFit, PowerLaw
 from matscale.scaling.plot import label, plot_all, slug
-from matscale.scaling.results import RESULTS, read_rows
+from matscale.scaling.results import RESULTS, read_results
 
 #: What the report fits by default: test-split errors of the final weights.
 DEFAULT_METRICS = ("test/energy_mae_meV_per_atom", "test/forces_mae_meV_per_A")
@@ -37,7 +37,7 @@ def write_report(
     figures: bool = True,
 ) -> Path:
     """Analyse ``sweep_dir``'s results and write the report into ``out``; returns its path."""
-    rows = read_rows(sweep_dir / RESULTS)
+    rows = read_results(sweep_dir / RESULTS)
     if not rows:
         raise ValueError(f"{sweep_dir / RESULTS}: no finished runs to report on")
     out.mkdir(parents=True, exist_ok=True)

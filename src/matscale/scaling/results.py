@@ -19,23 +19,31 @@ from matscale.scaling.sweep import PlannedRun, config_hash
 
 RESULTS = "results.jsonl"
 
+#: The row's model size N (non-embedding parameters) and data size D (training atoms).
+N_KEY = "non_embedding_parameters"
+D_KEY = "train_atoms"
+#: What every row needs for the fits: the run, its sizes, its compute and its errors.
+SIZES = (N_KEY, D_KEY, "training_flops")
+
 #: The error columns a fit can use: ``final``/``best`` metric keys of a row.
 ENERGY = "energy_mae_meV_per_atom"
 FORCES = "forces_mae_meV_per_A"
 
 
 def finished_hashes(path: Path) -> set[str]:
-    """The config hashes of the runs listed in results file ``path``, each recomputed from
-    the row's saved config with today's defaults and hash, so rows written before a config
-    key was added (or before the hash changed) still mark their run finished. A row whose
-    config no longer reads (a key was removed) keeps the hash it was written with."""
-    out = set()
-    for row in read_rows(path):
-        try:
-            out.add(config_hash(from_dict(RunConfig, row["config"])))
-        except (KeyError, ConfigError):
-            out.add(row["config_hash"])
-    return out
+    """The config hashes of the runs listed in results file ``path`` (:func:`run_hash`)."""
+    return {run_hash(row) for row in read_rows(path)}
+
+
+def run_hash(row: dict[str, Any]) -> str:
+    """The config hash of a row's run, recomputed from its saved config with today's
+    defaults and hash, so that rows written before a config key was added (or before the hash
+    changed) still name their run. A row whose config no longer reads (a key was removed)
+    keeps the hash it was written with."""
+    try:
+        return config_hash(from_dict(RunConfig, row["config"]))
+    except (KeyError, ConfigError):
+        return str(row["config_hash"])
 
 
 def read_rows(path: Path) -> list[dict[str, Any]]:
@@ -53,6 +61,36 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             raise DataError(
                 f"not a JSON row ({exc.msg})", file=str(path), record=f"line {k}"
             ) from None
+    return rows
+
+
+def read_results(path: Path) -> list[dict[str, Any]]:
+    """The rows of a sweep's results file, each checked for what the fits need: a run name,
+    positive sizes and FLOPs, error tables; and no run listed twice (counted twice, it would
+    weigh double in every fit). A row at fault is a :class:`DataError` naming the row and
+    field."""
+    rows = read_rows(path)
+    seen: dict[str, int] = {}
+    for k, row in enumerate(rows, 1):
+        where: dict[str, Any] = {"file": str(path), "record": k}
+        if not isinstance(row, dict):
+            raise DataError("not a JSON object", **where)
+        for key in ("run", "config_hash", *SIZES, "final"):
+            if key not in row:
+                raise DataError("missing (not a row `matscale sweep` wrote?)", field=key, **where)
+        for key in SIZES:
+            value = row[key]
+            if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+                raise DataError(f"expected a positive number, got {value!r}", field=key, **where)
+        if not isinstance(row["final"], dict):
+            raise DataError("expected a table of errors", field="final", **where)
+        first = seen.setdefault(run_hash(row), k)
+        if first != k:
+            raise DataError(
+                f"the run {row['run']} again (record {first}): remove one of the two",
+                field="config_hash",
+                **where,
+            )
     return rows
 
 
@@ -126,7 +164,12 @@ def _train_seconds(train: list[dict[str, Any]]) -> float:
 def metric(row: dict[str, Any], key: str, *, which: str = "final") -> float:
     """An error of a row: ``key`` like ``forces_mae_meV_per_A`` or
     ``emt-metals/forces_mae_meV_per_A`` (a source's), ``test/...`` for the test split."""
-    table = row[which]
+    table = row.get(which, {})
     if key not in table:
         raise KeyError(f"run {row['run']}: no {which} metric {key!r}; has {sorted(table)}")
-    return float(table[key])
+    value = table[key]
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise DataError(
+            f"run {row['run']}: expected an error ≥ 0, got {value!r}", field=f"{which}.{key}"
+        )
+    return float(value)
