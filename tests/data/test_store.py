@@ -245,6 +245,22 @@ def test_merge_refuses_missing_or_foreign_parts(tmp_path: Path, structures) -> N
         merge_parts(tmp_path / "st")
 
 
+def test_merge_refuses_parts_that_kept_records_by_other_settings(
+    tmp_path: Path, structures
+) -> None:
+    # parts packed with --max-force 0.5 and the default merged into one store without a word
+    files = write_files(tmp_path, structures, per_file=9)
+    pack(files, tmp_path / "st", PackConfig(workers=1, part=0, n_parts=2, max_force=0.5),
+         progress=False)  # fmt: skip
+    pack(files, tmp_path / "st", PackConfig(workers=1, part=1, n_parts=2), progress=False)
+    with pytest.raises(DataError, match=r"different --require or --max-force .*0\.5.*100\.0"):
+        merge_parts(tmp_path / "st")
+    # the settings are recorded in the store
+    meta = pack(files, tmp_path / "one", PackConfig(workers=1, require=("forces", "energy")),
+                progress=False)  # fmt: skip
+    assert meta["filters"] == {"require": ["energy", "forces"], "max_force_eV_per_A": 100.0}
+
+
 def test_more_parts_than_files_merge(tmp_path: Path, structures) -> None:
     files = write_files(tmp_path, structures, per_file=40)
     for part in range(3):

@@ -62,6 +62,11 @@ def test_describe_lists_every_key_with_its_docstring() -> None:
         ("abc", "expected a mapping of sections (data:, model:, train:, ...), got str"),
         ("train:\n  lr: [1,\n", "not valid YAML (expected the node content, but found"),
         (b"\xff\xfe garbage", "not a YAML config (not UTF-8 text)"),
+        # PyYAML keeps the last of two equal keys without a word
+        (
+            "train:\n  lr: 0.01\n  steps: 3\n  lr: 0.02\n",
+            "not valid YAML (the key 'lr' is given twice at line 4, column 3)",
+        ),
     ],
 )
 def test_a_file_that_is_no_config_is_one_line_naming_it(

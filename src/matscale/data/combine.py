@@ -92,7 +92,7 @@ def combine_stores(
             shutil.copyfile(
                 part_file.with_suffix(".stats.npz"), tmp / "parts" / f"{stem}.stats.npz"
             )
-        merge_parts(tmp)
+        merge_parts(tmp, one_packing=False)
         write_json_atomic(tmp / "parts" / RECORD, content)
         os.replace(tmp, out)
     except BaseException:  # a combination cut short leaves nothing behind

@@ -54,6 +54,12 @@ class PackConfig:
     """Source name for records that carry none; None uses each file's stem."""
     reader_options: dict[str, str] = field(default_factory=dict)
     """Options of the reader (``energy_key`` for mptrj, ``energy_unit`` for ani-h5)."""
+
+    def filters(self) -> dict[str, Any]:
+        """The settings that decide which records a store keeps, recorded with each part
+        (and the store): parts packed with other ones must not be merged into one store."""
+        return {"require": sorted(self.require), "max_force_eV_per_A": self.max_force}
+
     part: int = 0
     """Which part of the file list this packer takes (for several nodes packing one store)."""
     n_parts: int = 1
@@ -365,6 +371,7 @@ class PartWriter:
         self.stats.save(self.out / "parts" / f"{self.name}.stats.npz")
         self.report = {
             "cutoff": self.config.cutoff,
+            "filters": self.config.filters(),
             "part": self.config.part,
             "n_parts": self.config.n_parts,
             "inputs_digest": self.digest,

@@ -46,12 +46,14 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
-def merge_parts(root: Path) -> dict[str, Any]:
+def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
     """Combine every packer's part files under ``root/parts`` into ``meta.json`` and ``index/``.
 
     Shards are ordered by part name then by shard name, so the global structure order is
-    reproducible. Runs in flat memory: index arrays are filled shard by shard into ``.npy``
-    memory maps. Returns the new metadata.
+    reproducible. ``one_packing``: the parts are one packing run's, so they must have kept
+    records by the same settings (False for :func:`matscale.data.combine.combine_stores`,
+    whose inputs are stores packed each their own way). Runs in flat memory: index arrays are
+    filled shard by shard into ``.npy`` memory maps. Returns the new metadata.
     """
     part_files = sorted((root / "parts").glob("*.json"))
     if not part_files:
@@ -63,6 +65,14 @@ def merge_parts(root: Path) -> dict[str, Any]:
         except json.JSONDecodeError as exc:
             raise DataError(f"part file is not valid JSON ({exc})", file=str(pf)) from exc
     _check_parts_complete(parts, part_files)
+    filters = {json.dumps(p.get("filters"), sort_keys=True) for p in parts}
+    if one_packing and len(filters) > 1:
+        settings = ", ".join(sorted(filters))
+        raise DataError(
+            f"parts were packed with different --require or --max-force ({settings}): pack "
+            "them again with the same settings",
+            file=str(root),
+        )
     cutoffs = {p["cutoff"] for p in parts}
     if len(cutoffs) != 1:
         raise DataError(
@@ -129,6 +139,8 @@ def merge_parts(root: Path) -> dict[str, Any]:
         "labelled_by": labelled_by,
         "shards": shards,
         "skipped": skipped,
+        # which records were kept: None where the parts' settings differ (a combination)
+        "filters": parts[0].get("filters") if len(filters) == 1 else None,
         "stats": stats.summary(),
         # the index arrays are checked like shards (`data info --verify`): an edited or
         # damaged one would batch and label structures wrongly without failing to read
