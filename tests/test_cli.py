@@ -1,3 +1,4 @@
+import json
 from dataclasses import asdict
 from pathlib import Path
 
@@ -157,3 +158,20 @@ def test_output_into_a_closed_pipe_is_quiet(tiny_store: Path) -> None:
     proc = subprocess.run(command, shell=True, capture_output=True, text=True, check=False)
     assert proc.returncode == 0 and proc.stdout.count("\n") == 1
     assert "Traceback" not in proc.stderr and "BrokenPipe" not in proc.stderr
+
+
+def test_overrides_may_follow_options(capsys) -> None:
+    # `matscale plan run.yaml --hardware h100-80gb model.width=256` said "unrecognized
+    # arguments: model.width=256", as if the key were wrong
+    config = str(Path(__file__).parent.parent / "configs" / "demo.yaml")
+    before = ["plan", config, "model.width=256", "data.store=none", "--hardware", "h100-80gb"]
+    assert main([*before, "--json"]) == 0
+    first = capsys.readouterr().out
+    after = ["plan", config, "--hardware", "h100-80gb", "model.width=256", "--json"]
+    assert main([*after, "data.store=none"]) == 0
+    assert capsys.readouterr().out == first
+    assert json.loads(first)["parameters"] > 500_000  # width 256, not the demo's 80
+    # what is neither an option nor an override is still argparse's error
+    with pytest.raises(SystemExit):
+        main([*after, "stray"])
+    assert "unrecognized arguments: stray" in capsys.readouterr().err

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import os
+import re
 import sys
 import time
 import traceback
@@ -20,6 +21,7 @@ from matscale.data.generate.teacher import TEACHERS
 from matscale.data.readers import DATA_SUFFIXES
 from matscale.errors import (
     ConfigError,
+    CorruptShardError,
     DataError,
     ExtrapolationWarning,
     RunInterrupted,
@@ -32,11 +34,22 @@ from matscale.pretrained.commands import add_verbs as add_model_verbs
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
 from matscale.signals import EXIT_INTERRUPTED
 
+#: A dotted ``KEY=VALUE`` override on the command line (``train.lr=1e-3``).
+OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=.*", re.DOTALL)
+
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``matscale`` console script; returns the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # KEY=VALUE overrides may follow options (`train run.yaml --no-progress train.lr=1e-3`):
+    # argparse fills a list of positionals once, and hands back the later ones unparsed
+    late = [x for x in extra if OVERRIDE.fullmatch(x)]
+    unknown = [x for x in extra if x not in late or not hasattr(args, "overrides")]
+    if unknown:
+        parser.error(f"unrecognized arguments: {' '.join(unknown)}")
+    if late:
+        args.overrides = [*args.overrides, *late]
     args.command_line = " ".join(["matscale", *(sys.argv[1:] if argv is None else argv)])
     if not hasattr(args, "run"):
         parser.print_help()
@@ -68,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
 def _report(exc: Exception) -> int | None:
     """Print ``exc`` as the one line a user's mistake or a stopped run deserves and return the
     exit code; ``None`` for anything else (a bug: its traceback is the useful report)."""
+    if isinstance(exc, CorruptShardError):  # met by any verb reading a store, as --verify
+        print(f"matscale: error: {exc}", file=sys.stderr)
+        return 3
     if isinstance(exc, (DataError, ConfigError)):
         print(f"matscale: error: {exc}", file=sys.stderr)
         return 2
@@ -373,6 +389,12 @@ def _finetune(args: argparse.Namespace) -> int:
         overrides.append("train.freeze=backbone")
     if args.replay_share is not None and args.replay is None:
         raise ConfigError("--replay-share sets the share of the --replay store: give --replay")
+    architecture = [o.partition("=")[0] for o in args.overrides if o.startswith("model.")]
+    if architecture:  # the starting model's architecture is kept: these would be ignored
+        raise ConfigError(
+            f"{', '.join(architecture)}: fine-tuning keeps the architecture of {args.model}; "
+            "to train another one, use `matscale train`"
+        )
     cfg = load(None, [*overrides, *args.overrides])
     if args.replay is not None:
         from matscale.train.finetune import with_replay

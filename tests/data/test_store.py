@@ -120,6 +120,10 @@ def test_corrupt_shard_is_detected_and_named(tmp_path: Path, structures) -> None
     assert [e.file for e in errors] == [str(shard)]
     with pytest.raises(CorruptShardError):
         Store(tmp_path / "st", verify="open")
+    # any verb that meets it exits 3, as `data info --verify` does (training exited 2)
+    from matscale.cli import _report
+
+    assert _report(errors[0]) == 3
 
 
 def test_truncated_shard_header(tmp_path: Path) -> None:

@@ -172,7 +172,7 @@ def test_replay_refuses_what_it_cannot_do(trained: Path, tiny_store: Path, tmp_p
         with_replay(load(None, [*base, "data.mixture={emt-new2: 1.0}"]), tiny_store, 0.2)
 
 
-def test_the_finetune_verb_refuses_a_replay_share_without_replay_and_a_missing_store(
+def test_the_finetune_verb_refuses_what_it_would_ignore_and_a_missing_store(
     trained: Path, tmp_path: Path, capsys
 ) -> None:
     # --replay-share without --replay was ignored; a store path that does not exist was
@@ -185,6 +185,9 @@ def test_the_finetune_verb_refuses_a_replay_share_without_replay_and_a_missing_s
     assert "--replay-share sets the share of the --replay store" in capsys.readouterr().err
     assert main([*verb[:2], str(tmp_path / "nowhere"), *verb[2:]]) == 2
     assert "nowhere: no such store folder" in capsys.readouterr().err
+    # model.* was ignored without a word: the starting model's architecture is kept
+    assert main([*verb[:2], str(store), *verb[2:], "model.width=64"]) == 2
+    assert "model.width: fine-tuning keeps the architecture of" in capsys.readouterr().err
     assert not (tmp_path / "share").exists()
 
 
