@@ -208,20 +208,26 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     """Build dataclass ``cls`` from ``data``, checking names and types; unknown keys fail."""
     if not isinstance(data, dict):
-        raise ConfigError(f"{where or 'config'}: expected a mapping, got {type(data).__name__}")
+        raise ConfigError(f"{_named(where)}: expected a mapping, got {type(data).__name__}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(data) - names
     if unknown:
         raise ConfigError(
-            f"{where.rstrip('.') or 'config'}: unknown keys {sorted(unknown)}; "
+            f"{_named(where)}: unknown keys {sorted(unknown)}; "
             f"known: {sorted(names)}"
         )
     kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{where.rstrip('.') or 'config'}: {exc}") from exc
+        raise ConfigError(f"{_named(where)}: {exc}") from exc
+
+
+def _named(where: str) -> str:
+    """The prefix of an error: a section (``train.``) or a file (``sweep.yaml: ``) without
+    its separator, or ``config``."""
+    return where.rstrip(". :") or "config"
 
 
 def _coerce(hint: Any, value: Any, where: str) -> Any:

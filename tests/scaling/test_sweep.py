@@ -106,6 +106,8 @@ def test_min_steps_is_a_floor_of_the_epoch_budget(tiny_store: Path, tmp_path: Pa
         ({"sizes": [{"width": 8, "set": ["train.lrr=1"]}], "steps": 5}, "sizes\\[0\\].set"),
         ({"sizes": [{"width": 8}], "steps": 5, "min_steps": 10}, "min_steps"),
         ({"sizes": [{"width": 8}], "epochs": 1, "min_steps": -1}, "min_steps"),
+        # a top-level key was "sweep.yaml: : unknown keys"
+        ({"sizes": [{"width": 8}], "steps": 5, "bogus": 1}, r"\.yaml: unknown keys \['bogus'\]"),
     ],
 )
 def test_bad_sweeps_are_named(tiny_store: Path, tmp_path: Path, fields, message) -> None:
