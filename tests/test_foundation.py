@@ -25,16 +25,25 @@ def calc() -> MatscaleCalculator:
 
 
 def _lattice_minimum(make, calc: MatscaleCalculator, a0: float) -> float:
-    """The lattice constant (Å) at the minimum of a parabola through energies at ±4 %."""
-    scales = np.linspace(0.96, 1.04, 9)
-    energies = []
-    for s in scales:
-        atoms = make(a0 * s)
-        atoms.calc = calc
-        energies.append(atoms.get_potential_energy())
-    c2, c1, _ = np.polyfit(scales, energies, 2)
-    assert c2 > 0, "no minimum: the curve bends the wrong way"
-    return float(-c1 / (2 * c2) * a0)
+    """The lattice constant (Å) at the minimum of a parabola through energies at ±4 % around
+    ``a0``, the scan moved to that minimum until it lies well inside it (a vertex beyond the
+    scanned points is an extrapolation: it put v2's MgO at 4.55 Å, where the energy still
+    falls towards 4.6)."""
+    centre = a0
+    for _ in range(4):
+        lattice = centre * np.linspace(0.96, 1.04, 9)
+        energies = []
+        for a in lattice:
+            atoms = make(a)
+            atoms.calc = calc
+            energies.append(atoms.get_potential_energy())
+        c2, c1, _ = np.polyfit(lattice, energies, 2)
+        assert c2 > 0, "no minimum: the curve bends the wrong way"
+        best = float(-c1 / (2 * c2))
+        if abs(best / centre - 1) < 0.02:
+            return best
+        centre = best
+    raise AssertionError(f"no minimum within 4 scans of ±4 % from {a0} Å")
 
 
 def test_the_model_it_was_trained_on_from_ships_beside_it() -> None:
@@ -56,10 +65,10 @@ def test_the_default_head_is_the_teachers(calc: MatscaleCalculator) -> None:
         "Si",
         pytest.param(
             "MgO",
-            # v2 puts rocksalt MgO at 4.55 Å (+6.7 %; v1 4.79, +12.5 %): 14,379 teacher
+            # v2 puts rocksalt MgO at 4.61 Å (+8.3 %; v1 4.81, +13.0 %): 14,379 teacher
             # crystals over 84 elements (README, "The foundation model"); strict, so a model
             # that fixes it turns this into a failure that asks for the mark to go
-            marks=pytest.mark.xfail(strict=True, reason="v2: MgO's lattice 6.7 % too large"),
+            marks=pytest.mark.xfail(strict=True, reason="v2: MgO's lattice 8.3 % too large"),
         ),
     ],
 )

@@ -214,8 +214,7 @@ def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
     unknown = set(data) - names
     if unknown:
         raise ConfigError(
-            f"{_named(where)}: unknown keys {sorted(unknown)}; "
-            f"known: {sorted(names)}"
+            f"{_named(where)}: unknown keys {sorted(unknown)}; known: {sorted(names)}"
         )
     kwargs = {name: _coerce(hints[name], value, f"{where}{name}") for name, value in data.items()}
     try:

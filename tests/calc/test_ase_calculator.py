@@ -202,6 +202,29 @@ def test_heads(tiny_model: Path) -> None:
         MatscaleCalculator.from_file(tiny_model, head="pbe")
 
 
+def test_set_head_switches_the_head_and_drops_the_old_results(tiny_model: Path) -> None:
+    # calc.set(head=...) changed calc.parameters but kept computing with the old head (and
+    # accepted a head the model does not have)
+    calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    metal = alloy(0)
+    metal.calc = calc
+    metal.get_potential_energy()
+    assert calc.set(head="mol") == {"head": "mol"}
+    assert calc.todict()["head"] == calc.head == "mol"
+    with pytest.raises(DataError, match=r"never appeared in the training data of head 'mol'"):
+        metal.get_potential_energy()  # computed again, by the molecules' head
+    water = molecule("H2O")
+    water.calc = calc
+    fresh = water.copy()
+    fresh.calc = MatscaleCalculator.from_file(tiny_model, head="mol")
+    assert water.get_potential_energy() == pytest.approx(fresh.get_potential_energy(), abs=1e-6)
+    with pytest.raises(DataError, match=r"no head named 'pbe'"):
+        calc.set(head="pbe")
+    assert calc.head == "mol" and calc.parameters["head"] == "mol"
+    with pytest.raises(ValueError, match="model cannot be changed"):
+        calc.set(model="other.pt")
+
+
 def test_unseen_element_is_an_error_naming_it(calc: MatscaleCalculator) -> None:
     atoms = alloy(0)
     atoms[0].symbol = "Fe"

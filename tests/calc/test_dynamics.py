@@ -64,6 +64,31 @@ def test_the_last_step_is_logged_and_written_whatever_the_interval(
     np.testing.assert_allclose(frames[-1].positions, atoms.positions, atol=1e-6)  # 8 digits
 
 
+def test_md_and_relax_outputs_say_the_model_labelled_them(tiny_model: Path, tmp_path: Path) -> None:
+    # their frames kept the input's source with the model's energies and forces, and no
+    # labelled_by: packed later, they passed for the source's reference data
+    calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    made = f"matscale {tiny_model}, head emt"
+    assert calc.labelled_by == made
+    atoms = alloy(0)
+    atoms.info.update(source="emt", labelled_by="an earlier teacher")
+    atoms.calc = calc
+    cfg = MDConfig(ensemble="nve", timestep_fs=1.0, steps=4, temperature_K=300, log_every=2)
+    run_md(atoms, cfg, trajectory=tmp_path / "md.extxyz", progress=False)
+    run_md(atoms, cfg, trajectory=tmp_path / "md.traj", progress=False)
+    relax(atoms, RelaxConfig(steps=3), progress=False)
+    ase.io.write(tmp_path / "relaxed.extxyz", atoms)
+    for name in ("md.extxyz", "md.traj", "relaxed.extxyz"):
+        frames = ase.io.read(tmp_path / name, ":")
+        assert {f.info.get("labelled_by") for f in frames} == {made}, name
+    # another calculator's numbers drop a matscale model's mark
+    from ase.calculators.emt import EMT
+
+    atoms.calc = EMT()
+    relax(atoms, RelaxConfig(steps=2), progress=False)
+    assert "labelled_by" not in atoms.info
+
+
 class _FailsAfter(Calculator):
     """Harmonic wells around the start, whose energy becomes NaN after ``good`` calls."""
 

@@ -84,6 +84,7 @@ def test_eval_verb_on_a_file_a_folder_and_a_store(
     assert code == 0
     table = capsys.readouterr().out
     assert "source:emt" in table and "source:mol" in table and "element:Cu" in table
+    assert table.splitlines()[0].split()[-2:] == ["σ", "RMSE"]  # the README's MAE and RMSE
     family = next(line for line in table.splitlines() if line.startswith("family:emt/strained"))
     assert family.split()[1] == "16" and "—" not in family.split()[2]  # 2 + 14 strained cells
     summary = json.loads((out / "summary.json").read_text())
@@ -203,6 +204,9 @@ def test_predict_verb_writes_the_models_numbers_and_says_whose_they_are(
     ase.io.write(path, frames)
     args = ["predict", str(tiny_model), str(path), "--head", "emt", "--no-progress"]
     assert main([*args, "--out", str(out)]) == 0
+    assert "3 structures with the model's energy and forces, 3 of them with stress" in (
+        capsys.readouterr().out
+    )
     written = ase.io.read(out, ":")
     calc = MatscaleCalculator.from_file(tiny_model, head="emt")
     for atoms, back in zip(frames, written, strict=True):

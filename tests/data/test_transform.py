@@ -20,7 +20,7 @@ def test_elements_a_head_saw_pass() -> None:
     [
         ([29, 8], "O (Z=8)"),  # another head's element
         ([29, 26, 26], "Fe (Z=26)"),
-        ([29, 0], "Z=0"),  # outside the periodic table, below and above it
+        ([29, 0], "X (a dummy atom) (Z=0)"),  # outside the periodic table, below and above it
         ([29, 119], "Z=119"),
         ([-1, 29], "Z=-1"),
     ],

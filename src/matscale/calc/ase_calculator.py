@@ -69,12 +69,39 @@ class MatscaleCalculator(Calculator):
                 raise ValueError("domains=True needs a conservative model (forces = −∂E/∂x)")
         if head is None:  # a shipped model names the head it is used with unless told
             head = potential.info.get("default_head")
-        self.head = potential.graph.heads[potential.graph.head_index(head)]
-        self._head_index = potential.graph.heads.index(self.head)
+        self._use_head(head)
         # what ASE records of a calculator (todict(), trajectories): the model and the head
         self.parameters.update(model=potential.info.get("path"), head=self.head)
         if not potential.conservative:  # ASE (and matscale md) read this to know what we give
             self.implemented_properties = [p for p in self.implemented_properties if p != "stress"]
+
+    def _use_head(self, head: str | None) -> str:
+        """Compute with ``head`` from now on (checked: an unknown one is a DataError listing
+        the model's heads); returns its name."""
+        graph = self.potential.graph
+        self.head = graph.heads[graph.head_index(head)]
+        self._head_index = graph.heads.index(self.head)
+        return self.head
+
+    @property
+    def labelled_by(self) -> str:
+        """What a record of this calculator's numbers says made them: the model and head."""
+        from matscale.calc.inference import labeller
+
+        return labeller(self.potential, self.head)
+
+    def set(self, **kwargs: Any) -> dict[str, Any]:
+        """ASE's ``set``: ``head=`` switches the head the calculator computes with (checked as
+        in the constructor; earlier results are dropped). The model cannot be changed: load
+        another calculator."""
+        if "model" in kwargs and kwargs["model"] != self.parameters.get("model"):
+            raise ValueError("a calculator's model cannot be changed: create another calculator")
+        if "head" in kwargs and hasattr(self, "potential"):  # not during ASE's __init__
+            kwargs["head"] = self._use_head(kwargs["head"])
+        changed = dict(super().set(**kwargs))
+        if changed:  # ASE leaves it to subclasses: results of the old head must not be reused
+            self.reset()
+        return changed
 
     @classmethod
     def from_file(

@@ -286,7 +286,7 @@ def _predict(args: argparse.Namespace) -> int:
 
     from matscale.calc.dynamics import check_output_path
     from matscale.calc.evaluation import read_inputs
-    from matscale.calc.inference import head_for, predict
+    from matscale.calc.inference import head_for, labeller, predict
     from matscale.calc.model_file import load_potential
     from matscale.pretrained import model_file
     from matscale.progress import progress_bar
@@ -306,10 +306,9 @@ def _predict(args: argparse.Namespace) -> int:
             )
     check_output_path(args.out)
     potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
-    model_path = potential.info.get("path", args.model)
     # written beside --out and moved over it at the end: a run that fails loses nothing
     partial = args.out.with_name(args.out.name + ".partial")
-    count = 0
+    count = with_stress = 0
     bar = progress_bar(desc="predicting", unit=" structures", enabled=not args.no_progress)
     try:
         with open(partial, "w") as fh:
@@ -319,9 +318,10 @@ def _predict(args: argparse.Namespace) -> int:
                 frames = []
                 for s, r in zip(chunk, results, strict=True):
                     head = potential.graph.heads[head_for(potential, s, args.head)]
-                    frames.append(_predicted_frame(s, r, f"matscale {model_path}, head {head}"))
+                    frames.append(_predicted_frame(s, r, labeller(potential, head)))
                 ase.io.write(fh, frames, format="extxyz")
                 count += len(chunk)
+                with_stress += sum("stress" in r for r in results)
                 bar.update(len(chunk))
         if count == 0:
             raise DataError("no structures to predict", file=", ".join(map(str, args.data)))
@@ -329,7 +329,10 @@ def _predict(args: argparse.Namespace) -> int:
     finally:
         bar.close()  # a failed run's error line starts on a line of its own
         partial.unlink(missing_ok=True)
-    print(f"{count:,} structures with the model's energy, forces and stress: {args.out}")
+    print(
+        f"{count:,} structures with the model's energy and forces, {with_stress:,} of them with "
+        f"stress (cells periodic in x, y and z, conservative model): {args.out}"
+    )
     return 0
 
 

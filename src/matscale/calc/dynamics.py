@@ -193,6 +193,7 @@ def run_md(
     # work or warning, and before an earlier run's log or trajectory there is emptied.
     check_outputs(log, trajectory)
     check_ensemble(atoms, cfg)
+    mark_labeller(atoms)
     atoms.get_forces()  # computed once: the integrator's first step reuses them
     log_fh = open(log, "w") if log is not None else None
     try:
@@ -255,6 +256,18 @@ def run_md(
         if log_fh is not None:
             log_fh.close()
     return rows
+
+
+def mark_labeller(atoms: Atoms) -> None:
+    """From now on the frames of ``atoms`` carry its calculator's numbers: a matscale model's
+    are marked with its ``labelled_by`` (as ``matscale predict`` marks its records), so that a
+    trajectory or relaxed structure packed later cannot pass for reference data; a label
+    the input carried from another labeller is dropped."""
+    who = getattr(atoms.calc, "labelled_by", None)
+    if isinstance(who, str):
+        atoms.info["labelled_by"] = who
+    else:
+        atoms.info.pop("labelled_by", None)
 
 
 def _trajectory_writer(path: Path | None) -> Any:
@@ -392,6 +405,7 @@ def relax(
     from matscale.progress import progress_bar
 
     check_outputs(None, trajectory)  # before the first energy: no work lost to a bad path
+    mark_labeller(atoms)
     optimizers = {"fire": FIRE, "bfgs": BFGS, "lbfgs": LBFGS}
     if cfg.optimizer not in optimizers:
         raise DataError(f"unknown optimizer {cfg.optimizer!r}; choose fire, bfgs or lbfgs")

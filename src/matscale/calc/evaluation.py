@@ -299,11 +299,12 @@ def format_table(metrics: dict[str, Any]) -> str:
         "forces_mae_meV_per_A",
         "forces_rmse_meV_per_A",
         "stress_mae_meV_per_A3",
+        "stress_rmse_meV_per_A3",
     ]
+    titles = ("E MAE", "E RMSE", "F MAE", "F RMSE", "σ MAE", "σ RMSE")
     lines = [
-        f"{'group':<34} {'n':>7} "
-        + " ".join(f"{t:>8}" for t in ("E MAE", "E RMSE", "F MAE", "F RMSE", "σ MAE")),
-        f"{'':<34} {'':>7} {'meV/atom':>17} {'meV/Å':>17} {'meV/Å³':>8}",
+        f"{'group':<34} {'n':>7} " + " ".join(f"{t:>8}" for t in titles),
+        f"{'':<34} {'':>7} {'meV/atom':>17} {'meV/Å':>17} {'meV/Å³':>17}",
     ]
     for g in groups:
         prefix = "" if g == "all" else f"{g}/"

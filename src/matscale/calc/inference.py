@@ -52,6 +52,12 @@ def as_structure(item: Atoms | Structure, *, index: int = 0) -> Structure:
     )
 
 
+def labeller(potential: Potential, head: str) -> str:
+    """What a record of this model's numbers says made them (its ``labelled_by``): the model
+    file and the head, so that predictions cannot pass for reference data once packed."""
+    return f"matscale {potential.info.get('path', '(a model in memory)')}, head {head}"
+
+
 def head_for(potential: Potential, s: Structure, head: str | None) -> int:
     """Head index for ``s``: ``head`` if given; else the structure's own source when it
     names a head; else the model's default head (shipped models) or its only head (an error

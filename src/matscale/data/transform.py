@@ -304,4 +304,6 @@ def check_geometry(s: Structure, *, file: str | None = None, record: Any = None)
 
 def _symbol(z: int) -> str:
     z = int(z)
+    if z == 0:  # ASE's "X": a ghost or dummy atom, which no model has an energy for
+        return "X (a dummy atom)"
     return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z{z}"
