@@ -13,7 +13,6 @@ the statistics (elements per source), which is what they were trained with.
 from __future__ import annotations
 
 import pickle
-import re
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -125,7 +124,9 @@ def read_model_file(path: str | Path, *, trusted: bool = False) -> dict[str, Any
             raise DataError(
                 "not a matscale model file (unreadable pickle)", file=str(path)
             ) from None
-        if re.fullmatch(r"step-\d{8}\.pt", path.name):  # the name a checkpoint has
+        from matscale.train.checkpoint import is_checkpoint_name
+
+        if is_checkpoint_name(path):
             raise DataError(
                 "a training checkpoint, not a model file: `matscale export RUN_FOLDER` writes "
                 "the run's model file (RUN_FOLDER/model.pt) from its last checkpoint",

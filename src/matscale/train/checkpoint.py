@@ -138,12 +138,17 @@ def digest_path(checkpoint: Path) -> Path:
     return checkpoint.with_name(checkpoint.name + ".sha256")
 
 
+def is_checkpoint_name(path: Path) -> bool:
+    """Whether ``path`` is named as :func:`checkpoint_path` names checkpoints."""
+    return re.fullmatch(r"step-\d{8}\.pt", path.name) is not None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Complete checkpoints of a run, oldest first."""
     folder = run_dir / "checkpoints"
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if re.fullmatch(r"step-\d{8}\.pt", p.name))
+    return sorted(p for p in folder.iterdir() if is_checkpoint_name(p))
 
 
 def save_checkpoint(state: dict[str, Any], run_dir: Path, step: int, keep: int) -> Path:
