@@ -142,6 +142,15 @@ def _has(package: str) -> bool:
     return find_spec(package) is not None
 
 
+def test_an_out_that_is_a_file_is_refused_before_any_work(tmp_path: Path) -> None:
+    # it said "FILE: File exists" after every suite had run
+    (tmp_path / "notes.txt").write_text("mine\n")
+    emt = Subject("EMT", EMT(), EMT_ELEMENTS)
+    with pytest.raises(DataError, match=r"notes\.txt: is a file, not a folder"):
+        bench([emt], suites=("dcdft",), elements=["Cu"], out=tmp_path / "notes.txt")
+    assert (tmp_path / "notes.txt").read_text() == "mine\n"
+
+
 def test_bench_writes_nothing_for_an_empty_selection(tmp_path: Path) -> None:
     out = bench([Subject("EMT", EMT(), EMT_ELEMENTS)], suites=("dcdft",), elements=["Si"])
     assert out["EMT"]["dcdft"]["fitted"] == 0

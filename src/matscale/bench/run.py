@@ -11,6 +11,7 @@ import numpy as np
 
 from matscale.bench import eos, md, s22
 from matscale.bench.subjects import Subject
+from matscale.errors import DataError
 
 SUITES = ("dcdft", "s22", "md")
 
@@ -25,6 +26,10 @@ def bench(
 ) -> dict[str, Any]:
     """Every suite on every subject: ``{subject name: {suite: results}}``, saved as
     ``out/bench.json`` (and ``out/dcdft.png``, one panel per element) when ``out`` is given."""
+    if out is not None:  # before the work, not after it: a bad folder loses nothing
+        if out.exists() and not out.is_dir():
+            raise DataError("is a file, not a folder: choose another --out", file=str(out))
+        out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {}
     for s in subjects:
         results[s.name] = {}
@@ -35,7 +40,6 @@ def bench(
         if "md" in suites:
             results[s.name]["md"] = md.run(s, steps=md_steps)
     if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
         (out / "bench.json").write_text(json.dumps(results, indent=1))
         if "dcdft" in suites:
             plot_eos(results, out / "dcdft.png")
