@@ -209,15 +209,16 @@ def _pack_into(
     skipped: Counter[str] = Counter()
     for r in reports:
         skipped.update(r["skipped"])
+    # merged first: a pack left with no structure fails there, and names the first skipped
+    # record itself, without pointing at listings that will not be kept
+    result = merge_parts(out) if config.n_parts == 1 else {"part": config.part, "reports": reports}
     if progress and skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in skipped.most_common())
         print(
             f"skipped {sum(skipped.values())} records ({reasons}); each is listed in "
             f"{shown / 'parts'}/*.skipped.jsonl"
         )
-    if config.n_parts == 1:
-        return merge_parts(out)
-    return {"part": config.part, "reports": reports}
+    return result
 
 
 _COUNTER: Any = None
