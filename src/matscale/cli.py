@@ -389,12 +389,6 @@ def _finetune(args: argparse.Namespace) -> int:
         overrides.append("train.freeze=backbone")
     if args.replay_share is not None and args.replay is None:
         raise ConfigError("--replay-share sets the share of the --replay store: give --replay")
-    architecture = [o.partition("=")[0] for o in args.overrides if o.startswith("model.")]
-    if architecture:  # the starting model's architecture is kept: these would be ignored
-        raise ConfigError(
-            f"{', '.join(architecture)}: fine-tuning keeps the architecture of {args.model}; "
-            "to train another one, use `matscale train`"
-        )
     cfg = load(None, [*overrides, *args.overrides])
     if args.replay is not None:
         from matscale.train.finetune import with_replay

@@ -187,7 +187,9 @@ def test_the_finetune_verb_refuses_what_it_would_ignore_and_a_missing_store(
     assert "nowhere: no such store folder" in capsys.readouterr().err
     # model.* was ignored without a word: the starting model's architecture is kept
     assert main([*verb[:2], str(store), *verb[2:], "model.width=64"]) == 2
-    assert "model.width: fine-tuning keeps the architecture of" in capsys.readouterr().err
+    assert "model.width=64: a run from train.init_from keeps the architecture of" in (
+        capsys.readouterr().err
+    )
     assert not (tmp_path / "share").exists()
 
 
@@ -246,3 +248,19 @@ def test_a_run_folder_of_another_starting_model_is_refused_not_loaded(
                       *SHORT])  # fmt: skip
     with pytest.raises(ConfigError, match=r"holds checkpoints of another run .*train\.init_from"):
         train(cfg, progress=False)
+
+
+def test_model_settings_a_run_from_a_trained_model_would_ignore_are_refused(
+    trained: Path, tmp_path: Path
+) -> None:
+    # `train.init_from=M model.width=64` (or a run's config.yaml reused as a template) trained
+    # M's architecture without a word about the width asked for
+    store = _store(tmp_path, "emt-arch")
+    own = load_potential(trained).model.config
+    with pytest.raises(ConfigError, match=r"model\.width=64: a run from train\.init_from keeps"):
+        _finetune(store, tmp_path, trained, "model.width=64")
+    assert not (tmp_path / "ft" / "model.pt").exists()
+    # the trained model's own values, as a copied config.yaml holds them, are no request
+    model = _finetune(store, tmp_path, trained, f"model.width={own.width}",
+                      f"model.depth={own.depth}")  # fmt: skip
+    assert load_potential(model).model.config.width == own.width

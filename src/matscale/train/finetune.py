@@ -18,7 +18,7 @@ every epoch from the pretraining sources (``data.mixture``).
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -46,11 +46,29 @@ def trained_potential(cfg: RunConfig) -> Potential:
         raise ConfigError(f"train.init_from: {exc}") from None
 
 
+def _check_no_architecture(cfg: RunConfig, trained: EGNNConfig) -> None:
+    """Refuse ``model.*`` settings a run from ``train.init_from`` would ignore: those that
+    differ from both the defaults and the trained model's own (a run's config.yaml reused as
+    a template, say, asking for a width the trained model does not have)."""
+    default = asdict(EGNNConfig())
+    own = asdict(trained)
+    asked = asdict(cfg.model)
+    ignored = [f"model.{k}={v!r}" for k, v in asked.items()
+               if k != "heads" and v != default[k] and v != own.get(k)]  # fmt: skip
+    if ignored:
+        raise ConfigError(
+            f"{', '.join(ignored)}: a run from train.init_from keeps the architecture of "
+            f"{cfg.train.init_from}; remove these settings (or train a new model without "
+            "train.init_from)"
+        )
+
+
 def finetune_start(cfg: RunConfig, store: Store) -> tuple[EGNNConfig, EGNN, GraphSettings]:
     """The model config, model (trained weights in, new heads initialised, statistics set) and
     inference transform of a fine-tuning run of ``cfg`` on ``store``."""
     pre = trained_potential(cfg)
     old = pre.model.config  # its cutoff against the store's: check_config_for_store, after
+    _check_no_architecture(cfg, old)
     added = tuple(s for s in store.sources if s not in old.heads)
     model_cfg = replace(old, heads=old.heads + added)
     model = EGNN(model_cfg)
