@@ -115,6 +115,19 @@ def test_bad_sweeps_are_named(tiny_store: Path, tmp_path: Path, fields, message)
         load_sweep(_write(tmp_path, tiny_store, **fields))
 
 
+def test_every_problem_of_a_sweep_is_named_at_once(tiny_store: Path, tmp_path: Path) -> None:
+    # only the first was reported: one run of the command per mistake
+    path = _write(tmp_path, tiny_store, sizes=[{"width": 8, "params": 100}], steps=0,
+                  fractions=[0.0], evaluations=0)  # fmt: skip
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(path)
+    said = str(caught.value)
+    problems = ("the budget must be positive", "sizes[0]: set exactly one of params",
+                "fractions: 0.0 must lie in (0, 1]", "evaluations must be at least 1")  # fmt: skip
+    for problem in problems:
+        assert problem in said, said
+
+
 def test_slurm_script_has_one_task_per_run(tiny_store: Path, tmp_path: Path) -> None:
     path = _write(
         tmp_path,

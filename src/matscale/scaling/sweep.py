@@ -146,29 +146,31 @@ def load_sweep(path: str | Path, overrides: list[str] = ()) -> SweepConfig:  # t
 
 
 def check_sweep(sweep: SweepConfig, where: str = "sweep") -> None:
-    """Raise :class:`ConfigError` naming the field of a sweep that cannot be planned."""
+    """Raise :class:`ConfigError` naming every field of a sweep that cannot be planned, all
+    on one line (one edit fixes them all, not one per run of the command)."""
+    problems = []
     if (sweep.epochs is None) == (sweep.steps is None):
-        raise ConfigError(f"{where}: set exactly one budget, epochs or steps")
-    if (sweep.epochs is not None and sweep.epochs <= 0) or (
+        problems.append("set exactly one budget, epochs or steps")
+    elif (sweep.epochs is not None and sweep.epochs <= 0) or (
         sweep.steps is not None and sweep.steps < 1
     ):
-        raise ConfigError(f"{where}: the budget must be positive")
+        problems.append("the budget must be positive")
     if not sweep.sizes:
-        raise ConfigError(f"{where}: sizes is empty")
+        problems.append("sizes is empty")
     for k, s in enumerate(sweep.sizes):
         if (s.params is None) == (s.width is None):
-            raise ConfigError(f"{where}: sizes[{k}]: set exactly one of params and width")
+            problems.append(f"sizes[{k}]: set exactly one of params and width")
         try:
             with_overrides(sweep.base, s.set)
         except ConfigError as exc:
-            raise ConfigError(f"{where}: sizes[{k}].set: {exc}") from None
-    for f in sweep.fractions:
-        if not 0 < f <= 1:
-            raise ConfigError(f"{where}: fractions: {f} must lie in (0, 1]")
+            problems.append(f"sizes[{k}].set: {exc}")
+    problems += [f"fractions: {f} must lie in (0, 1]" for f in sweep.fractions if not 0 < f <= 1]
     if sweep.min_steps < 0 or (sweep.min_steps and sweep.epochs is None):
-        raise ConfigError(f"{where}: min_steps is a floor of an epoch budget (>= 0, with epochs)")
+        problems.append("min_steps is a floor of an epoch budget (>= 0, with epochs)")
     if sweep.evaluations < 1:
-        raise ConfigError(f"{where}: evaluations must be at least 1")
+        problems.append("evaluations must be at least 1")
+    if problems:
+        raise ConfigError(f"{where}: {'; '.join(problems)}")
 
 
 def config_hash(cfg: RunConfig) -> str:
