@@ -97,7 +97,11 @@ def test_compute_for_error_inverts_the_frontier_and_refuses_the_floor() -> None:
     assert math.isfinite(need["flops"]) and need["flops"] > 0
 
 
-def test_joint_fit_needs_two_sizes_each_way() -> None:
+def test_joint_fit_needs_three_sizes_each_way() -> None:
+    # with two data sizes the fit was made, and its frontier put D* at 1e28 atoms
     n = np.full(8, 1e4)
-    with pytest.raises(ValueError, match="2\\+ model sizes"):
+    with pytest.raises(ValueError, match="3\\+ model sizes"):
         fit_joint(n, np.geomspace(1, 10, 8), np.ones(8), np.ones(8))
+    two_d = np.tile([1e3, 1e4], 4)
+    with pytest.raises(ValueError, match="3\\+ data sizes"):
+        fit_joint(np.repeat(np.geomspace(1e3, 1e5, 4), 2), two_d, np.ones(8), np.ones(8))

@@ -159,3 +159,14 @@ def test_runs_table_puts_validation_and_held_out_errors_beside_test(tmp_path: Pa
     assert head.endswith(
         "| test force MAE (meV/Å) | val force MAE (meV/Å) | holdout force MAE (meV/Å) |"
     )
+
+
+def test_no_frontier_from_an_exponent_indistinguishable_from_zero() -> None:
+    # a held-out error flat in N gave alpha = 7e-20 and a frontier of N* = 0 and D* = 1e28
+    # atoms at every compute, with a table of targets to the atom
+    rows = _rows(flat_energy=True)
+    flat = analyse(rows, "test/energy_mae_meV_per_atom", bootstrap=20)
+    assert "indistinguishable from 0" in flat.withheld
+    assert flat.frontier == [] and flat.targets == []
+    steep = analyse(rows, "test/forces_mae_meV_per_A", bootstrap=20)
+    assert steep.withheld == "" and steep.frontier and steep.targets

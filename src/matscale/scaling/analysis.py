@@ -44,6 +44,9 @@ class Analysis:
     """Compute-optimal N, D and error at FLOP budgets spanning the sweep's and beyond."""
     targets: list[dict[str, Any]] = field(default_factory=list)
     """For error targets: the least compute, with its N and D (None: below the floor)."""
+    withheld: str = ""
+    """Why there is no frontier or targets although the joint fit converged (an exponent
+    indistinguishable from 0 sends N* or D* to 0 or to astronomic sizes)."""
 
 
 def analyse(
@@ -76,6 +79,8 @@ def analyse(
             slices[key] = _try(lambda m=m, x=x: fit_power_law(x[m], y[m], bootstrap=bootstrap))
     out.joint = _try(lambda: fit_joint(n, d, y, c, bootstrap=bootstrap))
     if isinstance(out.joint, JointFit):
+        out.withheld = _unresolved_exponents(out.joint)
+    if isinstance(out.joint, JointFit) and not out.withheld:
         lo, hi = float(c.min()), float(c.max())
         budgets = np.geomspace(lo / 10, hi * 1000, 13)
         out.frontier = [compute_optimal(out.joint, float(b)) for b in budgets]
@@ -84,6 +89,24 @@ def analyse(
             need = compute_for_error(out.joint, t)
             out.targets.append({"error": t, **(need or {"flops": None, "N": None, "D": None})})
     return out
+
+
+#: The smallest exponent a frontier is drawn from, and the widest ratio of its 95 % interval's
+#: ends: past either, the data do not tell how error falls with that size.
+MIN_EXPONENT = 0.01
+MAX_INTERVAL_RATIO = 10.0
+
+
+def _unresolved_exponents(joint: JointFit) -> str:
+    """Why the joint fit's exponents cannot place a compute-optimal frontier ("": they can)."""
+    reasons = []
+    for name, value in (("alpha", joint.alpha), ("beta", joint.beta)):
+        lo, hi = joint.ci.get(name, (value, value))
+        if value < MIN_EXPONENT or lo < MIN_EXPONENT:
+            reasons.append(f"{name} = {value:.3g} is indistinguishable from 0")
+        elif hi / lo > MAX_INTERVAL_RATIO:
+            reasons.append(f"{name}'s 95 % interval {lo:.3g}–{hi:.3g} spans more than 10x")
+    return "; ".join(reasons)
 
 
 def _try(make: Any) -> Any:

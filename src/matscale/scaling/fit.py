@@ -215,12 +215,13 @@ def fit_joint(
     errors ``y``; ``flops`` (training FLOPs of each run) give κ of ``C ≈ κ·N·D``.
 
     Huber loss on log residuals with ``huber`` as the transition (Hoffmann et al. use 1e-3):
-    a single bad run pulls the fit less than with squares. Needs 2+ distinct N and D and more
+    a single bad run pulls the fit less than with squares. Needs 3+ distinct N and D (two sizes
+    leave a term's scale and exponent free to trade against each other and the floor) and more
     runs than the 5 parameters.
     """
     n, d, y, c = (np.asarray(v, dtype=float) for v in (n, d, y, flops))
-    if len(np.unique(n)) < 2 or len(np.unique(d)) < 2 or len(y) < 6:
-        raise ValueError("a joint fit needs 2+ model sizes, 2+ data sizes and 6+ runs")
+    if len(np.unique(n)) < 3 or len(np.unique(d)) < 3 or len(y) < 6:
+        raise ValueError("a joint fit needs 3+ model sizes, 3+ data sizes and 6+ runs")
     if np.any(n <= 0) or np.any(d <= 0) or np.any(y <= 0):
         raise ValueError("a joint fit needs positive N, D and errors")
     n_ref, d_ref = (float(np.exp(np.mean(np.log(v)))) for v in (n, d))

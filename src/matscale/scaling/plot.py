@@ -96,8 +96,8 @@ def plot_slices(
 
 def plot_frontier(analysis: Analysis, out: Path) -> list[Path]:
     """Iso-error contours of the joint fit, the runs, iso-compute lines and the frontier."""
-    if not isinstance(analysis.joint, JointFit):
-        return []
+    if not isinstance(analysis.joint, JointFit) or not analysis.frontier:
+        return []  # no joint fit, or its exponents cannot place a frontier (analysis.withheld)
     plt = _pyplot()
     fit = analysis.joint
     n, d, _, c = (np.array(v) for v in zip(*analysis.points, strict=True))

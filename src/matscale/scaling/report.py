@@ -86,6 +86,7 @@ def as_json(a: Analysis) -> dict[str, Any]:
         "joint": fit(a.joint),
         "frontier": a.frontier,
         "targets": a.targets,
+        "frontier_withheld": a.withheld,
     }
 
 
@@ -149,9 +150,12 @@ def _section(a: Analysis, figures: bool) -> list[str]:
                 f"error {100 * e['median_relative_error']:+.0f}% (worst "
                 f"{100 * e['worst_relative_error']:+.0f}%)."
             )
-        if figures:
-            lines += ["", f"![frontier]({slug(a.metric)}_frontier.png)", ""]
-        lines += _frontier_tables(a)
+        if a.withheld:
+            lines += ["", f"No compute-optimal frontier or targets: {a.withheld}.", ""]
+        else:
+            if figures:
+                lines += ["", f"![frontier]({slug(a.metric)}_frontier.png)", ""]
+            lines += _frontier_tables(a)
     else:
         lines += [f"No joint fit: {j}.", ""]
     for title, slices, var, other in (
