@@ -400,22 +400,13 @@ def _finetune(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from matscale.train.checkpoint import (
-        check_export_target,
-        export_model,
-        list_checkpoints,
-        load_checkpoint,
-    )
+    from matscale.train.checkpoint import check_export_target, export_run
 
     if not args.run_dir.is_dir():
         raise DataError("no such run folder", file=str(args.run_dir))
-    found = list_checkpoints(args.run_dir)
-    if not found:
-        raise DataError("no checkpoint in this run folder", file=str(args.run_dir))
     out = args.out or args.run_dir / "model.pt"
     check_export_target(out)
-    out = export_model(load_checkpoint(found[-1]), out)
-    print(f"wrote {out}")
+    print(f"wrote {export_run(args.run_dir, out)}")
     return 0
 
 
@@ -500,9 +491,10 @@ def _pack(args: argparse.Namespace) -> int:
 
 
 def _merge(store: Path) -> Path:
-    from matscale.data.store import merge_parts
+    from matscale.data.store import merge_parts, repeats_note
 
-    merge_parts(store)
+    if note := repeats_note(merge_parts(store)):
+        print(note)
     return store
 
 

@@ -403,6 +403,13 @@ def test_export_replaces_only_an_earlier_export(
     assert main(["export", str(run), "--out", str(again)]) == 0
     assert main(["export", str(run), "--out", str(again)]) == 0
     assert load_potential(again).graph == load_potential(tiny_model).graph
+    # the run's own test errors stay (a checkpoint holds validation errors only: the export
+    # of a finished run dropped every test/* figure from the file and its card)
+    from matscale.calc.model_file import read_model_file
+
+    metrics = read_model_file(tiny_model)["metrics"]
+    assert any(k.startswith("test/") for k in metrics)
+    assert read_model_file(again)["metrics"] == metrics
 
 
 def test_contacts_shorter_than_any_in_training_are_warned_about(

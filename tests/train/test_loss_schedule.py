@@ -94,3 +94,22 @@ def test_plateau_halves_after_patience() -> None:
     for _ in range(20):
         p.update(1.0)
     assert p.scale == 0.2  # floor
+
+
+def test_the_ema_forgets_the_untrained_start() -> None:
+    # at a constant 0.99 from the first step, 0.99**200 = 13 % of the initial weights were
+    # still in the EMA after 200 steps: a short run reported and exported mostly its start
+    import copy
+
+    from matscale.train.step import ema_decay_at, ema_update
+
+    start = torch.nn.Linear(4, 4)
+    model, ema = copy.deepcopy(start), copy.deepcopy(start)
+    with torch.no_grad():
+        model.weight.add_(1.0)  # the trained weights, one unit away from the start
+    for step in range(1, 201):
+        ema_update(ema, model, ema_decay_at(0.99, step))
+    assert (model.weight - ema.weight).abs().max() < 1e-3
+    assert ema_decay_at(0.99, 1) == pytest.approx(2 / 11)
+    assert ema_decay_at(0.99, 890) == pytest.approx(0.99) == ema_decay_at(0.99, 10**6)
+    assert ema_decay_at(0.5, 100) == 0.5  # never above the decay asked for

@@ -300,6 +300,27 @@ def check_export_target(path: Path) -> None:
         )
 
 
+def export_run(run_dir: Path, path: Path) -> Path:
+    """Write the model file of ``run_dir``'s last checkpoint to ``path``. A checkpoint holds
+    the validation errors only; the test and held-out ones a finished run measured are in the
+    model file it exported at its end (``run_dir/model.pt``), and are kept when that file is
+    of the same step."""
+    from matscale.calc.model_file import is_model_file, read_model_file
+    from matscale.errors import DataError
+
+    found = list_checkpoints(run_dir)
+    if not found:
+        raise DataError("no checkpoint in this run folder", file=str(run_dir))
+    checkpoint = load_checkpoint(found[-1])
+    final = run_dir / "model.pt"
+    if is_model_file(final):
+        before = read_model_file(final)
+        if before.get("step") == checkpoint.get("step"):
+            metrics = {**checkpoint.get("metrics", {}), **before.get("metrics", {})}
+            checkpoint = {**checkpoint, "metrics": metrics}
+    return export_model(checkpoint, path)
+
+
 def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
     """Write the model file for ``checkpoint`` (EMA weights if any, else the weights; see
     :mod:`matscale.calc.model_file`) and its model card beside it (``.md``)."""

@@ -45,7 +45,7 @@ from matscale.train.state import (
     resume,
     snapshot,
 )
-from matscale.train.step import ema_update, train_step
+from matscale.train.step import ema_decay_at, ema_update, train_step
 from matscale.validation import check_config
 
 # The clock a run's time budget (``train.max_minutes``) reads, in seconds. Kept as one name so
@@ -161,7 +161,7 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
             else:
                 run.bad_in_a_row = 0
                 if par.ema is not None:
-                    ema_update(par.ema, run.model, t.ema_decay or 0.0)
+                    ema_update(par.ema, run.model, ema_decay_at(t.ema_decay or 0.0, run.step))
             micro = []
             log.step(run.step, stats, lr)
             # every process must stop at the same step and use the same learning rate,
