@@ -300,3 +300,28 @@ def test_pack_config_is_checked() -> None:
         PackConfig(require=("energy", "force"))
     with pytest.raises(DataError, match=r"part 2 is not in 0\.\.1"):
         PackConfig(part=2, n_parts=2)
+
+
+def test_repeated_structures_are_counted_and_said(tmp_path: Path, structures, capsys) -> None:
+    # the same file packed twice (or a .db beside the extxyz it came from) stored every
+    # structure twice without a word: the split then put twins in training and test
+    import shutil
+
+    from matscale.data.store import repeats_note
+
+    files = write_files(tmp_path, structures, per_file=len(structures))
+    meta = pack(files, tmp_path / "once", PackConfig(workers=1), progress=False)
+    assert meta["repeated_structures"] == 0 and repeats_note(meta) == ""
+    copy = tmp_path / "copy.extxyz"
+    shutil.copy(files[0], copy)
+    # across parts too: each packer's fingerprints are compared at the merge
+    for part in range(2):
+        pack([files[0], copy], tmp_path / "twice", PackConfig(workers=1, part=part, n_parts=2),
+             progress=False)  # fmt: skip
+    meta = merge_parts(tmp_path / "twice")
+    assert meta["repeated_structures"] == len(structures)
+    assert f"{len(structures):,} of the {2 * len(structures):,} structures repeat" in (
+        repeats_note(meta)
+    )
+    pack([files[0], copy], tmp_path / "said", PackConfig(workers=1), progress=True)
+    assert "structures repeat another one" in capsys.readouterr().out

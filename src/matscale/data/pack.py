@@ -24,12 +24,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from matscale.data.generate.threads import single_threaded_children
 from matscale.data.graph import edge_census
 from matscale.data.readers import DATA_SUFFIXES, read_structures
 from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
-from matscale.data.store import META, merge_parts, write_json_atomic
+from matscale.data.store import META, merge_parts, repeats_note, write_json_atomic
 from matscale.data.structure import Structure, check_structure
 from matscale.errors import DataError
 
@@ -212,6 +214,8 @@ def _pack_into(
     # merged first: a pack left with no structure fails there, and names the first skipped
     # record itself, without pointing at listings that will not be kept
     result = merge_parts(out) if config.n_parts == 1 else {"part": config.part, "reports": reports}
+    if progress and (note := repeats_note(result)):
+        print(note)
     if progress and skipped:
         reasons = ", ".join(f"{k}: {v}" for k, v in skipped.most_common())
         print(
@@ -307,6 +311,7 @@ class PartWriter:
         # is one level of theory, so all its records must agree
         self.labelled_by: dict[str, str] = {}
         self._shard = ShardBuilder()
+        self._fingerprints: list[int] = []
         self._skip_log = open(out / "parts" / f"{name}.skipped.jsonl", "w")
         self.report: dict[str, Any] = {}
 
@@ -338,6 +343,7 @@ class PartWriter:
             self._skip_log.write(json.dumps(entry) + "\n")
             return False
         n_edges, pairs = edge_census(s.positions, s.cell, s.pbc, c.cutoff, s.numbers)
+        self._fingerprints.append(fingerprint(s))
         self._shard.add(s, n_edges)
         self.stats.add(s, n_edges, pairs)
         self.sources.add(s.source)
@@ -370,6 +376,10 @@ class PartWriter:
         self._skip_log.close()
         self._flush()
         self.stats.save(self.out / "parts" / f"{self.name}.stats.npz")
+        np.save(
+            self.out / "parts" / f"{self.name}.fingerprints.npy",
+            np.asarray(self._fingerprints, dtype=np.uint64),
+        )
         self.report = {
             "cutoff": self.config.cutoff,
             "filters": self.config.filters(),
@@ -384,6 +394,22 @@ class PartWriter:
             "skipped": dict(self.skipped),
         }
         write_json_atomic(self.out / "parts" / f"{self.name}.json", self.report)
+
+
+def fingerprint(s: Structure) -> int:
+    """A 64-bit hash of what makes two records the same structure: elements, positions and
+    cell to 1e-4 Å, periodicity. The same file packed twice, or a database packed beside the
+    extended XYZ it was written from, repeats structures, which the split can then put on
+    both sides of training and test; the merge counts repeats by these."""
+    key = hashlib.blake2b(digest_size=8)
+    for part in (
+        np.asarray(s.numbers, dtype=np.int64),
+        np.round(np.asarray(s.positions) * 1e4).astype(np.int64),
+        np.round(np.asarray(s.cell) * 1e4).astype(np.int64),
+        np.asarray(s.pbc, dtype=np.bool_),
+    ):
+        key.update(part.tobytes())
+    return int.from_bytes(key.digest(), "little")
 
 
 def is_folder_format(path: Path) -> bool:

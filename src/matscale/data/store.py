@@ -141,6 +141,7 @@ def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
         "skipped": skipped,
         # which records were kept: None where the parts' settings differ (a combination)
         "filters": parts[0].get("filters") if len(filters) == 1 else None,
+        "repeated_structures": _repeats(part_files),
         "stats": stats.summary(),
         # the index arrays are checked like shards (`data info --verify`): an edited or
         # damaged one would batch and label structures wrongly without failing to read
@@ -148,6 +149,30 @@ def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
     }
     write_json_atomic(root / META, meta)
     return meta
+
+
+def repeats_note(meta: dict[str, Any]) -> str:
+    """A warning about a store's repeated structures, in words ("" if none)."""
+    n = meta.get("repeated_structures") or 0
+    if not n:
+        return ""
+    return (
+        f"warning: {n:,} of the {meta['n_structures']:,} structures repeat another one "
+        "(same elements, positions and cell: a file packed twice, or a database beside the "
+        "file it was written from?); the split may put copies in both training and "
+        "validation or test, which flatters their errors"
+    )
+
+
+def _repeats(part_files: list[Path]) -> int | None:
+    """Structures that repeat an earlier one of the store (same elements, positions and cell:
+    :func:`matscale.data.pack.fingerprint`); None where a part has no fingerprints (packed
+    before they were kept)."""
+    found = [pf.with_suffix(".fingerprints.npy") for pf in part_files]
+    if not all(f.is_file() for f in found):
+        return None
+    prints = np.concatenate([np.load(f) for f in found]) if found else np.zeros(0, np.uint64)
+    return int(len(prints) - len(np.unique(prints)))
 
 
 def _skipped_words(root: Path, skipped: dict[str, int]) -> str:
