@@ -325,3 +325,4 @@ def test_repeated_structures_are_counted_and_said(tmp_path: Path, structures, ca
     )
     pack([files[0], copy], tmp_path / "said", PackConfig(workers=1), progress=True)
     assert "structures repeat another one" in capsys.readouterr().out
+    assert "structures repeat another one" in describe(Store(tmp_path / "said"))  # data info

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from ase.data import chemical_symbols
 
-from matscale.data.store import Store
+from matscale.data.store import Store, repeats_note
 
 
 def describe(store: Store) -> str:
@@ -56,4 +56,6 @@ def describe(store: Store) -> str:
             "",
             "skipped while packing: " + ", ".join(f"{k} {v:,}" for k, v in m["skipped"].items()),
         ]
+    if note := repeats_note(m):
+        lines += ["", note]
     return "\n".join(lines)
