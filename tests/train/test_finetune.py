@@ -68,6 +68,11 @@ def test_a_new_source_gets_a_new_head_and_the_old_heads_stay(trained: Path, tmp_
     assert f"| started from | `{trained}` |" in tuned.with_suffix(".md").read_text().replace(
         " (steps and time above are this run's only)", ""
     )
+    # heads without data in this run show no statistics, not "0.0 atoms, 0.000 eV/Å"
+    card = tuned.with_suffix(".md").read_text()
+    row = next(line for line in card.splitlines() if line.startswith("| mol |"))
+    assert row.rstrip().endswith("| — | — |") and "0.000" not in row, row
+    assert f"It was fine-tuned from `{trained}`, whose card gives" in card
 
 
 def test_an_existing_source_tunes_its_head_and_the_whole_model(

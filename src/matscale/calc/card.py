@@ -77,11 +77,21 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
         st = stats.get(h, {})
         symbols = " ".join(chemical_symbols[int(z)] for z in elements) or "—"
         who = f"{labellers[h]}, a model (teacher)" if h in labellers else "its source's calculator"
+        # a head absent from this run's data (fine-tuning kept it) has no statistics here
+        mean = f"{st['mean_atoms']:.1f}" if "mean_atoms" in st else "—"
+        rms = f"{st['force_rms_eV_per_A']:.3f}" if "force_rms_eV_per_A" in st else "—"
         lines.append(
             f"| {h} | {who} | {symbols} | {_count(train_counts.get(h))} "
-            f"| {_count(st.get('structures'))} "
-            f"| {st.get('mean_atoms', 0):.1f} | {st.get('force_rms_eV_per_A', 0):.3f} |"
+            f"| {_count(st.get('structures'))} | {mean} | {rms} |"
         )
+    start = run.get("train", {}).get("init_from")
+    if start:
+        lines += [
+            "",
+            f"Counts and statistics are this run's data. It was fine-tuned from `{start}`, whose "
+            "card gives what each of its heads saw before (a head with — had no data here and "
+            "kept what it had learnt).",
+        ]
     holdout = list(run.get("data", {}).get("holdout_families", []))
     lines += ["", "## Errors", "", *_error_table(blob.get("metrics", {}), heads, holdout), ""]
     lines += _training_section(blob, run)
