@@ -24,3 +24,11 @@ def test_a_run_annealed_over_its_time_budget_says_so_not_a_planned_step_count() 
     fixed = copy.deepcopy(blob)
     fixed["run_config"]["train"]["schedule"] = "cosine"
     assert f"| steps | {fixed['step']} (planned {train['steps']}) |" in model_card(fixed)
+
+
+def test_the_card_says_how_many_structures_each_error_averages_over() -> None:
+    # validation and test of 7-8 structures read like figures; the sizes are now saved
+    blob = _blob()
+    assert "Structures behind each column" not in model_card(blob)  # saved before: no guess
+    sized = {**blob, "split_structures": {"train": 900, "val": 8, "test": 7, "holdout": 0}}
+    assert "validation 8, test 7, held out 0 (training 900)" in model_card(sized)

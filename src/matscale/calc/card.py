@@ -93,7 +93,15 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
             "kept what it had learnt).",
         ]
     holdout = list(run.get("data", {}).get("holdout_families", []))
-    lines += ["", "## Errors", "", *_error_table(blob.get("metrics", {}), heads, holdout), ""]
+    lines += ["", "## Errors", "", *_error_table(blob.get("metrics", {}), heads, holdout)]
+    sizes = blob.get("split_structures")
+    if sizes:  # files exported before the sizes were saved say nothing rather than guess
+        lines += [
+            "",
+            f"Structures behind each column: validation {sizes['val']:,}, test "
+            f"{sizes['test']:,}, held out {sizes['holdout']:,} (training {sizes['train']:,}).",
+        ]
+    lines += [""]
     lines += _training_section(blob, run)
     lines += [
         "## Intended use and known limits",

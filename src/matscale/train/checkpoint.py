@@ -331,7 +331,7 @@ def export_model(checkpoint: dict[str, Any], path: Path) -> Path:
 
     keep = (
         "stats", "labelled_by", "step", "train_seconds", "train_structures", "hardware",
-        "store_parts",
+        "store_parts", "split_structures",
     )  # fmt: skip
     if "labelled_by" not in checkpoint:
         checkpoint = {**checkpoint, "labelled_by": _labellers_of_store(checkpoint)}

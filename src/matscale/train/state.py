@@ -39,6 +39,7 @@ from matscale.train.checkpoint import (
     save_sharded,
     set_rng_state,
 )
+from matscale.train.data import Splits
 from matscale.train.run import Run
 from matscale.train.schedule import Plateau
 
@@ -165,6 +166,9 @@ def snapshot(
         "schedule_progress": run.schedule_progress,
         "skipped_steps": run.skipped_steps,
         "train_structures": _structures_per_source(run),
+        # how many structures each reported error averages over: a test error over 8
+        # structures is noise, over 8,000 a figure
+        "split_structures": {name: len(getattr(run.splits, name)) for name in Splits.FIELDS},
         "hardware": hardware(run.d),
     }
 
