@@ -171,7 +171,7 @@ def _repeats(part_files: list[Path]) -> int | None:
     found = [pf.with_suffix(".fingerprints.npy") for pf in part_files]
     if not all(f.is_file() for f in found):
         return None
-    prints = np.concatenate([np.load(f) for f in found]) if found else np.zeros(0, np.uint64)
+    prints = np.concatenate([np.load(f) for f in found])  # merge_parts has 1+ parts
     return int(len(prints) - len(np.unique(prints)))
 
 
