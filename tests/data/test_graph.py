@@ -3,6 +3,7 @@ import itertools
 import numpy as np
 import pytest
 
+import matscale.data.graph as graph_module
 from matscale.data.graph import MAX_EXTENT_A, count_edges, radius_graph, wrap_positions
 from matscale.errors import DataError
 
@@ -82,6 +83,23 @@ def test_deterministic_order() -> None:
     b = radius_graph(pos, cell, np.ones(3, bool), 4.0)
     np.testing.assert_array_equal(a[0], b[0])
     assert (np.diff(a[0][0]) >= 0).all()  # sorted by centre
+
+
+def test_one_thread_and_every_core_find_the_same_graph(monkeypatch) -> None:
+    """Small structures are searched on one thread, large ones on every core: the same edges,
+    shifts and edge counts either way, each sorted by centre."""
+    rng = np.random.default_rng(6)
+    cell = np.eye(3) * 14.0 + rng.normal(0, 0.3, (3, 3))
+    pos = rng.random((300, 3)) @ cell
+    pbc = np.array([True, True, False])
+    graphs = []
+    for threaded_from in (10**9, 0):  # one thread, then vesin's threads
+        monkeypatch.setattr(graph_module, "THREADED_FROM_ATOMS", threaded_from)
+        (i, j), s = radius_graph(pos, cell, pbc, 5.0)
+        assert (np.diff(i) >= 0).all()
+        graphs.append({(a, b, *c) for a, b, c in zip(i, j, s, strict=True)})
+        assert count_edges(pos, cell, pbc, 5.0) == len(i)
+    assert graphs[0] == graphs[1] and len(graphs[0]) > 10_000
 
 
 def test_atoms_spread_past_the_limit_are_refused_not_a_crash() -> None:

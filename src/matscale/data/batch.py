@@ -106,9 +106,9 @@ class GraphDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict[str, np.ndarray]:
         s = self.store[int(i)]
-        # the store's own statistics set the contact floors: nothing here is below them, so the
-        # check would only cost the loader time
-        return self.settings.sample(s, self._head[s.source], index=int(i), check_contacts=False)
+        # checked when packed (and the shards by checksum when opened): checking again would
+        # only cost the loader time
+        return self.settings.sample(s, self._head[s.source], index=int(i), packed=True)
 
     def __getitems__(self, indices: list[int]) -> list[dict[str, np.ndarray]]:
         return [self[i] for i in indices]

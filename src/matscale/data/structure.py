@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ase import Atoms
 
-from matscale.data.graph import extent_problem, face_separations
+from matscale.data.graph import extent_problem, face_separations, neighbour_list
 from matscale.errors import DataError
 
 #: Atoms closer than this are rejected as unphysical (Å).
@@ -198,13 +198,11 @@ def check_structure(
 
 def min_distance(s: Structure) -> float:
     """Smallest distance between two atoms, periodic images included (Å); inf for one atom."""
-    from vesin import NeighborList
-
     pbc = np.asarray(s.pbc, dtype=bool)
     cell = np.asarray(s.cell, dtype=np.float64) if pbc.any() else np.zeros((3, 3))
     # A cutoff this small makes vesin build a grid of tiny cells (slow); 1 Å costs ~nothing and
     # any pair closer than MIN_DISTANCE is in it.
-    nl = NeighborList(cutoff=1.0, full_list=False)
+    nl = neighbour_list(1.0, len(s.numbers), full=False)
     (d,) = nl.compute(
         points=np.asarray(s.positions, np.float64), box=cell, periodic=pbc, quantities="d"
     )

@@ -169,17 +169,20 @@ class GraphSettings:
         *,
         index: int = -1,
         file: str | None = None,
-        check_contacts: bool = True,
+        packed: bool = False,
     ) -> dict[str, np.ndarray]:
         """``s`` as the model's graph sample (numpy arrays; see :func:`collate`), read by head
         ``head``. Raises :class:`DataError` for elements the head never saw, non-finite or
-        flown-away positions and degenerate periodic cells, and (``check_contacts``) atoms on
-        top of each other; warns about contacts shorter than training's (``check_contacts``:
-        off for the training store itself, validated when packed and whose statistics set
-        them)."""
+        flown-away positions and degenerate periodic cells, and atoms on top of each other;
+        warns about contacts shorter than training's. ``packed``: ``s`` comes from a packed
+        store, whose structures passed all of that when packed
+        (:func:`~matscale.data.structure.check_structure`) and whose statistics set the contact
+        floors, so only the elements are checked (the rest cost training a fifth of its
+        graph building: ~75 µs of ~0.45 ms per structure)."""
         record = s.key or (index if index >= 0 else None)
         self.check_elements(s.numbers, head, file=file, record=record)
-        check_geometry(s, file=file, record=record)
+        if not packed:
+            check_geometry(s, file=file, record=record)
         sample = graph_sample(
             s,
             self.cutoff,
@@ -188,7 +191,7 @@ class GraphSettings:
             index=index,
             dtype=np.dtype(self.dtype).type,
         )
-        if check_contacts:
+        if not packed:
             self.check_contacts(s, sample["edge_index"], sample["shifts"], head, file, record)
         return sample
 
