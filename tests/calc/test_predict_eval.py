@@ -89,6 +89,9 @@ def test_eval_verb_on_a_file_a_folder_and_a_store(
     assert family.split()[1] == "16" and "—" not in family.split()[2]  # 2 + 14 strained cells
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["structures"] == 5 + 64
+    # no --head: each structure read by its own source's head, and the summary says which
+    assert summary["head"] is None and sum(summary["heads_used"].values()) == 5 + 64
+    assert len(summary["heads_used"]) == 2
     assert (out / "structures.csv").read_text().count("\n") == 1 + 69
     assert (out / "parity.png").stat().st_size > 1000 and (out / "errors.png").is_file()
 

@@ -275,9 +275,14 @@ def evaluate_files(
             "stress: nothing to score (eval compares predictions with labels)",
             file=", ".join(map(str, paths)),
         )
+    used: dict[str, int] = {}  # structures read by each head
+    for row in errors.rows:
+        used[row["head"]] = used.get(row["head"], 0) + 1
     info = {
         "model": potential.info.get("path"),
+        # None: each structure was read by its own source's head (heads_used counts them)
         "head": head,
+        "heads_used": dict(sorted(used.items())),
         "inputs": [str(p) for p in paths],
         "seconds": round(time.perf_counter() - started, 2),
     }
