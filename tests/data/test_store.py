@@ -326,3 +326,27 @@ def test_repeated_structures_are_counted_and_said(tmp_path: Path, structures, ca
     pack([files[0], copy], tmp_path / "said", PackConfig(workers=1), progress=True)
     assert "structures repeat another one" in capsys.readouterr().out
     assert "structures repeat another one" in describe(Store(tmp_path / "said"))  # data info
+
+
+def test_repeats_are_counted_per_source_and_across_combined_stores(tmp_path: Path) -> None:
+    # the same geometries relabelled under another source (a teacher's) are two labellings,
+    # not repeats; a store combined with another that holds the same structures of the same
+    # source repeats them (combine carries the fingerprints)
+    from dataclasses import replace
+
+    from matscale.data.combine import combine_stores
+
+    for folder in ("both", "first", "again"):
+        (tmp_path / folder).mkdir()
+    cells = emt_structures(6)
+    teacher = [replace(s, source="teacher") for s in cells]
+    both = write_files(tmp_path / "both", cells + teacher, per_file=12)
+    meta = pack(both, tmp_path / "relabelled", PackConfig(workers=1), progress=False)
+    assert meta["n_structures"] == 12 and meta["repeated_structures"] == 0
+    first = write_files(tmp_path / "first", cells, per_file=6)
+    again = write_files(tmp_path / "again", cells[:4] + emt_structures(3, seed=7), per_file=7)
+    pack(first, tmp_path / "a", PackConfig(workers=1), progress=False)
+    pack(again, tmp_path / "b", PackConfig(workers=1), progress=False)
+    union = combine_stores([tmp_path / "a", tmp_path / "b"], tmp_path / "ab")
+    assert union.meta["repeated_structures"] == 4
+    assert "4 of the 13 structures repeat another one of their source" in describe(union)

@@ -92,6 +92,9 @@ def combine_stores(
             shutil.copyfile(
                 part_file.with_suffix(".stats.npz"), tmp / "parts" / f"{stem}.stats.npz"
             )
+            prints = part_file.with_suffix(".fingerprints.npy")  # repeats across the inputs
+            if prints.is_file():
+                shutil.copyfile(prints, tmp / "parts" / f"{stem}.fingerprints.npy")
         merge_parts(tmp, one_packing=False)
         write_json_atomic(tmp / "parts" / RECORD, content)
         os.replace(tmp, out)

@@ -124,6 +124,7 @@ def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
         index["source"][pos : pos + n] = np.array([src_id[s] for s in shard.sources])[a["source"]]
         index["family"][pos : pos + n] = np.array([fam_id[f] for f in shard.families])[a["family"]]
         pos += n
+    repeats = _repeats(part_files, np.asarray(index["source"]))
     for name, arr in index.items():
         arr.flush()
         del arr
@@ -141,7 +142,7 @@ def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
         "skipped": skipped,
         # which records were kept: None where the parts' settings differ (a combination)
         "filters": parts[0].get("filters") if len(filters) == 1 else None,
-        "repeated_structures": _repeats(part_files),
+        "repeated_structures": repeats,
         "stats": stats.summary(),
         # the index arrays are checked like shards (`data info --verify`): an edited or
         # damaged one would batch and label structures wrongly without failing to read
@@ -157,22 +158,28 @@ def repeats_note(meta: dict[str, Any]) -> str:
     if not n:
         return ""
     return (
-        f"warning: {n:,} of the {meta['n_structures']:,} structures repeat another one "
+        f"warning: {n:,} of the {meta['n_structures']:,} structures repeat another one of "
+        "their source "
         "(same elements, positions and cell: a file packed twice, or a database beside the "
         "file it was written from?); the split may put copies in both training and "
         "validation or test, which flatters their errors"
     )
 
 
-def _repeats(part_files: list[Path]) -> int | None:
-    """Structures that repeat an earlier one of the store (same elements, positions and cell:
-    :func:`matscale.data.pack.fingerprint`); None where a part has no fingerprints (packed
-    before they were kept)."""
+def _repeats(part_files: list[Path], source: np.ndarray) -> int | None:
+    """Structures that repeat an earlier one of the same source (same elements, positions and
+    cell: :func:`matscale.data.pack.fingerprint`); ``source`` [n_structures] the store's
+    source ids, in the parts' order. The same geometry under two sources (relabelled by a
+    teacher, say) is two labellings, not a repeat. None where a part has no fingerprints
+    (packed before they were kept)."""
     found = [pf.with_suffix(".fingerprints.npy") for pf in part_files]
     if not all(f.is_file() for f in found):
         return None
     prints = np.concatenate([np.load(f) for f in found])  # merge_parts has 1+ parts
-    return int(len(prints) - len(np.unique(prints)))
+    if len(prints) != len(source):  # written by another packing than the shards: no count
+        return None
+    pairs = np.stack([source.astype(np.uint64), prints.astype(np.uint64)], axis=1)
+    return int(len(pairs) - len(np.unique(pairs, axis=0)))
 
 
 def _skipped_words(root: Path, skipped: dict[str, int]) -> str:
