@@ -2,6 +2,7 @@
 
 import json
 import math
+import re
 import subprocess
 from pathlib import Path
 
@@ -178,11 +179,17 @@ def test_two_by_two_sweep_runs_resumes_and_reports(
         "step-00000002.pt"
     ]
     assert len(read_rows(sweep.sweep_dir / RESULTS)) == 3
+    assert main(["sweep", "plan", str(path)]) == 0  # the time left, at the finished runs' rates
+    assert re.search(r"1 run to train, \S+ matmul FLOPs: about \S+ h .* GFLOP/s",
+                     capsys.readouterr().out)  # fmt: skip
 
     outcome = run_sweep(sweep)  # only the crashed run trains again, from its checkpoint
     assert outcome["done"] == [victim.name] and len(outcome["skipped"]) == 3
     rows = read_rows(sweep.sweep_dir / RESULTS)
     assert len(rows) == 4 and len({r["config_hash"] for r in rows}) == 4
+    planned = {run.config_hash: run.training_flops for run in plan(sweep)}
+    for row in rows:  # the plan's estimate against the FLOPs each run trained for
+        assert 0.7 < planned[row["config_hash"]] / row["training_flops"] < 1.3
     log = read_rows(victim.run_dir / "metrics.jsonl")
     assert [r["step"] for r in log if r["kind"] == "train"] == [1, 2, 3, 4, 5, 6]
     assert run_sweep(sweep)["done"] == []  # all done: nothing trains
@@ -216,7 +223,8 @@ def test_two_by_two_sweep_runs_resumes_and_reports(
         run_sweep(edited)
 
     assert main(["sweep", "plan", str(path)]) == 0
-    assert "4 runs, 0 done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "4 runs, 0 done" in out and "follows from the rate of the first to finish" in out
     assert main(["sweep", "plan", str(path), "epochs=2"]) == 2  # two budgets
     assert "exactly one budget" in capsys.readouterr().err
 

@@ -90,13 +90,14 @@ def _guard(fn: Any) -> Any:
 
 @_guard
 def _plan(args: argparse.Namespace) -> int:
-    from matscale.scaling.results import RESULTS, finished_hashes
+    from matscale.scaling.results import RESULTS, read_rows, run_hash
     from matscale.scaling.sweep import describe_plan, plan
 
     sweep = _load(args)
     runs = plan(sweep)
-    done = finished_hashes(sweep.sweep_dir / RESULTS)
-    print(describe_plan(runs, done))
+    rows = read_rows(sweep.sweep_dir / RESULTS)
+    done = {run_hash(row) for row in rows}
+    print(describe_plan(runs, done, rows))
     print(f"{len(runs)} runs, {sum(r.config_hash in done for r in runs)} done; results: "
           f"{sweep.sweep_dir / RESULTS}")  # fmt: skip
     return 0

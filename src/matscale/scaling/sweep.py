@@ -22,7 +22,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -33,7 +33,12 @@ import yaml
 from matscale.config import ConfigError, RunConfig, load_tree, to_dict, with_overrides
 from matscale.data.store import Store
 from matscale.models.egnn import EGNNConfig
-from matscale.models.size import non_embedding_parameters, parameter_count, width_for
+from matscale.models.size import (
+    non_embedding_parameters,
+    parameter_count,
+    training_flops,
+    width_for,
+)
 from matscale.train.data import make_splits, sampler_for
 from matscale.train.run import model_config_for
 
@@ -126,6 +131,10 @@ class PlannedRun:
     train_atoms: int
     """Atoms in the run's training data: the data size D of the fits."""
     config_hash: str
+    training_flops: int = 0
+    """Matmul FLOPs the run will train for (:func:`matscale.models.size.training_flops`),
+    estimated as its steps × the atoms and edges of a mean batch of its training data; the
+    results row records what it did."""
 
     @property
     def parameters(self) -> int:
@@ -223,7 +232,8 @@ def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
             model=model,
         )
         train = make_splits(store, data).train
-        steps = sweep.steps or _epoch_steps(sweep, cfg, store, train, seed)
+        batches = _batches_per_epoch(sweep, cfg, store, train, seed)  # per process
+        steps = sweep.steps or max(1, sweep.min_steps, math.ceil((sweep.epochs or 0) * batches))
         every = max(1, math.ceil(steps / sweep.evaluations))
         cfg = replace(
             cfg,
@@ -237,16 +247,22 @@ def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
                 warmup_steps=min(cfg.train.warmup_steps, steps // 10),
             ),
         )
+        resolved = model_config_for(cfg, store)
+        atoms = int(np.asarray(store.n_atoms)[train].sum())
+        edges = int(np.asarray(store.n_edges, dtype=np.int64)[train].sum())
+        passes = steps / max(batches, 1.0)  # over the training data (an epoch's atoms, edges)
+        flops = training_flops(resolved, round(atoms * passes), round(edges * passes))
         runs.append(
             PlannedRun(
                 index=index,
                 config=cfg,
-                model=model_config_for(cfg, store),
+                model=resolved,
                 fraction=fraction,
                 seed=seed,
                 train_structures=len(train),
-                train_atoms=int(np.asarray(store.n_atoms)[train].sum()),
+                train_atoms=atoms,
                 config_hash=config_hash(cfg),
+                training_flops=flops,
             )
         )
     return runs
@@ -265,29 +281,63 @@ def _sized(base: RunConfig, size: ModelSize, store: Store) -> EGNNConfig:
     return replace(base.model, width=width, depth=depth)
 
 
-def _epoch_steps(
+def _batches_per_epoch(
     sweep: SweepConfig, cfg: RunConfig, store: Store, train: np.ndarray, seed: int
-) -> int:
-    """Optimizer steps of ``sweep.epochs`` passes over ``train`` on each process."""
+) -> float:
+    """Optimizer steps of one pass over ``train`` on each process."""
     sampler = sampler_for(
         store, train, cfg.data, train=True, seed=seed, rank=0, world=sweep.processes
     )
-    per_epoch = len(sampler) / cfg.train.accumulation
-    return max(1, sweep.min_steps, math.ceil((sweep.epochs or 0) * per_epoch))
+    return len(sampler) / cfg.train.accumulation
 
 
-def describe_plan(runs: list[PlannedRun], done: Collection[str] = ()) -> str:
-    """A table of the planned runs (a ✓ marks those whose results are in)."""
+def describe_plan(
+    runs: list[PlannedRun], done: Collection[str] = (), finished: Sequence[dict[str, Any]] = ()
+) -> str:
+    """A table of the planned runs (a ✓ marks those whose results are in) with the matmul
+    FLOPs each will train for, and the time the unfinished ones need: at the rate (training
+    FLOPs per second of training) of the ``finished`` results row nearest in parameters, as
+    measured on the machine that ran it."""
     lines = [
         f"{'#':>3}  {'run':<24} {'params':>11} {'non-emb':>11} {'train atoms':>12} "
-        f"{'steps':>7}  done"
+        f"{'steps':>7} {'FLOPs (est.)':>12}  done"
     ]
     for r in runs:
         lines.append(
             f"{r.index:>3}  {r.config.name:<24} {r.parameters:>11,} "
             f"{r.non_embedding_parameters:>11,} {r.train_atoms:>12,} "
-            f"{r.config.train.steps:>7,}  {'✓' if r.config_hash in done else ''}"
+            f"{r.config.train.steps:>7,} {r.training_flops:>12.2e}  "
+            f"{'✓' if r.config_hash in done else ''}"
         )
+    left = [r for r in runs if r.config_hash not in done]
+    rates = [
+        (float(row["non_embedding_parameters"]), row["training_flops"] / row["train_seconds"])
+        for row in finished
+        if row.get("training_flops") and row.get("train_seconds")
+        and row.get("non_embedding_parameters")
+    ]  # fmt: skip
+    if not left:
+        return "\n".join(lines)
+    flops = sum(r.training_flops for r in left)
+    what = f"{len(left)} run{'s' if len(left) > 1 else ''} to train, {flops:.2e} matmul FLOPs"
+    if not rates:
+        lines.append(
+            f"{what}; the time they need follows from the rate of the first to finish (plan "
+            "again then)"
+        )
+        return "\n".join(lines)
+
+    def rate(run: PlannedRun) -> float:  # the finished run nearest in size, on a log scale
+        n = max(run.non_embedding_parameters, 1)
+        return min(rates, key=lambda nr: abs(math.log(max(nr[0], 1) / n)))[1]
+
+    seconds = sum(r.training_flops / rate(r) for r in left)
+    low, high = min(r for _, r in rates), max(r for _, r in rates)
+    lines.append(
+        f"{what}: about {seconds / 3600:.2g} h "
+        f"of training at the rates the finished runs trained at ({low / 1e9:.2g}–"
+        f"{high / 1e9:.2g} GFLOP/s, the nearest in size for each; evaluation not included)"
+    )
     return "\n".join(lines)
 
 
