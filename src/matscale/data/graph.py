@@ -131,11 +131,11 @@ def radius_graph(
     cutoff: Å.
     max_neighbours: keep only this many nearest neighbours per centre atom (the paper used 50);
         ``None`` keeps all. Ties are broken by the order vesin returns, deterministically.
-        Each centre's edges are in vesin's order otherwise.
 
     Returns
     -------
-    edge_index: [2, n_edges] int64, rows (centre i, neighbour j).
+    edge_index: [2, n_edges] int64, rows (centre i, neighbour j), sorted by centre; each
+        centre's edges in vesin's order (reproducible), or by distance with max_neighbours.
     shifts: [n_edges, 3] int64, integer cell shifts S.
     """
     pbc = np.asarray(pbc, dtype=bool)

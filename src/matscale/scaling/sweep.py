@@ -131,7 +131,7 @@ class PlannedRun:
     train_atoms: int
     """Atoms in the run's training data: the data size D of the fits."""
     config_hash: str
-    training_flops: int = 0
+    training_flops: int
     """Matmul FLOPs the run will train for (:func:`matscale.models.size.training_flops`),
     estimated as its steps × the atoms and edges of a mean batch of its training data; the
     results row records what it did."""
