@@ -223,6 +223,13 @@ def test_set_head_switches_the_head_and_drops_the_old_results(tiny_model: Path) 
     assert calc.head == "mol" and calc.parameters["head"] == "mol"
     with pytest.raises(ValueError, match="model cannot be changed"):
         calc.set(model="other.pt")
+    # settings it would ignore (and write into trajectories as if they took effect) are refused,
+    # in set and as the constructor's keywords (a typo included)
+    with pytest.raises(ValueError, match=r"no setting 'dtype': .* chosen when the model is loaded"):
+        calc.set(dtype="float64")
+    with pytest.raises(ValueError, match=r"no setting 'dtpye'"):
+        MatscaleCalculator.from_file(tiny_model, head="emt", dtpye="float64")
+    assert "dtype" not in calc.parameters
 
 
 def test_unseen_element_is_an_error_naming_it(calc: MatscaleCalculator) -> None:

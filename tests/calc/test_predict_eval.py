@@ -9,6 +9,7 @@ import ase.io
 import numpy as np
 import pytest
 from ase import Atoms
+from ase.io.trajectory import Trajectory
 
 from matscale.calc import MatscaleCalculator, load_potential, predict
 from matscale.calc.evaluation import evaluate_structures, summarise
@@ -141,6 +142,15 @@ def test_eval_verb_errors_are_one_line(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "field 'forces': a label contains NaN or inf" in err[0], err
     assert "nan.extxyz#1" in err[0]
+    # forces of the wrong shape: one line naming record and field, not numpy's broadcast error
+    short = alloy(0)
+    short.info["source"] = "emt"
+    short.calc = SinglePointCalculator(short, energy=1.0, forces=np.zeros((len(short) - 1, 3)))
+    Trajectory(str(tmp_path / "short.traj"), "w").write(short)
+    assert main(["eval", str(tiny_model), str(tmp_path / "short.traj"), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    expected = f"field 'forces': expected shape ({len(short)}, 3), got ({len(short) - 1}, 3)"
+    assert len(err) == 1 and expected in err[0] and "short.traj#0" in err[0], err
 
 
 def test_eval_without_labels_and_predict_of_one_structure(

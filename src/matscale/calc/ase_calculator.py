@@ -96,6 +96,13 @@ class MatscaleCalculator(Calculator):
         another calculator."""
         if "model" in kwargs and kwargs["model"] != self.parameters.get("model"):
             raise ValueError("a calculator's model cannot be changed: create another calculator")
+        unknown = sorted(set(kwargs) - {"head", "model"})
+        if unknown:  # kept in parameters and written to trajectories, they would claim effects
+            raise ValueError(
+                f"MatscaleCalculator has no setting {', '.join(map(repr, unknown))}: it takes "
+                "head= (also in set); device, dtype and compile are chosen when the model is "
+                "loaded (MatscaleCalculator.from_file(path, head=..., device=..., dtype=...))"
+            )
         if "head" in kwargs and hasattr(self, "potential"):  # not during ASE's __init__
             kwargs["head"] = self._use_head(kwargs["head"])
         changed = dict(super().set(**kwargs))

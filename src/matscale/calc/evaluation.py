@@ -106,10 +106,16 @@ def evaluate_structures(
 
 
 def _check_labels(s: Structure) -> None:
-    """Raise :class:`DataError` naming the record and field for a label that is not finite:
-    one NaN would turn every mean error it enters into NaN."""
-    for name in ("energy", "forces", "stress"):
+    """Raise :class:`DataError` naming the record and field for a label of the wrong shape
+    (forces [n, 3] eV/Å, stress [6] eV/Å³ Voigt) or not finite: one NaN would turn every mean
+    error it enters into NaN."""
+    shapes = {"energy": (), "forces": (s.n_atoms, 3), "stress": (6,)}
+    for name, shape in shapes.items():
         value = getattr(s, name)
+        if value is not None and np.shape(value) != shape:
+            raise DataError(
+                f"expected shape {shape}, got {np.shape(value)}", record=s.key, field=name
+            )
         if value is not None and not np.all(np.isfinite(value)):
             raise DataError(
                 "a label contains NaN or inf: errors cannot be measured against it",
