@@ -281,6 +281,25 @@ def test_verbs_refuse_bad_settings_in_one_line(
             ],
             "no structure format ASE writes has the suffix '.weirdext'",
         ),
+        # a trajectory in a one-structure format kept only the last frame (POSCAR), or
+        # garbled them (LAMMPS data)
+        (
+            ["md", str(tiny_model), str(start), "--traj", str(tmp_path / "md.vasp")],
+            "md.vasp: vasp files hold one structure",
+        ),
+        (
+            ["md", str(tiny_model), str(start), "--traj", str(tmp_path / "md.lammps-data")],
+            "lammps-data files hold one structure",
+        ),
+        # an option of another ensemble was ignored without a word
+        (
+            ["md", str(tiny_model), str(start), "--ensemble", "nve", "--pressure", "3"],
+            "--pressure is for --ensemble npt; this run is nve",
+        ),
+        (
+            ["md", str(tiny_model), str(start), "--ensemble", "npt", "--friction", "0.5"],
+            "--friction is for --ensemble nvt; this run is npt",
+        ),
         # checked before the relaxation, whose work would be lost
         (
             ["relax", str(tiny_model), str(start), "--out", str(tmp_path / "no/dir/r.extxyz")],

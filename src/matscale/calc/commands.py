@@ -74,8 +74,10 @@ def add_verbs(verbs: Any) -> None:
         help="K of the initial velocities (default: --temperature; 0 keeps the file's)",
     )
     md.add_argument("--steps", type=int, default=1000, help="time steps")
-    md.add_argument("--friction", type=float, default=0.01, help="Langevin friction, 1/fs")
-    md.add_argument("--pressure", type=float, default=0.0, help="NPT pressure, GPa")
+    md.add_argument(
+        "--friction", type=float, default=None, help="Langevin friction, 1/fs (nvt; 0.01)"
+    )
+    md.add_argument("--pressure", type=float, default=None, help="NPT pressure, GPa (npt; 0)")
     md.add_argument("--log-every", type=int, default=10, help="steps between log rows/frames")
     md.add_argument("--seed", type=int, default=0, help="of velocities and Langevin noise")
     md.add_argument("--traj", type=Path, default=Path("md.traj"), help="trajectory file")
@@ -379,6 +381,14 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
     )
     from matscale.parallel.distributed import finish
 
+    # an option of another ensemble would be ignored: say so before any work
+    for option, value, ensemble in (("friction", args.friction, "nvt"),
+                                    ("pressure", args.pressure, "npt")):  # fmt: skip
+        if value is not None and args.ensemble != ensemble:
+            raise DataError(
+                f"--{option} is for --ensemble {ensemble}; this run is {args.ensemble}",
+                field=option,
+            )
     atoms = _read_structure(args.structure, args.index)
     atoms.calc = _calculator(args, needs_stress="NPT" if args.ensemble == "npt" else "")
     if not atoms.calc.potential.conservative:
@@ -393,8 +403,8 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         steps=args.steps,
         temperature_K=args.temperature,
         initial_temperature_K=args.initial_temperature,
-        friction_per_fs=args.friction,
-        pressure_GPa=args.pressure,
+        friction_per_fs=MDConfig.friction_per_fs if args.friction is None else args.friction,
+        pressure_GPa=MDConfig.pressure_GPa if args.pressure is None else args.pressure,
         log_every=args.log_every,
         seed=args.seed,
     )

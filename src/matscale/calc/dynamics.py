@@ -295,7 +295,7 @@ def check_outputs(log: Path | None, trajectory: Path | None) -> None:
         if path is not None:
             check_output_path(path)
     if trajectory is not None:
-        check_output_format(trajectory)
+        check_output_format(trajectory, frames=True)
 
 
 def check_output_path(path: Path) -> None:
@@ -306,9 +306,16 @@ def check_output_path(path: Path) -> None:
         raise DataError("no folder to write it in, or not writable", file=str(path))
 
 
-def check_output_format(path: Path) -> None:
-    """Refuse, before any work, a structure or trajectory file whose suffix names no format
-    ASE writes."""
+#: Formats ASE writes one frame at a time but cannot read back as several when appended to:
+#: an animated XSF is written in one call, not frame by frame.
+NOT_APPENDABLE = frozenset({"xsf"})
+
+
+def check_output_format(path: Path, *, frames: bool = False) -> None:
+    """Refuse, before any work, a structure file whose suffix names no format ASE writes, and
+    for a trajectory (``frames``) one that holds a single structure or that ASE cannot read
+    back frame by frame (POSCAR, LAMMPS data, PNG: each frame would replace or garble the
+    last)."""
     from ase.io.formats import UnknownFileTypeError, filetype, ioformats
 
     try:
@@ -318,6 +325,13 @@ def check_output_format(path: Path) -> None:
     if name not in ioformats or not ioformats[name].can_write:
         raise DataError(
             f"no structure format ASE writes has the suffix {path.suffix!r}: use .extxyz or .traj",
+            file=str(path),
+        )
+    form = ioformats[name]
+    if frames and (form.single or not form.can_read or name in NOT_APPENDABLE):
+        raise DataError(
+            f"{name} files hold one structure (or cannot be read back frame by frame): a "
+            "trajectory needs .extxyz or .traj (or .db, .json, .cif, .pdb)",
             file=str(path),
         )
 
