@@ -100,8 +100,9 @@ def test_the_plan_verb(capsys) -> None:
     assert "edges per atom 40 (no store: assumed)" in out
     assert main([*args, "--utilisation", "2"]) == 2
     assert "--utilisation must lie in (0, 1]" in capsys.readouterr().err
-    assert main([*args, "--edges-per-atom", "0"]) == 2
-    assert "--edges-per-atom must be positive" in capsys.readouterr().err
+    for bad in ("0", "inf", "nan"):  # inf gave a plan of "inf GiB"
+        assert main([*args, "--edges-per-atom", bad]) == 2
+        assert "--edges-per-atom must be a positive number" in capsys.readouterr().err
     assert main(["plan", "model.width=64", "data.store=nowhere", "--devices", "4"]) == 2
     assert "parallel.backend=none: one process trains alone" in capsys.readouterr().err
     bf16 = ["plan", "model.width=64", "data.store=nowhere", "parallel.precision=bf16"]

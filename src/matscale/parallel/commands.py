@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -56,8 +57,8 @@ def _plan(args: argparse.Namespace) -> int:
         raise ConfigError(f"--devices must be at least 1, got {args.devices}")
     if not 0 < args.utilisation <= 1:
         raise ConfigError(f"--utilisation must lie in (0, 1], got {args.utilisation}")
-    if args.edges_per_atom is not None and not args.edges_per_atom > 0:
-        raise ConfigError(f"--edges-per-atom must be positive, got {args.edges_per_atom}")
+    if args.edges_per_atom is not None and not 0 < args.edges_per_atom < math.inf:
+        raise ConfigError(f"--edges-per-atom must be a positive number, got {args.edges_per_atom}")
     if args.devices > 1 and cfg.parallel.backend == "none":
         raise ConfigError(
             f"--devices {args.devices} with parallel.backend=none: one process trains alone; "
