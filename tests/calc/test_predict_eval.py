@@ -253,3 +253,25 @@ def test_predict_verb_writes_the_models_numbers_and_says_whose_they_are(
     assert main([*folder_args, "--out", str(path)]) == 2
     assert f"--out lies in the input folder {tmp_path}" in capsys.readouterr().err
     assert out.read_bytes() == before and path.exists()
+
+
+def test_eval_says_when_the_labels_are_a_models(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # predictions evaluated as if they were reference labels gave errors of 0.0 without a word
+    path = tmp_path / "emt.extxyz"
+    ase.io.write(path, [s.to_atoms() for s in emt_structures(3, seed=4)])
+    predicted = tmp_path / "predicted.extxyz"
+    assert main(["predict", str(tiny_model), str(path), "--out", str(predicted),
+                 "--no-progress"]) == 0  # fmt: skip
+    capsys.readouterr()
+    out = tmp_path / "report"
+    assert main(["eval", str(tiny_model), str(predicted), "--out", str(out), "--no-progress"]) == 0
+    err = capsys.readouterr().err
+    assert "note: 3 of the 3 structures carry labels a model made (matscale " in err
+    summary = json.loads((out / "summary.json").read_text())
+    assert sum(summary["metrics"]["labels_made_by_models"].values()) == 3
+    assert "labelled_by" in (out / "structures.csv").read_text().splitlines()[0]
+    # reference labels: no note
+    assert main(["eval", str(tiny_model), str(path), "--no-progress"]) == 0
+    assert "labels a model made" not in capsys.readouterr().err

@@ -271,6 +271,14 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_table(metrics))
+    if made := metrics.get("labels_made_by_models"):
+        n = sum(made.values())
+        print(
+            f"note: {n:,} of the {metrics['structures']:,} structures carry labels a model made "
+            f"({'; '.join(made)}), not a reference calculation: their errors measure agreement "
+            "with that model",
+            file=sys.stderr,
+        )
     if args.out is not None:
         print(f"summary.json, structures.csv and plots in {args.out}")
     return 0

@@ -136,6 +136,7 @@ def _add(
         "family": s.family,
         "head": potential.heads[head_for(potential, s, head)],
         "atoms": n,
+        "labelled_by": s.labelled_by,  # a model's labels, not a reference calculation's
     }
     if s.energy is not None:
         errors.energy.append((s.energy / n, r["energy"] / n, row_index))
@@ -282,8 +283,13 @@ def evaluate_files(
             file=", ".join(map(str, paths)),
         )
     used: dict[str, int] = {}  # structures read by each head
+    made: dict[str, int] = {}  # structures whose labels a model made, by that model
     for row in errors.rows:
         used[row["head"]] = used.get(row["head"], 0) + 1
+        if row["labelled_by"]:
+            made[row["labelled_by"]] = made.get(row["labelled_by"], 0) + 1
+    if made:  # the errors then measure agreement with that model, which the report says
+        metrics["labels_made_by_models"] = dict(sorted(made.items()))
     info = {
         "model": potential.info.get("path"),
         # None: each structure was read by its own source's head (heads_used counts them)
