@@ -172,3 +172,33 @@ def test_a_source_labelled_by_two_models_is_refused_naming_the_record(tmp_path: 
         pack([path], tmp_path / "store", PackConfig(workers=1), progress=False)
     assert "one level of theory" in str(err.value)
     assert not (tmp_path / "store").exists()
+
+
+def test_a_folder_reads_poscars_and_compressed_files_and_names_what_it_skips(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # POSCAR and x.extxyz.gz were dropped from a folder without a word (given alone, they read)
+    import gzip
+    import shutil
+
+    from matscale.data.pack import collect_inputs
+
+    folder = tmp_path / "mixed"
+    (folder / "sub").mkdir(parents=True)
+    atoms = [s.to_atoms() for s in emt_structures(3)]
+    ase.io.write(folder / "a.extxyz", atoms)
+    ase.io.write(folder / "POSCAR", atoms[0], format="vasp")
+    ase.io.write(folder / "sub" / "CONTCAR", atoms[1], format="vasp")
+    ase.io.write(folder / "b.extxyz", atoms)
+    with open(folder / "b.extxyz", "rb") as src, gzip.open(folder / "b.extxyz.gz", "wb") as dst:
+        shutil.copyfileobj(src, dst)
+    (folder / "b.extxyz").unlink()
+    (folder / "notes.txt").write_text("not a structure")
+    (folder / ".DS_Store").write_text("")
+    (folder / "generate.json").write_text("{}")  # bookkeeping: skipped without a note
+    files, _ = collect_inputs([folder])
+    assert sorted(f.name for f in files) == ["CONTCAR", "POSCAR", "a.extxyz", "b.extxyz.gz"]
+    err = capsys.readouterr().err
+    assert "1 file(s) not read, no structure format by their names: notes.txt" in err
+    meta = pack(files, tmp_path / "store", PackConfig(workers=1, require=()), progress=False)
+    assert meta["n_structures"] == 3 + 1 + 1 + 3  # every file read

@@ -252,3 +252,17 @@ def test_non_utf8_json_and_non_object_records(tmp_path: Path) -> None:
     env.close()
     with pytest.raises(DataError, match="not an object"):
         list(read_structures(path))
+
+
+def test_an_ase_json_database_is_not_read_as_mptrj(tmp_path: Path) -> None:
+    # `md --traj x.json` (ASE's JSON database) failed in predict and eval: every .json was
+    # read as MPtrj ("record 1/calculator: bad value")
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = [s.to_atoms() for s in emt_structures(2)]
+    for a in frames:
+        a.calc = SinglePointCalculator(a, energy=-1.0)
+    path = tmp_path / "md.json"
+    ase.io.write(path, frames)
+    assert guess_format(path) == "ase"
+    assert [s.energy for s in read_structures(path)] == [-1.0, -1.0]

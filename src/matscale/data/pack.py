@@ -17,6 +17,7 @@ import json
 import multiprocessing as mp
 import os
 import shutil
+import sys
 import time
 from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
@@ -428,22 +429,55 @@ def _bytes(path: Path) -> int:
 NOT_DATA = {"generate.json", "label.json", "meta.json", "manifest.json"}
 
 
+#: Compressions ASE reads transparently, for text formats inside a folder (``x.extxyz.gz``).
+COMPRESSED = (".gz", ".bz2", ".xz")
+#: VASP's structure files, known by name: they have no suffix.
+VASP_NAMES = ("POSCAR", "CONTCAR")
+
+
+def is_data_file(path: Path) -> bool:
+    """Whether a file found in a folder given as input is read as structures: a data suffix
+    (:data:`~matscale.data.readers.DATA_SUFFIXES`), one of ASE's text formats compressed, or
+    VASP's POSCAR/CONTCAR (by name, with or without a suffix); never bookkeeping files."""
+    if path.name in NOT_DATA:
+        return False
+    suffix = path.suffix.lower()
+    if suffix in COMPRESSED:
+        return Path(path.stem).suffix.lower() in (".extxyz", ".xyz", ".cif", ".vasp", ".pdb")
+    return suffix in DATA_SUFFIXES or path.name.split(".")[0].upper() in VASP_NAMES
+
+
 def collect_inputs(inputs: list[Path]) -> tuple[list[Path], dict[Path, str]]:
     """Data files under ``inputs`` and the default source of each: the name of the directory
     given on the command line (every file of a dataset is one source), or the file's stem
-    when a file is given directly."""
+    when a file is given directly. Files of a folder that are not read (no structure format
+    by their name) are listed in a note on stderr, not dropped without a word."""
     files: list[Path] = []
     sources: dict[Path, str] = {}
     for path in inputs:
         if path.is_dir() and not is_folder_format(path):
-            found = sorted(
-                f
-                for f in path.rglob("*")
-                if f.suffix.lower() in DATA_SUFFIXES
-                and f.name not in NOT_DATA
-                and "parts" not in f.relative_to(path).parts
-                and not any(is_folder_format(Path(p)) for p in f.relative_to(path).parts[:-1])
-            )
+            found, ignored = [], []
+            for f in sorted(path.rglob("*")):
+                inside = f.relative_to(path).parts
+                if (
+                    "parts" in inside  # a store's own bookkeeping
+                    or any(is_folder_format(Path(p)) for p in inside[:-1])
+                    or any(p.startswith(".") for p in inside)  # hidden: .DS_Store, .git
+                ):
+                    continue
+                if f.is_dir():  # an ADIOS2 NAME.bp folder is one input; others are searched
+                    if is_folder_format(f):
+                        found.append(f)
+                    continue
+                if is_data_file(f):
+                    found.append(f)
+                elif f.name not in NOT_DATA:
+                    ignored.append(f)
+            if ignored:
+                names = ", ".join(str(f.relative_to(path)) for f in ignored[:5])
+                more = f" and {len(ignored) - 5} more" if len(ignored) > 5 else ""
+                print(f"note: {path}: {len(ignored)} file(s) not read, no structure format by "
+                      f"their names: {names}{more}", file=sys.stderr)  # fmt: skip
             files += found
             sources.update({f: path.resolve().name for f in found})
         else:

@@ -411,8 +411,24 @@ DATA_SUFFIXES = (".extxyz", ".xyz", ".traj", ".cif", ".vasp", ".pdb", *_EXTENSIO
 
 
 def guess_format(path: str | Path) -> str:
-    """Format name for a file from its extension; anything unknown goes to ``ase``."""
-    return _EXTENSIONS.get(Path(path).suffix.lower(), "ase")
+    """Format name for a file from its extension; anything unknown goes to ``ase``. A
+    ``.json`` file is MPtrj's unless its first rows are an ASE database's (``unique_id``,
+    ``ctime``: what ``ase.io.write`` and ``md --traj x.json`` make)."""
+    fmt = _EXTENSIONS.get(Path(path).suffix.lower(), "ase")
+    if fmt == "mptrj" and _is_ase_json(Path(path)):
+        return "ase"
+    return fmt
+
+
+def _is_ase_json(path: Path) -> bool:
+    """Whether the JSON file at ``path`` is an ASE database, by its first 4 KiB (an MPtrj file
+    is gigabytes: not parsed to tell)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(4096)
+    except OSError:
+        return False  # the reader names the file and what is wrong with it
+    return b'"unique_id"' in head and b'"ctime"' in head
 
 
 def read_structures(
