@@ -56,8 +56,9 @@ def _bench(args: argparse.Namespace) -> int:
     )
     print(table(results))
     for name, r in results.items():
-        missing = [x for suite in r.values() for x in suite.get("not_covered", [])]
-        if missing:
-            print(f"{name}: not covered (elements it never saw): {', '.join(missing)}")
+        for suite, result in r.items():  # dcdft lists elements, s22 systems (dimers)
+            if missing := result.get("not_covered", []):
+                what = "elements" if suite == "dcdft" else "systems with elements"
+                print(f"{name}, {suite}: not covered ({what} it never saw): {', '.join(missing)}")
     print(f"wrote {args.out / 'bench.json'}")
     return 0
