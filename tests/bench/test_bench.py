@@ -113,6 +113,9 @@ def test_a_model_and_its_teacher_side_by_side(tiny_store: Path, tmp_path: Path, 
     assert set(mine["dcdft"]["elements"]) == {"Cu", "Pd"}
     assert (tmp_path / "bench" / "dcdft.png").stat().st_size > 10_000
     assert "not covered" in text and "|dV0| %" in text
+    # elements for the EOS suite, dimers for S22 (which were called elements)
+    assert "dcdft: not covered (elements it never saw): Fe" in text
+    assert "s22: not covered (systems with elements it never saw): " in text
     if subjects:  # the teacher covers iron and every S22 dimer
         teacher = results[next(n for n in results if n.startswith("SevenNet-0"))]
         assert set(teacher["dcdft"]["elements"]) == {"Cu", "Pd", "Fe"}
