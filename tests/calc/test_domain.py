@@ -185,8 +185,9 @@ def test_md_over_two_processes_follows_the_single_process_trajectory(
     common = [str(tiny_model), str(tmp_path / "alloy.xyz"), "--head", "emt", "--ensemble", "nve",
               "--steps", "10", "--log-every", "5", "--no-progress"]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    # torchrun would take --log for its own --log-dir: each run writes md.log and md.traj in
-    # its own folder instead
+    # torchrun takes --log for an abbreviation of its own --log-dir: --log-file is md's name
+    # for it under torchrun (each run in its own folder)
+    common += ["--log-file", "md.log"]
     two = local_command(["-m", "matscale", "md", *common, "--domains"], processes=2)
     one = local_command(["-m", "matscale", "md", *common])
     for name, cmd in (("two", two), ("one", one)):

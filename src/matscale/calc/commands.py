@@ -81,7 +81,14 @@ def add_verbs(verbs: Any) -> None:
     md.add_argument("--log-every", type=int, default=10, help="steps between log rows/frames")
     md.add_argument("--seed", type=int, default=0, help="of velocities and Langevin noise")
     md.add_argument("--traj", type=Path, default=Path("md.traj"), help="trajectory file")
-    md.add_argument("--log", type=Path, default=Path("md.log"), help="energy/T/P log")
+    md.add_argument(
+        "--log",
+        "--log-file",  # the name to give under torchrun, whose argparse takes --log for its own
+        dest="log",
+        type=Path,
+        default=Path("md.log"),
+        help="energy/T/P log (--log-file under torchrun: --domains)",
+    )
     md.add_argument(
         "--domains",
         action="store_true",
