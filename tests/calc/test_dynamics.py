@@ -386,3 +386,16 @@ def test_md_with_direct_forces_logs_no_pressure(tiny_direct_model: Path) -> None
     rows = run_md(atoms, MDConfig(ensemble="nve", steps=4, log_every=2), progress=False)
     assert len(rows) == 3 and all(math.isnan(r["pressure_GPa"]) for r in rows)
     assert all(math.isfinite(r["etot_eV"]) for r in rows)
+
+
+def test_a_linear_molecule_starts_without_numpy_warnings(tiny_model: Path) -> None:
+    # ZeroRotation divides by the zero moment of a linear molecule: numpy's "invalid value
+    # encountered in divide" leaked into every md run of a dimer
+    import warnings
+
+    atoms = molecule("CO")
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="mol")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        rows = run_md(atoms, MDConfig(ensemble="nve", steps=2, log_every=1), progress=False)
+    assert np.isfinite(atoms.get_velocities()).all() and rows[0]["temperature_K"] > 0

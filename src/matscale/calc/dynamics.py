@@ -206,7 +206,10 @@ def run_md(
             thermalize_momenta(atoms, t0, rng=rng)
             Stationary(atoms)
             if not atoms.pbc.any():
-                ZeroRotation(atoms)
+                # a linear molecule's inertia has a zero moment: ASE divides by it, warns, and
+                # still removes the rotation about the other two axes
+                with np.errstate(divide="ignore", invalid="ignore"):
+                    ZeroRotation(atoms)
         dyn = make_dynamics(atoms, cfg, rng=rng)
         bar = progress_bar(
             total=cfg.steps, desc=f"MD {cfg.ensemble}", unit=" steps", enabled=progress
