@@ -399,6 +399,9 @@ def test_export_replaces_only_an_earlier_export(
         (checkpoint, checkpoint, "is not a matscale model file"),
         (tmp_path, tmp_path, "is a folder"),
         (tmp_path / "notes.pt", notes, "model card of notes.pt would replace this file"),
+        # a model written as m.extxyz, and a mistyped folder made without a word
+        (tmp_path / "m.extxyz", tmp_path / "m.extxyz", "a model file's name ends in .pt"),
+        (tmp_path / "no/dir/m.pt", tmp_path / "no/dir/m.pt", "no folder to write it in"),
     ]:
         assert main(["export", str(run), "--out", str(out)]) == 2
         err = capsys.readouterr().err

@@ -291,6 +291,10 @@ def check_export_target(path: Path) -> None:
             "another name",
             file=str(path),
         )
+    if path.suffix != ".pt":  # its card is NAME.md: model.extxyz would read as a structure file
+        raise DataError("a model file's name ends in .pt (say, model.pt)", file=str(path))
+    if not path.parent.is_dir():  # a mistyped folder is reported, not created (as md, relax)
+        raise DataError("no folder to write it in", file=str(path))
     card = path.with_suffix(".md")
     if card.is_dir() or (card.exists() and not card.read_bytes().startswith(CARD_TITLE.encode())):
         raise DataError(
