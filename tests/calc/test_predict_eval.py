@@ -275,3 +275,14 @@ def test_eval_says_when_the_labels_are_a_models(
     # reference labels: no note
     assert main(["eval", str(tiny_model), str(path), "--no-progress"]) == 0
     assert "labels a model made" not in capsys.readouterr().err
+    # structures without any label: predicted, in no error, and said so (n was 1 of 3 silently)
+    bare = [s.to_atoms() for s in emt_structures(2, seed=5)]
+    for a in bare:
+        a.calc = None
+    mixed = tmp_path / "mixed.extxyz"
+    ase.io.write(mixed, [*bare, ase.io.read(path)])
+    assert main(["eval", str(tiny_model), str(mixed), "--no-progress"]) == 0
+    assert "note: 2 of the 3 structures carry no label eval can score" in capsys.readouterr().err
+    # the same file twice counted every structure twice
+    assert main(["eval", str(tiny_model), str(path), str(path), "--no-progress"]) == 2
+    assert "emt.extxyz: given twice" in capsys.readouterr().err

@@ -262,6 +262,11 @@ def _eval(args: argparse.Namespace) -> int:
                 file=str(args.out),
             )
         check_output_path(args.out)
+    seen: set[Path] = set()
+    for path in args.data:  # each structure would count twice in every error
+        if path.resolve() in seen:
+            raise DataError("given twice: each of its structures would count twice", file=str(path))
+        seen.add(path.resolve())
     potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
     if any((p / META).is_file() for p in args.data):
         print(
@@ -278,6 +283,13 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_table(metrics))
+    if unscored := metrics.get("unscored_structures"):
+        print(
+            f"note: {unscored:,} of the {metrics['structures']:,} structures carry no label "
+            "eval can score (energy, forces, or stress of a periodic cell): predicted, in no "
+            "error",
+            file=sys.stderr,
+        )
     if made := metrics.get("labels_made_by_models"):
         n = sum(made.values())
         print(

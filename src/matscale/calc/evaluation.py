@@ -290,6 +290,10 @@ def evaluate_files(
             made[row["labelled_by"]] = made.get(row["labelled_by"], 0) + 1
     if made:  # the errors then measure agreement with that model, which the report says
         metrics["labels_made_by_models"] = dict(sorted(made.items()))
+    scored = ("energy_error_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_meV_per_A3")
+    unscored = sum(not any(k in row for k in scored) for row in errors.rows)
+    if unscored:  # predicted, but in no error: the counts n of the table leave them out
+        metrics["unscored_structures"] = unscored
     info = {
         "model": potential.info.get("path"),
         # None: each structure was read by its own source's head (heads_used counts them)
