@@ -399,3 +399,33 @@ def test_a_linear_molecule_starts_without_numpy_warnings(tiny_model: Path) -> No
         warnings.simplefilter("error", RuntimeWarning)
         rows = run_md(atoms, MDConfig(ensemble="nve", steps=2, log_every=1), progress=False)
     assert np.isfinite(atoms.get_velocities()).all() and rows[0]["temperature_K"] > 0
+
+
+def test_an_appended_run_continues_the_uninterrupted_one(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # a restart from the trajectory's last frame began its time at 0 again and replaced the
+    # trajectory: --append continues both, and NVE from the saved momenta is the same run
+    start = tmp_path / "start.extxyz"
+    ase.io.write(start, alloy(0))
+    common = ["--head", "emt", "--ensemble", "nve", "--log-every", "5", "--no-progress"]
+    whole, part = tmp_path / "whole", tmp_path / "part"
+    whole.mkdir()
+    part.mkdir()
+    outputs = ["--traj", str(whole / "md.traj"), "--log", str(whole / "md.log")]
+    assert main(["md", str(tiny_model), str(start), "--steps", "20", *common, *outputs]) == 0
+    traj, log = part / "md.traj", part / "md.log"
+    assert main(["md", str(tiny_model), str(start), "--steps", "10", *common,
+                 "--traj", str(traj), "--log", str(log)]) == 0  # fmt: skip
+    assert main(["md", str(tiny_model), str(traj), "--index", "-1", "--append",
+                 "--initial-temperature", "0", "--steps", "10", *common,
+                 "--traj", str(traj), "--log", str(log)]) == 0  # fmt: skip
+    capsys.readouterr()
+    rows = [np.loadtxt(folder / "md.log") for folder in (whole, part)]
+    assert rows[0].shape == rows[1].shape == (5, rows[0].shape[1])  # steps 0, 5, ..., 20
+    np.testing.assert_allclose(rows[1][:, 0], [0.0, 0.005, 0.01, 0.015, 0.02])  # time, ps
+    np.testing.assert_allclose(rows[1], rows[0], rtol=1e-6, atol=1e-8)
+    frames = [ase.io.read(folder / "md.traj", index=":") for folder in (whole, part)]
+    assert len(frames[0]) == len(frames[1]) == 5
+    np.testing.assert_allclose(frames[1][-1].positions, frames[0][-1].positions, atol=1e-9)
+    assert (log.read_text().count("#")) == 1  # one header

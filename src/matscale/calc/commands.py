@@ -90,6 +90,12 @@ def add_verbs(verbs: Any) -> None:
         help="energy/T/P log (--log-file under torchrun: --domains)",
     )
     md.add_argument(
+        "--append",
+        action="store_true",
+        help="continue an earlier run: append to --traj and --log, the time going on from the "
+        "log's last row (md md.traj --index -1 --append --initial-temperature 0)",
+    )
+    md.add_argument(
         "--domains",
         action="store_true",
         help="spread each force call over the processes of a torchrun/srun launch by spatial "
@@ -436,7 +442,11 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         seed=args.seed,
     )
     log, trajectory = (args.log, args.traj) if d.main else (None, None)
-    _check_distinct([args.structure], log=log, traj=trajectory)
+    # appending, the input may be the trajectory itself: its frame is read before any write
+    same = (
+        args.append and trajectory is not None and trajectory.resolve() == args.structure.resolve()
+    )
+    _check_distinct([args.structure], log=log, traj=None if same else trajectory)
     check_outputs(log, trajectory)  # the settings and paths first: they cost nothing
     _check_input(atoms, args.structure, args.index)
     with _naming(args.structure, args.index):  # NPT on a slab, say
@@ -446,6 +456,7 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
             log=log,
             trajectory=trajectory,
             progress=not args.no_progress and d.main,
+            append=args.append,
         )
     finish()
     if not d.main:

@@ -178,11 +178,16 @@ def run_md(
     trajectory: Path | None = None,
     progress: bool = True,
     observers: Sequence[tuple[Callable[[], None], int]] = (),
+    append: bool = False,
 ) -> list[dict[str, float]]:
     """Run ``cfg`` on ``atoms`` (calculator set); returns the log rows (every
     ``cfg.log_every`` steps and the first), written to ``log`` as they come (whitespace-
     separated columns, :data:`LOG_COLUMNS`) and frames to ``trajectory`` (.traj, .extxyz, ...).
-    Each of ``observers`` (a function, an interval in steps) is called as ASE's observers are."""
+    Each of ``observers`` (a function, an interval in steps) is called as ASE's observers are.
+
+    ``append``: continue an earlier run from its last frame. Rows and frames go after those
+    already in ``log`` and ``trajectory``, its time going on from the log's last row, and the
+    starting state (that frame) is not written again."""
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     from matscale.progress import progress_bar
@@ -195,9 +200,10 @@ def run_md(
     check_ensemble(atoms, cfg)
     mark_labeller(atoms)
     atoms.get_forces()  # computed once: the integrator's first step reuses them
-    log_fh = open(log, "w") if log is not None else None
+    start_ps = last_time_ps(log) if append and log is not None else 0.0
+    log_fh = open(log, "a" if append else "w") if log is not None else None
     try:
-        writer = _trajectory_writer(trajectory)
+        writer = _trajectory_writer(trajectory, append=append)
         rng = np.random.default_rng(cfg.seed)
         t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
         # a lone atom has no motion left once its centre of mass is at rest (and ASE's
@@ -216,10 +222,12 @@ def run_md(
         )
 
         def record() -> None:
-            row = log_row(atoms, dyn.nsteps * cfg.timestep_fs / 1000)
+            row = log_row(atoms, start_ps + dyn.nsteps * cfg.timestep_fs / 1000)
             rows.append(row)
+            if append and dyn.nsteps == 0:  # the earlier run's last row and frame already
+                return
             if log_fh is not None:
-                if len(rows) == 1:
+                if log_fh.tell() == 0:  # a new (or empty) log: its header first
                     log_fh.write("# " + " ".join(LOG_COLUMNS) + "\n")
                 log_fh.write(" ".join(f"{row[c]:.8g}" for c in LOG_COLUMNS) + "\n")
                 log_fh.flush()
@@ -261,6 +269,27 @@ def run_md(
     return rows
 
 
+def last_time_ps(log: Path) -> float:
+    """The time (ps) of the last row of an MD log ``log``; 0 for a missing or empty one."""
+    if not log.is_file():
+        return 0.0
+    last = None
+    with open(log) as fh:
+        for line in fh:
+            if line.strip() and not line.startswith("#"):
+                last = line
+    if last is None:
+        return 0.0
+    try:
+        return float(last.split()[LOG_COLUMNS.index("time_ps")])
+    except (ValueError, IndexError):
+        raise DataError(
+            "its last row is not an MD log row (time in ps first): --append continues a log "
+            "matscale md wrote",
+            file=str(log),
+        ) from None
+
+
 def mark_labeller(atoms: Atoms) -> None:
     """From now on the frames of ``atoms`` carry its calculator's numbers: a matscale model's
     are marked with its ``labelled_by`` (as ``matscale predict`` marks its records), so that a
@@ -273,16 +302,17 @@ def mark_labeller(atoms: Atoms) -> None:
         atoms.info.pop("labelled_by", None)
 
 
-def _trajectory_writer(path: Path | None) -> Any:
-    """A function appending frames to ``path``: ASE's Trajectory for .traj, ``ase.io.write``
-    (append) for any other format."""
+def _trajectory_writer(path: Path | None, *, append: bool = False) -> Any:
+    """A function appending frames to ``path`` (emptied first unless ``append``): ASE's
+    Trajectory for .traj, ``ase.io.write`` (append) for any other format."""
     if path is None:
         return None
-    path.unlink(missing_ok=True)  # its folder and format checked by the caller, before any work
+    if not append:  # its folder and format checked by the caller, before any work
+        path.unlink(missing_ok=True)
     if path.suffix == ".traj":
         from ase.io.trajectory import Trajectory
 
-        traj = Trajectory(str(path), "w")
+        traj = Trajectory(str(path), "a" if append else "w")
         return traj.write
     import ase.io
 
