@@ -105,6 +105,14 @@ def evaluate_structures(
     return errors
 
 
+#: A structure's row (structures.csv) holds its error for each target it is labelled with.
+ROW_ERRORS = {
+    "energy": "energy_error_meV_per_atom",
+    "forces": "forces_mae_meV_per_A",
+    "stress": "stress_mae_meV_per_A3",
+}
+
+
 def _check_labels(s: Structure) -> None:
     """Raise :class:`DataError` naming the record and field for a label of the wrong shape
     (forces [n, 3] eV/Å, stress [6] eV/Å³ Voigt) or not finite: one NaN would turn every mean
@@ -140,14 +148,14 @@ def _add(
     }
     if s.energy is not None:
         errors.energy.append((s.energy / n, r["energy"] / n, row_index))
-        row["energy_error_meV_per_atom"] = 1000 * (r["energy"] - s.energy) / n
+        row[ROW_ERRORS["energy"]] = 1000 * (r["energy"] - s.energy) / n
     if s.forces is not None:
         errors.forces.append(np.concatenate([s.forces, r["forces"], s.numbers[:, None]], axis=1))
         errors.force_rows.append(np.full(n, row_index))
-        row["forces_mae_meV_per_A"] = 1000 * float(np.mean(np.abs(r["forces"] - s.forces)))
+        row[ROW_ERRORS["forces"]] = 1000 * float(np.mean(np.abs(r["forces"] - s.forces)))
     if s.stress is not None and "stress" in r:
         errors.stress.append((np.asarray(s.stress), r["stress"], row_index))
-        row["stress_mae_meV_per_A3"] = 1000 * float(np.mean(np.abs(r["stress"] - s.stress)))
+        row[ROW_ERRORS["stress"]] = 1000 * float(np.mean(np.abs(r["stress"] - s.stress)))
     errors.rows.append(row)
 
 
@@ -290,8 +298,7 @@ def evaluate_files(
             made[row["labelled_by"]] = made.get(row["labelled_by"], 0) + 1
     if made:  # the errors then measure agreement with that model, which the report says
         metrics["labels_made_by_models"] = dict(sorted(made.items()))
-    scored = ("energy_error_meV_per_atom", "forces_mae_meV_per_A", "stress_mae_meV_per_A3")
-    unscored = sum(not any(k in row for k in scored) for row in errors.rows)
+    unscored = sum(not any(k in row for k in ROW_ERRORS.values()) for row in errors.rows)
     if unscored:  # predicted, but in no error: the counts n of the table leave them out
         metrics["unscored_structures"] = unscored
     info = {
