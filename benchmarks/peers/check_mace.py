@@ -60,13 +60,17 @@ def methane(rng: np.random.Generator) -> Atoms:
 
 
 def graph_of(*structures: Atoms) -> AtomGraph:
-    """The AtomGraph of ``structures`` at cutoff R_MAX, positions and cell kept in float64."""
-    samples = [graph_sample(atoms_to_structure(a, source="check"), R_MAX) for a in structures]
-    graph = collate(samples)
-    # graph_sample stores float32 geometry; the float64 checks need the exact one
-    positions = torch.from_numpy(np.concatenate([a.positions for a in structures]))
-    cell = torch.from_numpy(np.stack([a.cell[:] for a in structures]))
-    return replace(graph, positions=positions, cell=cell)
+    """The AtomGraph of ``structures`` at cutoff R_MAX, geometry in float64 (the float64
+    checks need the exact one). Its positions are those the graph was built on: wrapped into
+    the cell (``data.graph.model_positions``), the same structure, but not the input's
+    numbers: the input's unwrapped positions with the wrapped graph's shifts would be
+    another structure."""
+    return collate(
+        [
+            graph_sample(atoms_to_structure(a, source="check"), R_MAX, dtype=np.float64)
+            for a in structures
+        ]
+    )
 
 
 def energy_net(model: MaceGraphModel, graph: AtomGraph) -> torch.Tensor:
