@@ -110,6 +110,39 @@ def test_the_plan_verb(capsys) -> None:
     assert GiB == 2**30
 
 
+def test_processes_on_this_machine_share_its_memory_and_peak(costs, capsys) -> None:
+    """cpu-2core is one machine: its processes divide its 24 GiB and its FLOP/s (2 DDP
+    processes of one thread each take as long per step as one of two threads), and what
+    FSDP "offloads" to the host stays in the same RAM. 8 processes on it "fitted" 24 GiB
+    each, at the whole machine's peak each."""
+    import json
+
+    from matscale.cli import main
+    from matscale.parallel.planner import fits
+
+    cpu = HARDWARE["cpu-2core"]
+    cfg = load(None, ["model.width=48", "model.depth=2", "parallel.backend=ddp"])
+    one = plan(cfg, cpu, 1, costs, edges_per_atom=30, utilisation=0.1)
+    two = plan(cfg, cpu, 2, costs, edges_per_atom=30, utilisation=0.1)
+    assert two.seconds["compute"] == pytest.approx(2 * one.seconds["compute"])
+    gpu = HARDWARE["a100-80gb"]  # a device per process: more devices, the same step
+    g1, g2 = (plan(cfg, gpu, w, costs, edges_per_atom=30, utilisation=0.1) for w in (1, 2))
+    assert g2.seconds["compute"] == pytest.approx(g1.seconds["compute"])
+    # ~7 GiB per process fits one process's 24 GiB, not a quarter of them
+    big = replace(two, devices=4, memory={"activations": 7.0 * GiB})
+    assert fits(replace(big, devices=1), cpu) and not fits(big, cpu)
+    offloaded = replace(two, memory={"weights": 2.0 * GiB}, host={"optimizer": 11.0 * GiB})
+    assert not fits(offloaded, cpu) and fits(offloaded, gpu)  # 13 GiB against 12 each
+    args = ["plan", "model.width=64", "data.store=nowhere", "parallel.backend=ddp"]
+    assert main([*args, "--devices", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "of 3 (24 shared by 8)" in out
+    assert "more processes than cores, each gets a fraction of a core" in out
+    assert main([*args, "--devices", "2", "--json"]) == 0
+    answer = json.loads(capsys.readouterr().out)
+    assert answer["fits"] is True and answer["devices"] == 2
+
+
 @pytest.mark.parametrize(
     ("processes", "overrides"),
     [

@@ -43,6 +43,7 @@ def _plan(args: argparse.Namespace) -> int:
     from matscale.parallel.planner import (
         HARDWARE,
         edges_per_atom_of,
+        fits,
         format_plan,
         model_costs,
         plan,
@@ -78,7 +79,12 @@ def _plan(args: argparse.Namespace) -> int:
     if args.json:
         print(
             json.dumps(
-                {"hardware": hardware.name, "parameters": costs.parameters, **result.as_dict()},
+                {
+                    "hardware": hardware.name,
+                    "parameters": costs.parameters,
+                    **result.as_dict(),
+                    "fits": fits(result, hardware),
+                },
                 indent=1,
             )
         )

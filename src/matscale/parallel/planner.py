@@ -75,6 +75,14 @@ class Hardware:
     across nodes, whichever bounds the collective."""
     runtime_GiB: float = 0.5
     """Memory the framework holds before the model (CUDA context, or the Python process)."""
+    cores: int | None = None
+    """A CPU row: the cores of the one machine whose memory and peak the row gives. The run's
+    processes share that machine: each gets ``1/devices`` of its memory and of its FLOP/s.
+    None: each process has a device of its own."""
+
+    def share(self, devices: int) -> float:
+        """The fraction of this row's memory and peak one of ``devices`` processes gets."""
+        return 1.0 / max(devices, 1) if self.cores is not None else 1.0
 
 
 #: Devices ``--hardware`` knows by name (vendor peaks; the CPU row is this machine, measured:
@@ -83,7 +91,7 @@ class Hardware:
 HARDWARE: dict[str, Hardware] = {
     h.name: h
     for h in (
-        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.36),
+        Hardware("cpu-2core", 24, 0.381, 0.381, 10.0, runtime_GiB=0.36, cores=2),
         Hardware("a100-40gb", 40, 19.5, 312, 25.0),
         Hardware("a100-80gb", 80, 19.5, 312, 25.0),
         Hardware("h100-80gb", 80, 67, 989, 50.0),
@@ -330,7 +338,7 @@ def plan(
         costs.flops_per_atom * atoms + costs.flops_per_edge * edges
     )
     peak = hardware.tflops_bf16 if par.precision == "bf16" else hardware.tflops_fp32
-    compute_s = flops / (peak * 1e12 * utilisation)
+    compute_s = flops / (peak * hardware.share(w) * 1e12 * utilisation)
     grad_bytes = 2.0 * p if par.precision == "bf16" else 4.0 * p
     if w == 1:
         volume = 0.0
@@ -349,10 +357,23 @@ def plan(
             "edge chunks are not modelled: activations are those without them, an upper bound "
             "(measured: 0.49-0.53x of that peak at width 256, docs/training.md)"
         )
+    if hardware.cores is not None:
+        notes.append(
+            f"{w} process{'es' if w > 1 else ''} on one machine of {hardware.cores} cores and "
+            f"{hardware.memory_GiB:g} GiB"
+            + (", sharing its memory and its peak" if w > 1 else "")
+            + (
+                f": more processes than cores, each gets a fraction of a core (train with at "
+                f"most {hardware.cores})"
+                if w > hardware.cores
+                else ""
+            )
+        )
     notes += [
         f"{atoms:,.0f} atoms and {edges:,.0f} edges per device per step "
         f"({edges_per_atom:.1f} edges per atom)",
-        f"compute at {utilisation:.0%} of the {peak:g} TFLOP/s {par.precision} peak; "
+        f"compute at {utilisation:.0%} of the {peak * hardware.share(w):.3g} TFLOP/s "
+        f"{par.precision} peak{' per process' if hardware.cores is not None else ''}; "
         "communication not overlapped with compute",
     ]
     return Plan(
@@ -393,6 +414,16 @@ def edges_per_atom_of(store_path: str, cutoff: float | None = None) -> float | N
     return max(ratios) * scale
 
 
+def fits(plan_: Plan, hardware: Hardware) -> bool:
+    """Whether one process's planned memory fits its share of ``hardware``: the device's
+    memory, or on a CPU row its machine's RAM divided among the processes, which also holds
+    what is "offloaded" to the host."""
+    held = plan_.total_bytes
+    if hardware.cores is not None:
+        held += sum(plan_.host.values())
+    return held <= hardware.memory_GiB * GiB * hardware.share(plan_.devices)
+
+
 def format_plan(plan_: Plan, hardware: Hardware) -> str:
     """The plan as a table of GiB and seconds, with its assumptions."""
     lines = [f"per device ({hardware.name}, {plan_.devices} devices):"]
@@ -400,8 +431,13 @@ def format_plan(plan_: Plan, hardware: Hardware) -> str:
         if value:
             lines.append(f"  {key:<20}{value / GiB:>10.2f} GiB")
     total = plan_.total_bytes / GiB
-    fits = "fits" if total <= hardware.memory_GiB else "DOES NOT FIT"
-    lines.append(f"  {'total':<20}{total:>10.2f} GiB of {hardware.memory_GiB:g} ({fits})")
+    available = hardware.memory_GiB * hardware.share(plan_.devices)
+    if hardware.cores is not None:
+        of = f"{available:.3g} ({hardware.memory_GiB:g} shared by {plan_.devices})"
+    else:
+        of = f"{available:g}"
+    verdict = "fits" if fits(plan_, hardware) else "DOES NOT FIT"
+    lines.append(f"  {'total':<20}{total:>10.2f} GiB of {of} ({verdict})")
     for key, value in plan_.host.items():
         lines.append(f"  host: {key:<14}{value / GiB:>10.2f} GiB")
     s = plan_.seconds
