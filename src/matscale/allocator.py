@@ -2,16 +2,19 @@
 
 PyTorch's CPU allocator has no cache: every tensor is a ``posix_memalign`` and every release a
 ``free``. glibc serves a block of more than ``M_MMAP_THRESHOLD`` bytes (128 KiB at start,
-raised on the fly up to 32 MiB) with a fresh ``mmap`` and unmaps it when freed, and it gives the
+raised on the fly up to 32 MiB, beyond which every block is mapped) with a fresh ``mmap`` and
+unmaps it when freed, and it gives the
 top of its heap back to the kernel once more than ``M_TRIM_THRESHOLD`` is free there. A training
 step allocates and frees megabytes of edge tensors ([E, H] float32: 20,000 edges × 78 channels is
 6 MiB) dozens of times, so each one comes back as new pages that the kernel must fault in and
 zero: a memory pass the step never asked for. On this project's 2-core machine that was a third
 of the demo model's compiled step (``benchmarks/allocator.py``).
 
-:func:`keep_freed_memory` sets both thresholds once, as a caching allocator would: blocks up to
-32 MiB come from the heap, and what is freed stays mapped for the next step. Peak resident memory
-grows little (the same blocks are reused: +2 % at the demo's width, benchmarks/allocator.py);
+:func:`keep_freed_memory` sets both thresholds once and turns separate mappings off, as a
+caching allocator would: blocks of every size come from the heap, and what is freed stays mapped
+for the next step. Peak resident memory grows little (the same blocks are reused: +2 % at the
+demo's width, benchmarks/allocator.py; 3–22 % for a force call on 4,000–30,400 atoms, whose
+blocks of unequal sizes the heap cannot always fit into each other's holes);
 what changes is that a process no longer shrinks after its peak, as with PyTorch's CUDA
 allocator. Training on one process or with DDP (``train.run.build_run``) and every model loaded
 for inference (``calc.load_potential``) apply it. Sharded runs (FSDP2, DeepSpeed) do not: their
@@ -33,11 +36,19 @@ import sys
 #: ``mallopt`` parameters (glibc's malloc.h).
 M_TRIM_THRESHOLD = -1
 M_MMAP_THRESHOLD = -3
+M_MMAP_MAX = -4
 
-#: The largest mmap threshold glibc accepts on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``):
-#: blocks above it are still mapped and unmapped each time; at that size the fault costs little
-#: next to the work on the block.
+#: The largest mmap threshold glibc accepts on 64-bit systems (``DEFAULT_MMAP_THRESHOLD_MAX``).
+#: Blocks above it would still be mapped and unmapped each time, so :data:`MMAP_MAX` also
+#: turns the mapping of blocks off: the heap serves every size.
 MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
+
+#: Blocks glibc may hold as separate mappings at once: none. A force call on 4,000 atoms
+#: frees [E, H] edge tensors of 54 MiB (168,000 edges × 80 channels), above the 32 MiB
+#: ceiling: mapped afresh at every call, their page faults took 2/3 of the call
+#: (benchmarks/inference.py: 2.0–2.5x the atoms/s at 4,000 atoms, 1.4–1.9x at 30,400 without
+#: them, for 3–22 % more peak memory, which the heap's reuse of unequal blocks costs).
+MMAP_MAX = 0
 
 #: Free memory kept at the top of the heap before any goes back to the kernel: the largest value
 #: ``mallopt``'s ``int`` takes (2 GiB), i.e. keep what a step frees.
@@ -51,7 +62,7 @@ ENV_SWITCH = "MATSCALE_KEEP_FREED_MEMORY"
 OFF = ("0", "false", "no", "off")
 
 #: glibc's own environment settings of the same thresholds: a user who set one keeps theirs.
-USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")
+USER_SETTINGS = ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_MAX_")
 
 
 @functools.cache
@@ -90,4 +101,5 @@ def keep_freed_memory() -> bool:
     # threshold to twice that, so 6 MiB blocks would still be handed back at every step).
     mapped = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     trimmed = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
-    return mapped and trimmed
+    unmapped = libc.mallopt(M_MMAP_MAX, MMAP_MAX) == 1
+    return mapped and trimmed and unmapped
