@@ -109,3 +109,46 @@ def test_training_and_inference_apply_it(
     assert calls == ["train"]
     model_file.load_potential(model)
     assert calls == ["train", "load"]
+
+
+def test_a_call_with_blocks_over_the_limit_maps_them_again(
+    monkeypatch: pytest.MonkeyPatch, tiny_store: Path, tmp_path: Path
+) -> None:
+    """Blocks up to LARGEST_KEPT_BYTES stay in the heap; a call whose largest tensor is
+    larger (30,400 atoms: 408 MiB edge tensors, no faster kept, 22-40 % more memory) lets
+    glibc map them again, and a smaller call turns that off once more. Every force call
+    tells the allocator its largest tensor: edges x width x 4 bytes."""
+    from ase.build import bulk
+
+    from matscale.calc import inference, model_file
+    from matscale.data.graph import radius_graph
+    from tests.calc.conftest import train_tiny
+
+    calls: list[tuple[int, int]] = []
+
+    class FakeLibc:
+        def mallopt(self, option: int, value: int) -> int:
+            calls.append((option, value))
+            return 1
+
+    monkeypatch.setattr(allocator, "_libc", lambda: FakeLibc())
+    monkeypatch.setattr(allocator, "_state", dict(allocator._state))
+    monkeypatch.delenv(allocator.ENV_SWITCH, raising=False)
+    for name in allocator.USER_SETTINGS:
+        monkeypatch.delenv(name, raising=False)
+    assert allocator.keep_freed_memory()
+    assert calls[-1] == (allocator.M_MMAP_MAX, 0)
+    calls.clear()
+    allocator.fit_heap_to(allocator.LARGEST_KEPT_BYTES)  # as it is: nothing to set
+    allocator.fit_heap_to(allocator.LARGEST_KEPT_BYTES + 1)
+    allocator.fit_heap_to(2**40)
+    allocator.fit_heap_to(2**20)
+    assert calls == [(allocator.M_MMAP_MAX, allocator.GLIBC_MMAP_MAX), (allocator.M_MMAP_MAX, 0)]
+
+    seen: list[int] = []
+    monkeypatch.setattr(inference, "fit_heap_to", seen.append)
+    potential = model_file.load_potential(train_tiny(tiny_store, tmp_path))
+    atoms = bulk("Cu", "fcc", a=3.6, cubic=True).repeat((2, 2, 2))
+    inference.predict(potential, [atoms], head="emt")
+    edges = radius_graph(atoms.positions, atoms.cell[:], atoms.pbc, potential.graph.cutoff)[0]
+    assert seen == [edges.shape[1] * potential.model.config.width * 4]  # float32

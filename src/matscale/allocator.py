@@ -13,8 +13,9 @@ of the demo model's compiled step (``benchmarks/allocator.py``).
 :func:`keep_freed_memory` sets both thresholds once and turns separate mappings off, as a
 caching allocator would: blocks of every size come from the heap, and what is freed stays mapped
 for the next step. Peak resident memory grows little (the same blocks are reused: +2 % at the
-demo's width, benchmarks/allocator.py; 3–22 % for a force call on 4,000–30,400 atoms, whose
-blocks of unequal sizes the heap cannot always fit into each other's holes);
+demo's width, benchmarks/allocator.py; ~11 % for a force call on 4,000–10,000 atoms, whose
+blocks of unequal sizes the heap cannot always fit into each other's holes; calls with larger
+blocks than :data:`LARGEST_KEPT_BYTES` map them afresh again, :func:`fit_heap_to`);
 what changes is that a process no longer shrinks after its peak, as with PyTorch's CUDA
 allocator. Training on one process or with DDP (``train.run.build_run``) and every model loaded
 for inference (``calc.load_potential``) apply it. Sharded runs (FSDP2, DeepSpeed) do not: their
@@ -45,10 +46,23 @@ MMAP_THRESHOLD_BYTES = 32 * 1024 * 1024
 
 #: Blocks glibc may hold as separate mappings at once: none. A force call on 4,000 atoms
 #: frees [E, H] edge tensors of 54 MiB (168,000 edges × 80 channels), above the 32 MiB
-#: ceiling: mapped afresh at every call, their page faults took 2/3 of the call
-#: (benchmarks/inference.py: 2.0–2.5x the atoms/s at 4,000 atoms, 1.4–1.9x at 30,400 without
-#: them, for 3–22 % more peak memory, which the heap's reuse of unequal blocks costs).
+#: ceiling: mapped afresh at every call, their page faults took 1/2 to 2/3 of the call
+#: (benchmarks/inference.py: 2.0–2.5x the atoms/s at 4,000 atoms and 2.2x at 10,000 without
+#: them, for 10–40 % more peak memory, which the heap's reuse of unequal blocks costs).
 MMAP_MAX = 0
+
+#: glibc's own ``M_MMAP_MAX``: as many mappings as it likes.
+GLIBC_MMAP_MAX = 65536
+
+#: The largest block a call may free for it to be kept in the heap (:func:`fit_heap_to`).
+#: At 30,400 atoms (408 MiB edge tensors) the heap gave no speed (7.4–7.5 s a call against
+#: 7.1–7.6 mapped) for 22–40 % more peak memory: blocks that large are few, each fault costs
+#: little next to the work on it, and a large structure is where memory runs out.
+LARGEST_KEPT_BYTES = 256 * 2**20
+
+#: Whether :func:`keep_freed_memory` applied its settings in this process, and the
+#: ``M_MMAP_MAX`` last set (the process-wide state :func:`fit_heap_to` switches).
+_state: dict[str, int | bool] = {"applied": False, "mmap_max": GLIBC_MMAP_MAX}
 
 #: Free memory kept at the top of the heap before any goes back to the kernel: the largest value
 #: ``mallopt``'s ``int`` takes (2 GiB), i.e. keep what a step frees.
@@ -102,4 +116,19 @@ def keep_freed_memory() -> bool:
     mapped = libc.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES) == 1
     trimmed = libc.mallopt(M_TRIM_THRESHOLD, TRIM_THRESHOLD_BYTES) == 1
     unmapped = libc.mallopt(M_MMAP_MAX, MMAP_MAX) == 1
-    return mapped and trimmed and unmapped
+    _state.update(applied=mapped and trimmed and unmapped, mmap_max=MMAP_MAX)
+    return bool(_state["applied"])
+
+
+def fit_heap_to(largest_block: int) -> None:
+    """Before a call whose largest tensor is ``largest_block`` bytes: keep every block in the
+    heap (:data:`MMAP_MAX`) when it is at most :data:`LARGEST_KEPT_BYTES`, or let glibc map
+    blocks above 32 MiB afresh again when it is larger. Nothing unless
+    :func:`keep_freed_memory` applied its settings. Blocks already in the heap stay there."""
+    libc = _libc()
+    if not _state["applied"] or libc is None:
+        return
+    want = MMAP_MAX if largest_block <= LARGEST_KEPT_BYTES else GLIBC_MMAP_MAX
+    if want != _state["mmap_max"]:
+        libc.mallopt(M_MMAP_MAX, want)
+        _state["mmap_max"] = want

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from ase import Atoms
 
+from matscale.allocator import fit_heap_to
 from matscale.calc.model_file import Potential
 from matscale.data.atomgraph import AtomGraph
 from matscale.data.batch import collate
@@ -91,6 +92,9 @@ def predict_graph(
         k: getattr(graph, k).to(dtype) for k in ("positions", "cell", "shifts", "forces", "stress")
     }
     graph = replace(graph, **floats).to(potential.device)
+    if potential.device.type == "cpu":  # the largest tensors: [E, H] of the edges
+        width = potential.model.config.width
+        fit_heap_to(graph.edge_index.shape[1] * width * dtype.itemsize)
     # the written-out forces cover whole structures; a domain's owned atoms take autograd's
     explicit = potential.explicit_forces and owned is None
     out = physics_predict(
