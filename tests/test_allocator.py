@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from matscale import allocator
+from matscale.errors import ConfigError
 
 pytestmark = pytest.mark.skipif(allocator._libc() is None, reason="glibc's malloc only")
 
@@ -115,9 +116,9 @@ def test_a_call_with_blocks_over_the_limit_maps_them_again(
     monkeypatch: pytest.MonkeyPatch, tiny_store: Path, tmp_path: Path
 ) -> None:
     """Blocks up to LARGEST_KEPT_BYTES stay in the heap; a call whose largest tensor is
-    larger (30,400 atoms: 408 MiB edge tensors, no faster kept, 22-40 % more memory) lets
-    glibc map them again, and a smaller call turns that off once more. Every force call
-    tells the allocator its largest tensor: edges x width x 4 bytes."""
+    larger (8,000 atoms of width 128: kept, 34-70 % more peak memory) lets glibc map them
+    again, and a smaller call turns that off once more; MATSCALE_KEEP_BLOCKS_MIB moves the
+    limit. Every force call tells the allocator its largest tensor: edges x width x 4 bytes."""
     from ase.build import bulk
 
     from matscale.calc import inference, model_file
@@ -144,6 +145,17 @@ def test_a_call_with_blocks_over_the_limit_maps_them_again(
     allocator.fit_heap_to(2**40)
     allocator.fit_heap_to(2**20)
     assert calls == [(allocator.M_MMAP_MAX, allocator.GLIBC_MMAP_MAX), (allocator.M_MMAP_MAX, 0)]
+    monkeypatch.setenv(allocator.KEEP_BLOCKS_SWITCH, "1024")  # memory to spare: keep 1 GiB
+    assert allocator.keep_freed_memory()
+    calls.clear()
+    allocator.fit_heap_to(2**30)
+    allocator.fit_heap_to(2**30 + 1)
+    assert calls == [(allocator.M_MMAP_MAX, allocator.GLIBC_MMAP_MAX)]
+    for bad in ("lots", "-1", "inf", "nan"):
+        monkeypatch.setenv(allocator.KEEP_BLOCKS_SWITCH, bad)
+        with pytest.raises(ConfigError, match=r"MATSCALE_KEEP_BLOCKS_MIB=.* in MiB"):
+            allocator.keep_freed_memory()
+    monkeypatch.delenv(allocator.KEEP_BLOCKS_SWITCH)
 
     seen: list[int] = []
     monkeypatch.setattr(inference, "fit_heap_to", seen.append)
