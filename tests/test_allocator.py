@@ -164,3 +164,24 @@ def test_a_call_with_blocks_over_the_limit_maps_them_again(
     inference.predict(potential, [atoms], head="emt")
     edges = radius_graph(atoms.positions, atoms.cell[:], atoms.pbc, potential.graph.cutoff)[0]
     assert seen == [edges.shape[1] * potential.model.config.width * 4]  # float32
+
+
+def test_a_training_step_tells_the_allocator_its_largest_tensor(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Each micro-batch of a step: edges x width x 4 bytes, as a force call does (a training
+    run at a large width and batch would otherwise keep blocks of any size, at its memory's
+    cost)."""
+    import torch
+
+    from matscale.config import TrainConfig
+    from matscale.train import step
+    from tests.train.test_distributed import _batches, _model
+
+    seen: list[int] = []
+    monkeypatch.setattr(step, "fit_heap_to", seen.append)
+    model = _model("conservative")
+    batches = _batches()
+    optimizer = step.make_optimizer(model, TrainConfig())
+    step.train_step(model, batches, optimizer, TrainConfig(), lr=1e-3, device=torch.device("cpu"))
+    assert seen == [int(g.edge_index.shape[1]) * 16 * 4 for g in batches]  # width 16

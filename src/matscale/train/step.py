@@ -9,6 +9,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
+from matscale.allocator import fit_heap_to
 from matscale.config import TrainConfig
 from matscale.data.atomgraph import AtomGraph
 from matscale.models.physics import predict
@@ -85,7 +86,10 @@ def train_step(
         "edges": sum(int(g.edge_index.shape[1]) for g in micro_batches),
     }
     hooks = hooks or StepHooks()
+    width = getattr(_plain(model).config, "width", 0)
     for g in micro_batches:
+        if device.type == "cpu":  # the largest tensors: [E, H] float32 of the edges
+            fit_heap_to(int(g.edge_index.shape[1]) * width * 4)
         g = g.to(device, non_blocking=True)
         hooks.call("before_forward")
         with autocast or nullcontext():
