@@ -390,6 +390,9 @@ def _finetune(args: argparse.Namespace) -> int:
     if args.replay_share is not None and args.replay is None:
         raise ConfigError("--replay-share sets the share of the --replay store: give --replay")
     cfg = load(None, [*overrides, *args.overrides])
+    from matscale.train.finetune import with_trained_settings
+
+    cfg = with_trained_settings(cfg, {o.split("=", 1)[0].strip() for o in args.overrides})
     if args.replay is not None:
         from matscale.train.finetune import with_replay
 

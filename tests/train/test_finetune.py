@@ -190,12 +190,44 @@ def test_the_finetune_verb_refuses_what_it_would_ignore_and_a_missing_store(
     assert "--replay-share sets the share of the --replay store" in capsys.readouterr().err
     assert main([*verb[:2], str(tmp_path / "nowhere"), *verb[2:]]) == 2
     assert "nowhere: no such store folder" in capsys.readouterr().err
-    # model.* was ignored without a word: the starting model's architecture is kept
-    assert main([*verb[:2], str(store), *verb[2:], "model.width=64"]) == 2
-    assert "model.width=64: a run from train.init_from keeps the architecture of" in (
-        capsys.readouterr().err
-    )
+    # model.* was ignored without a word: the starting model's architecture is kept; and
+    # so was a value equal to the default (model.width=128), which no config compare sees
+    for asked in ("model.width=64", "model.width=128"):
+        assert main([*verb[:2], str(store), *verb[2:], asked]) == 2
+        assert f"{asked} (the model's: 16): fine-tuning keeps the architecture of" in (
+            capsys.readouterr().err
+        )
     assert not (tmp_path / "share").exists()
+
+
+def test_the_finetune_verb_keeps_the_models_loss_and_records_its_architecture(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    """A fine-tuning run trains with the loss its model was trained with (the foundation
+    model's stress weight 30 was replaced by the default 0: the new data's stress labels
+    were left unused), unless given; and its config.yaml names the model it trained (it
+    said width 128 and one head `default` for a 16-wide model of three heads)."""
+    from matscale.cli import main
+
+    trained = train_tiny(tiny_store, tmp_path / "pre", "train.stress_weight=2.5",
+                         "train.force_loss=mse", "train.energy_weight=3")  # fmt: skip
+    store = _store(tmp_path, "emt-loss")
+    verb = ["finetune", str(trained), str(store), f"out_dir={tmp_path}", *SHORT, "--no-progress"]
+    assert main([*verb, "name=kept"]) == 0
+    cfg = load(tmp_path / "kept" / "config.yaml", [])
+    assert (cfg.train.stress_weight, cfg.train.force_loss, cfg.train.energy_weight) == (
+        2.5,
+        "mse",
+        3.0,
+    )
+    assert (cfg.model.width, cfg.model.depth) == (16, 2)
+    assert cfg.model.heads == ("emt", "mol", "emt-loss")
+    ran = torch.load(tmp_path / "kept" / "model.pt", weights_only=False)
+    assert ran["run_config"]["model"]["width"] == 16
+    assert ran["run_config"]["train"]["stress_weight"] == 2.5
+    assert main([*verb, "name=given", "train.stress_weight=0"]) == 0  # the user's word stands
+    given = load(tmp_path / "given" / "config.yaml", [])
+    assert given.train.stress_weight == 0 and given.train.force_loss == "mse"
 
 
 def test_continuing_on_a_grown_store_keeps_the_models_split(

@@ -119,7 +119,10 @@ def build_run(cfg: RunConfig, d: Dist) -> Run:
     store = Store(cfg.data.store)
     if t.init_from:  # fine-tuning: the trained model's architecture, weights and heads
         model_cfg, model, graph = finetune_start(cfg, store)
-        check_config_for_store(replace(cfg, model=model_cfg), store)
+        # the run's records (config.yaml, checkpoints, the model file's run config) show the
+        # model it trains, not the model.* defaults it did not use
+        cfg = replace(cfg, model=model_cfg)
+        check_config_for_store(cfg, store)
     else:
         model_cfg = model_config_for(cfg, store)  # checks the settings against the store
         with building(t, cfg.parallel):
