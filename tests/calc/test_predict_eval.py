@@ -8,6 +8,7 @@ from pathlib import Path
 import ase.io
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from ase.io.trajectory import Trajectory
 
@@ -15,6 +16,7 @@ from matscale.calc import MatscaleCalculator, load_potential, predict
 from matscale.calc.evaluation import evaluate_structures, summarise
 from matscale.cli import main
 from matscale.errors import DataError
+from matscale.train.checkpoint import save_atomic
 from tests.calc.structures import alloy
 from tests.conftest import emt_structures, molecules
 
@@ -83,16 +85,33 @@ def test_eval_verb_on_a_file_a_folder_and_a_store(
         ["eval", str(tiny_model), str(folder), str(tiny_store), "--out", str(out), "--no-progress"]
     )
     assert code == 0
-    table = capsys.readouterr().out
+    said = capsys.readouterr()
+    table = said.out
     assert "source:emt" in table and "source:mol" in table and "element:Cu" in table
+    # the console names the heads that read them (a 4 eV/atom error from the default head of
+    # another level of theory gave no hint why)
+    assert "read by heads emt (" in table and "mol (" in table
+    assert "name no head" not in said.err  # every source named its head
     assert table.splitlines()[0].split()[-2:] == ["σ", "RMSE"]  # the README's MAE and RMSE
     family = next(line for line in table.splitlines() if line.startswith("family:emt/strained"))
     assert family.split()[1] == "16" and "—" not in family.split()[2]  # 2 + 14 strained cells
     summary = json.loads((out / "summary.json").read_text())
     assert summary["metrics"]["structures"] == 5 + 64
     # no --head: each structure read by its own source's head, and the summary says which
-    assert summary["head"] is None and sum(summary["heads_used"].values()) == 5 + 64
-    assert len(summary["heads_used"]) == 2
+    used = summary["metrics"]["heads_used"]
+    assert summary["head"] is None and sum(used.values()) == 5 + 64 and len(used) == 2
+    # a source that names no head of a model with a default head (as shipped models have):
+    # the default head reads it, and the note says so
+    shipped = tmp_path / "shipped.pt"
+    save_atomic({**torch.load(tiny_model, weights_only=False), "default_head": "emt"}, shipped)
+    other = tmp_path / "other.extxyz"
+    ase.io.write(other, [s.to_atoms() for s in emt_structures(3, seed=4, source="emt_cu")])
+    assert main(["eval", str(shipped), str(other), "--no-progress"]) == 0
+    said = capsys.readouterr()
+    assert "read by head emt (3 structures)" in said.out
+    assert "source(s) 'emt_cu', which name no head of this model: read by its default head" in (
+        said.err
+    )
     assert (out / "structures.csv").read_text().count("\n") == 1 + 69
     assert (out / "parity.png").stat().st_size > 1000 and (out / "errors.png").is_file()
 

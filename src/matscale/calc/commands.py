@@ -289,6 +289,19 @@ def _eval(args: argparse.Namespace) -> int:
         progress=not args.no_progress,
     )
     print(format_table(metrics))
+    used = metrics["heads_used"]
+    print("read by head" + ("s " if len(used) > 1 else " ")
+          + ", ".join(f"{h} ({n:,} structures)" for h, n in used.items()))  # fmt: skip
+    if without := metrics.get("sources_without_a_head"):
+        fallback = potential.info.get("default_head") or potential.heads[0]
+        print(
+            f"note: {sum(without.values()):,} structures come from source(s) "
+            f"{', '.join(repr(s) for s in without)}, which name no head of this model: read by "
+            f"its default head {fallback!r}, whose level of theory may not be theirs. Give "
+            f"--head (the heads: {', '.join(potential.heads)}) or pack them under a head's "
+            "source name",
+            file=sys.stderr,
+        )
     if unscored := metrics.get("unscored_structures"):
         print(
             f"note: {unscored:,} of the {metrics['structures']:,} structures carry no label "

@@ -292,10 +292,16 @@ def evaluate_files(
         )
     used: dict[str, int] = {}  # structures read by each head
     made: dict[str, int] = {}  # structures whose labels a model made, by that model
+    defaulted: dict[str, int] = {}  # structures whose source names no head, by source
     for row in errors.rows:
         used[row["head"]] = used.get(row["head"], 0) + 1
         if row["labelled_by"]:
             made[row["labelled_by"]] = made.get(row["labelled_by"], 0) + 1
+        if head is None and len(potential.heads) > 1 and row["source"] not in potential.heads:
+            defaulted[row["source"]] = defaulted.get(row["source"], 0) + 1
+    metrics["heads_used"] = dict(sorted(used.items()))
+    if defaulted:  # the default head read them: a level of theory the user did not choose
+        metrics["sources_without_a_head"] = dict(sorted(defaulted.items()))
     if made:  # the errors then measure agreement with that model, which the report says
         metrics["labels_made_by_models"] = dict(sorted(made.items()))
     unscored = sum(not any(k in row for k in ROW_ERRORS.values()) for row in errors.rows)
@@ -303,9 +309,8 @@ def evaluate_files(
         metrics["unscored_structures"] = unscored
     info = {
         "model": potential.info.get("path"),
-        # None: each structure was read by its own source's head (heads_used counts them)
+        # None: each structure was read by its own source's head (metrics' heads_used counts)
         "head": head,
-        "heads_used": dict(sorted(used.items())),
         "inputs": [str(p) for p in paths],
         "seconds": round(time.perf_counter() - started, 2),
     }
