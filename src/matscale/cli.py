@@ -294,8 +294,9 @@ def _parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="reader option, e.g. energy_key=corrected_total_energy (mptrj), "
-        "energy_unit=kcal/mol (ani-h5) or labels=trainset,valset (adios); repeatable",
+        help="reader option, e.g. energy_key=REF_energy, forces_key=REF_forces, "
+        "stress_key=REF_stress (extxyz: MACE's keys), energy_key=corrected_total_energy "
+        "(mptrj), energy_unit=kcal/mol (ani-h5) or labels=trainset,valset (adios); repeatable",
     )
     k.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
     k.add_argument(

@@ -202,3 +202,33 @@ def test_a_folder_reads_poscars_and_compressed_files_and_names_what_it_skips(
     assert "1 file(s) not read, no structure format by their names: notes.txt" in err
     meta = pack(files, tmp_path / "store", PackConfig(workers=1, require=()), progress=False)
     assert meta["n_structures"] == 3 + 1 + 1 + 3  # every file read
+
+
+def test_labels_under_other_keys_are_read_by_naming_the_keys(tmp_path: Path, capsys) -> None:
+    """MACE's extxyz keeps labels as REF_energy, REF_forces, REF_stress: packing them said
+    only that every energy was missing, and the ase reader took no option to name them."""
+    structures = emt_structures(6, seed=3)
+    frames = []
+    for s in structures:
+        atoms = s.to_atoms()
+        atoms.calc = None  # the labels only under MACE's keys
+        atoms.info["REF_energy"] = s.energy
+        atoms.arrays["REF_forces"] = s.forces
+        atoms.info["REF_stress"] = s.stress
+        frames.append(atoms)
+    ref = tmp_path / "ref.extxyz"
+    ase.io.write(ref, frames, format="extxyz")
+    assert main(["data", "pack", str(ref), "--out", str(tmp_path / "plain")]) == 2
+    err = capsys.readouterr().err
+    assert "energy: missing" in err and "--reader-option energy_key=KEY" in err
+    options = ["energy_key=REF_energy", "forces_key=REF_forces", "stress_key=REF_stress"]
+    args = ["data", "pack", str(ref), "--out", str(tmp_path / "ref-store")]
+    assert main([*args, *(x for o in options for x in ("--reader-option", o))]) == 0
+    store = Store(tmp_path / "ref-store")
+    assert len(store) == 6
+    got = sorted((store[i] for i in range(6)), key=lambda s: float(s.energy))
+    want = sorted(structures, key=lambda s: float(s.energy))
+    for a, b in zip(got, want, strict=True):
+        assert a.energy == pytest.approx(b.energy, abs=1e-9)
+        assert a.forces == pytest.approx(b.forces, abs=1e-6)
+        assert a.stress == pytest.approx(b.stress, abs=1e-6)

@@ -35,13 +35,26 @@ from matscale.units import ENERGY_UNITS, KBAR_EV_PER_A3
 Reader = Callable[..., Iterator[Structure]]
 
 
-def read_ase(path: str | Path, *, source: str, format: str | None = None) -> Iterator[Structure]:
+def read_ase(
+    path: str | Path,
+    *,
+    source: str,
+    format: str | None = None,
+    energy_key: str = "energy",
+    forces_key: str = "forces",
+    stress_key: str = "stress",
+) -> Iterator[Structure]:
     """Read every frame of a file ``ase.io`` understands (extxyz first of all).
 
     The labels come from the frame's calculator (``energy``, ``forces``, ``stress``, as extxyz
     stores them) or, failing that, from ``atoms.info['energy']`` / ``atoms.arrays['forces']``.
+    Other keys (MACE's ``REF_energy``, ``REF_forces``, ``REF_stress``, say): ``energy_key``,
+    ``forces_key``, ``stress_key`` (``--reader-option energy_key=REF_energy`` on the command
+    line); a key given this way is read from ``info``/``arrays`` only, never from the
+    calculator, whose ``energy`` would be another label. Units stay eV, eV/Å, eV/Å³.
     ``atoms.info['source']`` overrides ``source``; ``atoms.info['family']`` sets the family.
     """
+    keys = {"energy": energy_key, "forces": forces_key, "stress": stress_key}
     import ase.io
 
     path = str(path)
@@ -56,7 +69,9 @@ def read_ase(path: str | Path, *, source: str, format: str | None = None) -> Ite
             return
         except Exception as exc:  # ase raises many kinds for a malformed file
             raise DataError(f"cannot parse ({_parse_problem(exc)})", file=path, record=i) from exc
-        yield atoms_to_structure(atoms, source=source, key=f"{path}#{i}", file=path, record=i)
+        yield atoms_to_structure(
+            atoms, source=source, key=f"{path}#{i}", file=path, record=i, keys=keys
+        )
         i += 1
 
 
@@ -82,18 +97,36 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+#: Where an ``ase.Atoms`` keeps each label by default: the calculator's result, else
+#: ``info`` (energy, stress) or ``arrays`` (forces) under the same name.
+LABEL_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
+
+
 def atoms_to_structure(
-    atoms: Any, *, source: str, key: str = "", file: str | None = None, record: int | None = None
+    atoms: Any,
+    *,
+    source: str,
+    key: str = "",
+    file: str | None = None,
+    record: int | None = None,
+    keys: dict[str, str] | None = None,
 ) -> Structure:
-    """Convert an ``ase.Atoms`` (with calculator results or info/arrays labels) to a Structure."""
+    """Convert an ``ase.Atoms`` (with calculator results or info/arrays labels) to a Structure.
+    ``keys``: the info/arrays key of each label (:data:`LABEL_KEYS` by default); a label
+    under another key than its default is read from info/arrays alone."""
+    keys = {**LABEL_KEYS, **(keys or {})}
     results: dict[str, Any] = {}
     if atoms.calc is not None:
         results = dict(getattr(atoms.calc, "results", {}))
-    energy = _label(results.get("energy", atoms.info.get("energy")), float, "energy", file, record)
-    forces = _label(results.get("forces", atoms.arrays.get("forces")), _array, "forces", file,
-                    record)  # fmt: skip
-    stress = _label(results.get("stress", atoms.info.get("stress")), stress_to_voigt, "stress",
-                    file, record)  # fmt: skip
+
+    def found(label: str, store: dict[str, Any]) -> Any:
+        if keys[label] != LABEL_KEYS[label]:
+            return store.get(keys[label])
+        return results.get(label, store.get(label))
+
+    energy = _label(found("energy", atoms.info), float, keys["energy"], file, record)
+    forces = _label(found("forces", atoms.arrays), _array, keys["forces"], file, record)
+    stress = _label(found("stress", atoms.info), stress_to_voigt, keys["stress"], file, record)
     try:
         return Structure(
             numbers=np.asarray(atoms.numbers, dtype=np.int64),

@@ -185,6 +185,12 @@ def _repeats(part_files: list[Path], source: np.ndarray) -> int | None:
 def _skipped_words(root: Path, skipped: dict[str, int]) -> str:
     """Skipped records by reason, and the first one's file, record and field, in words."""
     counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
+    if any(reason in ("energy: missing", "forces: missing") for reason in skipped):
+        # MACE's and many codes' extxyz keep labels under their own keys: REF_energy, ...
+        counts += (
+            " (labels under other keys, as MACE's REF_energy? --reader-option "
+            "energy_key=KEY, forces_key=KEY, stress_key=KEY)"
+        )
     for listing in sorted((root / "parts").glob("*.skipped.jsonl")):
         with open(listing) as fh:
             if first := fh.readline().strip():
