@@ -232,3 +232,36 @@ def test_labels_under_other_keys_are_read_by_naming_the_keys(tmp_path: Path, cap
         assert a.energy == pytest.approx(b.energy, abs=1e-9)
         assert a.forces == pytest.approx(b.forces, abs=1e-6)
         assert a.stress == pytest.approx(b.stress, abs=1e-6)
+
+
+def test_pack_warns_of_other_units_and_rare_elements_and_names_a_skipped_record(
+    tmp_path: Path, capsys
+) -> None:
+    """Energies and forces in kcal/mol packed without a word (force RMS 19.5 eV/Å), one Xe
+    atom in one record made Xe an element of the head, and the console only counted the
+    skipped records."""
+    structures = emt_structures(30, seed=4)
+    kcal = []
+    for s in structures:
+        atoms = s.to_atoms()
+        atoms.calc.results["energy"] *= 23.06  # kcal/mol
+        atoms.calc.results["forces"] = atoms.calc.results["forces"] * 23.06 * 20
+        kcal.append(atoms)
+    odd = structures[0].to_atoms()
+    odd.numbers[0] = 54  # one Xe atom
+    bad = structures[1].to_atoms()
+    bad.calc.results["forces"][2, 1] = float("nan")
+    path = tmp_path / "kcal.extxyz"
+    ase.io.write(path, [*kcal, odd, bad])
+    assert main(["data", "pack", str(path), "--out", str(tmp_path / "s"), "--max-force", "0"]) == 0
+    said = capsys.readouterr()
+    assert "force RMS" in said.err and "kcal/mol/Å is 23x" in said.err
+    assert "Xe (1 atoms): too few to learn from" in said.err
+    assert "the first: file" in said.out and "record 31" in said.out and "forces" in said.out
+    # data info says the same; a store of ordinary data says nothing of the kind
+    from matscale.data.info import describe, warnings_about
+
+    assert "warning: source 'emt': force RMS" in describe(Store(tmp_path / "s"))
+    clean = _write(tmp_path / "clean.extxyz", n=30)
+    pack([clean], tmp_path / "clean", PackConfig(workers=1), progress=False)
+    assert warnings_about(Store(tmp_path / "clean").stats) == []

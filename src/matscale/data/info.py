@@ -2,10 +2,58 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from ase.data import chemical_symbols
 
 from matscale.data.store import Store, repeats_note
+
+#: Above this force RMS (eV/Å) a source's labels are likely in other units: DFT data near
+#: and far from equilibrium runs 0.1–3 eV/Å (the default data: 0.4–1.5), and kcal/mol/Å is
+#: 23x, Hartree/Bohr 51x an eV/Å.
+IMPLAUSIBLE_FORCE_RMS_EV_PER_A = 10.0
+
+#: Above this spread of energies per atom (eV, the residual of the per-element reference
+#: fit, per mean atom count), the energies are likely in other units or of mixed levels of
+#: theory (the default data: 0.01–0.1 eV/atom).
+IMPLAUSIBLE_ENERGY_RESIDUAL_EV_PER_ATOM = 1.0
+
+#: Fewer atoms of an element than this in a source: its reference energy rests on them
+#: alone and a model learns next to nothing of it, yet its head will accept the element.
+RARE_ELEMENT_ATOMS = 20
+
+
+def warnings_about(stats: dict[str, dict[str, Any]]) -> list[str]:
+    """What in a store's per-source statistics (``Store.stats``) looks wrong: labels in other
+    units than eV and eV/Å, elements a source holds a handful of atoms of."""
+    out = []
+    for name, st in stats.items():
+        rms = st.get("force_rms_eV_per_A")
+        if rms is not None and rms > IMPLAUSIBLE_FORCE_RMS_EV_PER_A:
+            out.append(
+                f"source {name!r}: force RMS {rms:.1f} eV/Å, where DFT data runs 0.1-3: are its "
+                "forces in other units (kcal/mol/Å is 23x, Hartree/Bohr 51x an eV/Å)? matscale "
+                "reads eV and eV/Å"
+            )
+        resid = st.get("energy_residual_rms_eV")
+        per_atom = resid / max(st["mean_atoms"], 1.0) if resid is not None else None
+        if per_atom is not None and per_atom > IMPLAUSIBLE_ENERGY_RESIDUAL_EV_PER_ATOM:
+            out.append(
+                f"source {name!r}: energies spread {per_atom:.2f} eV/atom about the per-element "
+                "fit, where one level of theory spreads ~0.01-0.1: other units than eV, or "
+                "several levels of theory under one source?"
+            )
+        rare = {int(z): n for z, n in st["elements"].items() if n < RARE_ELEMENT_ATOMS}
+        if rare:
+            listed = ", ".join(
+                f"{chemical_symbols[z]} ({n} atoms)" for z, n in sorted(rare.items())
+            )
+            out.append(
+                f"source {name!r}: {listed}: too few to learn from, yet a model trained on it "
+                "will accept these elements in its head; drop the records or add data"
+            )
+    return out
 
 
 def describe(store: Store) -> str:
@@ -58,4 +106,5 @@ def describe(store: Store) -> str:
         ]
     if note := repeats_note(m):
         lines += ["", note]
+    lines += [f"warning: {w}" for w in warnings_about(store.stats)]
     return "\n".join(lines)

@@ -32,7 +32,7 @@ from matscale.data.graph import edge_census
 from matscale.data.readers import DATA_SUFFIXES, read_structures
 from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
-from matscale.data.store import META, merge_parts, repeats_note, write_json_atomic
+from matscale.data.store import META, merge_parts, repeats_note, skipped_words, write_json_atomic
 from matscale.data.structure import Structure, check_structure
 from matscale.errors import DataError
 
@@ -214,15 +214,21 @@ def _pack_into(
         skipped.update(r["skipped"])
     # merged first: a pack left with no structure fails there, and names the first skipped
     # record itself, without pointing at listings that will not be kept
-    result = merge_parts(out) if config.n_parts == 1 else {"part": config.part, "reports": reports}
+    result: dict[str, Any] = (
+        merge_parts(out) if config.n_parts == 1 else {"part": config.part, "reports": reports}
+    )
     if progress and (note := repeats_note(result)):
         print(note)
     if progress and skipped:
-        reasons = ", ".join(f"{k}: {v}" for k, v in skipped.most_common())
         print(
-            f"skipped {sum(skipped.values())} records ({reasons}); each is listed in "
-            f"{shown / 'parts'}/*.skipped.jsonl"
+            f"skipped {sum(skipped.values())} records ({skipped_words(out, dict(skipped))}); "
+            f"each is listed in {shown / 'parts'}/*.skipped.jsonl"
         )
+    if progress and config.n_parts == 1:
+        from matscale.data.info import warnings_about
+
+        for warning in warnings_about(result["stats"]):
+            print(f"warning: {warning}", file=sys.stderr)
     return result
 
 

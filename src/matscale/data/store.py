@@ -92,7 +92,7 @@ def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
             skipped[reason] = skipped.get(reason, 0) + count
     total = sum(e["n_structures"] for e in shards)
     if total == 0:  # a store of nothing would only fail later, in whatever reads it
-        why = f"every record was skipped ({_skipped_words(root, skipped)})" if skipped else ""
+        why = f"every record was skipped ({skipped_words(root, skipped)})" if skipped else ""
         raise DataError(
             f"no structure to store: {why or 'the inputs hold none'}; nothing was written",
             file=", ".join(sorted({f for p in parts for f in p.get("inputs", [])})) or str(root),
@@ -182,7 +182,7 @@ def _repeats(part_files: list[Path], source: np.ndarray) -> int | None:
     return int(len(pairs) - len(np.unique(pairs, axis=0)))
 
 
-def _skipped_words(root: Path, skipped: dict[str, int]) -> str:
+def skipped_words(root: Path, skipped: dict[str, int]) -> str:
     """Skipped records by reason, and the first one's file, record and field, in words."""
     counts = ", ".join(f"{reason}: {n}" for reason, n in sorted(skipped.items()))
     if any(reason in ("energy: missing", "forces: missing") for reason in skipped):
