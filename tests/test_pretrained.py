@@ -65,6 +65,8 @@ def test_the_cli_takes_a_shipped_name_and_its_default_head(
     direct = relaxed.copy()
     direct.calc = MatscaleCalculator.from_file(models / "tiny-cli.pt", head="emt")
     assert relaxed.get_potential_energy() == pytest.approx(direct.get_potential_energy(), abs=1e-5)
+    # its records name the model by its name, not the folder it was installed in
+    assert relaxed.info["labelled_by"] == "matscale tiny-cli, head emt"
     assert main(["relax", "no-such-model", str(tmp_path / "cu.xyz")]) != 0
     assert "neither a model file nor a shipped model" in capsys.readouterr().err
 

@@ -163,6 +163,34 @@ def test_relax_positions_and_cell(tiny_model: Path) -> None:
     assert np.abs(atoms.get_stress()).max() < 0.002 * len(atoms) / atoms.get_volume()
 
 
+def test_a_cell_relaxation_keeps_scipys_logm_noise_out_of_the_users_output(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FrechetCellFilter's matrix logarithm made scipy print dozens of "logm result may be
+    inaccurate" lines per `relax --cell`; other warnings still reach the user."""
+    import warnings
+
+    from ase.filters import FrechetCellFilter
+
+    real = FrechetCellFilter.get_forces
+
+    def noisy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        warnings.warn(
+            "logm result may be inaccurate, approximate err = 1e-13", RuntimeWarning, stacklevel=2
+        )
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(FrechetCellFilter, "get_forces", noisy)
+    atoms = alloy(3)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        relax(atoms, RelaxConfig(steps=3, cell=True), progress=False)
+        warnings.warn("another", RuntimeWarning, stacklevel=1)
+    said = [str(w.message) for w in caught]
+    assert not any("logm" in m for m in said) and "another" in said
+
+
 def test_md_and_relax_verbs(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import os
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -480,11 +481,19 @@ def relax(
         )
 
     opt.attach(tick)
-    try:
-        converged = bool(opt.run(fmax=cfg.fmax, steps=cfg.steps))
-    finally:
-        bar.close()
-    forces = target.get_forces()
+    with warnings.catch_warnings():
+        # FrechetCellFilter takes the matrix logarithm of the cell's deformation whenever it
+        # reads positions or forces; scipy warns whenever its own error estimate exceeds a
+        # tight tolerance, dozens of times per cell relaxation, of an error far below the
+        # forces'
+        warnings.filterwarnings(
+            "ignore", message="logm result may be inaccurate", category=RuntimeWarning
+        )
+        try:
+            converged = bool(opt.run(fmax=cfg.fmax, steps=cfg.steps))
+        finally:
+            bar.close()
+        forces = target.get_forces()
     return RelaxResult(
         initial_energy_eV=initial,
         final_energy_eV=float(atoms.get_potential_energy()),

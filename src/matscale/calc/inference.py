@@ -55,8 +55,10 @@ def as_structure(item: Atoms | Structure, *, index: int = 0) -> Structure:
 
 def labeller(potential: Potential, head: str) -> str:
     """What a record of this model's numbers says made them (its ``labelled_by``): the model
-    file and the head, so that predictions cannot pass for reference data once packed."""
-    return f"matscale {potential.info.get('path', '(a model in memory)')}, head {head}"
+    file (a shipped model: its name, not where it was installed) and the head, so that
+    predictions cannot pass for reference data once packed."""
+    name = potential.info.get("shipped_as") or potential.info.get("path", "(a model in memory)")
+    return f"matscale {name}, head {head}"
 
 
 def head_for(potential: Potential, s: Structure, head: str | None) -> int:
