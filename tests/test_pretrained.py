@@ -102,3 +102,19 @@ def test_every_shipped_model_loads_offline() -> None:
         assert (pretrained.MODELS / f"{name}.md").is_file()
         assert (pretrained.MODELS / f"{name}.pt").stat().st_size <= pretrained.MAX_BYTES
         assert calc.head in calc.potential.graph.heads
+
+
+def test_the_foundation_models_card_gives_its_measured_limits() -> None:
+    """The card made from the training run says nothing of the benchmarks run afterwards:
+    `matscale models matscale-foundation-v2` omitted its dcdft and S22 results, the 12
+    elements without a minimum and its spurious minimum under compression."""
+    text = pretrained.card("matscale-foundation-v2")
+    assert text.startswith(pretrained.path("matscale-foundation-v2").with_suffix(".md").read_text())
+    assert "## Measured limits of this shipped model" in text
+    for fact in ("dcdft", "S22", "H, Li, N, F", "V/V0 ≈ 0.45", "ExtrapolationWarning"):
+        assert fact in text
+    for name in pretrained.available():  # a limits file belongs to a shipped model
+        assert pretrained.card(name)
+    assert {p.name.removesuffix(".limits.md") for p in pretrained.MODELS.glob("*.limits.md")} <= (
+        set(pretrained.available())
+    )

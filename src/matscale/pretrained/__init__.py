@@ -9,8 +9,9 @@
     calc = MatscaleCalculator.pretrained(NAME, head="xtb-molecules")
 
 Each model is ``models/NAME.pt`` (a model file with ``default_head``, the head a calculator
-uses unless told otherwise) beside its card ``models/NAME.md``. :func:`ship` puts a trained
-model there.
+uses unless told otherwise) beside its card ``models/NAME.md`` and, once it has been measured
+against references, ``models/NAME.limits.md`` (the card shows both). :func:`ship` puts a
+trained model there.
 """
 
 from __future__ import annotations
@@ -95,8 +96,13 @@ def describe(name: str) -> dict[str, Any]:
 
 
 def card(name: str) -> str:
-    """The model card of the shipped model ``name`` (markdown)."""
-    return path(name).with_suffix(".md").read_text()
+    """The model card of the shipped model ``name`` (markdown): the card made when it was
+    shipped, then ``NAME.limits.md`` if there is one, what was measured of it afterwards (its
+    benchmarks against references, its failures), which a card made from the training run
+    alone cannot say."""
+    text = path(name).with_suffix(".md").read_text()
+    limits = MODELS / f"{name}.limits.md"
+    return text + limits.read_text() if limits.is_file() else text
 
 
 def ship(model_file: str | Path, name: str, *, default_head: str) -> Path:
