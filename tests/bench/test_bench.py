@@ -121,7 +121,14 @@ def test_a_model_and_its_teacher_side_by_side(tiny_store: Path, tmp_path: Path, 
         assert set(teacher["dcdft"]["elements"]) == {"Cu", "Pd", "Fe"}
         assert teacher["s22"]["scored"] == 22
         assert abs(teacher["dcdft"]["elements"]["Cu"]["V0_error_percent"]) < 4
-    assert len(table(results).splitlines()) == 1 + len(results)
+    rows = table(results).splitlines()
+    # a row per subject, then the names a count cannot give (the column only said "2")
+    mine_name = next(n for n in results if "(emt)" in n)
+    detail = next(line for line in rows[1 + len(results) :] if line.startswith(mine_name))
+    fitted = mine["dcdft"]["fitted"]
+    failed = [e for e, x in mine["dcdft"]["elements"].items() if x.get("fit_failed")]
+    assert f"dcdft fitted {fitted} of {fitted + len(failed)} elements" in detail
+    assert detail.endswith("not covered: Fe")
 
 
 def test_an_unknown_subject_is_one_clear_error() -> None:

@@ -20,9 +20,15 @@ def add_verbs(verbs: Any) -> None:
     b.add_argument(
         "subjects",
         nargs="+",
-        help="model files (model.pt), teachers (sevennet, chgnet) or gfn2-xtb, side by side",
+        help="model files (model.pt), shipped models (matscale-foundation-v2; `matscale "
+        "models` lists them), teachers (sevennet, chgnet) or gfn2-xtb, side by side",
     )
-    b.add_argument("--head", default=None, help="the head of every matscale model")
+    b.add_argument(
+        "--head",
+        default=argparse.SUPPRESS,
+        help="the head of every matscale model (default: a shipped model's default head, or "
+        "a model's only one)",
+    )
     b.add_argument(
         "--suite",
         nargs="+",
@@ -34,7 +40,9 @@ def add_verbs(verbs: Any) -> None:
     b.add_argument(
         "--md-steps", type=non_negative_int, default=10_000, help="NVE steps of 1 fs per md system"
     )
-    b.add_argument("--elements", nargs="+", default=None, help="dcdft elements (default: all)")
+    b.add_argument(
+        "--elements", nargs="+", default=argparse.SUPPRESS, help="dcdft elements (default: all)"
+    )
     b.add_argument("--out", type=Path, default=Path("bench"), help="folder for JSON and plots")
     b.set_defaults(run=_bench)
 
@@ -44,13 +52,14 @@ def _bench(args: argparse.Namespace) -> int:
     from matscale.bench.run import bench, table
     from matscale.bench.subjects import subject
 
-    if args.elements and "dcdft" in args.suite:
-        check_elements(args.elements)  # before any model is loaded
-    subjects = [subject(spec, head=args.head) for spec in args.subjects]
+    head, elements = getattr(args, "head", None), getattr(args, "elements", None)
+    if elements and "dcdft" in args.suite:
+        check_elements(elements)  # before any model is loaded
+    subjects = [subject(spec, head=head) for spec in args.subjects]
     results = bench(
         subjects,
         suites=tuple(args.suite),
-        elements=args.elements,
+        elements=elements,
         out=args.out,
         md_steps=args.md_steps,
     )

@@ -69,6 +69,16 @@ def table(results: dict[str, Any]) -> str:
             f"{len(drifts):>6}{_f(max(drifts) if drifts else None, 3):>9}"
             f"{_f(m.get('atoms_per_s'), 0):>9}"
         )
+    for name, r in results.items():  # the names a column of counts cannot give
+        d = r.get("dcdft", {})
+        failed = [e for e, x in d.get("elements", {}).items() if x.get("fit_failed")]
+        if failed or d.get("not_covered"):
+            lines.append(
+                f"{name}: dcdft fitted {d.get('fitted', 0)} of "
+                f"{d.get('fitted', 0) + len(failed)} elements"
+                + (f"; no minimum near the reference: {', '.join(failed)}" if failed else "")
+                + (f"; not covered: {', '.join(d['not_covered'])}" if d.get("not_covered") else "")
+            )
     return "\n".join(lines)
 
 
