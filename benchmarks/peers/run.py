@@ -19,8 +19,9 @@ training in kind, kept out of it), inference atoms/s and peak memory. Models:
   (lowest validation force error, what a user would pick) and the JSON keeps all.
 
 A run whose result file exists is skipped (delete it to redo), so the grid resumes. Writes
-``benchmarks/results/peers.json``, ``benchmarks/results/peers_<source>.png`` (validation force
-error against training seconds) and prints the tables of docs/peers.md.
+``benchmarks/results/<name>.json`` and ``<name>_<source>.png`` (``--name``, default ``peers``;
+validation force error against training seconds) and prints the tables of docs/peers.md.
+``--sources`` defaults to the store's sources that have held-out families.
 """
 
 from __future__ import annotations
@@ -166,10 +167,17 @@ def main() -> None:
     ap.add_argument("--store", type=Path, default=Path("data/store-default"))
     ap.add_argument("--minutes", type=float, nargs="*", default=[10.0], help="budgets")
     ap.add_argument("--models", nargs="*", default=GRID_MODELS, choices=MODELS)
-    ap.add_argument("--sources", nargs="*", default=sorted(HELDOUT_FAMILIES))
+    ap.add_argument(
+        "--sources", nargs="*", default=None, help="default: the store's with held-out families"
+    )
     ap.add_argument("--work", type=Path, default=Path("data/peers"), help="per-run results")
     ap.add_argument("--name", default="peers", help="benchmarks/results/<name>.json")
     args = ap.parse_args()
+    if args.sources is None:  # a source the store lacks (xtb-main-group) stopped the grid
+        from matscale.data.store import Store
+
+        have = Store(args.store).sources
+        args.sources = [s for s in sorted(HELDOUT_FAMILIES) if s in have]
     for minutes in args.minutes:
         for source in args.sources:
             for model in args.models:
@@ -189,7 +197,7 @@ def main() -> None:
     results = [r for r in results if r["source"] in args.sources and r["model"] in args.models]
     tables, verdicts = {}, []
     for source in args.sources:
-        plot(results, source, RESULTS / f"peers_{source}.png")
+        plot(results, source, RESULTS / f"{args.name}_{source}.png")
         tables[source] = table(results, source)
         verdicts += verdict(results, source)
         print(f"\n{source}\n{tables[source]}")

@@ -191,6 +191,29 @@ def test_a_cell_relaxation_keeps_scipys_logm_noise_out_of_the_users_output(
     assert not any("logm" in m for m in said) and "another" in said
 
 
+def test_a_relaxation_says_when_it_left_the_training_data(tiny_model: Path) -> None:
+    """`relax --cell --pressure 200` collapsed MgO to V/V0 0.36 on the foundation model and
+    reported "converged": its result now lists the contacts shorter than any in training it
+    reached (the warnings were shown partway and lost in the output)."""
+    import warnings
+
+    from ase.build import bulk
+
+    from matscale.errors import ExtrapolationWarning
+
+    squeezed = bulk("Cu", "fcc", a=3.0, cubic=True)  # Cu-Cu 2.12 Å, shorter than in training
+    squeezed.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        result = relax(squeezed, RelaxConfig(steps=2), progress=False)
+    left = result.left_training_data
+    assert left and "Cu-Cu contact shorter than" in left[0]
+    assert any(issubclass(w.category, ExtrapolationWarning) for w in caught)  # still shown
+    roomy = bulk("Cu", "fcc", a=3.6, cubic=True)  # 2.55 Å, as in training
+    roomy.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    assert relax(roomy, RelaxConfig(steps=2), progress=False).left_training_data == []
+
+
 def test_md_and_relax_verbs(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

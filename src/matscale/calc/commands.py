@@ -293,7 +293,9 @@ def _eval(args: argparse.Namespace) -> int:
     print("read by head" + ("s " if len(used) > 1 else " ")
           + ", ".join(f"{h} ({n:,} structures)" for h, n in used.items()))  # fmt: skip
     if without := metrics.get("sources_without_a_head"):
-        fallback = potential.info.get("default_head") or potential.heads[0]
+        from matscale.pretrained import default_head
+
+        fallback = default_head(potential)
         print(
             f"note: {sum(without.values()):,} structures come from source(s) "
             f"{', '.join(repr(s) for s in without)}, which name no head of this model: read by "
@@ -530,6 +532,13 @@ def _relax(args: argparse.Namespace) -> int:
         print(f"relaxed structure: {args.out}")
     else:
         ase.io.write(sys.stdout, atoms, format="extxyz")
+    if result.left_training_data:
+        print(
+            f"matscale: warning: the relaxation reached {len(result.left_training_data)} kind(s) "
+            "of contact shorter than any in the head's training data: its end point is the "
+            "model's extrapolation, converged or not (left_training_data above)",
+            file=sys.stderr,
+        )
     if not result.converged:
         print(
             f"matscale: not converged in {cfg.steps} steps (largest force "

@@ -14,14 +14,14 @@ import math
 import os
 import warnings
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 from ase import Atoms, units
 
-from matscale.errors import DataError, SimulationError
+from matscale.errors import DataError, ExtrapolationWarning, SimulationError
 
 Ensemble = Literal["nve", "nvt", "npt"]
 Optimizer = Literal["fire", "bfgs", "lbfgs"]
@@ -441,6 +441,11 @@ class RelaxResult:
     steps: int
     converged: bool
     volume_A3: float | None
+    left_training_data: list[str] = field(default_factory=list)
+    """The contacts shorter than any in the head's training data that the run reached (its
+    :class:`~matscale.errors.ExtrapolationWarning` messages, as shown): a relaxation that
+    converges there (a crystal collapsed under pressure) converged on the model's
+    extrapolation, not on the level of theory."""
 
 
 def relax(
@@ -464,23 +469,7 @@ def relax(
     target: Any = atoms
     if cfg.cell:
         target = FrechetCellFilter(atoms, scalar_pressure=cfg.pressure_GPa * units.GPa)
-    initial = float(atoms.get_potential_energy())
-    opt = optimizers[cfg.optimizer](target, logfile=None)
-    if trajectory is not None:
-        writer = _trajectory_writer(trajectory)
-        opt.attach(lambda: writer(atoms))
-    bar = progress_bar(
-        total=cfg.steps, desc=f"relax {cfg.optimizer}", unit=" steps", enabled=progress
-    )
-
-    def tick() -> None:
-        fmax = float(np.sqrt((target.get_forces() ** 2).sum(axis=1).max()))
-        bar.update(opt.nsteps - bar.n)
-        bar.set_postfix(
-            fmax=f"{fmax:.3f}", energy=f"{atoms.get_potential_energy():.4f}", refresh=False
-        )
-
-    opt.attach(tick)
+    left: list[str] = []
     with warnings.catch_warnings():
         # FrechetCellFilter takes the matrix logarithm of the cell's deformation whenever it
         # reads positions or forces; scipy warns whenever its own error estimate exceeds a
@@ -489,6 +478,24 @@ def relax(
         warnings.filterwarnings(
             "ignore", message="logm result may be inaccurate", category=RuntimeWarning
         )
+        warnings.showwarning = _noting(ExtrapolationWarning, left, warnings.showwarning)
+        initial = float(atoms.get_potential_energy())
+        opt = optimizers[cfg.optimizer](target, logfile=None)
+        if trajectory is not None:
+            writer = _trajectory_writer(trajectory)
+            opt.attach(lambda: writer(atoms))
+        bar = progress_bar(
+            total=cfg.steps, desc=f"relax {cfg.optimizer}", unit=" steps", enabled=progress
+        )
+
+        def tick() -> None:
+            fmax = float(np.sqrt((target.get_forces() ** 2).sum(axis=1).max()))
+            bar.update(opt.nsteps - bar.n)
+            bar.set_postfix(
+                fmax=f"{fmax:.3f}", energy=f"{atoms.get_potential_energy():.4f}", refresh=False
+            )
+
+        opt.attach(tick)
         try:
             converged = bool(opt.run(fmax=cfg.fmax, steps=cfg.steps))
         finally:
@@ -501,4 +508,19 @@ def relax(
         steps=int(opt.nsteps),
         converged=converged,
         volume_A3=float(atoms.get_volume()) if atoms.pbc.all() else None,
+        left_training_data=left,
     )
+
+
+def _noting(
+    category: type[Warning], into: list[str], show: Callable[..., None]
+) -> Callable[..., None]:
+    """``show`` (a ``warnings.showwarning``) that also appends the text of each warning of
+    ``category`` it shows to ``into``."""
+
+    def shown(message: Warning | str, kind: type[Warning], *args: Any, **kwargs: Any) -> None:
+        if issubclass(kind, category):
+            into.append(str(message))
+        show(message, kind, *args, **kwargs)
+
+    return shown

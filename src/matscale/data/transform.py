@@ -263,7 +263,8 @@ class GraphSettings:
             warnings.warn(
                 f"a {_symbol(za)}-{_symbol(zb)} contact shorter than {table[za, zb]:.2f} Å, "
                 f"the shortest in head {self.heads[head]!r}'s training data: the model "
-                "extrapolates there (its pair prior, if any, keeps the energy repulsive)",
+                "extrapolates there: treat energies, forces and stress from here on as unknown "
+                "(a pair prior keeps only much shorter contacts repulsive)",
                 ExtrapolationWarning,
                 stacklevel=3,
             )
