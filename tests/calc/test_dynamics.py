@@ -11,10 +11,10 @@ import pytest
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
-from matscale.calc import MatscaleCalculator
+from matscale.calc import MatscaleCalculator, dynamics
 from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
 from matscale.cli import main
-from matscale.errors import SimulationError
+from matscale.errors import DataError, SimulationError
 from tests.calc.structures import alloy
 
 
@@ -315,7 +315,12 @@ def test_verbs_refuse_bad_settings_in_one_line(
         ),
         (["md", str(tiny_direct_model), str(start), "--ensemble", "npt"], "NPT needs stress"),
         (["relax", str(tiny_direct_model), str(start), "--cell"], "cell relaxation needs stress"),
-        (["relax", str(tiny_model), str(start), "--fmax", "-1"], "fmax must be > 0"),
+        (["relax", str(tiny_model), str(start), "--fmax", "-1"], "fmax must be a finite number >"),
+        (["relax", str(tiny_model), str(start), "--fmax", "inf"], "got inf"),  # "converged"
+        # ASE wrote a bundle into a folder, or failed after the relaxation's work
+        (["relax", str(tiny_model), str(start), "--out", str(tmp_path)], "is a folder: give a"),
+        (["md", str(tiny_model), str(start), "--traj", str(tmp_path)], "is a folder: give a"),
+        (["md", str(tiny_model), str(start), "--append", "--overwrite"], "give one"),
         (
             ["md", str(tiny_model), str(start), "--log", str(tmp_path / "no/dir/x.log")],
             "no/dir/x.log: no folder to write it in",
@@ -417,7 +422,7 @@ def test_a_refused_md_run_leaves_an_earlier_runs_files_alone(
     log, traj = tmp_path / "keep.log", tmp_path / "keep.extxyz"
     log.write_text("earlier\n")
     traj.write_text("earlier\n")
-    args = ["md", str(tiny_model), str(start), "--head", "emt", "--no-progress"]
+    args = ["md", str(tiny_model), str(start), "--head", "emt", "--no-progress", "--overwrite"]
     assert main([*args, "--log", str(log), "--traj", str(traj)]) == 2
     err = capsys.readouterr().err  # the file and frame named, as for eval
     assert f"{start}, record -1, field 'numbers': element Fe (Z=26) never appeared" in err
@@ -480,3 +485,109 @@ def test_an_appended_run_continues_the_uninterrupted_one(
     assert len(frames[0]) == len(frames[1]) == 5
     np.testing.assert_allclose(frames[1][-1].positions, frames[0][-1].positions, atol=1e-9)
     assert (log.read_text().count("#")) == 1  # one header
+
+
+def test_md_does_not_replace_an_earlier_run_unasked(
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`md` run twice in one folder replaced the first run's md.log and md.traj without a
+    word, and a trajectory that could not be opened emptied the log before failing."""
+    start = tmp_path / "start.extxyz"
+    ase.io.write(start, alloy(0))
+    log, traj = tmp_path / "md.log", tmp_path / "md.traj"
+    args = ["md", str(tiny_model), str(start), "--head", "emt", "--steps", "2", "--no-progress"]
+    outputs = ["--log", str(log), "--traj", str(traj)]
+    assert main([*args, *outputs]) == 0
+    before = log.read_bytes(), traj.read_bytes()
+    capsys.readouterr()
+    assert main([*args, *outputs]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{log}: exists (an earlier run's --log?)" in err[0], err
+    assert (log.read_bytes(), traj.read_bytes()) == before
+    assert main([*args, *outputs, "--overwrite"]) == 0
+    capsys.readouterr()
+    # a trajectory that cannot be opened (/proc/x.traj passed the folder check as root)
+    # leaves the log as it was
+    kept = log.read_bytes()
+
+    def unopenable(path: Path, *, append: bool = False) -> None:
+        raise DataError("cannot write it (No such file or directory)", file=str(path))
+
+    monkeypatch.setattr(dynamics, "_trajectory_writer", unopenable)
+    atoms = alloy(0)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    with pytest.raises(DataError, match="cannot write it"):
+        run_md(atoms, MDConfig(steps=2), log=log, trajectory=traj, progress=False)
+    assert log.read_bytes() == kept
+
+
+def test_append_continues_only_from_the_trajectorys_last_frame(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`md --append` from the first run's start replayed its frames as a continuation, an
+    unrelated structure was appended under the same time axis, and without
+    --initial-temperature 0 the velocities were drawn again (the NVE energy jumped)."""
+    start = tmp_path / "start.extxyz"
+    ase.io.write(start, alloy(0))
+    other = tmp_path / "other.extxyz"
+    ase.io.write(other, alloy(1)[:3])  # another structure of the head's elements
+    log, traj = tmp_path / "md.log", tmp_path / "md.traj"
+    common = ["--head", "emt", "--ensemble", "nve", "--steps", "6", "--log-every", "2",
+              "--no-progress", "--log", str(log), "--traj", str(traj)]  # fmt: skip
+    assert main(["md", str(tiny_model), str(start), *common]) == 0
+    before = log.read_bytes(), traj.read_bytes()
+    capsys.readouterr()
+    for wrong in (start, other):
+        assert main(["md", str(tiny_model), str(wrong), *common, "--append"]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "--append continues this trajectory from its last" in err[0]
+        assert (log.read_bytes(), traj.read_bytes()) == before
+    # the documented continuation: the last frame, its velocities kept by default
+    assert main(["md", str(tiny_model), str(traj), "--index", "-1", *common, "--append"]) == 0
+    rows = np.loadtxt(log)
+    etot = rows[:, 3]  # time, epot, ekin, etot, ...: conserved across the two pieces
+    assert abs(etot[4] - etot[3]) < 1e-3 * abs(etot[3]) + 1e-3
+    assert np.all(np.diff(rows[:, 0]) > 0)  # time goes on
+
+
+def test_velocities_that_are_not_finite_are_the_inputs_fault(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """NaN momenta in the input were reported as a timestep too long for the atoms."""
+    atoms = alloy(0)
+    momenta = np.zeros((len(atoms), 3))
+    momenta[2, 1] = np.nan
+    atoms.set_momenta(momenta)
+    start = tmp_path / "nan.extxyz"
+    ase.io.write(start, atoms)
+    args = ["md", str(tiny_model), str(start), "--head", "emt", "--steps", "2", "--no-progress",
+            "--initial-temperature", "0", "--log", str(tmp_path / "x.log")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{start}, record -1, field 'momenta'" in err[0], err
+    assert "atom 2" in err[0] and "timestep" not in err[0]
+
+
+def test_relax_counts_its_starts_short_contacts(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`relax` from a start shorter than training said left_training_data [] and
+    "converged" without its closing warning: the CLI's check of the start had computed (and
+    warned about) the start before the relaxation counted; from Python, a start computed
+    before relax() was missed the same way."""
+    from ase.build import bulk
+
+    squeezed = bulk("Cu", "fcc", a=3.0, cubic=True)
+    start = tmp_path / "squeezed.extxyz"
+    ase.io.write(start, squeezed)
+    assert main(["relax", str(tiny_model), str(start), "--head", "emt", "--steps", "0",
+                 "--no-progress", "--out", str(tmp_path / "out.extxyz")]) in (0, 1)  # fmt: skip
+    captured = capsys.readouterr()
+    assert '"left_training_data": [\n' in captured.out
+    assert "the relaxation reached 1 kind(s) of contact shorter" in captured.err
+    squeezed.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    squeezed.get_forces()  # computed (and warned about) before relax()
+    assert relax(squeezed, RelaxConfig(steps=0), progress=False).left_training_data

@@ -71,7 +71,8 @@ def add_verbs(verbs: Any) -> None:
         "--initial-temperature",
         type=float,
         default=None,
-        help="K of the initial velocities (default: --temperature; 0 keeps the file's)",
+        help="K of the initial velocities (default: --temperature, or with --append the "
+        "frame's own; 0 keeps the file's)",
     )
     md.add_argument("--steps", type=int, default=1000, help="time steps")
     md.add_argument(
@@ -92,8 +93,14 @@ def add_verbs(verbs: Any) -> None:
     md.add_argument(
         "--append",
         action="store_true",
-        help="continue an earlier run: append to --traj and --log, the time going on from the "
-        "log's last row (md md.traj --index -1 --append --initial-temperature 0)",
+        help="continue an earlier run from its trajectory's last frame and velocities: append "
+        "to --traj and --log, the time going on from the log's last row (md md.traj --index -1 "
+        "--append)",
+    )
+    md.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace an existing --log and --traj (without it, or --append, they are refused)",
     )
     md.add_argument(
         "--domains",
@@ -418,6 +425,7 @@ def _md(args: argparse.Namespace) -> int:
 
 
 def _run_md(args: argparse.Namespace, d: Any) -> int:
+    import math
     import sys
 
     from matscale.calc.dynamics import (
@@ -456,12 +464,29 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
         log_every=args.log_every,
         seed=args.seed,
     )
+    if args.append and args.overwrite:
+        raise DataError("--append continues the log and trajectory, --overwrite replaces them: "
+                        "give one", field="append")  # fmt: skip
     log, trajectory = (args.log, args.traj) if d.main else (None, None)
+    if args.append and args.initial_temperature:
+        print(
+            f"note: --append with --initial-temperature {args.initial_temperature:g} draws new "
+            "velocities: the continuation starts from the last frame's positions only",
+            file=sys.stderr,
+        )
     # appending, the input may be the trajectory itself: its frame is read before any write
     same = (
         args.append and trajectory is not None and trajectory.resolve() == args.structure.resolve()
     )
     _check_distinct([args.structure], log=log, traj=None if same else trajectory)
+    if not (args.append or args.overwrite):  # a long run's records are not replaced unasked
+        for flag, path in (("log", log), ("traj", trajectory)):
+            if path is not None and path.is_file() and path.stat().st_size > 0:
+                raise DataError(
+                    f"exists (an earlier run's --{flag}?): --append continues it, --overwrite "
+                    "replaces it; or give another path",
+                    file=str(path),
+                )
     check_outputs(log, trajectory)  # the settings and paths first: they cost nothing
     _check_input(atoms, args.structure, args.index)
     with _naming(args.structure, args.index):  # NPT on a slab, say
@@ -485,7 +510,8 @@ def _run_md(args: argparse.Namespace, d: Any) -> int:
     )
     if cfg.ensemble == "nve":
         drift = energy_drift(rows, len(atoms))
-        print(f"total energy drift {drift:+.3f} meV/atom/ps")
+        if math.isfinite(drift):  # a run of one log row has no slope
+            print(f"total energy drift {drift:+.3f} meV/atom/ps")
         # a direct head never conserves energy, and was warned of above
         warning = atoms.calc.potential.conservative and nve_warning(
             rows, len(atoms), cfg.timestep_fs
@@ -505,7 +531,6 @@ def _relax(args: argparse.Namespace) -> int:
         RelaxConfig,
         check_output_format,
         check_output_path,
-        check_outputs,
         relax,
     )
 
@@ -522,8 +547,8 @@ def _relax(args: argparse.Namespace) -> int:
         cell=args.cell,
         pressure_GPa=args.pressure,
     )
-    check_outputs(None, args.traj)
-    _check_input(atoms, args.structure, args.index)
+    # the start's checks (elements, geometry) are relax's first forces, inside _naming: there
+    # its short contacts are counted in the result's left_training_data too
     with _naming(args.structure, args.index):  # a cell relaxation of a slab, say
         result = relax(atoms, cfg, trajectory=args.traj, progress=not args.no_progress)
     print(json.dumps(asdict(result), indent=2), file=sys.stderr if args.out is None else sys.stdout)

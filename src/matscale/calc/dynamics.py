@@ -188,7 +188,10 @@ def run_md(
 
     ``append``: continue an earlier run from its last frame. Rows and frames go after those
     already in ``log`` and ``trajectory``, its time going on from the log's last row, and the
-    starting state (that frame) is not written again."""
+    starting state (that frame) is not written again. ``atoms`` must be the trajectory's last
+    frame (a :class:`DataError` otherwise: another start would be recorded as the earlier
+    run's continuation), and its velocities are kept unless ``cfg.initial_temperature_K``
+    asks for new ones."""
     from ase.md.velocitydistribution import Stationary, ZeroRotation, thermalize_momenta
 
     from matscale.progress import progress_bar
@@ -199,14 +202,23 @@ def run_md(
     # work or warning, and before an earlier run's log or trajectory there is emptied.
     check_outputs(log, trajectory)
     check_ensemble(atoms, cfg)
+    t0 = cfg.initial_temperature_K
+    if t0 is None:  # a continuation keeps its velocities; a new run draws them
+        t0 = 0.0 if append else cfg.temperature_K
+    if append and trajectory is not None:
+        check_continues(atoms, trajectory)
+    check_velocities(atoms, continuing=append and t0 == 0)
     mark_labeller(atoms)
     atoms.get_forces()  # computed once: the integrator's first step reuses them
     start_ps = last_time_ps(log) if append and log is not None else 0.0
-    log_fh = open(log, "a" if append else "w") if log is not None else None
+    # opened to append whatever the mode, and emptied only once the trajectory could be
+    # opened too: a trajectory that cannot be written must not cost the earlier log
+    log_fh = _open_output(log, "a") if log is not None else None
     try:
         writer = _trajectory_writer(trajectory, append=append)
+        if log_fh is not None and not append:
+            log_fh.truncate(0)
         rng = np.random.default_rng(cfg.seed)
-        t0 = cfg.temperature_K if cfg.initial_temperature_K is None else cfg.initial_temperature_K
         # a lone atom has no motion left once its centre of mass is at rest (and ASE's
         # Stationary would rescale its zero velocity to the temperature: NaN): it starts still
         if t0 > 0 and len(atoms) > 1:
@@ -291,6 +303,72 @@ def last_time_ps(log: Path) -> float:
         ) from None
 
 
+def check_velocities(atoms: Atoms, *, continuing: bool) -> None:
+    """Refuse velocities that are not finite (an input's, not a timestep's fault), and, for
+    a run ``continuing`` from them, a structure of more than one atom that has none (a frame
+    written without them would restart the run from rest)."""
+    momenta = atoms.get_momenta()
+    if not np.isfinite(momenta).all():
+        bad = int(np.flatnonzero(~np.isfinite(momenta).all(axis=1))[0])
+        raise DataError(
+            f"the velocities are not finite (atom {bad}'s momenta: {momenta[bad]})",
+            field="momenta",
+        )
+    if continuing and len(atoms) > 1 and not momenta.any():
+        raise DataError(
+            "the run continues its start's velocities, and it has none (all zero): give "
+            "--initial-temperature (initial_temperature_K) to draw new ones",
+            field="momenta",
+        )
+
+
+#: How far (Å) an appended run's start may lie from the trajectory's last frame: the digits
+#: a text trajectory keeps (extended XYZ writes 8 decimals), far below any MD step.
+CONTINUATION_TOLERANCE_A = 1e-5
+
+
+def check_continues(atoms: Atoms, trajectory: Path) -> None:
+    """Refuse to append to ``trajectory`` a run whose start ``atoms`` is not its last frame
+    (elements, positions and cell to :data:`CONTINUATION_TOLERANCE_A`): the frames would
+    replay or mix structures under one time axis. A missing or empty trajectory starts one."""
+    import ase.io
+
+    if not trajectory.is_file() or trajectory.stat().st_size == 0:
+        return
+    try:
+        last: Atoms = ase.io.read(trajectory, index=-1)  # type: ignore[assignment]
+    except Exception as exc:  # ASE raises many kinds for a file it cannot parse
+        raise DataError(
+            f"--append continues a trajectory ASE can read, and it cannot read this one "
+            f"({type(exc).__name__}: {exc})",
+            file=str(trajectory),
+        ) from None
+    same = (
+        len(last) == len(atoms)
+        and (last.numbers == atoms.numbers).all()
+        and np.allclose(last.positions, atoms.positions, rtol=0, atol=CONTINUATION_TOLERANCE_A)
+        and np.allclose(last.cell[:], atoms.cell[:], rtol=0, atol=CONTINUATION_TOLERANCE_A)
+        and (last.pbc == atoms.pbc).all()
+    )
+    if not same:
+        raise DataError(
+            f"--append continues this trajectory from its last frame ({len(last)} atoms, "
+            f"{last.get_chemical_formula()}), and the run starts elsewhere "
+            f"({len(atoms)} atoms, {atoms.get_chemical_formula()}"
+            f"{', other positions or cell' if len(last) == len(atoms) else ''}): start from "
+            "the trajectory itself (its --index -1), or write to a new trajectory",
+            file=str(trajectory),
+        )
+
+
+def _open_output(path: Path, mode: str) -> Any:
+    """``open(path, mode)``, its failure a :class:`DataError` naming the file."""
+    try:
+        return open(path, mode)
+    except OSError as exc:
+        raise DataError(f"cannot write it ({exc.strerror})", file=str(path)) from None
+
+
 def mark_labeller(atoms: Atoms) -> None:
     """From now on the frames of ``atoms`` carry its calculator's numbers: a matscale model's
     are marked with its ``labelled_by`` (as ``matscale predict`` marks its records), so that a
@@ -313,12 +391,23 @@ def _trajectory_writer(path: Path | None, *, append: bool = False) -> Any:
     if path.suffix == ".traj":
         from ase.io.trajectory import Trajectory
 
-        traj = Trajectory(str(path), "a" if append else "w")
+        try:
+            traj = Trajectory(str(path), "a" if append else "w")
+        except OSError as exc:
+            raise DataError(f"cannot write it ({exc.strerror})", file=str(path)) from None
+        except Exception as exc:  # appending to a file that is no ASE trajectory
+            raise DataError(
+                f"not an ASE trajectory to append to ({type(exc).__name__}: {exc})",
+                file=str(path),
+            ) from None
         return traj.write
     import ase.io
 
     def write(atoms: Atoms) -> None:
-        ase.io.write(path, atoms, append=True)
+        try:
+            ase.io.write(path, atoms, append=True)
+        except OSError as exc:
+            raise DataError(f"cannot write it ({exc.strerror})", file=str(path)) from None
 
     return write
 
@@ -335,6 +424,8 @@ def check_outputs(log: Path | None, trajectory: Path | None) -> None:
 def check_output_path(path: Path) -> None:
     """Refuse, before any work, an output file whose folder is missing or not writable (a
     mistyped folder is a mistake to report, not one to create)."""
+    if path.is_dir():  # ASE would write a bundle into it, or fail after the work
+        raise DataError("is a folder: give a file name", file=str(path))
     folder = path.parent
     if not folder.is_dir() or not os.access(folder, os.W_OK):
         raise DataError("no folder to write it in, or not writable", file=str(path))
@@ -414,7 +505,11 @@ class RelaxConfig:
     """External pressure for cell relaxation (GPa)."""
 
     def __post_init__(self) -> None:
-        _check(self.fmax > 0, "fmax", f"must be > 0 eV/Å, got {self.fmax}")
+        _check(
+            math.isfinite(self.fmax) and self.fmax > 0,
+            "fmax",
+            f"must be a finite number > 0 eV/Å, got {self.fmax}",
+        )
         _check(
             math.isfinite(self.pressure_GPa),
             "pressure_GPa",
@@ -479,6 +574,10 @@ def relax(
             "ignore", message="logm result may be inaccurate", category=RuntimeWarning
         )
         warnings.showwarning = _noting(ExtrapolationWarning, left, warnings.showwarning)
+        if atoms.calc is not None and atoms.calc.results and not atoms.calc.check_state(atoms):
+            # the start's numbers were computed before, its warnings shown then: computed
+            # again here, so that the start's short contacts are in left_training_data too
+            atoms.calc.reset()
         initial = float(atoms.get_potential_energy())
         opt = optimizers[cfg.optimizer](target, logfile=None)
         if trajectory is not None:
