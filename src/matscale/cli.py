@@ -18,7 +18,7 @@ from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.generate.relabel import CHUNK as RELABEL_CHUNK
 from matscale.data.generate.run import PRESETS as GENERATE_PRESETS
 from matscale.data.generate.teacher import TEACHERS
-from matscale.data.readers import DATA_SUFFIXES
+from matscale.data.readers import DATA_SUFFIXES, add_reader_args, parse_reader_options
 from matscale.errors import (
     ConfigError,
     CorruptShardError,
@@ -287,17 +287,8 @@ def _parser() -> argparse.ArgumentParser:
         default=100.0,
         help="skip structures with a force above this (eV/Å); 0 keeps all",
     )
-    k.add_argument("--format", default=None, help="reader for all inputs (default: by suffix)")
+    add_reader_args(k)
     k.add_argument("--source", default=None, help="source name for records that carry none")
-    k.add_argument(
-        "--reader-option",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="reader option, e.g. energy_key=REF_energy, forces_key=REF_forces, "
-        "stress_key=REF_stress (extxyz: MACE's keys), energy_key=corrected_total_energy "
-        "(mptrj), energy_unit=kcal/mol (ani-h5) or labels=trainset,valset (adios); repeatable",
-    )
     k.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
     k.add_argument(
         "--part",
@@ -450,13 +441,6 @@ def _label(args: argparse.Namespace) -> int:
     return 0
 
 
-def _key_value(text: str, flag: str) -> tuple[str, str]:
-    key, sep, value = text.partition("=")
-    if not sep or not key:
-        raise DataError(f"{flag} {text!r} is not KEY=VALUE")
-    return key, value
-
-
 def _parse_part(text: str) -> tuple[int, int]:
     part, _, n = text.partition("/")
     if not (part.isdigit() and n.isdigit()) or not int(part) < int(n):
@@ -479,7 +463,7 @@ def _pack(args: argparse.Namespace) -> int:
         max_force=args.max_force or None,
         part=part,
         n_parts=n_parts,
-        reader_options=dict(_key_value(x, "--reader-option") for x in args.reader_option),
+        reader_options=parse_reader_options(args.reader_option),
     )
     start = time.perf_counter()
     pack(files, args.out, config, sources=sources, overwrite=args.overwrite)

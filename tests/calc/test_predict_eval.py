@@ -305,3 +305,129 @@ def test_eval_says_when_the_labels_are_a_models(
     # the same file twice counted every structure twice
     assert main(["eval", str(tiny_model), str(path), str(path), "--no-progress"]) == 2
     assert "emt.extxyz: given twice" in capsys.readouterr().err
+
+
+def test_eval_and_predict_read_nothing_twice_and_write_no_report_into_their_inputs(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A folder and a file inside it counted that file's structures twice, and `eval --out`
+    into its input folder left a summary.json that the next eval of it could not read."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    ase.io.write(folder / "a.extxyz", [s.to_atoms() for s in emt_structures(3, seed=2)])
+    run = ["--no-progress", "--head", "emt"]
+    inside = folder / "a.extxyz"
+    assert main(["eval", str(tiny_model), str(folder), str(inside), *run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"{inside}: lies in the folder {folder}, also given" in err[0], err
+    out = tmp_path / "p.extxyz"
+    assert (
+        main(["predict", str(tiny_model), str(inside), str(folder), "--out", str(out), *run]) == 2
+    )
+    assert "also given" in capsys.readouterr().err and not out.exists()
+    report = folder / "report"
+    assert main(["eval", str(tiny_model), str(folder), "--out", str(report), *run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--out lies in the input folder" in err[0] and not report.exists()
+    # a .json that is no structure file, in a folder: the message says what was expected
+    (folder / "notes.json").write_text('{"model": "x", "score": 1}')
+    assert main(["eval", str(tiny_model), str(folder), *run]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert (
+        len(err) == 1
+        and "notes.json, record model" in err[0]
+        and "not a structure file" in (err[0])
+    )
+
+
+def test_eval_and_predict_read_labels_under_other_keys(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Labels under MACE's keys (REF_energy, REF_forces) could be packed with
+    --reader-option, but eval had no such option: "nothing to score"."""
+    frames = []
+    for s in emt_structures(3, seed=5):
+        atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+        atoms.info["REF_energy"] = s.energy
+        atoms.arrays["REF_forces"] = s.forces
+        frames.append(atoms)
+    path = tmp_path / "ref.extxyz"
+    ase.io.write(path, frames)
+    run = [str(tiny_model), str(path), "--head", "emt", "--no-progress"]
+    assert main(["eval", *run]) == 2
+    assert "--reader-option energy_key=REF_energy" in capsys.readouterr().err
+    keys = ["--reader-option", "energy_key=REF_energy", "--reader-option", "forces_key=REF_forces"]
+    assert main(["eval", *run, *keys]) == 0
+    table = capsys.readouterr().out
+    row = next(line for line in table.splitlines() if line.startswith("all"))
+    assert "3" in row.split()[1:3]
+    assert main(["predict", *run, *keys, "--out", str(tmp_path / "p.extxyz")]) == 0
+    assert main(["eval", *run, "--reader-option", "energy"]) == 2
+    assert "--reader-option 'energy' is not KEY=VALUE" in capsys.readouterr().err
+
+
+def test_predict_says_when_the_default_head_read_a_source(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """eval said that a source naming no head was read by the default head; predict, which
+    labels structures with that head's level of theory, said nothing."""
+    shipped = tmp_path / "shipped.pt"
+    save_atomic({**torch.load(tiny_model, weights_only=False), "default_head": "emt"}, shipped)
+    other = tmp_path / "other.extxyz"
+    ase.io.write(other, [s.to_atoms() for s in emt_structures(2, seed=4, source="emt_cu")])
+    out = tmp_path / "p.extxyz"
+    assert main(["predict", str(shipped), str(other), "--out", str(out), "--no-progress"]) == 0
+    assert "source(s) 'emt_cu', which name no head of this model" in capsys.readouterr().err
+    assert main(["predict", str(shipped), str(other), "--out", str(out), "--head", "emt",
+                 "--no-progress"]) == 0  # fmt: skip
+    assert "name no head" not in capsys.readouterr().err
+
+
+DISORDERED_CIF = """data_x
+_cell_length_a 3.8
+_cell_length_b 3.8
+_cell_length_c 3.8
+_cell_angle_alpha 90
+_cell_angle_beta 90
+_cell_angle_gamma 90
+_symmetry_space_group_name_H-M 'F m -3 m'
+_symmetry_Int_Tables_number 225
+loop_
+_atom_site_label
+_atom_site_type_symbol
+_atom_site_fract_x
+_atom_site_fract_y
+_atom_site_fract_z
+_atom_site_occupancy
+Cu1 Cu 0 0 0 0.5
+Au1 Au 0 0 0 0.5
+"""
+
+
+def test_a_disordered_cif_is_refused_not_read_as_one_element(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """ASE reads a site of Cu 0.5 / Au 0.5 as pure Au (the occupancies in info): predict,
+    relax and eval computed Au4 without a word."""
+    path = tmp_path / "cuau.cif"
+    path.write_text(DISORDERED_CIF)
+    out = tmp_path / "p.extxyz"
+    assert main(["predict", str(tiny_model), str(path), "--head", "emt", "--out", str(out),
+                 "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "cuau.cif, record 0, field 'occupancy'" in err[0], err
+    assert "site 0 is partly occupied (Cu 0.5, Au 0.5)" in err[0]
+    assert main(["relax", str(tiny_model), str(path), "--head", "emt", "--no-progress"]) == 2
+    assert "field 'occupancy'" in capsys.readouterr().err
+    atoms = ase.io.read(path)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    with pytest.raises(DataError, match="partly occupied"):
+        atoms.get_potential_energy()
+    # a vacancy (one species below full occupancy) is no ordered crystal either; full is read
+    path.write_text(DISORDERED_CIF.replace("Au1 Au 0 0 0 0.5\n", "").replace("0.5", "0.9"))
+    assert main(["predict", str(tiny_model), str(path), "--head", "emt", "--out", str(out),
+                 "--no-progress"]) == 2  # fmt: skip
+    assert "(Cu 0.9)" in capsys.readouterr().err
+    path.write_text(DISORDERED_CIF.replace("Au1 Au 0 0 0 0.5\n", "").replace("0.5", "1.0"))
+    assert main(["predict", str(tiny_model), str(path), "--head", "emt", "--out", str(out),
+                 "--no-progress"]) == 0  # fmt: skip

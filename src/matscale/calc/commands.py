@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from matscale.data.readers import add_reader_args, parse_reader_options
 from matscale.errors import DataError
 
 if TYPE_CHECKING:  # the verbs import their modules when run: `matscale --help` stays fast
@@ -32,6 +33,7 @@ def add_verbs(verbs: Any) -> None:
     )
     ev.add_argument("--out", type=Path, default=None, help="folder for summary.json and plots")
     ev.add_argument("--max-atoms", type=int, default=1024, help="atoms per batch")
+    add_reader_args(ev)
     ev.set_defaults(run=_eval)
 
     pr = verbs.add_parser(
@@ -52,6 +54,7 @@ def add_verbs(verbs: Any) -> None:
         "(eV/Å³, cells periodic in 3D) and per-atom energies (eV)",
     )
     pr.add_argument("--max-atoms", type=int, default=1024, help="atoms per batch")
+    add_reader_args(pr)
     pr.set_defaults(run=_predict)
 
     md = verbs.add_parser(
@@ -209,6 +212,54 @@ def _check_distinct(inputs: list[Path], **outputs: Path | None) -> None:
         taken[f"--{flag}"] = resolved
 
 
+def _check_data_inputs(inputs: list[Path], out: Path | None) -> None:
+    """Refuse inputs of ``eval``/``predict`` that would be read twice (a path given twice, a
+    file or folder inside a folder also given: each of its structures would count twice in
+    every error), and an ``out`` inside an input folder (searched for structures: eval's
+    summary.json there made the folder unreadable to the next eval)."""
+    seen: dict[Path, Path] = {}
+    for path in inputs:
+        resolved = path.resolve()
+        if resolved in seen:
+            raise DataError("given twice: each of its structures would count twice", file=str(path))
+        seen[resolved] = path
+    folders = [(r, p) for r, p in seen.items() if p.is_dir()]
+    for resolved, path in seen.items():
+        for folder, given in folders:
+            if resolved != folder and resolved.is_relative_to(folder):
+                raise DataError(
+                    f"lies in the folder {given}, also given, which is searched for structures: "
+                    "each of its structures would count twice; give one of them",
+                    file=str(path),
+                )
+    if out is None:
+        return
+    for folder, given in folders:
+        if out.resolve().is_relative_to(folder):
+            raise DataError(
+                f"--out lies in the input folder {given}, which is searched for structures: "
+                "a file there would be read (or overwritten); write it elsewhere",
+                file=str(out),
+            )
+
+
+def _note_default_head(potential: Any, without: dict[str, int]) -> None:
+    """Say on stderr that structures of the sources ``without`` (counts), which name no head
+    of ``potential``, were read by its default head."""
+    import sys
+
+    from matscale.pretrained import default_head
+
+    print(
+        f"note: {sum(without.values()):,} structures come from source(s) "
+        f"{', '.join(repr(s) for s in without)}, which name no head of this model: read by "
+        f"its default head {default_head(potential)!r}, whose level of theory may not be "
+        f"theirs. Give --head (the heads: {', '.join(potential.heads)}) or pack them under a "
+        "head's source name",
+        file=sys.stderr,
+    )
+
+
 @contextmanager
 def _naming(path: Path, index: str) -> Iterator[None]:
     """A :class:`DataError` about the structure (its elements, geometry, periodicity) raised
@@ -275,11 +326,8 @@ def _eval(args: argparse.Namespace) -> int:
                 file=str(args.out),
             )
         check_output_path(args.out)
-    seen: set[Path] = set()
-    for path in args.data:  # each structure would count twice in every error
-        if path.resolve() in seen:
-            raise DataError("given twice: each of its structures would count twice", file=str(path))
-        seen.add(path.resolve())
+    _check_data_inputs(args.data, args.out)
+    reader_options = parse_reader_options(args.reader_option)
     potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
     if any((p / META).is_file() for p in args.data):
         print(
@@ -294,23 +342,15 @@ def _eval(args: argparse.Namespace) -> int:
         head=args.head,
         max_atoms=args.max_atoms,
         progress=not args.no_progress,
+        format=args.format,
+        reader_options=reader_options,
     )
     print(format_table(metrics))
     used = metrics["heads_used"]
     print("read by head" + ("s " if len(used) > 1 else " ")
           + ", ".join(f"{h} ({n:,} structures)" for h, n in used.items()))  # fmt: skip
     if without := metrics.get("sources_without_a_head"):
-        from matscale.pretrained import default_head
-
-        fallback = default_head(potential)
-        print(
-            f"note: {sum(without.values()):,} structures come from source(s) "
-            f"{', '.join(repr(s) for s in without)}, which name no head of this model: read by "
-            f"its default head {fallback!r}, whose level of theory may not be theirs. Give "
-            f"--head (the heads: {', '.join(potential.heads)}) or pack them under a head's "
-            "source name",
-            file=sys.stderr,
-        )
+        _note_default_head(potential, without)
     if unscored := metrics.get("unscored_structures"):
         print(
             f"note: {unscored:,} of the {metrics['structures']:,} structures carry no label "
@@ -354,28 +394,26 @@ def _predict(args: argparse.Namespace) -> int:
             file=str(args.out),
         )
     _check_distinct(args.data, out=args.out)
-    for folder in (p for p in args.data if p.is_dir()):
-        if args.out.resolve().is_relative_to(folder.resolve()):
-            raise DataError(
-                f"--out lies in the input folder {folder}, which is searched for structures: "
-                "a file there would be read (or overwritten); write it elsewhere",
-                file=str(args.out),
-            )
+    _check_data_inputs(args.data, args.out)
+    reader_options = parse_reader_options(args.reader_option)
     check_output_path(args.out)
     potential = load_potential(model_file(args.model), device=args.device, compile=args.compile)
     # written beside --out and moved over it at the end: a run that fails loses nothing
     partial = args.out.with_name(args.out.name + ".partial")
     count = with_stress = 0
+    defaulted: dict[str, int] = {}  # structures whose source names no head, by source
     bar = progress_bar(desc="predicting", unit=" structures", enabled=not args.no_progress)
     try:
         with open(partial, "w") as fh:
-            structures = read_inputs(args.data)
+            structures = read_inputs(args.data, format=args.format, reader_options=reader_options)
             while chunk := list(islice(structures, PREDICT_CHUNK)):
                 results = predict(potential, chunk, head=args.head, max_atoms=args.max_atoms)
                 frames = []
                 for s, r in zip(chunk, results, strict=True):
                     head = potential.graph.heads[head_for(potential, s, args.head)]
                     frames.append(_predicted_frame(s, r, labeller(potential, head)))
+                    if args.head is None and len(potential.heads) > 1 and s.source != head:
+                        defaulted[s.source] = defaulted.get(s.source, 0) + 1
                 ase.io.write(fh, frames, format="extxyz")
                 count += len(chunk)
                 with_stress += sum("stress" in r for r in results)
@@ -390,6 +428,8 @@ def _predict(args: argparse.Namespace) -> int:
         f"{count:,} structures with the model's energy and forces, {with_stress:,} of them with "
         f"stress (cells periodic in x, y and z, conservative model): {args.out}"
     )
+    if defaulted:
+        _note_default_head(potential, dict(sorted(defaulted.items())))
     return 0
 
 

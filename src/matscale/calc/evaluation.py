@@ -32,9 +32,16 @@ TARGETS = {"energy": "meV_per_atom", "forces": "meV_per_A", "stress": "meV_per_A
 CHUNK = 2048
 
 
-def read_inputs(paths: list[Path], *, source: str | None = None) -> Iterator[Structure]:
+def read_inputs(
+    paths: list[Path],
+    *,
+    source: str | None = None,
+    format: str | None = None,
+    reader_options: dict[str, str] | None = None,
+) -> Iterator[Structure]:
     """Labelled structures from stores (folders with ``meta.json``), data files, and folders
-    searched as ``matscale data pack`` searches them; ``source`` overrides record sources."""
+    searched as ``matscale data pack`` searches them; ``source`` overrides record sources;
+    ``format`` and ``reader_options`` go to every file's reader (``read_structures``)."""
     from dataclasses import replace
 
     from matscale.data.pack import collect_inputs
@@ -50,7 +57,7 @@ def read_inputs(paths: list[Path], *, source: str | None = None) -> Iterator[Str
             continue
         files, sources = collect_inputs([path])
         for f in files:
-            for s in read_structures(f, source=sources[f]):
+            for s in read_structures(f, source=sources[f], format=format, **(reader_options or {})):
                 yield replace(s, source=source) if source else s
 
 
@@ -272,12 +279,15 @@ def evaluate_files(
     head: str | None = None,
     max_atoms: int = MAX_ATOMS,
     progress: bool = True,
+    format: str | None = None,
+    reader_options: dict[str, str] | None = None,
 ) -> dict[str, Any]:
-    """The whole ``matscale eval``: read, predict, score, and write the report to ``out``."""
+    """The whole ``matscale eval``: read (``format`` and ``reader_options`` as
+    :func:`read_inputs` takes them), predict, score, and write the report to ``out``."""
     started = time.perf_counter()
     errors = evaluate_structures(
         potential,
-        read_inputs(paths),
+        read_inputs(paths, format=format, reader_options=reader_options),
         head=head,
         max_atoms=max_atoms,
         progress=progress,
@@ -287,7 +297,9 @@ def evaluate_files(
     if not any(f"{t}_count" in metrics for t in TARGETS):
         raise DataError(
             f"none of the {metrics['structures']} structures carries an energy, forces or a "
-            "stress: nothing to score (eval compares predictions with labels)",
+            "stress: nothing to score (eval compares predictions with labels; labels under "
+            "other keys are read with --reader-option energy_key=REF_energy, forces_key=..., "
+            "stress_key=...)",
             file=", ".join(map(str, paths)),
         )
     used: dict[str, int] = {}  # structures read by each head

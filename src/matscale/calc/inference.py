@@ -20,6 +20,7 @@ from matscale.allocator import fit_heap_to
 from matscale.calc.model_file import Potential
 from matscale.data.atomgraph import AtomGraph
 from matscale.data.batch import collate
+from matscale.data.readers import occupancy_problem
 from matscale.data.structure import Structure
 from matscale.errors import DataError
 from matscale.models.physics import predict as physics_predict
@@ -42,6 +43,8 @@ def as_structure(item: Atoms | Structure, *, index: int = 0) -> Structure:
         raise DataError(
             f"expected ase.Atoms or matscale Structure, got {type(item).__name__}", record=index
         )
+    if why := occupancy_problem(item.info):
+        raise DataError(why, record=index, field="occupancy")
     return Structure(
         numbers=np.asarray(item.numbers, dtype=np.int64),
         positions=np.asarray(item.positions, dtype=np.float64),

@@ -97,6 +97,31 @@ def _array(value: Any) -> np.ndarray:
     return np.asarray(value, dtype=np.float64)
 
 
+#: How far below 1 a site's occupancy may be and still count as full: CIFs round (0.999).
+FULL_OCCUPANCY = 0.99
+
+
+def occupancy_problem(info: dict[str, Any]) -> str | None:
+    """Why an ``ase.Atoms`` with this ``info`` is no structure a model computes, or None: ASE
+    reads a CIF's partly occupied sites (a disordered alloy, vacancies) as one species at full
+    occupancy, keeping the occupancies in ``info["occupancy"]`` ({site tag: {symbol: share}});
+    the model would compute another material without a word."""
+    sites = info.get("occupancy")
+    if not isinstance(sites, dict):
+        return None
+    for tag, shares in sites.items():
+        if not isinstance(shares, dict):
+            continue
+        if len(shares) > 1 or any(float(x) < FULL_OCCUPANCY for x in shares.values()):
+            held = ", ".join(f"{el} {float(x):g}" for el, x in shares.items())
+            return (
+                f"site {tag} is partly occupied ({held}): a disordered structure, which ASE "
+                "reads as one species per site; order it first (a supercell with one species "
+                "on every site, e.g. a special quasirandom structure)"
+            )
+    return None
+
+
 #: Where an ``ase.Atoms`` keeps each label by default: the calculator's result, else
 #: ``info`` (energy, stress) or ``arrays`` (forces) under the same name.
 LABEL_KEYS = {"energy": "energy", "forces": "forces", "stress": "stress"}
@@ -114,6 +139,8 @@ def atoms_to_structure(
     """Convert an ``ase.Atoms`` (with calculator results or info/arrays labels) to a Structure.
     ``keys``: the info/arrays key of each label (:data:`LABEL_KEYS` by default); a label
     under another key than its default is read from info/arrays alone."""
+    if why := occupancy_problem(atoms.info):
+        raise DataError(why, file=file, record=record, field="occupancy")
     keys = {**LABEL_KEYS, **(keys or {})}
     results: dict[str, Any] = {}
     if atoms.calc is not None:
@@ -381,7 +408,13 @@ def read_mptrj(
     path = str(path)
     for mp_id, frames in iter_json_object(path):
         if not isinstance(frames, dict):
-            raise DataError("expected an object of frames", file=path, record=mp_id)
+            raise DataError(
+                "a .json file is read as MPtrj ({material: {frame: ...}}) unless it is an ASE "
+                "database, and this entry is no object of frames: not a structure file? (a "
+                "folder's other .json files are read too)",
+                file=path,
+                record=mp_id,
+            )
         for frame_id, frame in frames.items():
             yield _mptrj_frame(
                 frame, source=source, energy_key=energy_key, file=path, record=f"{mp_id}/{frame_id}"
@@ -462,6 +495,33 @@ def _is_ase_json(path: Path) -> bool:
     except OSError:
         return False  # the reader names the file and what is wrong with it
     return b'"unique_id"' in head and b'"ctime"' in head
+
+
+def add_reader_args(parser: Any) -> None:
+    """The readers' command-line options (``--format``, ``--reader-option``) on ``parser``
+    (an ``argparse.ArgumentParser``): the verbs that read files (pack, eval, predict)."""
+    parser.add_argument("--format", default=None, help="reader for all inputs (default: by suffix)")
+    parser.add_argument(
+        "--reader-option",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="reader option, e.g. energy_key=REF_energy, forces_key=REF_forces, "
+        "stress_key=REF_stress (extxyz: MACE's keys), energy_key=corrected_total_energy "
+        "(mptrj), energy_unit=kcal/mol (ani-h5) or labels=trainset,valset (adios); repeatable",
+    )
+
+
+def parse_reader_options(pairs: list[str], flag: str = "--reader-option") -> dict[str, str]:
+    """``["energy_key=REF_energy", ...]`` (a command line's ``KEY=VALUE`` reader options) as
+    a dict; a pair without ``=`` or key is a :class:`DataError` naming ``flag``."""
+    options: dict[str, str] = {}
+    for text in pairs:
+        key, sep, value = text.partition("=")
+        if not sep or not key:
+            raise DataError(f"{flag} {text!r} is not KEY=VALUE")
+        options[key] = value
+    return options
 
 
 def read_structures(
