@@ -1,9 +1,13 @@
 import io
 
+import pytest
+
+from matscale import progress
 from matscale.progress import progress_bar
 
 
-def test_a_bar_into_a_file_writes_few_whole_lines() -> None:
+def test_a_bar_into_a_file_writes_few_whole_lines(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(progress, "LOG_DELAY_S", 0.0)  # a bar that lasted past the delay
     stream = io.StringIO()  # not a terminal
     bar = progress_bar(total=1000, desc="work", unit=" items", file=stream)
     for _ in range(1000):
@@ -19,4 +23,14 @@ def test_a_disabled_bar_writes_nothing() -> None:
     stream = io.StringIO()
     with progress_bar(total=5, desc="work", unit=" items", file=stream, enabled=False) as bar:
         bar.update(5)
+    assert stream.getvalue() == ""
+
+
+def test_a_bar_into_a_file_that_ends_within_the_delay_writes_nothing() -> None:
+    """`eval` that failed at once printed "evaluating: 0 structures" above its error (and,
+    never closed, again below it): a piped bar shows nothing in its first second."""
+    stream = io.StringIO()
+    bar = progress_bar(total=10, desc="work", unit=" items", file=stream)
+    bar.update(3)
+    bar.close()
     assert stream.getvalue() == ""

@@ -13,6 +13,10 @@ from typing import Any, TextIO
 #: Seconds between the lines a bar writes when its stream is not a terminal.
 LOG_INTERVAL_S = 30.0
 
+#: Seconds before a bar on a stream that is not a terminal writes its first line: a command
+#: that fails (or ends) sooner leaves no "0 structures" line above its error.
+LOG_DELAY_S = 1.0
+
 
 def progress_bar(
     *,
@@ -43,6 +47,7 @@ def progress_bar(
         maxinterval=10.0 if interactive else LOG_INTERVAL_S * 4,
         ascii=None if interactive else True,
         bar_format=bar_format,
+        delay=0.0 if interactive else LOG_DELAY_S,  # read at each call: tests set it
     )
 
 

@@ -354,6 +354,10 @@ def test_the_model_file_records_the_transform(tiny_model: Path) -> None:
     )
     with pytest.raises(DataError, match="dtype must be float32 or float64"):
         load_potential(tiny_model, dtype="float16")  # type: ignore[arg-type]
+    # torch's own dtypes too (torch.float64 was refused: only the string was known)
+    assert load_potential(tiny_model, dtype=torch.float64).dtype == torch.float64
+    with pytest.raises(DataError, match="dtype must be float32 or float64"):
+        load_potential(tiny_model, dtype=torch.bfloat16)
     assert g.elements == ((29, 46, 79), (1, 6, 7, 8))
     card = tiny_model.with_suffix(".md").read_text()
     calculator = "its source's calculator"

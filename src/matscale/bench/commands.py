@@ -8,6 +8,7 @@ from typing import Any
 
 from matscale.arguments import non_negative_int
 from matscale.bench.run import SUITES
+from matscale.helpformat import DefaultsHelp
 
 
 def add_verbs(verbs: Any) -> None:
@@ -15,7 +16,7 @@ def add_verbs(verbs: Any) -> None:
     b = verbs.add_parser(
         "bench",
         help="score models, teachers and GFN2-xTB against published references",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     b.add_argument(
         "subjects",

@@ -116,7 +116,7 @@ class MatscaleCalculator(Calculator):
         path: str | Path,
         head: str | None = None,
         device: str | torch.device = "cpu",
-        dtype: GeometryDtype | None = None,
+        dtype: GeometryDtype | torch.dtype | None = None,
         compile: bool = False,
         **kwargs: Any,
     ) -> MatscaleCalculator:
@@ -134,7 +134,7 @@ class MatscaleCalculator(Calculator):
         name: str,
         head: str | None = None,
         device: str | torch.device = "cpu",
-        dtype: GeometryDtype | None = None,
+        dtype: GeometryDtype | torch.dtype | None = None,
         compile: bool = False,
         **kwargs: Any,
     ) -> MatscaleCalculator:

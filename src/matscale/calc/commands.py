@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from matscale.data.readers import add_reader_args, parse_reader_options
 from matscale.errors import DataError
+from matscale.helpformat import DefaultsHelp
 
 if TYPE_CHECKING:  # the verbs import their modules when run: `matscale --help` stays fast
     from ase import Atoms
@@ -23,7 +24,7 @@ if TYPE_CHECKING:  # the verbs import their modules when run: `matscale --help` 
 
 def add_verbs(verbs: Any) -> None:
     """Register ``eval``, ``predict``, ``md`` and ``relax`` on the CLI's subparsers."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
+    fmt = DefaultsHelp
     ev = verbs.add_parser(
         "eval", help="score a model on labelled structures (files or stores)", formatter_class=fmt
     )

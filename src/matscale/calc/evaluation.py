@@ -93,20 +93,22 @@ def evaluate_structures(
     errors = Errors()
     bar = progress_bar(desc="evaluating", unit=" structures", enabled=progress)
     iterator = iter(structures)
-    while chunk := list(islice(iterator, CHUNK)):
-        for s in chunk:
-            _check_labels(s)
-        results = predict(
-            potential,
-            chunk,
-            head=head,
-            stress=potential.conservative and any(s.stress is not None for s in chunk),
-            max_atoms=max_atoms,
-        )
-        for s, r in zip(chunk, results, strict=True):
-            _add(errors, potential, s, r, head)
-        bar.update(len(chunk))
-    bar.close()
+    try:
+        while chunk := list(islice(iterator, CHUNK)):
+            for s in chunk:
+                _check_labels(s)
+            results = predict(
+                potential,
+                chunk,
+                head=head,
+                stress=potential.conservative and any(s.stress is not None for s in chunk),
+                max_atoms=max_atoms,
+            )
+            for s, r in zip(chunk, results, strict=True):
+                _add(errors, potential, s, r, head)
+            bar.update(len(chunk))
+    finally:  # closed before an error is printed: not redrawn below it when collected
+        bar.close()
     if not errors.rows:
         raise DataError("no structures to evaluate", file=file)
     return errors

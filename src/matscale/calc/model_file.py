@@ -205,7 +205,7 @@ def load_potential(
     path: str | Path,
     device: torch.device | str = "cpu",
     *,
-    dtype: GeometryDtype | None = None,
+    dtype: GeometryDtype | torch.dtype | None = None,
     edge_chunk: int = 0,
     compile: bool = False,
     trusted: bool = False,
@@ -213,8 +213,9 @@ def load_potential(
     """The :class:`Potential` of a model file (``matscale export`` or a run's ``model.pt``),
     in eval mode on ``device``.
 
-    ``dtype`` overrides the dtype the model was trained in (``"float64"`` for finite
-    differences, phonons and tight relaxations; the weights are cast, nothing is retrained).
+    ``dtype`` overrides the dtype the model was trained in (``"float64"`` or
+    ``torch.float64`` for finite differences, phonons and tight relaxations; the weights are
+    cast, nothing is retrained).
 
     ``edge_chunk`` > 0 computes each layer's edge terms that many edges at a time and
     recomputes them for the forces (activation checkpointing): the same numbers with memory
@@ -249,9 +250,10 @@ def load_potential(
             f"model file is damaged or from an incompatible matscale ({exc})", file=str(path)
         ) from None
     if dtype is not None:
-        if dtype not in ("float32", "float64"):
+        name = str(dtype).removeprefix("torch.")  # torch.float64 → "float64"
+        if name not in ("float32", "float64"):
             raise DataError(f"dtype must be float32 or float64, got {dtype!r}", field="dtype")
-        graph = replace(graph, dtype=dtype)
+        graph = replace(graph, dtype="float64" if name == "float64" else "float32")
     if graph.heads != model.config.heads or abs(graph.cutoff - model.config.cutoff) > 1e-9:
         raise DataError(
             "model file's transform disagrees with its model config (heads or cutoff)",

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from matscale.errors import ConfigError
+from matscale.helpformat import DefaultsHelp
 
 
 def add_verbs(verbs: Any) -> None:
@@ -19,7 +20,7 @@ def add_verbs(verbs: Any) -> None:
     p = verbs.add_parser(
         "plan",
         help="memory per device and time per step of a training run on given hardware",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=DefaultsHelp,
     )
     p.add_argument("config", nargs="?", type=Path, default=None, help="YAML run config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")

@@ -63,7 +63,7 @@ def load(
     name: str,
     *,
     device: torch.device | str = "cpu",
-    dtype: GeometryDtype | None = None,
+    dtype: GeometryDtype | torch.dtype | None = None,
     compile: bool = False,
 ) -> Potential:
     """The shipped model ``name`` as a :class:`Potential` on ``device`` (``dtype``,
