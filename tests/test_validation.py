@@ -117,3 +117,80 @@ def test_a_pack_of_no_structures_is_refused_naming_the_first_skipped_record(
             pack([tmp_path / name], tmp_path / "store", PackConfig(workers=1, cutoff=4.0),
                  progress=False)  # fmt: skip
         assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.extxyz", "empty.extxyz"]
+
+
+def test_plateau_without_a_validation_split_is_refused_at_load() -> None:
+    """It trained until its first evaluation and died with a KeyError from the loop."""
+    with pytest.raises(ConfigError, match=r"train\.schedule=plateau .* leaves no validation"):
+        check_config(load_tree(RunConfig, None, ["train.schedule=plateau", "data.split=[1,0,0]"]))
+
+
+def _cu_frames(n: int, *, source: str | None = None, labels: bool = True) -> list:
+    import numpy as np
+    from ase.build import bulk
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames = []
+    rng = np.random.default_rng(0)
+    for _ in range(n):
+        atoms = bulk("Cu", "fcc", a=3.6, cubic=True)
+        atoms.rattle(0.05, seed=int(rng.integers(1 << 30)))
+        if labels:
+            atoms.calc = EMT()
+            energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+            atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        if source is not None:
+            atoms.info["source"] = source
+        frames.append(atoms)
+    return frames
+
+
+def test_a_source_named_like_a_split_is_refused(tmp_path: Path) -> None:
+    """A source named `test` (files given directly are named by their stem: test.xyz) had
+    its validation errors replaced by the test split's in the final metrics and the card."""
+    import ase.io
+
+    from matscale.data.pack import PackConfig, pack
+    from matscale.data.structure import source_name_problem
+    from matscale.errors import DataError
+
+    for name in ("test", "holdout", "holdout:surface", "val", "train", "a/b", ""):
+        assert source_name_problem(name), name
+    assert source_name_problem("testing") is None and source_name_problem("emt-metals") is None
+    ase.io.write(tmp_path / "test.extxyz", _cu_frames(4))
+    with pytest.raises(DataError, match=r"test\.extxyz, record 0, field 'source': source name "
+                                        r"'test' is a split's name"):  # fmt: skip
+        pack([tmp_path / "test.extxyz"], tmp_path / "store", PackConfig(workers=1, cutoff=4.0),
+             progress=False)  # fmt: skip
+    assert not (tmp_path / "store").exists()
+
+
+def test_a_store_without_labels_is_refused_and_unlabelled_targets_are_warned_about(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A store packed with --require '' trained with loss 0 and exported an untrained model,
+    exit 0; a stress weight on a store without stress, a warm-up longer than the run and a
+    max_atoms below the largest structure passed without a word."""
+    import ase.io
+
+    from matscale.data.pack import PackConfig, pack
+
+    ase.io.write(tmp_path / "bare.extxyz", _cu_frames(40, source="cu", labels=False))
+    pack([tmp_path / "bare.extxyz"], tmp_path / "bare", PackConfig(workers=1, cutoff=4.0,
+         require=()), progress=False)  # fmt: skip
+    base = [f"out_dir={tmp_path / 'runs'}", "model.cutoff=4.0", "model.width=8", "model.depth=1"]
+    cfg = load(None, [f"data.store={tmp_path / 'bare'}", *base])
+    with pytest.raises(ConfigError, match="holds no energy, forces or stress: nothing to learn"):
+        train(cfg, progress=False)
+    ase.io.write(tmp_path / "cu.extxyz", _cu_frames(40, source="cu"))
+    pack([tmp_path / "cu.extxyz"], tmp_path / "cu", PackConfig(workers=1, cutoff=4.0),
+         progress=False)  # fmt: skip
+    settings = ["train.stress_weight=1", "train.steps=2", "data.max_atoms=2",
+                "train.eval_every=2", "train.checkpoint_every=2"]  # fmt: skip
+    train(load(None, [f"data.store={tmp_path / 'cu'}", *base, *settings]), progress=False)
+    out = capsys.readouterr().out
+    assert "warning: train.stress_weight=1, and no structure of" in out
+    assert "warning: data.max_atoms=2, and the store's largest structure has 4 atoms" in out
+    assert "warning: train.warmup_steps=100 is not below train.steps=2" in out
+    assert "force_weight" not in out  # forces are there

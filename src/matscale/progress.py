@@ -13,10 +13,6 @@ from typing import Any, TextIO
 #: Seconds between the lines a bar writes when its stream is not a terminal.
 LOG_INTERVAL_S = 30.0
 
-#: Seconds before a bar on a stream that is not a terminal writes its first line: a command
-#: that fails (or ends) sooner leaves no "0 structures" line above its error.
-LOG_DELAY_S = 1.0
-
 
 def progress_bar(
     *,
@@ -35,7 +31,7 @@ def progress_bar(
 
     stream = file or sys.stderr
     interactive = bool(getattr(stream, "isatty", lambda: False)())
-    return tqdm(
+    bar = tqdm(
         total=total,
         initial=initial,
         desc=desc,
@@ -47,8 +43,13 @@ def progress_bar(
         maxinterval=10.0 if interactive else LOG_INTERVAL_S * 4,
         ascii=None if interactive else True,
         bar_format=bar_format,
-        delay=0.0 if interactive else LOG_DELAY_S,  # read at each call: tests set it
+        # into a file, no line at the start (a command that fails at once printed its "0
+        # structures" line above the error): tqdm shows nothing at creation with a delay,
+        # whose removal then lets the periodic and final lines through
+        delay=0.0 if interactive else 1.0,
     )
+    bar.delay = 0.0
+    return bar
 
 
 class _LineStream:

@@ -14,6 +14,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from matscale.data.structure import source_name_problem
 from matscale.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -126,6 +127,12 @@ def problems(cfg: RunConfig) -> list[str]:
         )
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         found.append(f"name={cfg.name!r} is not allowed: a folder name without '/'")
+    if t.schedule == "plateau" and not cfg.data.split[1] > 0:
+        found.append(
+            "train.schedule=plateau lowers the learning rate when the validation error stops "
+            f"falling, and data.split={list(cfg.data.split)} leaves no validation split: give "
+            "it a share, or choose another schedule"
+        )
     return found
 
 
@@ -160,6 +167,14 @@ def check_config_for_store(cfg: RunConfig, store: Store) -> None:
             f"data.holdout_families names {unknown}, not families of the store "
             f"(it has {sorted(store.families)})"
         )
+    for source in store.sources:
+        if why := source_name_problem(source):
+            found.append(f"{where}: {why}, and pack again")
+    if len(store) and not any(label_counts(store).values()):
+        found.append(
+            f"{where} holds no energy, forces or stress: nothing to learn (packed with "
+            "--require ''? labels under other keys are read with --reader-option energy_key=...)"
+        )
     unknown = sorted(set(cfg.data.mixture or {}) - set(store.sources))
     if unknown:
         found.append(
@@ -176,3 +191,42 @@ def check_config_for_store(cfg: RunConfig, store: Store) -> None:
             )
     if found:
         raise ConfigError("; ".join(found))
+
+
+def label_counts(store: Store) -> dict[str, int]:
+    """How many labels of each target ``store`` holds: structures with an energy or a stress,
+    atoms with forces (its statistics' counts, over every source)."""
+    stats = store.stats.values()
+    return {
+        "energy": sum(int(st.get("with_energy", 0)) for st in stats),
+        "forces": sum(int(st.get("with_forces_atoms", 0)) for st in stats),
+        "stress": sum(int(st.get("with_stress", 0)) for st in stats),
+    }
+
+
+def run_warnings(cfg: RunConfig, store: Store) -> list[str]:
+    """What in ``cfg`` will not do what it seems to on ``store``, though training can go on:
+    one sentence each (printed when the run starts)."""
+    t, found = cfg.train, []
+    for target, count in label_counts(store).items():
+        key = "force_weight" if target == "forces" else f"{target}_weight"
+        weight = getattr(t, key)
+        if weight > 0 and count == 0:
+            found.append(
+                f"train.{key}={weight:g}, and no structure of {cfg.data.store} has "
+                f"{target}: that term of the loss is 0"
+            )
+    if len(store):
+        largest = int(store.n_atoms.max())
+        if largest > cfg.data.max_atoms:
+            found.append(
+                f"data.max_atoms={cfg.data.max_atoms}, and the store's largest structure has "
+                f"{largest:,} atoms: a structure above the bound is a batch of its own (memory "
+                "follows the largest structure, not the bound)"
+            )
+    if t.steps and t.warmup_steps >= t.steps:
+        found.append(
+            f"train.warmup_steps={t.warmup_steps} is not below train.steps={t.steps}: the "
+            f"learning rate never reaches train.lr={t.lr:g} and is never annealed"
+        )
+    return found

@@ -33,7 +33,7 @@ from matscale.data.readers import DATA_SUFFIXES, read_structures
 from matscale.data.shard import ShardBuilder
 from matscale.data.stats import StatsAccumulator
 from matscale.data.store import META, merge_parts, repeats_note, skipped_words, write_json_atomic
-from matscale.data.structure import Structure, check_structure
+from matscale.data.structure import Structure, check_structure, source_name_problem
 from matscale.errors import DataError
 
 
@@ -327,6 +327,8 @@ class PartWriter:
     ) -> bool:
         """Check ``s`` and store it; return False (and count and log why) if it was skipped."""
         c = self.config
+        if s.source not in self.sources and (why := source_name_problem(s.source)):
+            raise DataError(why, file=file, record=record, field="source")
         labeller = self.labelled_by.setdefault(s.source, s.labelled_by)
         if labeller != s.labelled_by:
             raise DataError(

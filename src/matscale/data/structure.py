@@ -39,6 +39,29 @@ MIN_DISTANCE = 0.1
 MAX_Z = 118
 
 
+#: Names a source (a head) may not take: every metric of a run is keyed ``<source>/<metric>``
+#: beside the splits' ``test/<metric>`` and ``holdout/<metric>`` (and a family's
+#: ``holdout:<family>/...``), so a source named ``test`` had its validation errors replaced by
+#: the test split's in the final metrics and the model card.
+SPLIT_NAMES = ("train", "val", "test", "holdout")
+
+
+def source_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be a source's name, or None."""
+    if name in SPLIT_NAMES or name.startswith("holdout:"):
+        return (
+            f"source name {name!r} is a split's name ({', '.join(SPLIT_NAMES)}), and a run's "
+            "metrics would mix the two: give the records another source (--source NAME, or "
+            "info['source']); a file's source is its name without suffix, or its folder's"
+        )
+    if not name or "/" in name:
+        return (
+            f"source name {name!r} is empty or holds '/', which separates a source from a "
+            "metric in a run's records: give the records another source (--source NAME)"
+        )
+    return None
+
+
 @dataclass(kw_only=True)
 class Structure:
     """An atomic structure with optional labels. See the module docstring for units."""

@@ -46,7 +46,7 @@ from matscale.train.state import (
     snapshot,
 )
 from matscale.train.step import ema_decay_at, ema_update, train_step
-from matscale.validation import check_config
+from matscale.validation import check_config, run_warnings
 
 # The clock a run's time budget (``train.max_minutes``) reads, in seconds. Kept as one name so
 # a test can run the budget on a fake clock: a budget measured on the machine's real clock
@@ -254,6 +254,8 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
             )
         elif changed:
             log.text(f"resuming with changed settings: {'; '.join(changed)}")
+        for warning in [] if finished else run_warnings(cfg, run.store):
+            log.text(f"warning: {warning}")
         if cfg.parallel.compile and not finished:
             log.text(
                 "the forward pass is compiled (parallel.compile): the first steps and the "
