@@ -301,3 +301,46 @@ def test_model_settings_a_run_from_a_trained_model_would_ignore_are_refused(
     model = _finetune(store, tmp_path, trained, f"model.width={own.width}",
                       f"model.depth={own.depth}")  # fmt: skip
     assert load_potential(model).model.config.width == own.width
+
+
+def _nickel_store(tmp_path: Path) -> tuple[Path, float]:
+    """A store of EMT-labelled Ni cells under the source `emt` (the tiny model's EMT head
+    knows Cu, Pd, Au), and the least-squares Ni reference energy of its energies (eV/atom)."""
+    from ase.calculators.emt import EMT
+    from ase.calculators.singlepoint import SinglePointCalculator
+
+    frames, per_atom = [], []
+    for k in range(24):
+        atoms = bulk("Ni", "fcc", a=3.52, cubic=True).repeat((1, 1, 1 + k % 2))
+        atoms.rattle(0.05, seed=k)
+        atoms.calc = EMT()
+        energy, forces = atoms.get_potential_energy(), atoms.get_forces()
+        atoms.calc = SinglePointCalculator(atoms, energy=energy, forces=forces)
+        atoms.info["source"] = "emt"
+        frames.append(atoms)
+        per_atom.append((len(atoms), energy))
+    path = tmp_path / "ni.extxyz"
+    ase.io.write(path, frames)
+    pack([path], tmp_path / "store-ni", PackConfig(workers=1, cutoff=4.0), progress=False)
+    n, e = np.array(per_atom).T
+    return tmp_path / "store-ni", float((n * e).sum() / (n * n).sum())
+
+
+def test_a_kept_head_fits_the_reference_energy_of_an_element_it_never_saw(
+    trained: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Fine-tuning the EMT head on Fe data left Fe's reference energy at 0 (318 meV/atom of
+    error against 51 as a new head), without a word; a frozen backbone kept the new
+    element's embedding at its random start."""
+    store, expected = _nickel_store(tmp_path)
+    tuned = _finetune(store, tmp_path, trained)
+    said = capsys.readouterr().out
+    assert "head 'emt' meets element(s) it never saw" in said and "Ni " in said
+    after = load_potential(tuned)
+    emt = after.graph.heads.index("emt")
+    assert float(after.model.reference_energy[emt, 28]) == pytest.approx(expected, abs=1e-9)
+    before = load_potential(trained)  # the elements it knew keep theirs
+    for z in (29, 46, 79):
+        assert after.model.reference_energy[emt, z] == before.model.reference_energy[emt, z]
+    with pytest.raises(ConfigError, match=r"holds Ni, which .* never saw: their embeddings"):
+        _finetune(store, tmp_path / "frozen", trained, "train.freeze=backbone")

@@ -86,11 +86,18 @@ def model_card(blob: dict[str, Any], *, name: str = "model.pt") -> str:
         )
     start = run.get("train", {}).get("init_from")
     if start:
+        frozen = run.get("train", {}).get("freeze") == "backbone"
+        kept = (
+            "kept what it had learnt: the backbone was frozen"
+            if frozen
+            else "kept its readout, but the backbone it reads was tuned on this data, so its "
+            "errors may have changed (forgetting: docs/training.md, --replay)"
+        )
         lines += [
             "",
             f"Counts and statistics are this run's data. It was fine-tuned from `{start}`, whose "
-            "card gives what each of its heads saw before (a head with — had no data here and "
-            "kept what it had learnt).",
+            f"card gives what each of its heads saw before (a head with — had no data here and "
+            f"{kept}).",
         ]
     holdout = list(run.get("data", {}).get("holdout_families", []))
     lines += ["", "## Errors", "", *_error_table(blob.get("metrics", {}), heads, holdout)]
@@ -219,11 +226,26 @@ def _training_section(blob: dict[str, Any], run: dict[str, Any]) -> list[str]:
     train = run.get("train", {})
     data = run.get("data", {})
     out = ["## Training", "", "| | |", "|---|---|"]
+    steps = train.get("steps", "?")
     if train.get("schedule") == "cosine-time" and train.get("max_minutes"):
-        # annealed over the time budget: ``steps`` is only a cap the run did not plan to reach
-        plan = f"annealed over {train['max_minutes']} min, at most {train.get('steps', '?')}"
+        # the plan, not a claim: a run that stopped early, or whose warm-up outlasted it,
+        # did not anneal (the card said "annealed" of a run still warming up)
+        plan = (
+            f"learning rate decayed over {train['max_minutes']} min or {steps} steps, "
+            "whichever came first"
+        )
+        budget_s = 60 * float(train["max_minutes"])
+        step, seconds = blob.get("step"), blob.get("train_seconds")
+        if (
+            isinstance(step, int)
+            and isinstance(steps, int)
+            and isinstance(seconds, int | float)
+            and step < steps
+            and seconds < 0.95 * budget_s
+        ):
+            plan += f"; it stopped after {seconds / 60:.2g} min, before either"
     else:
-        plan = f"planned {train.get('steps', '?')}"
+        plan = f"planned {steps}"
     out.append(f"| steps | {blob.get('step', '?')} ({plan}) |")
     if train.get("init_from"):  # fine-tuned or continued: its start's own training is not here
         out.append(f"| started from | `{train['init_from']}` (steps and time above are this "
