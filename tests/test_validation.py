@@ -194,3 +194,34 @@ def test_a_store_without_labels_is_refused_and_unlabelled_targets_are_warned_abo
     assert "warning: data.max_atoms=2, and the store's largest structure has 4 atoms" in out
     assert "warning: train.warmup_steps=100 is not below train.steps=2" in out
     assert "force_weight" not in out  # forces are there
+
+
+def test_a_run_without_a_validation_split_shows_its_test_errors(
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """data.split=[0.9,0,0.1] printed empty "[val @ step 2]" lines and a table of blank rows;
+    holding out every family said "leaves no structure in train (0.9 of 120 structures)"."""
+    base = [f"data.store={tiny_store}", f"out_dir={tmp_path}", "model.cutoff=4.0",
+            "model.width=8", "model.depth=1", "train.steps=2", "train.eval_every=1",
+            "train.warmup_steps=1"]  # fmt: skip
+    train(load(None, [*base, "data.split=[0.9,0,0.1]"]), progress=False)
+    out = capsys.readouterr().out
+    assert "[val @" not in out
+    table = out[out.index("mean absolute errors") :].splitlines()
+    assert "energy meV/atom" in table[1]
+    all_row = next(line for line in table if line.strip().startswith("all"))
+    assert "- /" in all_row and all_row.split("/")[-1].strip() not in ("", "-")
+    # every structure held out (check_splits on the splits such a run makes)
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from matscale.train.run import check_splits
+
+    cfg = load(None, [*base, "data.holdout_families=[bulk]"])
+    everything = SimpleNamespace(
+        train=np.array([], int), val=np.array([], int), test=np.array([], int),
+        holdout=np.arange(120),
+    )  # fmt: skip
+    with pytest.raises(ConfigError, match=r"hold out every structure .* nothing is left"):
+        check_splits(everything, cfg, 120)  # type: ignore[arg-type]

@@ -149,7 +149,10 @@ class RunLog:
             ("forces", "meV_per_A", "forces meV/Å"),
             ("stress", "meV_per_A3", "stress meV/Å³"),
         ]
-        shown = [t for t in targets if f"{t[0]}_mae_{t[1]}" in metrics]
+        # a run without a validation split has test errors only: their columns still show
+        shown = [
+            t for t in targets if {f"{t[0]}_mae_{t[1]}", f"test/{t[0]}_mae_{t[1]}"} & set(metrics)
+        ]
         self._print(f"  {'source':<16}" + "".join(f"{t[2]:>22}" for t in shown))
         for source in [*sources, None]:
             prefix = f"{source}/" if source else ""

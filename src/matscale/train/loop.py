@@ -178,7 +178,7 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
                 raise RunInterrupted(name, run.step, str(path))
             if in_time:
                 time_fraction = start_progress + (1 - start_progress) * min(1.0, float(flags[1]))
-            if run.step % t.eval_every == 0 or done:
+            if (run.step % t.eval_every == 0 or done) and len(run.splits.val):
                 run.metrics = evaluate_split(run, run.splits.val)
                 if t.schedule == "plateau":
                     m = run.metrics
@@ -267,7 +267,7 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
         except RunInterrupted:
             log.close()  # the caller says why, below the closed progress bar
             raise
-    elif not run.metrics:  # a finished run only re-evaluates and re-exports
+    elif not run.metrics and len(run.splits.val):  # a finished run re-evaluates, re-exports
         run.metrics = evaluate_split(run, run.splits.val)
     final = final_metrics(run)
     check_finite_weights(run)

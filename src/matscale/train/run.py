@@ -91,6 +91,11 @@ class Run:
 def check_splits(splits: Splits, cfg: RunConfig, n_structures: int) -> None:
     """Refuse splits that would train or evaluate on nothing: a part given a share of the
     data that rounds to no structure (a tiny store), so that no run ends in a blank table."""
+    if n_structures and len(splits.holdout) == n_structures:
+        raise ConfigError(
+            f"data.holdout_families={list(cfg.data.holdout_families)} hold out every structure "
+            f"of {cfg.data.store}: nothing is left to train on; hold out fewer families"
+        )
     empty = [
         f"{name} ({share:g} of {n_structures:,} structures)"
         for name, share, idx in zip(
