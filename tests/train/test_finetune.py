@@ -344,3 +344,17 @@ def test_a_kept_head_fits_the_reference_energy_of_an_element_it_never_saw(
         assert after.model.reference_energy[emt, z] == before.model.reference_energy[emt, z]
     with pytest.raises(ConfigError, match=r"holds Ni, which .* never saw: their embeddings"):
         _finetune(store, tmp_path / "frozen", trained, "train.freeze=backbone")
+
+
+def test_resuming_on_another_store_names_the_store_not_init_from(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    """A run resumed on another store was refused naming "the model built from
+    train.init_from (avg_neighbours, heads)" in a run that never set train.init_from."""
+    other = _store(tmp_path, "emt-other")
+    base = [f"out_dir={tmp_path}", "name=same", "model.width=8", "model.depth=1",
+            "model.cutoff=4.0", "train.warmup_steps=1", *SHORT]  # fmt: skip
+    train(load(None, [f"data.store={tiny_store}", *base]), progress=False)
+    with pytest.raises(ConfigError, match=r"another run \(the model built from the store \(") as e:
+        train(load(None, [f"data.store={other}", *base]), progress=False)
+    assert "init_from" not in str(e.value) and "the content of data.store" in str(e.value)

@@ -115,7 +115,9 @@ def check_resumable(run: Run, ck: dict[str, Any]) -> None:
     if not changed and built_then is not None and built_then != built_now:
         keys = sorted(k for k in set(built_then) | set(built_now)
                       if built_then.get(k) != built_now.get(k))  # fmt: skip
-        changed.append(f"the model built from train.init_from ({', '.join(keys)})")
+        # built from the store (its sources, its neighbour count) or from a trained model
+        source = "train.init_from" if run.cfg.train.init_from else "the store"
+        changed.append(f"the model built from {source} ({', '.join(keys)})")
     saved_init = ck["config"].get("train", {}).get("init_from")
     if saved_init != run.cfg.train.init_from:
         changed.append(f"train.init_from (was {saved_init})")
