@@ -180,8 +180,9 @@ class RunConfig:
 
     name: str = "run"
     """Run name: its directory is ``out_dir/name``."""
-    out_dir: str = "runs"
-    """Where run directories go."""
+    out_dir: str = "data/runs"
+    """Where run directories go (beside the stores in ``data/``, as ``matscale demo`` and
+    ``finetune`` put them; it was ``runs`` for ``train`` alone)."""
     data: DataConfig = field(default_factory=DataConfig)
     model: EGNNConfig = field(default_factory=EGNNConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
