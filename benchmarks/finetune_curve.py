@@ -81,6 +81,20 @@ def pack_store(structures: list[Any], folder: Path, cutoff: float) -> Path:
     return folder / "store"
 
 
+def arm_row(
+    arm: str, model: str, store: Path, out: Path, steps: int, test: list[Any]
+) -> dict[str, Any]:
+    """One arm trained and scored on ``test``: its errors, or, where fine-tuning refuses it
+    (a frozen backbone on elements the model never saw: their embeddings would stay random),
+    the refusal: a result, not a crash."""
+    from matscale.errors import ConfigError
+
+    try:
+        return {"arm": arm, **test_errors(run_arm(arm, model, store, out, steps), test)}
+    except ConfigError as exc:
+        return {"arm": arm, "refused": str(exc)}
+
+
 def run_arm(arm: str, model: str, store: Path, out: Path, steps: int) -> Path:
     """Train one arm on ``store`` (90 % training, 10 % validation) for ``steps``; returns its
     model file."""
@@ -153,9 +167,9 @@ def main() -> None:
     for n in args.sizes:
         store = pack_store(data[:n], args.work / f"n{n}", cutoff=5.0)
         for arm in ("finetune", "finetune-frozen", "scratch"):
-            metrics = test_errors(run_arm(arm, model, store, args.work / f"n{n}", args.steps), test)
-            rows.append({"train_structures": n, "arm": arm, **metrics})
-            print(n, arm, {k: round(v, 1) for k, v in metrics.items()})
+            row = arm_row(arm, model, store, args.work / f"n{n}", args.steps, test)
+            rows.append({"train_structures": n, **row})
+            print(n, arm, {k: round(v, 1) if isinstance(v, float) else v for k, v in row.items()})
     teacher = {
         "teacher": args.teacher,
         "forces_mae_meV_per_A": teacher_force_mae(args.teacher, test),

@@ -14,7 +14,6 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from matscale.data.structure import source_name_problem
 from matscale.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -151,6 +150,9 @@ MAX_FORCE_RMS = 1e3
 def check_config_for_store(cfg: RunConfig, store: Store) -> None:
     """Raise :class:`ConfigError` if ``cfg`` asks what ``store`` cannot give: a cutoff larger
     than it was packed for, sources or families it does not hold, too few structures."""
+    # here, not at the top: the config (and with it this module) imports without ASE
+    from matscale.data.structure import source_name_problem
+
     where = f"data.store={cfg.data.store}"
     found = []
     if len(store) == 0:
