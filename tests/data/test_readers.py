@@ -266,3 +266,33 @@ def test_an_ase_json_database_is_not_read_as_mptrj(tmp_path: Path) -> None:
     ase.io.write(path, frames)
     assert guess_format(path) == "ase"
     assert [s.energy for s in read_structures(path)] == [-1.0, -1.0]
+
+
+def test_labels_under_keys_not_read_are_noted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A MACE file read with energy_key=REF_energy alone lost its REF_forces and REF_stress
+    without a word (the store then had no forces: an energy-only model was trained)."""
+    from ase import Atoms
+
+    from matscale.data import readers
+
+    monkeypatch.setattr(readers, "_NOTED", set())
+    frames = []
+    for s in emt_structures(2, seed=3):
+        atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
+        atoms.info["REF_energy"] = s.energy
+        atoms.arrays["REF_forces"] = s.forces
+        frames.append(atoms)
+    path = tmp_path / "mace.extxyz"
+    ase.io.write(path, frames)
+    read = list(read_structures(path, source="x", energy_key="REF_energy"))
+    assert read[0].energy is not None and read[0].forces is None
+    err = capsys.readouterr().err
+    assert "keys ['REF_forces'] look like labels and are not read" in err
+    assert "--reader-option forces_key=REF_forces" in err
+    list(read_structures(path, source="x", energy_key="REF_energy"))  # once per process
+    assert capsys.readouterr().err == ""
+    both = list(read_structures(path, source="x", energy_key="REF_energy",
+                                forces_key="REF_forces"))  # fmt: skip
+    assert both[0].forces is not None and capsys.readouterr().err == ""

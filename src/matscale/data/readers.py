@@ -19,6 +19,7 @@ A reader never validates physics (the packer does, with :func:`check_structure`)
 
 from __future__ import annotations
 
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,10 +70,39 @@ def read_ase(
             return
         except Exception as exc:  # ase raises many kinds for a malformed file
             raise DataError(f"cannot parse ({_parse_problem(exc)})", file=path, record=i) from exc
+        if i == 0 and (unread := unread_labels(atoms, keys)) and str(unread) not in _NOTED:
+            _NOTED.add(str(unread))  # once per process: a folder of chunks would repeat it
+            options = " ".join(f"--reader-option {k}_key={v}" for k, v in unread.items())
+            print(
+                f"note: {path}: keys {sorted(unread.values())} look like labels and are not "
+                f"read ({options} reads them)",
+                file=sys.stderr,
+            )
         yield atoms_to_structure(
             atoms, source=source, key=f"{path}#{i}", file=path, record=i, keys=keys
         )
         i += 1
+
+
+def unread_labels(atoms: Any, keys: dict[str, str]) -> dict[str, str]:
+    """Labels (``energy``, ``forces``, ``stress``) that ``atoms`` lacks under ``keys`` but
+    seems to hold under another key ending in the label's name (``REF_forces``,
+    ``dft_energy``): {label: that key}. A MACE file packed with ``energy_key`` alone lost its
+    forces and stress without a word."""
+    results = getattr(atoms.calc, "results", {}) if atoms.calc is not None else {}
+    found: dict[str, str] = {}
+    for label, store in (("energy", atoms.info), ("forces", atoms.arrays), ("stress", atoms.info)):
+        key = keys[label]
+        if store.get(key) is not None or (key == label and label in results):
+            continue
+        others = [k for k in store if k != key and k.lower().endswith(label)]
+        if others:
+            found[label] = others[0]
+    return found
+
+
+#: The unread label keys :func:`read_ase` has noted in this process.
+_NOTED: set[str] = set()
 
 
 def _parse_problem(exc: Exception) -> str:
