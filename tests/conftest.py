@@ -41,6 +41,21 @@ def emt_structures(n: int, seed: int = 0, source: str = "emt") -> list[Structure
     return out
 
 
+def mace_frames(structures: list[Structure], *, stress: bool = False) -> list:
+    """``structures`` as ``ase.Atoms`` whose labels lie only under MACE's keys (``REF_energy``
+    in info, ``REF_forces`` in arrays, with ``stress`` ``REF_stress`` in info), no calculator."""
+    frames = []
+    for s in structures:
+        atoms = s.to_atoms()
+        atoms.calc = None
+        atoms.info["REF_energy"] = s.energy
+        atoms.arrays["REF_forces"] = s.forces
+        if stress:
+            atoms.info["REF_stress"] = s.stress
+        frames.append(atoms)
+    return frames
+
+
 def molecules(n: int, seed: int = 0, source: str = "mol") -> list[Structure]:
     """``n`` rattled small molecules with synthetic (EMT) labels, non-periodic."""
     rng = np.random.default_rng(seed)

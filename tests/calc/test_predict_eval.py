@@ -18,7 +18,7 @@ from matscale.cli import main
 from matscale.errors import DataError
 from matscale.train.checkpoint import save_atomic
 from tests.calc.structures import alloy
-from tests.conftest import emt_structures, molecules
+from tests.conftest import emt_structures, mace_frames, molecules
 
 
 def test_batched_equals_one_at_a_time_in_input_order(tiny_model: Path) -> None:
@@ -345,14 +345,8 @@ def test_eval_and_predict_read_labels_under_other_keys(
 ) -> None:
     """Labels under MACE's keys (REF_energy, REF_forces) could be packed with
     --reader-option, but eval had no such option: "nothing to score"."""
-    frames = []
-    for s in emt_structures(3, seed=5):
-        atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
-        atoms.info["REF_energy"] = s.energy
-        atoms.arrays["REF_forces"] = s.forces
-        frames.append(atoms)
     path = tmp_path / "ref.extxyz"
-    ase.io.write(path, frames)
+    ase.io.write(path, mace_frames(emt_structures(3, seed=5)))
     run = [str(tiny_model), str(path), "--head", "emt", "--no-progress"]
     assert main(["eval", *run]) == 2
     assert "--reader-option energy_key=REF_energy" in capsys.readouterr().err

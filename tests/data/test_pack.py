@@ -14,7 +14,7 @@ from matscale.cli import main
 from matscale.data.pack import PackConfig, pack
 from matscale.data.store import Store
 from matscale.errors import DataError
-from tests.conftest import emt_structures, small_files
+from tests.conftest import emt_structures, mace_frames, small_files
 
 
 def _write(path: Path, n: int = 6, seed: int = 0) -> Path:
@@ -208,14 +208,7 @@ def test_labels_under_other_keys_are_read_by_naming_the_keys(tmp_path: Path, cap
     """MACE's extxyz keeps labels as REF_energy, REF_forces, REF_stress: packing them said
     only that every energy was missing, and the ase reader took no option to name them."""
     structures = emt_structures(6, seed=3)
-    frames = []
-    for s in structures:
-        atoms = s.to_atoms()
-        atoms.calc = None  # the labels only under MACE's keys
-        atoms.info["REF_energy"] = s.energy
-        atoms.arrays["REF_forces"] = s.forces
-        atoms.info["REF_stress"] = s.stress
-        frames.append(atoms)
+    frames = mace_frames(structures, stress=True)  # the labels only under MACE's keys
     ref = tmp_path / "ref.extxyz"
     ase.io.write(ref, frames, format="extxyz")
     assert main(["data", "pack", str(ref), "--out", str(tmp_path / "plain")]) == 2

@@ -8,7 +8,7 @@ import pytest
 from matscale.data.readers import guess_format, read_structures
 from matscale.data.structure import Structure
 from matscale.errors import DataError
-from tests.conftest import emt_structures, molecules
+from tests.conftest import emt_structures, mace_frames, molecules
 from tests.data.formats import write_ani_h5, write_aselmdb, write_mptrj
 
 
@@ -273,19 +273,11 @@ def test_labels_under_keys_not_read_are_noted(
 ) -> None:
     """A MACE file read with energy_key=REF_energy alone lost its REF_forces and REF_stress
     without a word (the store then had no forces: an energy-only model was trained)."""
-    from ase import Atoms
-
     from matscale.data import readers
 
     monkeypatch.setattr(readers, "_NOTED", set())
-    frames = []
-    for s in emt_structures(2, seed=3):
-        atoms = Atoms(numbers=s.numbers, positions=s.positions, cell=s.cell, pbc=s.pbc)
-        atoms.info["REF_energy"] = s.energy
-        atoms.arrays["REF_forces"] = s.forces
-        frames.append(atoms)
     path = tmp_path / "mace.extxyz"
-    ase.io.write(path, frames)
+    ase.io.write(path, mace_frames(emt_structures(2, seed=3)))
     read = list(read_structures(path, source="x", energy_key="REF_energy"))
     assert read[0].energy is not None and read[0].forces is None
     err = capsys.readouterr().err
