@@ -509,6 +509,8 @@ def test_md_does_not_replace_an_earlier_run_unasked(
     assert (log.read_bytes(), traj.read_bytes()) == before
     assert main([*args, *outputs, "--overwrite"]) == 0
     capsys.readouterr()
+    text = log.read_text()  # replaced whole: one header, then the new run's rows
+    assert text.startswith("# time_ps") and text.count("#") == 1 and len(text.splitlines()) == 3
     # a trajectory that cannot be opened (/proc/x.traj passed the folder check as root)
     # leaves the log as it was
     kept = log.read_bytes()

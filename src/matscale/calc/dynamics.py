@@ -218,6 +218,7 @@ def run_md(
         writer = _trajectory_writer(trajectory, append=append)
         if log_fh is not None and not append:
             log_fh.truncate(0)
+            log_fh.seek(0)  # truncate keeps the position, which says whether a header is due
         rng = np.random.default_rng(cfg.seed)
         # a lone atom has no motion left once its centre of mass is at rest (and ASE's
         # Stationary would rescale its zero velocity to the temperature: NaN): it starts still
