@@ -152,10 +152,10 @@ class GraphSettings:
         seen = self.elements[head]
         unseen = np.setdiff1d(z, np.asarray(seen, dtype=np.int64))
         if len(unseen):
-            names = ", ".join(f"{_symbol(z)} (Z={z})" for z in unseen)
+            names = ", ".join(f"{element_symbol(z)} (Z={z})" for z in unseen)
             raise DataError(
                 f"element {names} never appeared in the training data of head "
-                f"{self.heads[head]!r}, which knows {', '.join(_symbol(z) for z in seen)}",
+                f"{self.heads[head]!r}, which knows {', '.join(element_symbol(z) for z in seen)}",
                 file=file,
                 record=record,
                 field="numbers",
@@ -261,7 +261,8 @@ class GraphSettings:
             # the message names the pair and the floor, not the distance, so that Python's
             # warning filter shows it once per pair rather than at every MD step
             warnings.warn(
-                f"a {_symbol(za)}-{_symbol(zb)} contact shorter than {table[za, zb]:.2f} Å, "
+                f"a {element_symbol(za)}-{element_symbol(zb)} contact shorter than "
+                f"{table[za, zb]:.2f} Å, "
                 f"the shortest in head {self.heads[head]!r}'s training data: the model "
                 "extrapolates there: treat energies, forces and stress from here on as unknown "
                 "(a pair prior keeps only much shorter contacts repulsive)",
@@ -306,7 +307,8 @@ def check_geometry(s: Structure, *, file: str | None = None, record: Any = None)
         raise DataError(problem[0], file=file, record=record, field="cell")
 
 
-def _symbol(z: int) -> str:
+def element_symbol(z: int) -> str:
+    """The chemical symbol of atomic number ``z`` for a message (``Z119`` beyond the table)."""
     z = int(z)
     if z == 0:  # ASE's "X": a ghost or dummy atom, which no model has an energy for
         return "X (a dummy atom)"

@@ -27,7 +27,7 @@ import numpy as np
 from matscale.calc.model_file import Potential, load_potential
 from matscale.config import DataConfig, RunConfig
 from matscale.data.store import Store
-from matscale.data.transform import GraphSettings
+from matscale.data.transform import GraphSettings, element_symbol
 from matscale.errors import ConfigError
 from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
 
@@ -145,7 +145,7 @@ def _check_frozen_elements(cfg: RunConfig, trained: GraphSettings, store: Store)
     known = {z for head in trained.elements for z in head}
     new = sorted({int(z) for st in store.stats.values() for z in st["elements"]} - known)
     if new:
-        names = ", ".join(_symbol(z) for z in new)
+        names = ", ".join(element_symbol(z) for z in new)
         raise ConfigError(
             f"{cfg.data.store} holds {names}, which {cfg.train.init_from} never saw: their "
             "embeddings are untrained, and train.freeze=backbone (--freeze-backbone) would keep "
@@ -185,17 +185,11 @@ def _fit_new_references(
     for z, e in values.items():
         model.reference_energy[head, z] = e
     if launch_position().main:
-        said = ", ".join(f"{_symbol(z)} {e:.4g}" for z, e in values.items())
+        said = ", ".join(f"{element_symbol(z)} {e:.4g}" for z, e in values.items())
         print(
             f"head {source!r} meets element(s) it never saw; their reference energies, fitted "
             f"on the new data with the head's others fixed: {said} eV/atom"
         )
-
-
-def _symbol(z: int) -> str:
-    from ase.data import chemical_symbols
-
-    return chemical_symbols[z] if 0 < z < len(chemical_symbols) else f"Z={z}"
 
 
 def _merged_graph(old: GraphSettings, heads: tuple[str, ...], store: Store) -> GraphSettings:
