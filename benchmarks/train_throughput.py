@@ -6,12 +6,14 @@ and bf16, on the default data.
 Each configuration is a real ``matscale train`` run (torchrun with 2 processes of 1 thread for
 ``ddp`` and ``fsdp``; 1 process of 2 threads for ``none``) of ``--steps`` steps with batches of
 ``--max-atoms`` atoms per process. Reported: structures/s and atoms/s over the steps after the
-first 5, the peak RSS of a training process, the matmul FLOPs of one training step (counted by
-``torch.utils.flop_counter`` on a batch of the store: forward, forces with create_graph,
-backward) and their rate as a share of this machine's fp32 matmul peak measured in the same run
-(2048x2048, 2 threads), before the first configuration and after each round: the highest, so
-that a peak measured while the shared machine was slow cannot inflate the shares. On a GPU,
-benchmarks/gpu_check.py measures the CUDA paths.
+first 5; the same for the training step alone (rank 0's ``step_s`` in metrics.jsonl, without
+its waits for batches, ``data_s``: reading them and building their graphs) and the share of
+the loop spent waiting; the peak RSS of a training process; the matmul FLOPs of one training
+step (counted by ``torch.utils.flop_counter`` on a batch of the store: forward, forces with
+create_graph, backward) and their rate as a share of this machine's fp32 matmul peak
+measured in the same run (2048x2048, 2 threads), before the first configuration and after each
+round: the highest, so that a peak measured while the shared machine was slow cannot inflate
+the shares. On a GPU, benchmarks/gpu_check.py measures the CUDA paths.
 
 Forces three ways: autograd's double backward; written out (``parallel.explicit_forces``,
 one ordinary backward in training); written out and compiled (``parallel.compile``: the first
@@ -135,11 +137,7 @@ def run(
         raise RuntimeError(f"{name} failed:\n{result.stderr[-3000:]}")
     rows = [json.loads(x) for x in (out / name / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in rows if r["kind"] == "train"]
-    warm = train[4]
     world = 1 if backend == "none" else 2
-    seconds = train[-1]["seconds"] - warm["seconds"]
-    atoms = world * sum(r["atoms"] for r in train[5:])
-    structures = world * sum(r["structures"] for r in train[5:])
     return {
         "name": name,
         "backend": backend,
@@ -149,10 +147,28 @@ def run(
         "width": width,
         "depth": args.depth,
         "processes": world,
-        "steps_timed": len(train) - 5,
-        "atoms_per_s": atoms / seconds,
-        "structures_per_s": structures / seconds,
+        **timed_figures(train, world),
         "peak_rss_mib_per_process": max(r["peak_rss_mib"] for r in train),
+    }
+
+
+def timed_figures(train: list[dict], world: int, untimed: int = 5) -> dict:
+    """Speeds over a run's steps after the first ``untimed`` (compiling, warming caches), from
+    rank 0's rows of metrics.jsonl (``kind`` train) in a run of ``world`` processes: the
+    loop's atoms/s and structures/s; the training step's alone (rank 0's ``step_s``) and the
+    share of the loop spent waiting for batches (its ``data_s``: reading them, building their
+    graphs)."""
+    timed = train[untimed:]
+    seconds = train[-1]["seconds"] - train[untimed - 1]["seconds"]
+    atoms = world * sum(r["atoms"] for r in timed)
+    step_s = sum(r["step_s"] for r in timed)
+    data_s = sum(r["data_s"] for r in timed)
+    return {
+        "steps_timed": len(timed),
+        "atoms_per_s": atoms / seconds,
+        "structures_per_s": world * sum(r["structures"] for r in timed) / seconds,
+        "step_atoms_per_s": atoms / step_s,
+        "data_share": data_s / (data_s + step_s),
     }
 
 
@@ -206,12 +222,15 @@ def main() -> None:
                     failed.append({"name": name, "error": str(e)[-3000:]})
                     continue
                 r["achieved_gflops"] = r["atoms_per_s"] * flops_atom[width] / 1e9
+                r["step_achieved_gflops"] = r["step_atoms_per_s"] * flops_atom[width] / 1e9
                 rounds.setdefault(name, []).append(r)
                 print(
                     f"{name:<34} {r['structures_per_s']:7.1f} structures/s "
                     f"{r['atoms_per_s']:8.0f} atoms/s  peak RSS "
                     f"{r['peak_rss_mib_per_process']:6.0f} MiB/process  "
-                    f"{r['achieved_gflops']:5.1f} GFLOP/s",
+                    f"{r['achieved_gflops']:5.1f} GFLOP/s; the step alone "
+                    f"{r['step_atoms_per_s']:6.0f} atoms/s, waiting for batches "
+                    f"{100 * r['data_share']:2.0f}%",
                     flush=True,
                 )
             peaks.append(matmul_peak_gflops())
@@ -221,9 +240,11 @@ def main() -> None:
     print(f"fp32 matmul peaks {[round(p) for p in peaks]} GFLOP/s; shares of {peak:.0f}:")
     for r in runs:
         r["share_of_matmul_peak"] = r["achieved_gflops"] / peak
+        r["step_share_of_matmul_peak"] = r["step_achieved_gflops"] / peak
         print(
             f"{r['name']:<34} {r['atoms_per_s']:8.0f} atoms/s "
-            f"{100 * r['share_of_matmul_peak']:3.0f}% of peak"
+            f"{100 * r['share_of_matmul_peak']:3.0f}% of peak, the step alone "
+            f"{100 * r['step_share_of_matmul_peak']:3.0f}%"
             + (f" (median of {args.rounds} rounds)" if args.rounds > 1 else ""),  # all ran
             flush=True,
         )

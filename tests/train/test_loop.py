@@ -211,3 +211,44 @@ def test_a_run_reports_its_own_peak_memory_not_its_launchers() -> None:
                                  check=True).stdout)  # fmt: skip
     assert 0 < child < 400, child
     del ballast
+
+
+def test_each_step_logs_its_own_time_and_its_wait_for_batches(
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`data_s` is the time a step waited for its batches (reading, building graphs), `step_s`
+    the step's own; with a loader slowed by 30 ms per batch the wait shows in `data_s`, not in
+    `step_s`, and the run's `data_share` follows. Evaluations are neither."""
+    import time
+
+    from matscale.data.batch import GraphDataset
+
+    built = GraphDataset.__getitems__
+
+    def slow(self: GraphDataset, indices: list[int]) -> list[dict[str, np.ndarray]]:
+        time.sleep(0.03)
+        return built(self, indices)
+
+    evaluate = loop.evaluate_split
+
+    def slow_evaluation(*args: object) -> dict[str, float]:
+        time.sleep(1.0)
+        return evaluate(*args)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(GraphDataset, "__getitems__", slow)
+    monkeypatch.setattr(loop, "evaluate_split", slow_evaluation)
+    cfg = _cfg(
+        tiny_store, tmp_path, "name=t", "train.steps=6", "train.eval_every=3",
+        "train.accumulation=2",
+    )  # fmt: skip
+    train(cfg, progress=False)
+    rows = [json.loads(x) for x in (cfg.run_dir / "metrics.jsonl").read_text().splitlines()]
+    steps = [r for r in rows if r["kind"] == "train"]
+    assert len(steps) == 6
+    for r in steps:  # two micro-batches per step, each slowed: the step waited for both
+        assert r["data_s"] >= 2 * 0.03 and r["step_s"] > 0
+    # the evaluation after step 3 (slowed by 1 s) is not the next step's wait
+    assert steps[3]["data_s"] < 0.5
+    waited = sum(r["data_s"] for r in steps)
+    share = waited / (waited + sum(r["step_s"] for r in steps))
+    assert steps[-1]["data_share"] == pytest.approx(share)

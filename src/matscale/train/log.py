@@ -16,7 +16,9 @@ HOLDOUT_FAMILY = "holdout:"
 
 class RunLog:
     """Writes ``metrics.jsonl`` and TensorBoard events under ``run_dir`` (rank 0 only) and
-    shows a progress bar with ETA, atoms/s, structures/s and memory."""
+    shows a progress bar with ETA, atoms/s, the share of time spent waiting for batches
+    (``data``) and memory. Each step's row has its ``step_s`` (the training step) and
+    ``data_s`` (waiting for its batches, seconds), and the run's ``data_share`` so far."""
 
     def __init__(
         self,
@@ -34,6 +36,8 @@ class RunLog:
         self.t0 = time.perf_counter()
         self.atoms = 0
         self.structures = 0
+        self.data_s = 0.0  # waiting for batches (reading them, building their graphs)
+        self.step_s = 0.0  # in the training step itself
         self.jsonl = None
         self.tb = None
         self.bar = None
@@ -82,15 +86,22 @@ class RunLog:
         """Account for one optimizer step; log every so often."""
         self.atoms += stats["atoms"]
         self.structures += stats["structures"]
+        self.data_s += stats.get("data_s", 0.0)
+        self.step_s += stats.get("step_s", 0.0)
         if not self.enabled:
             return
         seconds = time.perf_counter() - self.t0
-        rates = {"atoms_per_s": self.atoms / seconds, "structures_per_s": self.structures / seconds}
+        rates = {
+            "atoms_per_s": self.atoms / seconds,
+            "structures_per_s": self.structures / seconds,
+            "data_share": self.data_share,
+        }
         if self.bar is not None:
             self.bar.update(1)
             self.bar.set_postfix(
                 loss=f"{stats['loss']:.4f}",
                 atoms_s=f"{rates['atoms_per_s']:.0f}",
+                data=f"{100 * self.data_share:.0f}%",
                 mem=f"{peak_resident_mib():.0f}MiB",
                 refresh=False,
             )
@@ -105,6 +116,14 @@ class RunLog:
                 "peak_rss_mib": peak_resident_mib(),
             }
         )
+
+    @property
+    def data_share(self) -> float:
+        """Share of this process's training time (steps and the waits between them, not
+        evaluations or checkpoints) spent waiting for batches: reading them and building their
+        graphs. Rank 0's; 0 before the first step."""
+        total = self.data_s + self.step_s
+        return self.data_s / total if total > 0 else 0.0
 
     def metrics(self, step: int, metrics: dict[str, float], prefix: str) -> None:
         """Validation or final metrics."""
@@ -132,7 +151,8 @@ class RunLog:
         if self.atoms:
             rate = self.atoms / max(seconds, 1e-9)
             self._print(
-                f"trained for {seconds / 60:.1f} min at {rate:,.0f} atoms/s; "
+                f"trained for {seconds / 60:.1f} min at {rate:,.0f} atoms/s "
+                f"({100 * self.data_share:.0f} % of the steps' time waiting for batches); "
                 "mean absolute errors (validation / test):"
             )
         else:

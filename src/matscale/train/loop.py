@@ -118,6 +118,10 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
     )
     micro: list[Any] = []
     clock = budget_clock()
+    # seconds this process waited for its batches (reading them and building their graphs,
+    # with data.workers=0) since the last step, and when it began waiting: logged beside the
+    # step's own time, so that a run shows whether its data or its model is the bottleneck
+    waited, asked_at = 0.0, time.perf_counter()
 
     def tick() -> None:  # account the time since the last tick (checkpoints carry it)
         nonlocal clock
@@ -128,9 +132,11 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
     while True:
         run.sampler.set_epoch(run.epoch, run.batch_in_epoch)
         for g in loader:
+            waited += time.perf_counter() - asked_at
             run.batch_in_epoch += 1
             micro.append(g)
             if len(micro) < t.accumulation:
+                asked_at = time.perf_counter()
                 continue
             lr = run.plateau.scale * lr_at(
                 run.step,
@@ -144,6 +150,7 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
             run.schedule_progress = cosine_progress(
                 run.step, steps=t.steps, warmup=t.warmup_steps, time_fraction=time_fraction
             )
+            step_began = time.perf_counter()
             stats = train_step(
                 par.step_model,
                 micro,
@@ -155,6 +162,8 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
                 hooks=par.hooks,
                 explicit_forces=run.cfg.parallel.explicit_forces,
             )
+            stats["step_s"] = time.perf_counter() - step_began
+            stats["data_s"], waited = waited, 0.0
             run.step += 1
             if "skipped" in stats:
                 note_bad_step(run, stats["skipped"], micro)
@@ -189,6 +198,7 @@ def fit(run: Run, log: RunLog, stop: StopRequest | None = None) -> None:
                 checkpoint(run)
             if done:
                 return
+            asked_at = time.perf_counter()  # evaluations and checkpoints are not data time
         run.epoch, run.batch_in_epoch = run.epoch + 1, 0
 
 
