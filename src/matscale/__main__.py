@@ -2,6 +2,6 @@
 
 import sys
 
-from matscale.cli import main
+from matscale.console import main
 
 sys.exit(main())

@@ -79,6 +79,10 @@ class SimulationError(RuntimeError):
     stopped being finite. What it logged and wrote up to then is kept."""
 
 
+class SimulationInterrupted(Exception):
+    """A simulation stopped by Ctrl-C, saying what its files kept and how to go on."""
+
+
 class RunInterrupted(Exception):
     """A run stopped on request (a signal) after writing the checkpoint it resumes from.
 

@@ -14,6 +14,9 @@ from types import FrameType, TracebackType
 #: Exit code of a run stopped by a signal after writing its checkpoint: sysexits' EX_TEMPFAIL
 #: ("try again later"). A SLURM script requeues the job on it (``matscale sweep slurm``).
 EXIT_INTERRUPTED = 75
+#: Exit status of a command stopped by Ctrl-C that has nothing to resume (the shells' 128 +
+#: SIGINT): prediction, evaluation, MD (which says what its files kept), packing.
+EXIT_CTRL_C = 130
 
 #: The signals that ask for a checkpoint and a clean stop.
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGINT)

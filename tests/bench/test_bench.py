@@ -146,6 +146,15 @@ def test_an_unknown_element_is_one_clear_error_before_any_work(tmp_path: Path, c
     assert not (tmp_path / "b").exists()
 
 
+def test_md_steps_of_zero_is_refused_before_any_work(tmp_path: Path, capsys) -> None:
+    # a drift fitted over no steps was NaN, after the other suites had run
+    with pytest.raises(SystemExit) as stop:
+        main(["bench", "emt", "--suite", "md", "--md-steps", "0", "--out", str(tmp_path / "b")])
+    assert stop.value.code == 2
+    assert "--md-steps: expected an integer ≥ 1, got 0" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()
+
+
 def _has(package: str) -> bool:
     from importlib.util import find_spec
 

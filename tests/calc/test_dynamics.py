@@ -593,3 +593,42 @@ def test_relax_counts_its_starts_short_contacts(
     squeezed.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
     squeezed.get_forces()  # computed (and warned about) before relax()
     assert relax(squeezed, RelaxConfig(steps=0), progress=False).left_training_data
+
+
+def test_ctrl_c_in_md_says_what_the_files_kept_and_the_run_goes_on_from_there(
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Ctrl-C at step 7 of a run logged every 5 steps: one line naming the files and the last
+    step they hold (5), exit 130, and `--append` from the trajectory continues at 5."""
+    start = tmp_path / "start.extxyz"
+    ase.io.write(start, alloy(0))
+    log, traj = tmp_path / "md.log", tmp_path / "md.traj"
+    common = ["--head", "emt", "--ensemble", "nve", "--log-every", "5", "--no-progress"]
+    outputs = ["--log", str(log), "--traj", str(traj)]
+    build = dynamics.make_dynamics
+
+    def ctrl_c_at_step_7(*args: object, **kwargs: object) -> object:
+        dyn = build(*args, **kwargs)  # type: ignore[arg-type]
+
+        def press() -> None:
+            if dyn.nsteps == 7:
+                raise KeyboardInterrupt
+
+        dyn.attach(press, interval=1)
+        return dyn
+
+    monkeypatch.setattr(dynamics, "make_dynamics", ctrl_c_at_step_7)
+    assert main(["md", str(tiny_model), str(start), "--steps", "20", *common, *outputs]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"matscale: MD interrupted at step 7; {log} and {traj} hold its steps up to 5: to go "
+        f"on, give {traj} as the structure, with --append"
+    ]
+    assert len(ase.io.read(traj, index=":")) == 2 and len(np.loadtxt(log)) == 2  # steps 0, 5
+    monkeypatch.setattr(dynamics, "make_dynamics", build)
+    assert main(["md", str(tiny_model), str(traj), "--append", "--steps", "5", *common,
+                 *outputs]) == 0  # fmt: skip
+    np.testing.assert_allclose(np.loadtxt(log)[:, 0], [0.0, 0.005, 0.01])  # time, ps

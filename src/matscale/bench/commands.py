@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from matscale.arguments import non_negative_int
+from matscale.arguments import positive_int
 from matscale.bench.run import SUITES
 from matscale.helpformat import DefaultsHelp
 
@@ -39,7 +39,10 @@ def add_verbs(verbs: Any) -> None:
         "s22: dimer interaction energies against CCSD(T); md: NVE drift of oxides and alloys",
     )
     b.add_argument(
-        "--md-steps", type=non_negative_int, default=10_000, help="NVE steps of 1 fs per md system"
+        "--md-steps",
+        type=positive_int,
+        default=10_000,
+        help="NVE steps of 1 fs per md system (the drift is fitted over them)",
     )
     b.add_argument(
         "--elements", nargs="+", default=argparse.SUPPRESS, help="dcdft elements (default: all)"

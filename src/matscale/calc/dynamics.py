@@ -21,7 +21,12 @@ from typing import Any, Literal
 import numpy as np
 from ase import Atoms, units
 
-from matscale.errors import DataError, ExtrapolationWarning, SimulationError
+from matscale.errors import (
+    DataError,
+    ExtrapolationWarning,
+    SimulationError,
+    SimulationInterrupted,
+)
 
 Ensemble = Literal["nve", "nvt", "npt"]
 Optimizer = Literal["fire", "bfgs", "lbfgs"]
@@ -235,10 +240,14 @@ def run_md(
             total=cfg.steps, desc=f"MD {cfg.ensemble}", unit=" steps", enabled=progress
         )
 
+        written = -1  # the last step whose row and frame are in the files
+
         def record() -> None:
+            nonlocal written
             row = log_row(atoms, start_ps + dyn.nsteps * cfg.timestep_fs / 1000)
             rows.append(row)
             if append and dyn.nsteps == 0:  # the earlier run's last row and frame already
+                written = 0
                 return
             if log_fh is not None:
                 if log_fh.tell() == 0:  # a new (or empty) log: its header first
@@ -247,6 +256,7 @@ def run_md(
                 log_fh.flush()
             if writer is not None:
                 writer(atoms)
+            written = dyn.nsteps
             bar.update(dyn.nsteps - bar.n)
             bar.set_postfix(
                 T=f"{row['temperature_K']:.0f}K", etot=f"{row['etot_eV']:.4f}", refresh=False
@@ -273,6 +283,10 @@ def run_md(
                     f"MD stopped at step {dyn.nsteps}: {exc}; a timestep of "
                     f"{cfg.timestep_fs:g} fs may be too long for these atoms"
                 ) from None
+            except KeyboardInterrupt:  # Ctrl-C: say what the files kept and how to go on
+                raise SimulationInterrupted(
+                    interrupted_message(dyn.nsteps, written, log, trajectory)
+                ) from None
             if dyn.nsteps % cfg.log_every:  # the last step is always logged and written
                 record()
         finally:
@@ -281,6 +295,21 @@ def run_md(
         if log_fh is not None:
             log_fh.close()
     return rows
+
+
+def interrupted_message(step: int, written: int, log: Path | None, trajectory: Path | None) -> str:
+    """What an MD run stopped by Ctrl-C at ``step`` tells its user: the last step whose row
+    and frame its files hold (``written``; -1: none), and how to continue from there."""
+    files = " and ".join(str(p) for p in (log, trajectory) if p is not None)
+    said = f"MD interrupted at step {step}"
+    if not files:
+        return f"{said}; nothing was written (no --log or --traj)"
+    if written < 0:
+        return f"{said}, before its first row: {files} hold nothing of this run"
+    said += f"; {files} hold its steps up to {written}"
+    if trajectory is None:
+        return said
+    return f"{said}: to go on, give {trajectory} as the structure, with --append"
 
 
 def last_time_ps(log: Path) -> float:
