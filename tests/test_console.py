@@ -18,5 +18,5 @@ def test_ctrl_c_anywhere_else_is_one_line_and_exit_130(
         raise KeyboardInterrupt
 
     monkeypatch.setattr(matscale.cli, "main", interrupted)
-    assert console.main() == 130
+    assert console.main([]) == 130
     assert capsys.readouterr().err == "matscale: interrupted\n"

@@ -26,14 +26,13 @@ from matscale.errors import (
     ExtrapolationWarning,
     RunInterrupted,
     SimulationError,
-    SimulationInterrupted,
     TrainingError,
 )
 from matscale.parallel.commands import add_verbs as add_plan_verbs
 from matscale.parallel.distributed import launch_position
 from matscale.pretrained.commands import add_verbs as add_model_verbs
 from matscale.scaling.commands import add_verbs as add_scaling_verbs
-from matscale.signals import EXIT_CTRL_C, EXIT_INTERRUPTED
+from matscale.signals import EXIT_INTERRUPTED
 
 #: A dotted ``KEY=VALUE`` override on the command line (``train.lr=1e-3``).
 OVERRIDE = re.compile(r"[A-Za-z_][\w-]*(\.[\w-]+)*=.*", re.DOTALL)
@@ -94,9 +93,6 @@ def _report(exc: Exception) -> int | None:
     if isinstance(exc, RunInterrupted):  # a signal: the checkpoint is written, rerun to resume
         print(f"matscale: {exc}", file=sys.stderr)
         return EXIT_INTERRUPTED
-    if isinstance(exc, SimulationInterrupted):  # Ctrl-C: what its files kept, how to go on
-        print(f"matscale: {exc}", file=sys.stderr)
-        return EXIT_CTRL_C
     if isinstance(exc, BrokenPipeError):
         # the reader of our output left (`matscale data info STORE | head`): not an error;
         # point stdout at /dev/null so that the interpreter's final flush stays quiet

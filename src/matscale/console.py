@@ -8,13 +8,14 @@ import sys
 from matscale.signals import EXIT_CTRL_C
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     """Run the command line; Ctrl-C outside a training run (which writes a checkpoint and
-    exits itself) prints ``matscale: interrupted`` and exits with :data:`EXIT_CTRL_C`."""
+    exits itself) prints ``matscale: interrupted``, or what the interrupted work says it kept
+    (:class:`~matscale.errors.SimulationInterrupted`), and exits with :data:`EXIT_CTRL_C`."""
     try:
         from matscale.cli import main as cli_main
 
-        return cli_main()
-    except KeyboardInterrupt:
-        print("matscale: interrupted", file=sys.stderr)
+        return cli_main(argv)
+    except KeyboardInterrupt as exc:
+        print(f"matscale: {str(exc) or 'interrupted'}", file=sys.stderr)
         return EXIT_CTRL_C

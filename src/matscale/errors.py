@@ -79,8 +79,9 @@ class SimulationError(RuntimeError):
     stopped being finite. What it logged and wrote up to then is kept."""
 
 
-class SimulationInterrupted(Exception):
-    """A simulation stopped by Ctrl-C, saying what its files kept and how to go on."""
+class SimulationInterrupted(KeyboardInterrupt):
+    """A simulation stopped by Ctrl-C, saying what its files kept and how to go on (a
+    KeyboardInterrupt still: a caller's ``except KeyboardInterrupt`` catches it)."""
 
 
 class RunInterrupted(Exception):

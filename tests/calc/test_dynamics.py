@@ -11,6 +11,7 @@ import pytest
 from ase.build import molecule
 from ase.calculators.calculator import Calculator, all_changes
 
+from matscale import console
 from matscale.calc import MatscaleCalculator, dynamics
 from matscale.calc.dynamics import MDConfig, RelaxConfig, energy_drift, relax, run_md
 from matscale.cli import main
@@ -621,7 +622,15 @@ def test_ctrl_c_in_md_says_what_the_files_kept_and_the_run_goes_on_from_there(
         return dyn
 
     monkeypatch.setattr(dynamics, "make_dynamics", ctrl_c_at_step_7)
-    assert main(["md", str(tiny_model), str(start), "--steps", "20", *common, *outputs]) == 130
+    first = tmp_path / "first.log"
+    # still a KeyboardInterrupt, for a caller's `except` to catch; without a trajectory there
+    # is no frame to go on from
+    atoms = alloy(0)
+    atoms.calc = MatscaleCalculator.from_file(tiny_model, head="emt")
+    with pytest.raises(KeyboardInterrupt, match=rf"step 7; {first} holds its steps up to 5$"):
+        run_md(atoms, MDConfig(steps=20, log_every=5), log=first, progress=False)
+    assert console.main(["md", str(tiny_model), str(start), "--steps", "20", *common,
+                         *outputs]) == 130  # fmt: skip
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [
         f"matscale: MD interrupted at step 7; {log} and {traj} hold its steps up to 5: to go "

@@ -300,13 +300,14 @@ def run_md(
 def interrupted_message(step: int, written: int, log: Path | None, trajectory: Path | None) -> str:
     """What an MD run stopped by Ctrl-C at ``step`` tells its user: the last step whose row
     and frame its files hold (``written``; -1: none), and how to continue from there."""
-    files = " and ".join(str(p) for p in (log, trajectory) if p is not None)
+    paths = [str(p) for p in (log, trajectory) if p is not None]
+    files, hold = " and ".join(paths), "hold" if len(paths) > 1 else "holds"
     said = f"MD interrupted at step {step}"
     if not files:
-        return f"{said}; nothing was written (no --log or --traj)"
+        return f"{said}; nothing was written (no log or trajectory)"
     if written < 0:
-        return f"{said}, before its first row: {files} hold nothing of this run"
-    said += f"; {files} hold its steps up to {written}"
+        return f"{said}, before its first row: {files} {hold} nothing of this run"
+    said += f"; {files} {hold} its steps up to {written}"
     if trajectory is None:
         return said
     return f"{said}: to go on, give {trajectory} as the structure, with --append"
