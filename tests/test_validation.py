@@ -67,6 +67,24 @@ def test_configs_built_in_python_are_checked_when_trained(tmp_path: Path) -> Non
     assert not (tmp_path / "run").exists()  # refused before any work
 
 
+def test_what_zero3_cannot_do_is_refused_at_load_together(capsys) -> None:
+    """An EMA and conservative forces under DeepSpeed ZeRO-3 were refused one at a time, as
+    tracebacks, after the model was built; and `matscale plan` said such a run "fits"."""
+    from matscale.cli import main
+
+    zero3 = ["parallel.backend=deepspeed", "parallel.zero_stage=3"]
+    with pytest.raises(ConfigError) as exc:
+        load(None, zero3)
+    message = str(exc.value)
+    assert "partitions the weights an EMA would average" in message
+    assert "cannot train conservative forces" in message
+    load(None, [*zero3, "train.ema_decay=null", "model.force_head=direct"])  # what it can do
+    load(None, ["parallel.backend=deepspeed", "parallel.zero_stage=2"])
+    assert main(["plan", *zero3, "data.store=nowhere", "--hardware", "h100-80gb"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "an EMA would average" in err and "fits" not in err
+
+
 def test_nothing_to_learn_is_refused() -> None:
     with pytest.raises(ConfigError, match="nothing to learn"):
         check_config(load_tree(RunConfig, None, ["train.energy_weight=0", "train.force_weight=0"]))

@@ -126,12 +126,39 @@ def problems(cfg: RunConfig) -> list[str]:
         )
     if not cfg.name or "/" in cfg.name or cfg.name in (".", ".."):
         found.append(f"name={cfg.name!r} is not allowed: a folder name without '/'")
+    found += zero3_problems(cfg)
     if t.schedule == "plateau" and not cfg.data.split[1] > 0:
         found.append(
             "train.schedule=plateau lowers the learning rate when the validation error stops "
             f"falling, and data.split={list(cfg.data.split)} leaves no validation split: give "
             "it a share, or choose another schedule"
         )
+    return found
+
+
+#: Why DeepSpeed's ZeRO-3 cannot keep an EMA of the weights.
+ZERO3_EMA = (
+    "DeepSpeed ZeRO-3 partitions the weights an EMA would average: set train.ema_decay=null, "
+    "or use parallel.backend=fsdp"
+)
+#: Why DeepSpeed's ZeRO-3 cannot train conservative forces.
+ZERO3_CONSERVATIVE = (
+    "DeepSpeed ZeRO-3 cannot train conservative forces (the double backward needs the "
+    "parameters ZeRO-3 releases after the forward); use parallel.backend=fsdp, which shards "
+    "like ZeRO-3, or model.force_head=direct"
+)
+
+
+def zero3_problems(cfg: RunConfig) -> list[str]:
+    """What DeepSpeed ZeRO-3 cannot do that ``cfg`` asks of it (an EMA; conservative forces,
+    judged here unless the run starts from a trained model, whose own force head decides, when
+    it is built)."""
+    p = cfg.parallel
+    if p.backend != "deepspeed" or p.zero_stage != 3:
+        return []
+    found = [ZERO3_EMA] if cfg.train.ema_decay else []
+    if cfg.model.force_head == "conservative" and not cfg.train.init_from:
+        found.append(ZERO3_CONSERVATIVE)
     return found
 
 

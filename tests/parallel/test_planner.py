@@ -4,6 +4,7 @@ and extrapolated, the CLI."""
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -46,7 +47,7 @@ def test_model_state_per_backend_and_sharding(costs) -> None:
     for stage, sharded in ((1, ("optimizer",)), (2, ("optimizer", "gradients")),
                            (3, ("optimizer", "gradients", "weights"))):  # fmt: skip
         ds = _plan(costs, "parallel.backend=deepspeed", f"parallel.zero_stage={stage}",
-                   "train.ema_decay=null").memory  # fmt: skip
+                   "train.ema_decay=null", "model.force_head=direct").memory  # fmt: skip
         for key in ("weights", "gradients"):
             assert ds[key] == pytest.approx(m[key] / (4 if key in sharded else 1))
         # DeepSpeed's optimizer also holds a float32 copy of the weights (measured at 1B
@@ -165,3 +166,15 @@ def test_planned_memory_of_measured_runs_within_15_percent(
     planned = plan(cfg, HARDWARE["cpu-2core"], processes, costs,
                    edges_per_atom=edges_per_atom_of(str(tiny_store)), utilisation=0.1)  # fmt: skip
     assert planned.total_bytes / 2**20 == pytest.approx(peak, rel=0.15)
+
+
+def test_the_plan_verb_writes_json_of_a_run_on_a_store(tiny_store: Path, capsys) -> None:
+    """`plan --json` crashed (numpy's bool is not JSON) whenever the store was found."""
+    import json
+
+    from matscale.cli import main
+
+    assert main(["plan", "model.width=32", f"data.store={tiny_store}", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["fits"] is True and got["parameters"] > 0
+    assert not any("assumed" in a for a in got["assumptions"])  # the store's edges per atom

@@ -110,3 +110,25 @@ def test_bf16_engines_keep_the_float64_reference_energies(tmp_path: Path) -> Non
     assert saved["weights"] == {torch.bfloat16}  # the engine did cast the weights
     assert saved["reference"].dtype == torch.float64
     assert torch.all(saved["reference"] == -1234.56789)
+
+
+def test_one_process_without_a_launcher_trains(tiny_store: Path, tmp_path: Path) -> None:
+    """`matscale train parallel.backend=deepspeed` as one process, without torchrun, failed
+    inside DeepSpeed (KeyError 'LOCAL_RANK'), as DDP and FSDP do not. In a fresh process: the
+    run sets the launcher's variables for DeepSpeed."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
+    run = subprocess.run(
+        [sys.executable, "-m", "matscale", "train", f"data.store={tiny_store}",
+         f"out_dir={tmp_path}", "name=ds", "model.width=8", "model.depth=2", "model.cutoff=4.0",
+         "data.max_atoms=96", "train.steps=3", "train.warmup_steps=1", "train.eval_every=3",
+         "parallel.backend=deepspeed", "parallel.zero_stage=2", "--no-progress"],
+        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600,
+    )  # fmt: skip
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [json.loads(x) for x in (tmp_path / "ds" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]

@@ -18,7 +18,9 @@ import torch
 from torch import nn
 
 from matscale.config import ParallelConfig, TrainConfig
+from matscale.errors import ConfigError
 from matscale.parallel.fsdp import StepHooks
+from matscale.validation import ZERO3_CONSERVATIVE
 
 #: ZeRO-3's buckets, in parameters: gradients reduced per bucket, weights prefetched per
 #: bucket, weights gathered at once, AdamW applied per sub-group. DeepSpeed's defaults (5e8
@@ -91,12 +93,8 @@ def apply_deepspeed(
 ) -> tuple[Any, torch.optim.Optimizer, StepHooks]:
     """Wrap ``model`` in a DeepSpeed engine; returns the engine, its optimizer and the step
     hooks that route backward and the optimizer step through it."""
-    if p.zero_stage == 3 and conservative:
-        raise ValueError(
-            "DeepSpeed ZeRO-3 cannot train conservative forces (the double backward needs the "
-            "parameters ZeRO-3 releases after the forward); use parallel.backend=fsdp, which "
-            "shards like ZeRO-3, or model.force_head=direct"
-        )
+    if p.zero_stage == 3 and conservative:  # a fine-tuned model's own force head, say
+        raise ConfigError(ZERO3_CONSERVATIVE)
     if p.zero_stage not in (0, 1, 2, 3):
         raise ValueError(f"parallel.zero_stage {p.zero_stage} is not 0, 1, 2 or 3")
     import deepspeed

@@ -73,6 +73,12 @@ def init_distributed(backend: str, timeout_s: float = 600.0) -> Dist:
     pos = launch_position()
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     os.environ.setdefault("MASTER_PORT", "29500")
+    if backend == "deepspeed":
+        # what torchrun would have set, which DeepSpeed reads itself: a run started without
+        # a launcher failed inside it with KeyError 'LOCAL_RANK'
+        for name, value in (("RANK", pos.rank), ("WORLD_SIZE", pos.world),
+                            ("LOCAL_RANK", pos.local_rank)):  # fmt: skip
+            os.environ.setdefault(name, str(value))
     if use_cuda:
         torch.cuda.set_device(pos.local_rank)
     if not dist.is_initialized():

@@ -33,6 +33,7 @@ from matscale.models.egnn import EGNNConfig
 from matscale.parallel.checkpointing import apply_ac
 from matscale.parallel.distributed import Dist, wrap_ddp
 from matscale.parallel.fsdp import StepHooks, apply_fsdp, fsdp_step_hooks
+from matscale.validation import ZERO3_EMA
 
 FULL = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
@@ -149,10 +150,7 @@ def parallelize(
 ) -> Parallel:
     """Apply ``cfg`` to the plain ``model`` (already on its device)."""
     if cfg.backend == "deepspeed" and cfg.zero_stage == 3 and train.ema_decay:
-        raise ValueError(
-            "ZeRO-3 partitions the weights an EMA would average: set "
-            "train.ema_decay=null, or use parallel.backend=fsdp"
-        )
+        raise ConfigError(ZERO3_EMA)  # refused at load too (validation.zero3_problems)
     check_forces_settings(cfg, model, conservative=conservative, device=d.device.type)
     ema = copy.deepcopy(model) if train.ema_decay else None
     if cfg.compile:  # the EMA (evaluation only) keeps the plain forward pass

@@ -411,7 +411,7 @@ def edges_per_atom_of(store_path: str, cutoff: float | None = None) -> float | N
     if not ratios:
         return None
     scale = min(1.0, (cutoff / store.cutoff) ** 3) if cutoff else 1.0
-    return max(ratios) * scale
+    return float(max(ratios) * scale)  # a Python float: plans are written as JSON
 
 
 def fits(plan_: Plan, hardware: Hardware) -> bool:
@@ -421,7 +421,7 @@ def fits(plan_: Plan, hardware: Hardware) -> bool:
     held = plan_.total_bytes
     if hardware.cores is not None:
         held += sum(plan_.host.values())
-    return held <= hardware.memory_GiB * GiB * hardware.share(plan_.devices)
+    return bool(held <= hardware.memory_GiB * GiB * hardware.share(plan_.devices))
 
 
 def format_plan(plan_: Plan, hardware: Hardware) -> str:
