@@ -109,6 +109,15 @@ def test_min_steps_is_a_floor_of_the_epoch_budget(tiny_store: Path, tmp_path: Pa
         ({"sizes": [{"width": 8}], "epochs": 1, "min_steps": -1}, "min_steps"),
         # a top-level key was "sweep.yaml: : unknown keys"
         ({"sizes": [{"width": 8}], "steps": 5, "bogus": 1}, r"\.yaml: unknown keys \['bogus'\]"),
+        # each of these planned something else than asked: a width-1 model for a negative
+        # target, the base's depth for 0, no run at all; processes=0 said "rank 0 not in 0..-1"
+        ({"sizes": [{"params": -5}], "steps": 5}, r"sizes\[0\]: params must be a positive"),
+        ({"sizes": [{"params": 0}], "steps": 5}, r"sizes\[0\]: params must be a positive"),
+        ({"sizes": [{"width": 8, "depth": 0}], "steps": 5}, r"sizes\[0\]: depth must be at"),
+        ({"sizes": [{"width": 0}], "steps": 5}, r"sizes\[0\]: width must be at least 1"),
+        ({"sizes": [{"width": 8}], "steps": 5, "fractions": []}, "fractions is empty"),
+        ({"sizes": [{"width": 8}], "steps": 5, "seeds": []}, "seeds is empty"),
+        ({"sizes": [{"width": 8}], "steps": 5, "processes": 0}, "processes must be at least 1"),
     ],
 )
 def test_bad_sweeps_are_named(tiny_store: Path, tmp_path: Path, fields, message) -> None:
@@ -127,6 +136,44 @@ def test_every_problem_of_a_sweep_is_named_at_once(tiny_store: Path, tmp_path: P
                 "fractions: 0.0 must lie in (0, 1]", "evaluations must be at least 1")  # fmt: skip
     for problem in problems:
         assert problem in said, said
+
+
+def test_a_base_problem_is_named_once_as_the_base(tiny_store: Path, tmp_path: Path) -> None:
+    # it was blamed on every size's `set`, once per size
+    path = _write(tmp_path, tiny_store, sizes=[{"width": 8}, {"width": 16}], steps=5)
+    with pytest.raises(ConfigError) as caught:
+        load_sweep(path, ["base.train.lr=-1"])
+    said = str(caught.value)
+    assert said.count("train.lr=-1.0 is not allowed") == 1 and "base: train.lr" in said, said
+    assert "sizes[" not in said
+
+
+def test_sizes_of_one_width_and_depth_get_their_own_runs(tiny_store: Path, tmp_path: Path) -> None:
+    """Two sizes of one width and depth that differ in `set` shared one run folder: the second
+    refused to resume the first's, and deleting it as told lost the first run."""
+    path = _write(tmp_path, tiny_store, steps=5, sizes=[
+        {"width": 8, "depth": 2}, {"width": 8, "depth": 2, "set": ["train.lr=0.001"]}])  # fmt: skip
+    runs = plan(load_sweep(path))
+    names = [r.config.name for r in runs]
+    assert len(set(names)) == 2 and all(n.startswith("w8-d2-f1-s0-") for n in names)
+    assert [n.rsplit("-", 1)[1] for n in names] == [r.config_hash[:6] for r in runs]
+    # the very same run twice is refused
+    twice = _write(tmp_path, tiny_store, steps=5, sizes=[{"width": 8}, {"width": 8}])
+    with pytest.raises(ConfigError, match=r"runs \[0, 1\] are the same run"):
+        plan(load_sweep(twice))
+
+
+def test_a_sweep_runs_on_the_processes_it_planned_for(
+    tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its epoch budgets count steps per process: on 2 processes a sweep planned for 1 trained
+    2 epochs where it said 1, with no word."""
+    path = _write(tmp_path, tiny_store, sizes=[{"width": 8}], epochs=1)
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match=r"processes=1 .* this command runs on 2: set"):
+        run_sweep(load_sweep(path))
+    assert not (tmp_path / "sweeps").exists()
 
 
 def test_slurm_script_has_one_task_per_run(tiny_store: Path, tmp_path: Path) -> None:

@@ -105,14 +105,16 @@ def _plan(args: argparse.Namespace) -> int:
 
 @_guard
 def _run(args: argparse.Namespace) -> int:
+    from matscale.parallel.distributed import launch_position
     from matscale.scaling.runner import run_sweep
 
     outcome = run_sweep(
         _load(args), only=args.index, progress=args.progress, keep_going=not args.stop_on_error
     )
-    print(", ".join(f"{len(v)} {k}" for k, v in outcome.items()))
-    if outcome["failed"]:
-        print("failed: " + ", ".join(outcome["failed"]), file=sys.stderr)
+    if launch_position().main:  # every process of a multi-process sweep got here
+        print(", ".join(f"{len(v)} {k}" for k, v in outcome.items()))
+        if outcome["failed"]:
+            print("failed: " + ", ".join(outcome["failed"]), file=sys.stderr)
     return 1 if outcome["failed"] else 0
 
 

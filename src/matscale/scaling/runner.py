@@ -42,6 +42,12 @@ def run_sweep(
         runs = [r for r in runs if r.index in only]
     pos = launch_position()  # torchrun or srun: each process runs the sweep, rank 0 writes
     main, world = pos.main, pos.world
+    if world != sweep.processes:  # its runs would train another global batch than planned
+        raise ConfigError(
+            f"sweep {sweep.name} plans its runs for processes={sweep.processes} (an epoch's "
+            f"steps, the global batch), and this command runs on {world}: set "
+            f"processes={world} in the sweep, or launch {sweep.processes}"
+        )
     path = sweep.sweep_dir / RESULTS
     if main:
         sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
@@ -54,9 +60,9 @@ def run_sweep(
             outcome["skipped"].append(name)
             continue
         _check_run_dir(r)
-        print(
-            f"[sweep {sweep.name}] run {r.index}: {name} ({r.config.train.steps} steps)", flush=True
-        )
+        if main:
+            print(f"[sweep {sweep.name}] run {r.index}: {name} ({r.config.train.steps} steps)",
+                  flush=True)  # fmt: skip
         try:
             final = train(r.config, progress=progress)
         except RunInterrupted:  # a signal stops the sweep; the run resumes on the next call

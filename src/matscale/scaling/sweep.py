@@ -41,6 +41,7 @@ from matscale.models.size import (
 )
 from matscale.train.data import make_splits, sampler_for
 from matscale.train.run import model_config_for
+from matscale.validation import problems as config_problems
 
 
 @dataclass(kw_only=True)
@@ -166,14 +167,30 @@ def check_sweep(sweep: SweepConfig, where: str = "sweep") -> None:
         problems.append("the budget must be positive")
     if not sweep.sizes:
         problems.append("sizes is empty")
+    base_problems = config_problems(sweep.base)
+    problems += [f"base: {p}" for p in base_problems]
     for k, s in enumerate(sweep.sizes):
         if (s.params is None) == (s.width is None):
             problems.append(f"sizes[{k}]: set exactly one of params and width")
+        elif s.params is not None and not 0 < s.params < math.inf:
+            problems.append(f"sizes[{k}]: params must be a positive number, got {s.params}")
+        elif s.width is not None and s.width < 1:
+            problems.append(f"sizes[{k}]: width must be at least 1, got {s.width}")
+        if s.depth is not None and s.depth < 1:
+            problems.append(f"sizes[{k}]: depth must be at least 1, got {s.depth}")
+        if base_problems:  # each size's overrides would repeat the base's problems
+            continue
         try:
             with_overrides(sweep.base, s.set)
         except ConfigError as exc:
             problems.append(f"sizes[{k}].set: {exc}")
+    if not sweep.fractions:
+        problems.append("fractions is empty")
+    if not sweep.seeds:
+        problems.append("seeds is empty")
     problems += [f"fractions: {f} must lie in (0, 1]" for f in sweep.fractions if not 0 < f <= 1]
+    if sweep.processes < 1:
+        problems.append(f"processes must be at least 1, got {sweep.processes}")
     if sweep.min_steps < 0 or (sweep.min_steps and sweep.epochs is None):
         problems.append("min_steps is a floor of an epoch budget (>= 0, with epochs)")
     if sweep.evaluations < 1:
@@ -265,13 +282,37 @@ def plan(sweep: SweepConfig, store: Store | None = None) -> list[PlannedRun]:
                 training_flops=flops,
             )
         )
-    return runs
+    return _distinct_names(runs)
+
+
+def _distinct_names(runs: list[PlannedRun]) -> list[PlannedRun]:
+    """``runs`` with run names that differ: runs are named by width, depth, fraction and
+    seed, so two sizes of one width and depth that differ in their ``set`` shared one folder
+    (the second refused to resume the first's, or replaced it). Such names get the config's
+    hash; two sizes that plan the very same run are refused."""
+    by_name: dict[str, list[PlannedRun]] = {}
+    for r in runs:
+        by_name.setdefault(r.config.name, []).append(r)
+    out = []
+    for r in runs:
+        same = by_name[r.config.name]
+        if len(same) == 1:
+            out.append(r)
+            continue
+        if len({x.config_hash for x in same}) < len(same):
+            raise ConfigError(
+                f"runs {[x.index for x in same]} are the same run ({r.config.name}): two sizes "
+                "plan the same model and settings; remove one"
+            )
+        name = f"{r.config.name}-{r.config_hash[:6]}"
+        out.append(replace(r, config=replace(r.config, name=name)))
+    return out
 
 
 def _sized(base: RunConfig, size: ModelSize, store: Store) -> EGNNConfig:
     """The model of ``size``: an explicit width, or the width whose non-embedding parameter
     count (with the store's heads) is closest to the target."""
-    depth = size.depth or base.model.depth
+    depth = size.depth if size.depth is not None else base.model.depth
     if size.width is not None:
         return replace(base.model, width=size.width, depth=depth)
     resolved = model_config_for(base, store)
