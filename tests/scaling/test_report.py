@@ -170,3 +170,19 @@ def test_no_frontier_from_an_exponent_indistinguishable_from_zero() -> None:
     assert flat.frontier == [] and flat.targets == []
     steep = analyse(rows, "test/forces_mae_meV_per_A", bootstrap=20)
     assert steep.withheld == "" and steep.frontier and steep.targets
+
+
+def test_which_best_defaults_to_the_validation_errors_it_holds(tmp_path: Path, capsys) -> None:
+    """`fit --which best` failed with its own default metrics: `best` (the evaluation of
+    lowest validation error) holds validation errors only, and the defaults were test/."""
+    for r in _rows():
+        r["best"] = {k.removeprefix("test/"): v for k, v in r["final"].items()}
+        append_row(tmp_path / RESULTS, r)
+    assert main(["fit", str(tmp_path), "--which", "best", "--bootstrap", "5"]) == 0
+    out = capsys.readouterr().out
+    assert '"forces_mae_meV_per_A"' in out and "test/" not in out
+    asked = ["fit", str(tmp_path), "--which", "best", "--metric", "test/forces_mae_meV_per_A"]
+    assert main([*asked, "--bootstrap", "5"]) == 2
+    assert "best holds the validation errors of its evaluation: drop test/" in (
+        capsys.readouterr().err
+    )

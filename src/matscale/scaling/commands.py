@@ -48,7 +48,8 @@ def add_verbs(verbs: Any) -> None:
             nargs="+",
             default=None,
             help="metric keys (default: test/energy_mae_meV_per_atom "
-            "test/forces_mae_meV_per_A); a source's: test/emt-metals/forces_mae_meV_per_A",
+            "test/forces_mae_meV_per_A, or with --which best their validation errors, "
+            "without test/); a source's: test/emt-metals/forces_mae_meV_per_A",
         )
         p.add_argument(
             "--which",
@@ -142,9 +143,16 @@ def _rows(sweep_dir: Path) -> list[dict[str, Any]]:
 
 
 def _metrics(args: argparse.Namespace) -> tuple[str, ...]:
+    """The metrics asked for, or the defaults of ``--which``: the test errors of the final
+    weights, or for ``best`` (the evaluation of lowest validation error, which records only
+    validation errors) the same errors on validation."""
     from matscale.scaling.report import DEFAULT_METRICS
 
-    return tuple(args.metric or DEFAULT_METRICS)
+    if args.metric:
+        return tuple(args.metric)
+    if args.which == "best":
+        return tuple(m.removeprefix("test/") for m in DEFAULT_METRICS)
+    return DEFAULT_METRICS
 
 
 @_guard

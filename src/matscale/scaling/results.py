@@ -166,7 +166,10 @@ def metric(row: dict[str, Any], key: str, *, which: str = "final") -> float:
     ``emt-metals/forces_mae_meV_per_A`` (a source's), ``test/...`` for the test split."""
     table = row.get(which, {})
     if key not in table:
-        raise KeyError(f"run {row['run']}: no {which} metric {key!r}; has {sorted(table)}")
+        why = ""
+        if which == "best" and key.startswith("test/"):
+            why = " (best holds the validation errors of its evaluation: drop test/)"
+        raise KeyError(f"run {row['run']}: no {which} metric {key!r}{why}; has {sorted(table)}")
     value = table[key]
     if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
         raise DataError(
