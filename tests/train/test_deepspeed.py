@@ -122,13 +122,30 @@ def test_one_process_without_a_launcher_trains(tiny_store: Path, tmp_path: Path)
     import sys
 
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
-    run = subprocess.run(
-        [sys.executable, "-m", "matscale", "train", f"data.store={tiny_store}",
-         f"out_dir={tmp_path}", "name=ds", "model.width=8", "model.depth=2", "model.cutoff=4.0",
-         "data.max_atoms=96", "train.steps=3", "train.warmup_steps=1", "train.eval_every=3",
-         "parallel.backend=deepspeed", "parallel.zero_stage=2", "--no-progress"],
-        capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600,
-    )  # fmt: skip
+
+    def deepspeed_train(name: str, steps: int) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "matscale", "train", f"data.store={tiny_store}",
+             f"out_dir={tmp_path}", f"name={name}", "model.width=8", "model.depth=2",
+             "model.cutoff=4.0", "data.max_atoms=96", f"train.steps={steps}",
+             "train.warmup_steps=1", "train.eval_every=3", "parallel.backend=deepspeed",
+             "parallel.zero_stage=2", "--no-progress"],
+            capture_output=True, text=True, env={**env, "OMP_NUM_THREADS": "1"}, timeout=600,
+        )  # fmt: skip
+
+    run = deepspeed_train("ds", 3)
     assert run.returncode == 0, run.stderr[-2000:]
     rows = [json.loads(x) for x in (tmp_path / "ds" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows if r["kind"] == "train"] == [1, 2, 3]
+    # a run trained without DeepSpeed is not resumed by it: its optimizer state is ours
+    from matscale.config import load
+    from matscale.train.loop import train
+
+    train(load(None, [f"data.store={tiny_store}", f"out_dir={tmp_path}", "name=plain",
+                      "model.width=8", "model.depth=2", "model.cutoff=4.0", "data.max_atoms=96",
+                      "train.steps=3", "train.eval_every=3"]), progress=False)  # fmt: skip
+    run = deepspeed_train("plain", 6)
+    assert run.returncode == 2 and run.stderr.count("\n") == 1, run.stderr[-2000:]
+    assert "trained with parallel.backend=none, whose optimizer state DeepSpeed cannot read" in (
+        run.stderr
+    )

@@ -185,10 +185,27 @@ def test_deepspeed_run_resumes_from_its_own_checkpoint(tiny_store: Path, tmp_pat
         "step-00000008",
         "step-00000012",
     ]
+    # another backend cannot read them: one line (it was a torch RuntimeError about an empty
+    # optimizer state dict), nothing written
+    from matscale.config import load
+    from matscale.errors import ConfigError
+    from matscale.train.loop import train
+
+    before = sorted(p.name for p in (tmp_path / "ds").rglob("*"))
+    cfg = load(None, [
+        f"data.store={tiny_store}", f"out_dir={tmp_path}", "name=ds", "parallel.threads=1",
+        "model.width=16", "model.depth=2", "model.cutoff=4.0", "data.max_atoms=64",
+        "train.steps=16", "train.keep_checkpoints=2",
+    ])  # fmt: skip
+    with pytest.raises(ConfigError, match=r"parallel\.backend=deepspeed, whose optimizer state "
+                       r"DeepSpeed keeps in its own files: resume it with parallel\.backend="
+                       "deepspeed"):  # fmt: skip
+        train(cfg, progress=False)
+    assert sorted(p.name for p in (tmp_path / "ds").rglob("*")) == before
 
 
 def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
-    tiny_store: Path, tmp_path: Path
+    tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # a constant learning rate after warm-up: the 8-step run is the 12-step run cut short
     args = ["parallel.backend=fsdp", "train.keep_checkpoints=2", "train.schedule=constant"]
@@ -210,7 +227,7 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
         "step-00000012.dcp", "step-00000012.pt", "step-00000012.pt.sha256",
     ]  # fmt: skip
 
-    from matscale.config import load
+    from matscale.config import load, with_overrides
     from matscale.parallel.distributed import Dist
     from matscale.train.run import build_run
     from matscale.train.state import resume
@@ -225,6 +242,13 @@ def test_fsdp_sharded_checkpoint_resumes_exactly_and_on_one_process(
     assert run.par.ema is not None
     for k, v in run.par.ema.state_dict().items():  # the shards, resharded onto one process
         torch.testing.assert_close(v, exported[k], rtol=0, atol=0)
+    # resumed on one process the global batch halves: said with the changed settings
+    from matscale.train.loop import train
+
+    assert run.resumed_processes == 2
+    train(with_overrides(cfg, ["train.steps=10", "train.keep_checkpoints=2"]), progress=False)
+    said = capsys.readouterr().out
+    assert "processes: 2 → 1 (the global batch: 2 → 1 × data.max_atoms=64 atoms" in said, said
 
 
 def test_the_launch_position_comes_from_torchrun_or_srun(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -256,6 +256,12 @@ def _resume_and_fit(run: Run, *, progress: bool, stop: StopRequest | None) -> di
         )
         before = run.resumed_config
         changed = changed_settings(before, to_dict(cfg)) if before is not None else []
+        if run.resumed_processes not in (None, d.world):  # each process draws its own batch
+            changed.append(
+                f"processes: {run.resumed_processes} → {d.world} (the global batch: "
+                f"{run.resumed_processes} → {d.world} × data.max_atoms={cfg.data.max_atoms} "
+                "atoms at most)"
+            )
         if changed and finished:
             log.text(
                 f"the run had already finished at step {run.step}: nothing is trained, and its "

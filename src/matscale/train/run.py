@@ -81,6 +81,8 @@ class Run:
     """Skipped steps since the last good one."""
     resumed_config: dict[str, Any] | None = None
     """The settings recorded in the checkpoint the run resumed from (None: a new run)."""
+    resumed_processes: int | None = None
+    """How many processes wrote that checkpoint (None: a new run, or not recorded)."""
 
     @property
     def sharded(self) -> bool:

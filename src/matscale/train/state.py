@@ -77,6 +77,7 @@ def resume(run: Run) -> bool:
     run.schedule_progress = ck.get("schedule_progress", 0.0)
     run.skipped_steps = ck.get("skipped_steps", 0)
     run.resumed_config = ck["config"]
+    run.resumed_processes = ck.get("hardware", {}).get("processes")
     set_rng_state(ck["rng"])
     return True
 
@@ -125,6 +126,17 @@ def check_resumable(run: Run, ck: dict[str, Any]) -> None:
     changed += [f"data.{k}" for k in SPLIT_KEYS if saved_data.get(k) != now_data.get(k)]
     if ck.get("store_content", run.store.content_id) != run.store.content_id:
         changed.append(f"the content of data.store (was {saved_data['store']})")
+    backend = ck["config"].get("parallel", {}).get("backend")
+    if (ck.get("deepspeed_tag") is not None) != (run.par.engine is not None):
+        # DeepSpeed keeps its optimizer state in its own shards, the others in the checkpoint
+        if backend == "deepspeed":
+            how = "DeepSpeed keeps in its own files: resume it with parallel.backend=deepspeed"
+        else:
+            how = f"DeepSpeed cannot read: resume it with parallel.backend={backend} (or ddp, fsdp)"
+        raise ConfigError(
+            f"{run.cfg.run_dir} holds a run trained with parallel.backend={backend}, whose "
+            f"optimizer state {how}; or start a new run from its model (train.init_from)"
+        )
     if changed:
         raise ConfigError(
             f"{run.cfg.run_dir} holds checkpoints of another run ({', '.join(changed)} "
