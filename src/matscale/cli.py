@@ -493,9 +493,12 @@ def _combine(args: argparse.Namespace) -> int:
     if args.keep_split:
         from matscale import pretrained
         from matscale.calc.model_file import load_potential
-        from matscale.train.finetune import trained_split
+        from matscale.data.store import Store
+        from matscale.train.finetune import check_trained_store, trained_split
 
-        splits[0] = trained_split(load_potential(pretrained.model_file(args.keep_split)))
+        pre = load_potential(pretrained.model_file(args.keep_split))
+        check_trained_store(pre, Store(args.stores[0]), model=args.keep_split)
+        splits[0] = trained_split(pre)
     combine_stores(args.stores, args.out, splits=splits)
     return _print_info(args.out)
 

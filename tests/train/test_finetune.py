@@ -231,7 +231,7 @@ def test_the_finetune_verb_keeps_the_models_loss_and_records_its_architecture(
 
 
 def test_continuing_on_a_grown_store_keeps_the_models_split(
-    trained: Path, tiny_store: Path, tmp_path: Path
+    trained: Path, tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """More data of a source the model has (`data combine --keep-split`): the model's own store
     keeps the split it was trained with, so a continued run never trains on its validation or
@@ -242,6 +242,12 @@ def test_continuing_on_a_grown_store_keeps_the_models_split(
 
     more = _store(tmp_path, "emt")  # the same source as one of the model's heads
     out = tmp_path / "grown"
+    # the stores in the other order: `more` would be split as the model's store, and the
+    # model's own store split by the run, its validation structures trained on
+    assert main(["data", "combine", str(more), str(tiny_store), "--out", str(out),
+                 "--keep-split", str(trained)]) == 2  # fmt: skip
+    assert f"{more} is not the store it was trained on" in capsys.readouterr().err
+    assert not out.exists()
     assert main(["data", "combine", str(tiny_store), str(more), "--out", str(out),
                  "--keep-split", str(trained)]) == 0  # fmt: skip
     grown = Store(out)

@@ -293,6 +293,26 @@ def trained_split(pre: Potential) -> dict[str, Any]:
     }
 
 
+def check_trained_store(pre: Potential, store: Store, *, model: str) -> None:
+    """Refuse ``store`` as the store ``pre`` (named ``model``) was trained on unless its sources
+    hold the same structures and atoms: its split is kept for the store given first to
+    ``data combine --keep-split``, and another store split that way would not keep the model's
+    validation and test structures out of training."""
+    trained = {k: (v.get("structures"), v.get("atoms")) for k, v in pre.info["stats"].items()}
+    given = {k: (v.get("structures"), v.get("atoms")) for k, v in store.stats.items()}
+    if trained == given:
+        return
+
+    def counts(sources: dict[str, tuple[Any, Any]]) -> str:
+        return ", ".join(f"{k} {n:,} structures" for k, (n, _) in sources.items())
+
+    raise ConfigError(
+        f"--keep-split {model}: {store.path} is not the store it was trained on (that one: "
+        f"{counts(trained)}; this one: {counts(given)}); give the model's own store first, "
+        "whose split the combined store keeps"
+    )
+
+
 def _wait_for(path: Path, timeout_s: float = 600.0) -> None:
     """Wait until ``path`` exists (written by the main process of the run)."""
     import time
