@@ -7,6 +7,7 @@ code never sees any of this: :func:`wrap_ddp` is applied to the plain model from
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -99,6 +100,15 @@ def wrap_ddp(model: torch.nn.Module, d: Dist) -> torch.nn.Module:
     from torch.nn.parallel import DistributedDataParallel
 
     ids = [d.device.index] if d.device.type == "cuda" else None
+    # A readout's [1, H] weight gets its gradient with strides (1, 1), its bucket view has
+    # (H, 1): the same memory layout (a dimension of size 1 has no stride to speak of), which
+    # DDP's reducer still warned about, 4 lines per process in every run
+    warnings.filterwarnings(
+        "ignore",
+        message=r"Grad strides do not match bucket view strides[\s\S]*"
+        r"grad\.sizes\(\) = \[1, \d+\], strides\(\) = \[1, 1\]",
+        category=UserWarning,
+    )
     # Every parameter gets a gradient on every process (readout heads run even on no atoms),
     # so DDP need not search for unused parameters.
     return DistributedDataParallel(model, device_ids=ids)
