@@ -132,6 +132,48 @@ def test_corrupt_shard_is_detected_and_named(tmp_path: Path, structures) -> None
     assert _report(errors[0]) == 3
 
 
+@pytest.mark.parametrize(
+    ("edit", "field"),
+    [
+        (lambda m: m["sources"].pop(), "stats"),  # was a KeyError at training
+        (lambda m: m.update(cutoff_A="five"), "cutoff_A"),  # a TypeError at training
+        (lambda m: m.pop("stats"), "stats"),  # a KeyError in `data info`
+        (lambda m: m.update(n_structures=5), "n_structures"),  # trained on, as if 5
+        (lambda m: m.update(shards=[{"file": "x"}]), "shards"),
+        (lambda m: m.update(families="bulk"), "families"),
+    ],
+)
+def test_an_edited_meta_json_is_named_with_its_field(
+    tmp_path: Path, structures, edit, field: str
+) -> None:
+    """meta.json is not checksummed: a hand edit is refused when the store opens, naming the
+    file and the field, not met later as a traceback from deep inside."""
+    files = write_files(tmp_path, structures, per_file=12)
+    pack(files, tmp_path / "st", PackConfig(workers=1), progress=False)
+    meta = tmp_path / "st" / "meta.json"
+    data = json.loads(meta.read_text())
+    edit(data)
+    meta.write_text(json.dumps(data))
+    with pytest.raises(DataError) as caught:
+        Store(tmp_path / "st")
+    assert caught.value.file == str(meta) and caught.value.field == field, str(caught.value)
+    assert "repack the store" in str(caught.value)
+
+
+def test_a_shard_holding_a_source_meta_json_does_not_list_is_named(
+    tmp_path: Path, structures
+) -> None:
+    files = write_files(tmp_path, structures, per_file=12)
+    pack(files, tmp_path / "st", PackConfig(workers=1), progress=False)
+    meta = tmp_path / "st" / "meta.json"
+    data = json.loads(meta.read_text())
+    data["sources"] = ["emt", "other"]
+    data["stats"]["other"] = data["stats"].pop("mol")
+    meta.write_text(json.dumps(data))
+    with pytest.raises(DataError, match=r"holds sources or families \['mol'\] that meta.json"):
+        Store(tmp_path / "st")[0]
+
+
 def test_truncated_shard_header(tmp_path: Path) -> None:
     path = tmp_path / "x.msshard"
     path.write_bytes(b"MSSHARD1" + b"\xff" * 8)

@@ -46,6 +46,38 @@ def write_json_atomic(path: Path, obj: Any) -> None:
     os.replace(tmp, path)
 
 
+def check_meta(meta: dict[str, Any], path: Path) -> None:
+    """Refuse a ``meta.json`` whose fields do not make a store (not checksummed: an edit by
+    hand, a file from elsewhere), naming the field: the readers would otherwise fail deep
+    inside with a KeyError, or read on with a wrong count."""
+
+    def bad(field: str, why: str) -> DataError:
+        return DataError(f"{why}; repack the store (`matscale data pack`)", file=str(path),
+                         field=field)  # fmt: skip
+
+    for field in ("sources", "families"):
+        names = meta.get(field)
+        if not isinstance(names, list) or not all(isinstance(n, str) for n in names):
+            raise bad(field, "expected a list of names")
+    cutoff = meta.get("cutoff_A")
+    if isinstance(cutoff, bool) or not isinstance(cutoff, int | float) or not 0 < cutoff < 1e3:
+        raise bad("cutoff_A", f"expected a cutoff in Å, got {cutoff!r}")
+    shards = meta.get("shards")
+    if not isinstance(shards, list) or not all(
+        isinstance(e, dict) and isinstance(e.get("file"), str)
+        and isinstance(e.get("n_structures"), int) and isinstance(e.get("crc32"), int)
+        for e in shards
+    ):  # fmt: skip
+        raise bad("shards", "expected a list of {file, n_structures, crc32}")
+    total = sum(e["n_structures"] for e in shards)
+    if meta.get("n_structures", total) != total:
+        raise bad("n_structures", f"says {meta['n_structures']}, and its shards hold {total}")
+    stats = meta.get("stats")
+    if not isinstance(stats, dict) or set(stats) != set(meta["sources"]):
+        have = sorted(stats) if isinstance(stats, dict) else None
+        raise bad("stats", f"expected the statistics of sources {meta['sources']}, got {have}")
+
+
 def merge_parts(root: Path, *, one_packing: bool = True) -> dict[str, Any]:
     """Combine every packer's part files under ``root/parts`` into ``meta.json`` and ``index/``.
 
@@ -267,6 +299,7 @@ class Store:
                 f"store format {self.meta.get('format_version')} is not {FORMAT_VERSION}",
                 file=str(meta_path),
             )
+        check_meta(self.meta, meta_path)
         self.sources: list[str] = self.meta["sources"]
         self.families: list[str] = self.meta["families"]
         #: source -> the model that labelled it, for the sources a model labelled (a teacher)
@@ -369,6 +402,13 @@ class Store:
         shard = Shard(path, expected_crc32=entry["crc32"] if check else None)
         self._verified.add(k)
         src, fam = self._source_index, self._family_index
+        unlisted = sorted(set(shard.sources) - set(src)) + sorted(set(shard.families) - set(fam))
+        if unlisted:  # meta.json edited, or from another packing
+            raise DataError(
+                f"shard {entry['file']} holds sources or families {unlisted} that meta.json does "
+                "not list; repack the store (`matscale data pack`), or restore its meta.json",
+                file=str(self.path / META),
+            )
         maps = (
             np.array([src[s] for s in shard.sources]),
             np.array([fam[f] for f in shard.families]),
