@@ -177,15 +177,20 @@ def test_overrides_may_follow_options(capsys) -> None:
     assert "unrecognized arguments: stray" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("verb", ["eval", "predict", "md", "relax", "bench", "plan"])
+@pytest.mark.parametrize(
+    "verb",
+    ["eval", "predict", "md", "relax", "bench", "plan", "demo", "data pack", "data generate",
+     "data label"],
+)  # fmt: skip
 def test_help_gives_defaults_that_say_something(
     verb: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     """`md --help` ended --head, --friction and --pressure with "(default: None)", which
     contradicted their own help (the model's default head; the ensemble's value)."""
     with pytest.raises(SystemExit) as leaving:
-        main([verb, "--help"])
+        main([*verb.split(), "--help"])
     assert leaving.value.code == 0
     text = capsys.readouterr().out
     assert "(default: None)" not in text and "(default: False)" not in text
+    assert "(default: [])" not in text
     assert "(default: " in text  # the others still give theirs

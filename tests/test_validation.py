@@ -214,6 +214,25 @@ def test_a_store_without_labels_is_refused_and_unlabelled_targets_are_warned_abo
     assert "force_weight" not in out  # forces are there
 
 
+def test_parallel_settings_the_backend_ignores_are_warned_about() -> None:
+    """ZeRO stages under DDP, offloading without sharding and more threads than cores ran
+    without a word."""
+    import os
+
+    from matscale.validation import parallel_warnings
+
+    assert parallel_warnings(load(None, [])) == []
+    said = " | ".join(parallel_warnings(load(None, [
+        "parallel.backend=ddp", "parallel.zero_stage=2", "parallel.cpu_offload=true",
+        f"parallel.threads={(os.cpu_count() or 1) + 1}"])))  # fmt: skip
+    assert "parallel.zero_stage=2 is DeepSpeed's setting: ignored with parallel.backend=ddp" in said
+    assert "parallel.cpu_offload is ignored with parallel.backend=ddp" in said
+    assert "threads beyond the cores only wait" in said
+    for fine in (["parallel.backend=deepspeed", "parallel.zero_stage=2"],
+                 ["parallel.backend=fsdp", "parallel.cpu_offload=true"]):  # fmt: skip
+        assert parallel_warnings(load(None, fine)) == []
+
+
 def test_a_run_without_a_validation_split_shows_its_test_errors(
     tiny_store: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -13,6 +13,7 @@ import warnings
 from pathlib import Path
 from typing import Any, NoReturn
 
+from matscale.arguments import non_negative_int
 from matscale.bench.commands import add_verbs as add_bench_verbs
 from matscale.calc.commands import add_verbs as add_calc_verbs
 from matscale.data.generate.relabel import CHUNK as RELABEL_CHUNK
@@ -28,6 +29,7 @@ from matscale.errors import (
     SimulationError,
     TrainingError,
 )
+from matscale.helpformat import DefaultsHelp
 from matscale.parallel.commands import add_verbs as add_plan_verbs
 from matscale.parallel.distributed import launch_position
 from matscale.pretrained.commands import add_verbs as add_model_verbs
@@ -143,15 +145,18 @@ def _parser() -> argparse.ArgumentParser:
     demo = verbs.add_parser(
         "demo",
         help="generate the default data, train the default model on it, report its errors",
+        formatter_class=DefaultsHelp,
     )
     demo.add_argument(
         "--data-dir",
         type=Path,
         default=Path("data"),
-        help="where raw files and the store go (default: ./data)",
+        help="where raw files and the store go",
     )
     demo.add_argument("--small", action="store_true", help="a few hundred structures (seconds)")
-    demo.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    demo.add_argument(
+        "--workers", type=non_negative_int, default=0, help="processes (0: every core)"
+    )
     demo.set_defaults(run=_demo)
 
     tr = verbs.add_parser("train", help="train a model on a store (one process or torchrun)")
@@ -215,9 +220,13 @@ def _parser() -> argparse.ArgumentParser:
     data = verbs.add_parser("data", help="generate, pack, merge and inspect datasets")
     dverbs = data.add_subparsers(title="data verbs")
     g = dverbs.add_parser(
-        "generate", help="label structures with EMT, GFN2-xTB, GFN1-xTB or a teacher potential"
+        "generate",
+        help="label structures with EMT, GFN2-xTB, GFN1-xTB or a teacher potential",
+        formatter_class=DefaultsHelp,
     )
-    g.add_argument("--out", type=Path, default=Path("data/raw"))
+    g.add_argument(
+        "--out", type=Path, default=Path("data/raw"), help="folder for OUT/<source>/chunk-*"
+    )
     g.add_argument(
         "--preset",
         choices=sorted(GENERATE_PRESETS),
@@ -241,13 +250,14 @@ def _parser() -> argparse.ArgumentParser:
         help="structures for one source, overriding the preset (repeatable; 0 leaves that "
         "source alone)",
     )
-    g.add_argument("--seed", type=int, default=0)
-    g.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    g.add_argument("--seed", type=int, default=0, help="seed of the structures drawn")
+    g.add_argument("--workers", type=non_negative_int, default=0, help="processes (0: every core)")
     g.set_defaults(run=_generate)
 
     lb = dverbs.add_parser(
         "label",
         help="label structures you have (files or folders) with a teacher potential",
+        formatter_class=DefaultsHelp,
     )
     lb.add_argument(
         "inputs",
@@ -263,10 +273,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the teacher whose labels (and source, head) the structures get (extra `teachers`)",
     )
     lb.add_argument("--chunk", type=int, default=RELABEL_CHUNK, help="structures per file and task")
-    lb.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    lb.add_argument("--workers", type=non_negative_int, default=0, help="processes (0: every core)")
     lb.set_defaults(run=_label)
 
-    k = dverbs.add_parser("pack", help="stream files into a sharded store")
+    k = dverbs.add_parser(
+        "pack", help="stream files into a sharded store", formatter_class=DefaultsHelp
+    )
     k.add_argument(
         "inputs",
         nargs="+",
@@ -274,7 +286,13 @@ def _parser() -> argparse.ArgumentParser:
         help="files or directories (searched for " + ", ".join(DATA_SUFFIXES) + ")",
     )
     k.add_argument("--out", type=Path, required=True, help="store directory")
-    k.add_argument("--cutoff", type=float, default=5.0, help="neighbour cutoff for counts (Å)")
+    k.add_argument(
+        "--cutoff",
+        type=float,
+        default=5.0,
+        help="radius (Å) at which neighbours are counted and the shortest contacts recorded: "
+        "the largest model.cutoff a run on the store may have",
+    )
     k.add_argument("--shard-mb", type=float, default=64.0, help="target shard size (MiB)")
     k.add_argument(
         "--require",
@@ -289,7 +307,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     add_reader_args(k)
     k.add_argument("--source", default=None, help="source name for records that carry none")
-    k.add_argument("--workers", type=int, default=0, help="processes (0: every core)")
+    k.add_argument("--workers", type=non_negative_int, default=0, help="processes (0: every core)")
     k.add_argument(
         "--part",
         type=str,

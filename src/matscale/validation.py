@@ -258,4 +258,30 @@ def run_warnings(cfg: RunConfig, store: Store) -> list[str]:
             f"train.warmup_steps={t.warmup_steps} is not below train.steps={t.steps}: the "
             f"learning rate never reaches train.lr={t.lr:g} and is never annealed"
         )
+    return found + parallel_warnings(cfg)
+
+
+def parallel_warnings(cfg: RunConfig) -> list[str]:
+    """``parallel.*`` settings that the chosen backend ignores, or that slow a run down."""
+    import os
+
+    from matscale.config import ParallelConfig
+
+    p, found = cfg.parallel, []
+    if p.backend != "deepspeed" and p.zero_stage != ParallelConfig().zero_stage:
+        found.append(
+            f"parallel.zero_stage={p.zero_stage} is DeepSpeed's setting: ignored with "
+            f"parallel.backend={p.backend} (fsdp shards like ZeRO-3)"
+        )
+    if p.cpu_offload and p.backend not in ("fsdp", "deepspeed"):
+        found.append(
+            f"parallel.cpu_offload is ignored with parallel.backend={p.backend}: fsdp and "
+            "deepspeed offload"
+        )
+    cores = os.cpu_count() or 1
+    if p.threads is not None and p.threads > cores:
+        found.append(
+            f"parallel.threads={p.threads} on {cores} cores: threads beyond the cores only "
+            "wait for each other"
+        )
     return found

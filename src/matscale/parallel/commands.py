@@ -24,7 +24,12 @@ def add_verbs(verbs: Any) -> None:
     )
     p.add_argument("config", nargs="?", type=Path, default=None, help="YAML run config")
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted overrides")
-    p.add_argument("--hardware", choices=sorted(HARDWARE), default="cpu-2core")
+    p.add_argument(
+        "--hardware",
+        choices=sorted(HARDWARE),
+        default="cpu-2core",
+        help="the device of each process (cpu-2core: this machine's kind, 24 GiB shared)",
+    )
     p.add_argument("--devices", type=int, default=1, help="devices (processes) in the run")
     p.add_argument(
         "--edges-per-atom",

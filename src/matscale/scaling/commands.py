@@ -11,6 +11,7 @@ from typing import Any
 
 from matscale.arguments import non_negative_int
 from matscale.errors import ConfigError
+from matscale.helpformat import DefaultsHelp
 
 
 def add_verbs(verbs: Any) -> None:
@@ -41,7 +42,7 @@ def add_verbs(verbs: Any) -> None:
         ("plot", _plot, "draw a sweep's scaling figures (PNG and SVG)"),
         ("report", _report, "fits, figures and a Markdown report of a sweep"),
     ):
-        p = verbs.add_parser(name, help=text)
+        p = verbs.add_parser(name, help=text, formatter_class=DefaultsHelp)
         p.add_argument("sweep_dir", type=Path, help="the sweep's folder (holds results.jsonl)")
         p.add_argument(
             "--metric",
