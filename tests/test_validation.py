@@ -262,3 +262,13 @@ def test_a_run_without_a_validation_split_shows_its_test_errors(
     )  # fmt: skip
     with pytest.raises(ConfigError, match=r"hold out every structure .* nothing is left"):
         check_splits(everything, cfg, 120)  # type: ignore[arg-type]
+
+
+def test_a_sweep_config_given_as_a_run_config_says_so(capsys) -> None:
+    """`matscale plan configs/sweeps/cpu.yaml` said "unknown keys ['base', 'sizes', ...]"."""
+    from matscale.cli import main
+
+    with pytest.raises(ConfigError, match=r"cpu\.yaml is a sweep config .*`matscale sweep plan`"):
+        load("configs/sweeps/cpu.yaml")
+    assert main(["plan", "configs/sweeps/cpu.yaml"]) == 2
+    assert "is a sweep config" in capsys.readouterr().err

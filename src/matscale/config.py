@@ -282,9 +282,26 @@ def load(path: str | Path | None, overrides: list[str] = ()) -> RunConfig:  # ty
     """Read a YAML config (or start from the defaults when ``path`` is None) and apply dotted
     ``key=value`` overrides; every value is checked against its range
     (:func:`matscale.validation.check_config`)."""
-    cfg = load_tree(RunConfig, path, overrides)
+    try:
+        cfg = load_tree(RunConfig, path, overrides)
+    except ConfigError as exc:
+        if path is not None and "unknown keys" in str(exc) and _is_sweep(Path(path)):
+            raise ConfigError(
+                f"{path} is a sweep config (base, sizes, ...), not a run config: give it to "
+                "`matscale sweep plan` or `matscale sweep run`"
+            ) from None
+        raise
     check_config(cfg)
     return cfg
+
+
+def _is_sweep(path: Path) -> bool:
+    """Whether the YAML file ``path`` holds a sweep config (its top-level keys)."""
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError):
+        return False
+    return isinstance(data, dict) and {"base", "sizes"} <= set(data)
 
 
 def load_tree(

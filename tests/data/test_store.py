@@ -191,6 +191,14 @@ def test_store_pickles_for_worker_processes(tmp_path: Path, structures) -> None:
     np.testing.assert_array_equal(clone.n_atoms, store.n_atoms)
 
 
+def test_a_stores_meta_json_given_for_the_store_is_named(tmp_path: Path, structures) -> None:
+    # `data info STORE/meta.json` said "meta.json missing"
+    files = write_files(tmp_path, structures, per_file=12)
+    pack(files, tmp_path / "st", PackConfig(workers=1), progress=False)
+    with pytest.raises(DataError, match=r"meta\.json: is a file: give the store's folder"):
+        Store(tmp_path / "st" / "meta.json")
+
+
 def test_not_a_store(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="not a matscale store"):
         Store(tmp_path)

@@ -103,7 +103,7 @@ def test_a_cut_row_is_named_not_skipped(tmp_path: Path) -> None:
     append_row(tmp_path / RESULTS, rows[0])
     with open(tmp_path / RESULTS, "a") as f:
         f.write(json.dumps(rows[1])[:50] + "\n")  # a crash mid-write
-    with pytest.raises(DataError, match="line 2"):
+    with pytest.raises(DataError, match=r"line 2: not a JSON row .* Remove that line"):
         read_rows(tmp_path / RESULTS)
 
 
@@ -127,7 +127,8 @@ def test_a_cut_row_is_named_not_skipped(tmp_path: Path) -> None:
         # a NaN or text error failed one sub-fit with SciPy's words, or a float() message
         (
             lambda rows: rows[3]["final"].update({"test/forces_mae_meV_per_A": float("nan")}),
-            r"field 'final\.test/forces_mae_meV_per_A': run .*: expected an error ≥ 0, got nan",
+            r"results\.jsonl, record 4, field 'final\.test/forces_mae_meV_per_A': expected an "
+            r"error ≥ 0, got nan",
         ),
         (
             lambda rows: rows[3]["final"].update({"test/forces_mae_meV_per_A": "abc"}),

@@ -285,6 +285,11 @@ class Store:
         meta_path = self.path / META
         if not self.path.exists():
             raise DataError("no such store folder", file=str(self.path))
+        if self.path.is_file():
+            raise DataError(
+                "is a file: give the store's folder (the one holding meta.json and shards/)",
+                file=str(self.path),
+            )
         if not meta_path.is_file():
             raise DataError(
                 "not a matscale store (meta.json missing; run `matscale data pack`)",

@@ -59,7 +59,11 @@ def read_rows(path: Path) -> list[dict[str, Any]]:
             rows.append(json.loads(line))
         except json.JSONDecodeError as exc:
             raise DataError(
-                f"not a JSON row ({exc.msg})", file=str(path), record=f"line {k}"
+                f"not a JSON row ({exc.msg}): a row cut by a crash while it was written? "
+                "Remove that line: `matscale sweep run` writes the rows of finished runs again "
+                "from their folders",
+                file=str(path),
+                record=f"line {k}",
             ) from None
     return rows
 
@@ -84,6 +88,11 @@ def read_results(path: Path) -> list[dict[str, Any]]:
                 raise DataError(f"expected a positive number, got {value!r}", field=key, **where)
         if not isinstance(row["final"], dict):
             raise DataError("expected a table of errors", field="final", **where)
+        for table in ("final", "best"):
+            for key, value in (row.get(table) or {}).items():  # the fits take logs of them
+                if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+                    raise DataError(f"expected an error ≥ 0, got {value!r}",
+                                    field=f"{table}.{key}", **where)  # fmt: skip
         first = seen.setdefault(run_hash(row), k)
         if first != k:
             raise DataError(
