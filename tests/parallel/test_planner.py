@@ -106,6 +106,11 @@ def test_the_plan_verb(capsys) -> None:
         assert "--edges-per-atom must be a positive number" in capsys.readouterr().err
     assert main(["plan", "model.width=64", "data.store=nowhere", "--devices", "4"]) == 2
     assert "parallel.backend=none: one process trains alone" in capsys.readouterr().err
+    # a small model's state was "0.00 GiB" and its step "0.00 TFLOP", on "1 devices"
+    assert main(["plan", "model.width=32", "data.store=nowhere"]) == 0
+    out = capsys.readouterr().out
+    assert "(cpu-2core, 1 device)" in out and " MiB" in out and " GFLOP per device" in out
+    assert "0.00 GiB" not in out and "0.00 TFLOP" not in out
     bf16 = ["plan", "model.width=64", "data.store=nowhere", "parallel.precision=bf16"]
     assert main(bf16) == 0 and "upper bound under bf16" in capsys.readouterr().out
     assert GiB == 2**30

@@ -424,12 +424,20 @@ def fits(plan_: Plan, hardware: Hardware) -> bool:
     return bool(held <= hardware.memory_GiB * GiB * hardware.share(plan_.devices))
 
 
+def _amount(nbytes: float) -> str:
+    """A memory figure in GiB, or in MiB below a tenth of one (a small model's state)."""
+    if nbytes >= GiB / 10 or not math.isfinite(nbytes):
+        return f"{nbytes / GiB:>10.2f} GiB"
+    return f"{nbytes / 2**20:>10.2f} MiB"
+
+
 def format_plan(plan_: Plan, hardware: Hardware) -> str:
     """The plan as a table of GiB and seconds, with its assumptions."""
-    lines = [f"per device ({hardware.name}, {plan_.devices} devices):"]
+    devices = f"{plan_.devices} device{'s' if plan_.devices > 1 else ''}"
+    lines = [f"per device ({hardware.name}, {devices}):"]
     for key, value in plan_.memory.items():
         if value:
-            lines.append(f"  {key:<20}{value / GiB:>10.2f} GiB")
+            lines.append(f"  {key:<20}{_amount(value)}")
     total = plan_.total_bytes / GiB
     available = hardware.memory_GiB * hardware.share(plan_.devices)
     if hardware.cores is not None:
@@ -439,10 +447,15 @@ def format_plan(plan_: Plan, hardware: Hardware) -> str:
     verdict = "fits" if fits(plan_, hardware) else "DOES NOT FIT"
     lines.append(f"  {'total':<20}{total:>10.2f} GiB of {of} ({verdict})")
     for key, value in plan_.host.items():
-        lines.append(f"  host: {key:<14}{value / GiB:>10.2f} GiB")
+        lines.append(f"  host: {key:<14}{_amount(value)}")
     s = plan_.seconds
+    work = (
+        f"{plan_.flops / 1e12:,.2f} TFLOP"
+        if plan_.flops >= 1e11
+        else f"{plan_.flops / 1e9:.3g} GFLOP"
+    )
     lines.append(
-        f"step: {plan_.flops / 1e12:,.2f} TFLOP per device, {s['compute']:.3g} s compute + "
+        f"step: {work} per device, {s['compute']:.3g} s compute + "
         f"{s['communication']:.3g} s communication = {s['step']:.3g} s"
     )
     lines += [f"assumes: {a}" for a in plan_.assumptions]

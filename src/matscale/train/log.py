@@ -151,7 +151,7 @@ class RunLog:
         if self.atoms:
             rate = self.atoms / max(seconds, 1e-9)
             self._print(
-                f"trained for {seconds / 60:.1f} min at {rate:,.0f} atoms/s "
+                f"trained for {_duration(seconds)} at {rate:,.0f} atoms/s "
                 f"({100 * self.data_share:.0f} % of the steps' time waiting for batches); "
                 "mean absolute errors (validation / test):"
             )
@@ -217,6 +217,11 @@ class RunLog:
             self.jsonl.close()
         if self.tb is not None:
             self.tb.close()
+
+
+def _duration(seconds: float) -> str:
+    """``12 s`` under a minute, ``3.6 min`` from there."""
+    return f"{seconds:.0f} s" if seconds < 60 else f"{seconds / 60:.1f} min"
 
 
 def _pair(a: float | None, b: float | None) -> str:
