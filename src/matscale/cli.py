@@ -355,7 +355,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _train(args: argparse.Namespace) -> int:
-    from matscale.config import ConfigError, describe, load
+    from matscale.config import describe, load
     from matscale.train.loop import train
 
     if args.help_config:
@@ -365,12 +365,7 @@ def _train(args: argparse.Namespace) -> int:
     if config is not None and "=" in str(config):  # only overrides were given
         overrides.insert(0, str(config))
         config = None
-    try:
-        cfg = load(config, overrides)
-        train(cfg, progress=not args.no_progress)
-    except ConfigError as exc:
-        print(f"matscale: config error: {exc}", file=sys.stderr)
-        return 2
+    train(load(config, overrides), progress=not args.no_progress)  # errors: main's one line
     return 0
 
 

@@ -213,7 +213,8 @@ class Shard:
             if actual != expected_crc32:
                 raise CorruptShardError(
                     f"checksum mismatch (crc32 {actual:#010x}, index says {expected_crc32:#010x})"
-                    "; the shard is corrupt or was modified after packing",
+                    "; the shard is corrupt or was modified after packing: copy it again from "
+                    "where the store came from, or repack the store (`matscale data pack`)",
                     file=str(path),
                 )
         try:
@@ -238,7 +239,10 @@ class Shard:
                 # ~40 µs per structure, a seventh of building its graph
                 self.arrays[name] = view.reshape(spec["shape"]).view(np.ndarray)
         except (ValueError, KeyError, struct.error, json.JSONDecodeError, TypeError) as exc:
-            raise CorruptShardError(f"unreadable shard header ({exc})", file=str(path)) from exc
+            raise CorruptShardError(
+                f"unreadable shard header ({exc}): repack the store (`matscale data pack`)",
+                file=str(path),
+            ) from exc
         self.sources: list[str] = header["sources"]
         self.families: list[str] = header["families"]
         self.n_structures: int = header["n_structures"]
