@@ -235,8 +235,8 @@ class Shard:
                 start = data_start + spec["offset"]
                 view = mm[start : start + count * dtype.itemsize].view(dtype)
                 # plain arrays over the map (it stays open through their base): every slice of
-                # an np.memmap is a memmap too, whose bookkeeping cost the training loader
-                # ~40 µs per structure, a seventh of building its graph
+                # an np.memmap is a memmap too, whose bookkeeping made reading a structure
+                # take 23 µs against 12.5
                 self.arrays[name] = view.reshape(spec["shape"]).view(np.ndarray)
         except (ValueError, KeyError, struct.error, json.JSONDecodeError, TypeError) as exc:
             raise CorruptShardError(
