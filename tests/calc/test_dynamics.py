@@ -641,3 +641,40 @@ def test_ctrl_c_in_md_says_what_the_files_kept_and_the_run_goes_on_from_there(
     assert main(["md", str(tiny_model), str(traj), "--append", "--steps", "5", *common,
                  *outputs]) == 0  # fmt: skip
     np.testing.assert_allclose(np.loadtxt(log)[:, 0], [0.0, 0.005, 0.01])  # time, ps
+
+
+def test_ctrl_c_in_relax_says_where_it_stood_and_what_the_trajectory_holds(
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ase.optimize
+
+    start, traj, out = tmp_path / "start.extxyz", tmp_path / "relax.traj", tmp_path / "out.xyz"
+    ase.io.write(start, alloy(3))
+    step = ase.optimize.FIRE.step
+
+    def ctrl_c_at_step_3(self: ase.optimize.FIRE, *args: object, **kwargs: object) -> None:
+        if self.nsteps == 3:
+            raise KeyboardInterrupt
+        step(self, *args, **kwargs)
+
+    monkeypatch.setattr(ase.optimize.FIRE, "step", ctrl_c_at_step_3)
+    args = [
+        "relax",
+        str(tiny_model),
+        str(start),
+        "--head",
+        "emt",
+        "--fmax",
+        "1e-4",
+        "--no-progress",
+    ]
+    assert console.main([*args, "--traj", str(traj), "--out", str(out)]) == 130
+    err = capsys.readouterr().err.strip().splitlines()  # warnings of short contacts first
+    assert err[-1] == (
+        f"matscale: relaxation interrupted at step 3; {traj} holds its steps so far: to go on, "
+        "relax its last frame (--index -1)"
+    )
+    assert len(ase.io.read(traj, index=":")) == 4 and not out.exists()  # the start, steps 1-3

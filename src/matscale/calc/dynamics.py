@@ -628,6 +628,12 @@ def relax(
         opt.attach(tick)
         try:
             converged = bool(opt.run(fmax=cfg.fmax, steps=cfg.steps))
+        except KeyboardInterrupt:  # Ctrl-C: where the relaxation stood, and what is kept
+            said = f"relaxation interrupted at step {opt.nsteps}"
+            if trajectory is not None:
+                said += (f"; {trajectory} holds its steps so far: to go on, relax its last "
+                         "frame (--index -1)")  # fmt: skip
+            raise SimulationInterrupted(said) from None
         finally:
             bar.close()
         forces = target.get_forces()
