@@ -110,17 +110,28 @@ def test_the_finetune_verb(trained: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_replay_trains_on_the_pretraining_data_at_its_share(
-    trained: Path, tiny_store: Path, tmp_path: Path
+    trained: Path, tiny_store: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from matscale.cli import main
     from matscale.data.store import Store
+    from matscale.train import finetune
     from matscale.train.data import make_splits, sampler_for
     from matscale.train.finetune import REPLAY_STORE
 
+    reads: list[str] = []
+    read = finetune.load_potential
+
+    def counted(path: str) -> object:
+        reads.append(path)
+        return read(path)
+
+    monkeypatch.setattr(finetune, "load_potential", counted)
     store = _store(tmp_path, "emt-replay")
     args = ["finetune", str(trained), str(store), f"out_dir={tmp_path}", "name=rp", *SHORT,
             "--replay", str(tiny_store), "--replay-share", "0.4", "--no-progress"]  # fmt: skip
     assert main(args) == 0
+    # the trained model was read three times (its settings, the replay's heads, the start)
+    assert reads == [str(trained.resolve())]
     cfg = load(tmp_path / "rp" / "config.yaml", [])
     assert cfg.data.store == str(tmp_path / "rp" / REPLAY_STORE)
     # the replayed sources by their sizes (the tiny model's run set no mixture): 40 and 24

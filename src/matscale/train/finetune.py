@@ -18,6 +18,7 @@ every epoch from the pretraining sources (``data.mixture``).
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
@@ -35,15 +36,30 @@ from matscale.models.egnn import EGNN, EGNNConfig, set_statistics
 HEAD_BUFFERS = ("reference_energy", "energy_scale", "force_scale")
 
 
-def trained_potential(cfg: RunConfig) -> Potential:
-    """The trained model ``train.init_from`` names: a model file, or a shipped model."""
+def trained_potential(cfg: RunConfig, *, last_use: bool = False) -> Potential:
+    """The trained model ``train.init_from`` names: a model file, or a shipped model. Read
+    once for the checks a fine-tuning run makes before it starts and for its start, which is
+    the ``last_use``: the copy is then let go (a large model would otherwise be held twice
+    for the whole run)."""
     from matscale import pretrained
     from matscale.errors import DataError
 
     try:
-        return load_potential(pretrained.model_file(str(cfg.train.init_from)))
+        path = pretrained.model_file(str(cfg.train.init_from))
+        stat = path.stat()
+        pre = _read_potential(str(path.resolve()), stat.st_mtime_ns, stat.st_size)
     except DataError as exc:
         raise ConfigError(f"train.init_from: {exc}") from None
+    if last_use:
+        _read_potential.cache_clear()
+    return pre
+
+
+@functools.lru_cache(maxsize=1)
+def _read_potential(path: str, mtime_ns: int, size: int) -> Potential:
+    """:func:`load_potential` of ``path``, read again when the file changed (its time and
+    size are part of the key)."""
+    return load_potential(path)
 
 
 #: The loss settings (``train.*``) a fine-tuning run keeps from the trained model's own run
@@ -106,7 +122,7 @@ def _check_no_architecture(cfg: RunConfig, trained: EGNNConfig) -> None:
 def finetune_start(cfg: RunConfig, store: Store) -> tuple[EGNNConfig, EGNN, GraphSettings]:
     """The model config, model (trained weights in, new heads initialised, statistics set) and
     inference transform of a fine-tuning run of ``cfg`` on ``store``."""
-    pre = trained_potential(cfg)
+    pre = trained_potential(cfg, last_use=True)
     old = pre.model.config  # its cutoff against the store's: check_config_for_store, after
     _check_no_architecture(cfg, old)
     added = tuple(s for s in store.sources if s not in old.heads)
