@@ -11,6 +11,7 @@ so that a user's mistake is one line, never a ``ZeroDivisionError`` from deep in
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -263,9 +264,7 @@ def run_warnings(cfg: RunConfig, store: Store) -> list[str]:
 
 def parallel_warnings(cfg: RunConfig) -> list[str]:
     """``parallel.*`` settings that the chosen backend ignores, or that slow a run down."""
-    import os
-
-    from matscale.config import ParallelConfig
+    from matscale.config import ParallelConfig  # here: config imports this module
 
     p, found = cfg.parallel, []
     if p.backend != "deepspeed" and p.zero_stage != ParallelConfig().zero_stage:

@@ -32,14 +32,6 @@ def run_sweep(
     """Train the runs of ``sweep`` not yet in its results table (``only``: those indices),
     appending a row after each. Returns the names of runs ``done``, ``skipped`` and ``failed``
     (with ``keep_going`` a failed run is reported and the sweep goes on)."""
-    runs = plan(sweep)
-    if only is not None:
-        unknown = sorted(set(only) - {r.index for r in runs})
-        if unknown:
-            raise ConfigError(
-                f"sweep {sweep.name}: no run with index {unknown} (0–{len(runs) - 1})"
-            )
-        runs = [r for r in runs if r.index in only]
     pos = launch_position()  # torchrun or srun: each process runs the sweep, rank 0 writes
     main, world = pos.main, pos.world
     if world != sweep.processes:  # its runs would train another global batch than planned
@@ -48,6 +40,14 @@ def run_sweep(
             f"steps, the global batch), and this command runs on {world}: set "
             f"processes={world} in the sweep, or launch {sweep.processes}"
         )
+    runs = plan(sweep)
+    if only is not None:
+        unknown = sorted(set(only) - {r.index for r in runs})
+        if unknown:
+            raise ConfigError(
+                f"sweep {sweep.name}: no run with index {unknown} (0–{len(runs) - 1})"
+            )
+        runs = [r for r in runs if r.index in only]
     path = sweep.sweep_dir / RESULTS
     if main:
         sweep.sweep_dir.mkdir(parents=True, exist_ok=True)
